@@ -1,0 +1,22 @@
+"""User-facing input errors: one line naming the file and the field, exit code 2."""
+from __future__ import annotations
+
+
+class DoolyInputError(Exception):
+    """Bad input the user can fix. The CLI prints `str(err)` and exits 2, no traceback."""
+
+    def __init__(self, path: object, problem: str, field: str | None = None):
+        self.path = str(path)
+        self.field = field
+        self.problem = problem
+        where = f"{self.path}: field '{field}'" if field else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class MissingDataError(LookupError):
+    """A prediction needs a unit that has no measurements in the environment."""
+
+    def __init__(self, unit_key: str, env: str, detail: str = ""):
+        self.unit_key, self.env = unit_key, env
+        msg = f"no measurements for unit {unit_key} in environment {env}"
+        super().__init__(msg + (f" ({detail})" if detail else ""))

@@ -1,0 +1,1 @@
+"""SymPy side of Dooly: symbol kinds and dimension labels."""

@@ -1,0 +1,107 @@
+"""Canonical units: what gets measured once and reused by every model that runs it.
+
+A unit's key ignores model names: op + dtypes + config dims as ints + request dims
+as canonical expressions + kernel-changing attributes (+ the subgraph for fused
+regions). Units are plain data (JSON), so a DB or plan file never carries code."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dooly.symbolic.labels import DimLabel, Label
+
+# What drives a unit's cost, from its request symbols.
+DRIVERS = ("tokens", "seqs", "attention", "none")
+
+
+@dataclass(frozen=True)
+class TensorSig:
+    dims: tuple[DimLabel, ...]
+    dtype: str
+
+    def shape(self) -> list[int | str]:
+        return [d.value_or_expr for d in self.dims]
+
+    def to_json(self) -> dict:
+        return {"shape": self.shape(), "dtype": self.dtype,
+                "labels": [d.label.value for d in self.dims]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TensorSig":
+        labels = obj.get("labels") or ["CONFIG" if isinstance(v, int) else "REQUEST"
+                                       for v in obj["shape"]]
+        dims = tuple(DimLabel(v, Label(lab)) for v, lab in zip(obj["shape"], labels))
+        return cls(dims, str(obj["dtype"]))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """op: a torch op name ("aten.linear.default", "vllm.unified_attention_with_output")
+    or "fused" for a region of pointwise/reduction ops kept as `graph` data."""
+
+    op: str
+    inputs: tuple[TensorSig, ...]
+    outputs: tuple[TensorSig, ...]
+    attrs: tuple[tuple[str, Any], ...] = ()
+    graph: dict | None = field(default=None, compare=False, hash=False)
+    graph_hash: str = ""
+    stateful: bool = False
+
+    def __post_init__(self):
+        if not self.op:
+            raise ValueError("op: a unit needs an op name")
+        if self.op == "fused" and not self.graph_hash:
+            raise ValueError("graph_hash: a fused unit needs its subgraph hash")
+
+    @property
+    def attr(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+    def request_symbols(self) -> set[str]:
+        import re
+        names: set[str] = set()
+        for t in self.inputs + self.outputs:
+            for d in t.dims:
+                if d.label is not Label.CONFIG:
+                    names |= set(re.findall(r"[A-Za-z_]\w*", str(d.value_or_expr))) - {"floor"}
+        return names
+
+    @property
+    def driver(self) -> str:
+        if self.stateful:
+            return "attention" if "attention" in self.op else "tokens"
+        syms = self.request_symbols()
+        if "T" in syms:
+            return "tokens"
+        if "B" in syms:
+            return "seqs"
+        return "none"
+
+    def signature(self) -> dict:
+        sig = {"op": self.op, "inputs": [t.to_json() for t in self.inputs],
+               "outputs": [t.to_json() for t in self.outputs],
+               "attrs": {k: v for k, v in self.attrs}, "stateful": self.stateful}
+        if self.graph_hash:
+            sig["graph_hash"] = self.graph_hash
+        return sig
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.signature(), sort_keys=True, separators=(",", ":"), default=str)
+        short = self.op.split(".")[-2] if self.op.count(".") >= 2 else self.op.split(".")[-1]
+        return f"{short}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def to_json(self) -> dict:
+        out = dict(self.signature(), key=self.key)
+        if self.graph is not None:
+            out["graph"] = self.graph
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Unit":
+        return cls(op=obj["op"], inputs=tuple(TensorSig.from_json(t) for t in obj["inputs"]),
+                   outputs=tuple(TensorSig.from_json(t) for t in obj["outputs"]),
+                   attrs=tuple(sorted(obj.get("attrs", {}).items())), graph=obj.get("graph"),
+                   graph_hash=obj.get("graph_hash", ""), stateful=bool(obj.get("stateful")))
