@@ -1,0 +1,45 @@
+"""`dooly analyze`: what a model runs, what the config fixes, what the request sets,
+and how much profiling other models already cover."""
+from __future__ import annotations
+
+import json
+import time
+
+from dooly.errors import DoolyInputError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("analyze", help="units, dimension labels and reuse of model configs")
+    p.add_argument("configs", nargs="+", help="HF config.json files")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default=None,
+                   help="default: vllm when installed, else transformers")
+    p.add_argument("--json", dest="json_path", help="write the analysis as JSON here")
+    p.add_argument("--hardware", choices=["h100", "a100", "cpu"], default="h100",
+                   help="device for the profiling-cost estimate")
+    p.add_argument("--db", help="latency DB: mark units already measured and the cost left")
+    p.add_argument("--env", help="environment key in --db (default: the newest matching engine)")
+    p.add_argument("--quiet", action="store_true", help="no per-model tables")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dooly.analyze import analyze, reuse_summary, to_json
+    from dooly.report import print_analysis
+    t0 = time.perf_counter()
+    analysis = analyze(args.configs, args.engine)
+    reuse = reuse_summary(analysis, args.hardware)
+    plan = None
+    if args.db:
+        from dooly.plan import plan_against_db
+        plan = plan_against_db(analysis, args.db, args.env, args.hardware)
+    out = to_json(analysis, reuse)
+    if plan is not None:
+        out["plan"] = plan
+    if args.json_path:
+        try:
+            with open(args.json_path, "w") as f:
+                json.dump(out, f, indent=1, default=str)
+        except OSError as err:
+            raise DoolyInputError(args.json_path, f"cannot write ({err.strerror})") from None
+    print_analysis(analysis, reuse, plan, quiet=args.quiet, seconds=time.perf_counter() - t0)
+    return 0

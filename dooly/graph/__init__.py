@@ -1,0 +1,1 @@
+"""torch.fx side of Dooly: capture, normalisation, regions and canonical units."""

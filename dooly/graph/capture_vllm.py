@@ -1,0 +1,141 @@
+"""Capture vLLM's own model graph without starting an engine and without weights.
+
+vLLM's model class is built on the meta device inside vLLM's config context (a
+one-process distributed init, its default dtype), and its forward is run once: the
+`support_torch_compile` wrapper hands Dynamo's graph, with the flattened token count
+symbolic, to our backend (named by qualified name in `compilation_config`). The
+backend keeps the graph and stops the run, since meta tensors cannot execute vLLM's
+CPU kernels. `capture_with_engine` is the slow cross-check: the same hook in a
+started engine with dummy weights."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dooly.config import ModelConfig
+from dooly.errors import DoolyInputError
+from dooly.graph.capture import Captured
+
+BACKEND = "dooly.graph.capture_vllm.capture_backend"
+_SLOT: dict = {}
+_DIST_READY = False
+
+
+class _CaptureDone(Exception):
+    pass
+
+
+def capture_backend(gm, example_inputs):
+    """Dynamo backend vLLM resolves by name: keep the graph, stop execution."""
+    _SLOT["gm"] = gm
+    raise _CaptureDone()
+
+
+def vllm_env() -> None:
+    """Environment vLLM must see before it is imported."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ["VLLM_USE_AOT_COMPILE"] = "0"
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+
+
+def engine_version() -> str:
+    vllm_env()
+    import vllm
+    return vllm.__version__
+
+
+def _engine_args(cfg: ModelConfig, model_dir: str, layers: int, backend: str | None):
+    from vllm.engine.arg_utils import EngineArgs
+    mpe = int(cfg.raw.get("max_position_embeddings") or 4096)
+    return EngineArgs(model=model_dir, load_format="dummy", skip_tokenizer_init=True,
+                      hf_overrides={"num_hidden_layers": layers},
+                      compilation_config={"mode": 2, "backend": backend or BACKEND},
+                      max_model_len=min(mpe, 4096), dtype="bfloat16", enforce_eager=False)
+
+
+def _init_distributed() -> None:
+    global _DIST_READY
+    if _DIST_READY:
+        return
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                 distributed_init_method=f"file://{tempfile.mktemp()}")
+    initialize_model_parallel(1, 1)
+    _DIST_READY = True
+
+
+def _attention_attrs(model) -> dict[int, dict]:
+    from dooly.graph.capture import _LAYER_RE
+    out: dict[int, dict] = {}
+    for name, mod in model.named_modules():
+        if type(mod).__name__ != "Attention" or not hasattr(mod, "num_kv_heads"):
+            continue
+        m = _LAYER_RE.search(name)
+        backend = getattr(mod, "attn_backend", None)
+        out[int(m.group(1)) if m else len(out)] = {
+            "num_heads": int(mod.num_heads), "num_kv_heads": int(mod.num_kv_heads),
+            "head_size": int(mod.head_size),
+            "sliding_window": _window(getattr(mod.impl, "sliding_window", None)),
+            "backend": backend.get_name() if backend is not None else "unknown",
+            "layer_name": getattr(mod, "layer_name", name)}
+    return out
+
+
+def _window(w) -> int:
+    # vLLM stores the window as (left, right) or an int.
+    if isinstance(w, (tuple, list)):
+        w = int(w[0]) + 1 if w[0] is not None and w[0] >= 0 else 0
+    return max(int(w or 0), 0)
+
+
+def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
+    vllm_env()
+    from vllm.config import set_current_vllm_config
+    from vllm.forward_context import set_forward_context
+    from vllm.model_executor.model_loader.utils import initialize_model
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    full = layers is None
+    layers = layers or cfg.traced_layers()
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "config.json").write_text(json.dumps(cfg.raw))
+        try:
+            vc = _engine_args(cfg, tmp, layers, None).create_engine_config()
+        except Exception as err:  # vLLM reports unknown architectures as ValueError
+            msg = str(err).splitlines()[0][:200]
+            if "architecture" in msg.lower() or "not supported" in msg.lower():
+                raise DoolyInputError(cfg.path, f"{cfg.architecture} is not supported by the vllm "
+                                      f"engine ({msg})", "architectures") from None
+            raise DoolyInputError(cfg.path, f"vLLM rejected the config: {msg}") from None
+    torch._dynamo.reset()
+    _SLOT.clear()
+    with set_current_vllm_config(vc):
+        _init_distributed()
+        with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
+            model = initialize_model(vc)
+        for mod in model.modules():
+            method = getattr(mod, "quant_method", None)
+            if method is not None and hasattr(method, "process_weights_after_loading"):
+                # On meta weights vLLM's CPU GEMM dispatch picks F.linear: the graph
+                # shows a plain GEMM; the sweeper runs vLLM's real CPU dispatch per shape.
+                method.process_weights_after_loading(mod)
+        n = 37  # any size: the token dim is marked dynamic by vLLM
+        ids = torch.zeros(n, dtype=torch.long, device="meta")
+        pos = torch.zeros(n, dtype=torch.long, device="meta")
+        with set_forward_context(None, vc, num_tokens=n), contextlib.suppress(Exception):
+            model(input_ids=ids, positions=pos)
+        attention = _attention_attrs(model)
+    if "gm" not in _SLOT:
+        raise DoolyInputError(cfg.path, "vLLM produced no graph for this model (is it a "
+                              "decoder-only LLM vLLM compiles?)", "architectures")
+    types = cfg.layer_types()
+    mult = cfg.traced_multiplicity() if full else {i: 1 for i in range(layers)}
+    return Captured("vllm", cfg, _SLOT.pop("gm"), "step", mult,
+                    {i: types[i % len(types)] for i in range(layers)}, attention,
+                    str(vc.model_config.dtype).replace("torch.", ""))

@@ -1,0 +1,60 @@
+"""Attach a DimLabel to every dim of every tensor a node produces.
+
+A capture leaves SymInts in `node.meta["val"]`; their SymPy expressions use the
+capture's own symbols (`s72`, `batch`, `hidden_size`). `sym_map` renames them to
+Dooly's request or config symbols, so two models' labels compare equal."""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx
+
+from dooly.symbolic.labels import label_dim
+from dooly.unit import TensorSig
+
+
+def dim_expr(d) -> sympy.Expr:
+    if isinstance(d, torch.SymInt):
+        return sympy.sympify(d.node.expr)
+    return sympy.Integer(int(d))
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def tensor_sig(t, sym_map: dict, hints: dict) -> TensorSig:
+    dims = tuple(label_dim(dim_expr(d).xreplace(sym_map), hints) for d in t.shape)
+    return TensorSig(dims, _dtype_name(t.dtype))
+
+
+def sigs_of(val, sym_map: dict, hints: dict) -> list[TensorSig]:
+    if isinstance(val, torch.Tensor):
+        return [tensor_sig(val, sym_map, hints)]
+    if isinstance(val, (tuple, list)):
+        return [tensor_sig(v, sym_map, hints) for v in val if isinstance(v, torch.Tensor)]
+    return []
+
+
+def label_pass(gm: torch.fx.GraphModule, sym_map: dict, hints: dict | None = None
+               ) -> torch.fx.GraphModule:
+    """sym_map: capture symbol -> Dooly symbol (or expression); hints: config symbol -> value."""
+    hints = hints or {}
+    for node in gm.graph.nodes:
+        val = node.meta.get("val", node.meta.get("example_value"))
+        node.meta.setdefault("dooly", {})["out"] = sigs_of(val, sym_map, hints)
+    return gm
+
+
+def capture_symbols(gm: torch.fx.GraphModule) -> set[sympy.Symbol]:
+    syms: set[sympy.Symbol] = set()
+    for node in gm.graph.nodes:
+        val = node.meta.get("val", node.meta.get("example_value"))
+        vals = val if isinstance(val, (tuple, list)) else [val]
+        for v in vals:
+            if isinstance(v, torch.Tensor):
+                for d in v.shape:
+                    syms |= dim_expr(d).free_symbols
+            elif isinstance(v, torch.SymInt):
+                syms |= dim_expr(v).free_symbols
+    return syms

@@ -1,0 +1,145 @@
+"""Turn a labelled, region-annotated graph into canonical units and a model
+inventory: unit key -> (unit, count per forward step)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.fx
+
+from dooly.graph.capture import Captured, layer_index
+from dooly.graph.normalize import ATTENTION_OPS, GEMM_OPS, KV_WRITE_OPS
+from dooly.graph.regions import RegionRegistry, nx_graph, region_data, regions
+from dooly.symbolic.labels import DimLabel, Label
+from dooly.unit import TensorSig, Unit
+
+
+@dataclass
+class Entry:
+    unit: Unit
+    count: int = 0
+    where: set = field(default_factory=set)   # module paths / roles, for display
+
+
+@dataclass
+class Inventory:
+    model: str
+    config_path: str
+    architecture: str
+    engine: str
+    config_hash: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, unit: Unit, count: int, where: str = "") -> None:
+        e = self.entries.setdefault(unit.key, Entry(unit))
+        e.count += count
+        if where:
+            e.where.add(where)
+
+    def counts(self) -> dict[str, int]:
+        return {k: e.count for k, e in self.entries.items()}
+
+    def to_json(self) -> dict:
+        return {"config": self.config_path, "model": self.model, "architecture": self.architecture,
+                "engine": self.engine, "config_hash": self.config_hash,
+                "units": [dict(e.unit.to_json(), count=e.count,
+                               dims=[d.to_json() for t in e.unit.inputs for d in t.dims],
+                               where=sorted(e.where)) for e in self.entries.values()],
+                "notes": self.notes}
+
+
+def _sigs(args, *, tensors_only=True) -> list[TensorSig]:
+    out = []
+    for a in args:
+        if isinstance(a, torch.fx.Node):
+            out += a.meta.get("dooly", {}).get("out", [])
+        elif isinstance(a, (list, tuple)):
+            out += _sigs(a)
+    return out
+
+
+def _count(cap: Captured, node: torch.fx.Node) -> tuple[int, int | None]:
+    layer = layer_index(node)
+    if layer is None:
+        return 1, None
+    return cap.multiplicity.get(layer, 1), layer
+
+
+def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
+    info = node.meta["dooly"]
+    op = info["op"]
+    inputs = tuple(_sigs(node.args) + _sigs(list(node.kwargs.values())))
+    outputs = tuple(info.get("out", []))
+    attrs: dict = {}
+    stateful = False
+    if op in GEMM_OPS and op == "linear":
+        attrs["bias"] = len(node.args) > 2 and node.args[2] is not None
+    if op in ATTENTION_OPS or op in KV_WRITE_OPS:
+        stateful = True
+        layer = layer_index(node)
+        attrs.update({k: v for k, v in cap.attention.get(layer, {}).items() if k != "layer_name"})
+        attrs["layer_type"] = cap.layer_types.get(layer, "full_attention")
+        # the out-buffer and the cache handle carry no request information
+        inputs = tuple(t for t in inputs[:3])
+    if op.startswith("_C.") or op.startswith("vllm_ir."):
+        attrs.update({f"arg{i}": a for i, a in enumerate(node.args)
+                      if isinstance(a, (int, float, bool, str)) and not isinstance(a, torch.fx.Node)})
+    if op == "scaled_dot_product_attention":
+        stateful = True
+        attrs.update({k: v for k, v in node.kwargs.items() if isinstance(v, (int, float, bool))})
+        layer = layer_index(node)
+        attrs["layer_type"] = cap.layer_types.get(layer, "full_attention")
+    return Unit(op=op, inputs=inputs, outputs=outputs, attrs=tuple(sorted(attrs.items())),
+                stateful=stateful)
+
+
+def _tsig(shape: list, dtype: str) -> TensorSig:
+    dims = tuple(DimLabel(d, Label.REQUEST) if isinstance(d, str) else DimLabel(int(d), Label.CONFIG)
+                 for d in shape)
+    return TensorSig(dims, dtype)
+
+
+def logits_units(cap: Captured) -> list[Unit]:
+    """vLLM computes logits outside the compiled graph, only for the last token of each
+    sequence: LM head [B, hidden] x [vocab, hidden], then sampling over [B, vocab]."""
+    raw = cap.config.raw
+    hidden = int(raw.get("hidden_size") or raw.get("d_model"))
+    vocab = int(raw["vocab_size"])
+    dt = cap.dtype
+    head = Unit(op="linear", inputs=(_tsig(["B", hidden], dt), _tsig([vocab, hidden], dt)),
+                outputs=(_tsig(["B", vocab], dt),), attrs=(("bias", False), ("role", "lm_head")))
+    sample = Unit(op="sampler", inputs=(_tsig(["B", vocab], dt),),
+                  outputs=(_tsig(["B"], "int64"),), attrs=(("mode", "greedy"),))
+    return [head, sample]
+
+
+def build_inventory(cap: Captured, sym_map: dict, registry: RegionRegistry | None = None,
+                    extra_units: list[Unit] = ()) -> Inventory:
+    registry = registry or RegionRegistry()
+    cfg = cap.config
+    inv = Inventory(cfg.name, cfg.path, cfg.architecture, cap.engine, cfg.hash, notes=list(cap.notes))
+    gm = cap.gm
+    for node in gm.graph.nodes:
+        info = node.meta.get("dooly", {})
+        if info.get("role") != "anchor":
+            continue
+        count, layer = _count(cap, node)
+        unit = _anchor_unit(cap, node)
+        inv.add(unit, count, f"{'model' if layer is None else f'layer{layer}'}:{info['op']}")
+    for rid, nodes in regions(gm).items():
+        data, ext, outs = region_data(nodes, sym_map)
+        in_sigs = [s for n in ext for s in n.meta.get("dooly", {}).get("out", [])[:1]]
+        out_sigs = [s for n in outs for s in n.meta["dooly"].get("out", [])[:1]]
+        labels = [f"{s.dtype}{s.shape()}" for s in in_sigs]
+        g = nx_graph(data, labels)
+        ghash = registry.key(g)
+        counts = [_count(cap, n) for n in nodes]
+        count, layer = counts[0]
+        unit = Unit(op="fused", inputs=tuple(in_sigs), outputs=tuple(out_sigs),
+                    graph=dict(data, input_shapes=[s.to_json() for s in in_sigs]),
+                    graph_hash=ghash)
+        ops = "+".join(sorted({r["op"] for r in data["nodes"] if r["op"] not in ("getitem", "view")}))
+        inv.add(unit, count, f"{'model' if layer is None else f'layer{layer}'}:{ops}")
+    for unit in extra_units:
+        inv.add(unit, 1, unit.attr.get("role", unit.op))
+    return inv

@@ -1,0 +1,93 @@
+"""Request grids: about two points per octave (dense where latency bends at small
+sizes, sparse where it is linear), bounded by the user's limits.
+
+Token-driven units sweep T; per-sequence units sweep B; attention sweeps whole
+batches of (query length, context length) pairs: prefill (several sequences, with
+and without cached context), decode (batch x context) and mixed chunked-prefill
+batches, the shapes vLLM's scheduler produces."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def octave_grid(lo: int, hi: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... up to hi (hi itself included)."""
+    out, x = [], 1
+    while x <= hi:
+        for v in (x, x * 3 // 2):
+            if lo <= v <= hi and v not in out:
+                out.append(v)
+        x *= 2
+    if hi not in out and hi >= lo:
+        out.append(hi)
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class GridLimits:
+    max_tokens: int = 2048
+    max_batch: int = 64
+    max_context: int = 2048
+
+    def __post_init__(self):
+        for name in ("max_tokens", "max_batch", "max_context"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def token_points(lim: GridLimits) -> list[dict]:
+    return [{"T": t} for t in octave_grid(1, lim.max_tokens)]
+
+
+def seq_points(lim: GridLimits) -> list[dict]:
+    return [{"B": b} for b in octave_grid(1, lim.max_batch)]
+
+
+def padded_points(lim: GridLimits) -> list[dict]:
+    """transformers engine: a padded [B, Q] batch."""
+    pts = []
+    for b in octave_grid(1, min(lim.max_batch, 16)):
+        for q in octave_grid(1, lim.max_tokens):
+            if b * q <= lim.max_tokens:
+                pts.append({"B": b, "Q": q})
+    return pts
+
+
+def attention_points(lim: GridLimits) -> list[dict]:
+    """Each point is a batch: {"seqs": [[query_len, context_len], ...]}."""
+    pts: list[list[tuple[int, int]]] = []
+    ctx = [c for c in octave_grid(16, lim.max_context) if c >= 16]
+    coarse = ctx[::2] + ([ctx[-1]] if ctx and ctx[-1] not in ctx[::2] else [])
+    # prefill: n sequences of q tokens, no cached context, and chunks on top of context
+    for n in (1, 2, 4):
+        for q in octave_grid(16, lim.max_tokens // n):
+            if q <= lim.max_context:
+                pts.append([(q, 0)] * n)
+    for q in (64, 256, 1024):
+        for c in coarse:
+            if q <= lim.max_tokens and q + c <= lim.max_context:
+                pts.append([(q, c)])
+    # decode: B sequences of one token each over context c
+    for b in octave_grid(1, lim.max_batch):
+        for c in coarse:
+            pts.append([(1, c)] * b)
+    # mixed: a prefill chunk plus decodes, as chunked prefill schedules them
+    for q in (128, 512):
+        for b in (4, 16):
+            for c in coarse[::2]:
+                if q + b <= lim.max_tokens and b <= lim.max_batch and q + c <= lim.max_context:
+                    pts.append([(q, 0)] + [(1, c)] * b)
+    return [{"seqs": [list(s) for s in p]} for p in pts]
+
+
+def points_for(driver: str, lim: GridLimits, symbols: set[str] | None = None) -> list[dict]:
+    if driver == "attention":
+        return attention_points(lim)
+    if driver == "seqs":
+        return seq_points(lim)
+    if driver == "tokens":
+        if symbols and "T" not in symbols:
+            return padded_points(lim)
+        return token_points(lim)
+    return [{}]
