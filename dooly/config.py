@@ -43,7 +43,16 @@ class ModelConfig:
         if isinstance(pattern, int) and pattern > 1:
             return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
                     for i in range(n)]
+        window = raw.get("sliding_window")
+        if isinstance(window, int) and window > 0 and raw.get("use_sliding_window") is not False:
+            return ["sliding_attention"] * n  # e.g. Mistral-7B-v0.1: every layer windowed
         return ["full_attention"] * n
+
+    def sliding_window(self, layer_type: str) -> int:
+        window = self.raw.get("sliding_window")
+        if layer_type == "sliding_attention" and isinstance(window, int):
+            return window
+        return 0
 
     def period(self) -> int:
         """Smallest p such that the layer types repeat with period p."""

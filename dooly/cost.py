@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from dooly.grid import GridLimits, points_for
+from dooly.grid import GridLimits, point_values, points_for
 from dooly.symbolic.symbols import evaluate
 from dooly.unit import TensorSig, Unit
 
@@ -32,19 +32,12 @@ HARDWARE = {
 }
 
 
-def _values(point: dict) -> dict:
-    if "seqs" in point:
-        seqs = point["seqs"]
-        return {"T": sum(q for q, _ in seqs), "B": len(seqs)}
-    return point
-
-
 def numel(sig: TensorSig, values: dict) -> int:
     return prod(max(evaluate(d.value_or_expr, **values), 0) for d in sig.dims)
 
 
 def flops_bytes(unit: Unit, point: dict) -> tuple[float, float]:
-    v = _values(point)
+    v = point_values(point)
     size = lambda s: ITEMSIZE.get(s.dtype, 2)  # noqa: E731
     io_bytes = sum(numel(s, v) * size(s) for s in unit.inputs + unit.outputs)
     if unit.op in ("linear", "mm", "addmm", "matmul") and len(unit.inputs) >= 2:

@@ -91,3 +91,25 @@ def points_for(driver: str, lim: GridLimits, symbols: set[str] | None = None) ->
             return padded_points(lim)
         return token_points(lim)
     return [{}]
+
+
+def point_values(point: dict) -> dict:
+    """Every request symbol's value at a grid point, so any unit's dims evaluate:
+    flattened engines use T (and B), padded engines [B, Q]; attention points are
+    batches of (query, context) pairs."""
+    if "seqs" in point:
+        seqs = point["seqs"]
+        return {"T": sum(q for q, _ in seqs), "B": len(seqs), "Q": max(q for q, _ in seqs),
+                "C": max(c for _, c in seqs)}
+    v = dict(point)
+    if "T" in v:
+        v.setdefault("B", 1)
+        v.setdefault("Q", v["T"])
+    elif "Q" in v or "B" in v:
+        v.setdefault("B", 1)
+        v.setdefault("Q", 1)
+        v["T"] = v["B"] * v["Q"]
+    else:
+        v.update(T=1, B=1, Q=1)
+    v.setdefault("C", 0)
+    return v

@@ -89,6 +89,8 @@ def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
         attrs.update({k: v for k, v in node.kwargs.items() if isinstance(v, (int, float, bool))})
         layer = layer_index(node)
         attrs["layer_type"] = cap.layer_types.get(layer, "full_attention")
+        # at run time a sliding layer masks beyond the window; the kernel differs
+        attrs["sliding_window"] = cap.config.sliding_window(attrs["layer_type"])
     return Unit(op=op, inputs=inputs, outputs=outputs, attrs=tuple(sorted(attrs.items())),
                 stateful=stateful)
 

@@ -1,0 +1,160 @@
+"""`dooly simulate`: replay a workload through the vLLM V1 scheduler model, with step
+times from the latency predictor (or a linear stand-in), and report serving metrics."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from dooly.errors import DoolyInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearStepModel:
+    """Stand-in latency model: ms = a + b * tokens + c * sum(context_len) / 1000."""
+    a: float
+    b: float
+    c: float
+
+    def __post_init__(self):
+        for name in ("a", "b", "c"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def step_ms(self, batch) -> float:
+        tokens = ctx = 0
+        for seq in batch:
+            tokens += seq.query_len
+            ctx += seq.context_len
+        return self.a + self.b * tokens + self.c * ctx / 1000.0
+
+
+def _step_model(text: str) -> LinearStepModel:
+    kind, _, rest = text.partition(":")
+    try:
+        if kind != "linear":
+            raise ValueError
+        return LinearStepModel(*(float(x) for x in rest.split(",")))
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"expected linear:A,B,C with A,B,C >= 0, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _length(text: str):
+    from dooly.sim.workload import LengthDist
+    try:
+        return LengthDist.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def register(subparsers) -> None:
+    from dooly.sim.scheduler import SchedulerConfig
+
+    d = SchedulerConfig()
+    p = subparsers.add_parser("simulate", help="simulate vLLM serving of a workload",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("config", help="model config.json")
+    p.add_argument("--db", help="profile database for the latency predictor")
+    p.add_argument("--workload", default="synthetic",
+                   help="ShareGPT .json, trace .csv, or 'synthetic' (default)")
+    p.add_argument("--rate", type=_positive_float, help="requests/s for poisson/gamma arrivals")
+    p.add_argument("--num-requests", type=_positive_int)
+    p.add_argument("--arrival", choices=("poisson", "gamma", "trace"),
+                   help="default: poisson with --rate, else the trace's own times")
+    p.add_argument("--cv", type=_positive_float, default=1.0,
+                   help="gamma inter-arrival coefficient of variation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-len", type=_length, default="lognormal:512,0.8",
+                   help="synthetic prompt lengths: N | uniform:A,B | lognormal:MEAN,SIGMA")
+    p.add_argument("--output-len", type=_length, default="lognormal:128,0.8",
+                   help="synthetic output lengths, same forms as --prompt-len")
+    p.add_argument("--max-model-len", type=_positive_int)
+    p.add_argument("--max-num-batched-tokens", type=_positive_int,
+                   default=d.max_num_batched_tokens)
+    p.add_argument("--max-num-seqs", type=_positive_int, default=d.max_num_seqs)
+    p.add_argument("--block-size", type=_positive_int, default=d.block_size)
+    p.add_argument("--num-blocks", type=_positive_int,
+                   help="KV-cache blocks (default: unlimited, never preempts)")
+    p.add_argument("--long-prefill-token-threshold", type=int, default=0)
+    p.add_argument("--out", type=Path, help="directory for summary.json, requests.csv, cdf.png")
+    p.add_argument("--json", type=Path, help="write the summary as JSON here")
+    p.add_argument("--step-model", type=_step_model, metavar="linear:A,B,C",
+                   help=argparse.SUPPRESS)  # testing aid: bypasses the profile DB
+    p.set_defaults(func=run)
+
+
+def _latency_model(args):
+    if args.step_model is not None:
+        return args.step_model.step_ms, None
+    if not args.db:
+        raise DoolyInputError(args.config, "no latency model: pass --db PATH", field="--db")
+    try:
+        from dooly.predict import load_predictor
+    except ModuleNotFoundError as err:
+        if err.name != "dooly.predict":
+            raise
+        raise DoolyInputError(args.db, "the latency predictor (dooly.predict) is not "
+                              "installed in this build; use --step-model linear:A,B,C") from None
+    predictor = load_predictor(args.config, args.db)
+    return predictor.step_ms, getattr(predictor, "overhead", None)
+
+
+def run(args) -> int:
+    from dooly.sim.metrics import request_metrics, summarize
+    from dooly.sim.report import plot_cdfs, print_summary, write_csv, write_json
+    from dooly.sim.scheduler import SchedulerConfig
+    from dooly.sim.simulator import simulate
+    from dooly.sim.workload import WorkloadSpec, build_workload
+
+    arrival = args.arrival or ("poisson" if args.rate is not None else "trace")
+    try:
+        sched = SchedulerConfig(args.max_num_batched_tokens, args.max_num_seqs,
+                                args.block_size, args.num_blocks,
+                                args.long_prefill_token_threshold, args.max_model_len)
+        spec = WorkloadSpec(args.workload, args.rate, arrival, args.cv, args.seed,
+                            args.num_requests, args.max_model_len, args.prompt_len,
+                            args.output_len)
+    except ValueError as err:
+        raise DoolyInputError("dooly simulate", str(err)) from None
+    requests = build_workload(spec)
+    step_ms, overhead = _latency_model(args)
+    try:
+        result = simulate(requests, step_ms, sched, overhead)
+    except ValueError as err:  # a request that can never fit the configured KV cache
+        raise DoolyInputError(args.workload, str(err)) from None
+    per = [request_metrics(r) for r in result.requests]
+    summary = summarize(result, per)
+    extra = {"scheduler": dataclasses.asdict(sched),
+             "workload": {"source": args.workload, "arrival": arrival, "rate": args.rate,
+                          "cv": args.cv, "seed": args.seed}}
+    print_summary(summary, title=f"dooly simulate: {Path(args.config).name}")
+    if args.out:
+        write_json(summary, args.out / "summary.json", extra)
+        write_csv(per, args.out / "requests.csv")
+        plot_cdfs(per, args.out / "cdf.png", title=Path(args.config).name)
+        print(f"wrote {args.out}/summary.json, requests.csv, cdf.png", file=sys.stderr)
+    if args.json:
+        write_json(summary, args.json, extra)
+    return 0

@@ -1,0 +1,263 @@
+"""One latency model for all GEMMs of a device, across shapes.
+
+Training rows come from every measured GEMM unit: M = the value of the activation's
+request dim at the measured point (T or B), K and N from the unit's shapes, the dtype
+and the device. The default model (`model="roofline+gbr"`):
+
+  1. a fitted additive roofline  t = a + b*flops + c*bytes  (a, b, c >= 0, relative-error
+     NNLS; flops = 2MKN, bytes = (MK + KN + MN) * itemsize), which extrapolates sanely
+     to shapes it never saw, then
+  2. gradient boosting on log(y / t_roofline) with features log M, log K, log N,
+     log flops, log bytes, log(flops/bytes), which learns the efficiency curve (tile
+     quantisation, small-M under-utilisation) as a bounded correction.
+
+`model="gbr"` fits boosting on log latency directly; `model="roofline"` only step 1.
+One sub-model per device; dtype enters through the itemsize.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import sympy
+from scipy.optimize import nnls
+from sklearn.ensemble import GradientBoostingRegressor
+
+from dooly.env import Environment, Measurement
+from dooly.symbolic.labels import Label
+from dooly.unit import Unit
+
+GEMM_OPS = {"linear", "aten.linear.default", "aten.mm.default", "aten.addmm.default", "_C.onednn_mm",
+            "gemm", "mm", "addmm"}
+_WEIGHT_KN = {"mm", "addmm", "aten.mm.default", "aten.addmm.default"}  # weight stored [K, N]
+ITEMSIZE = {"float16": 2, "half": 2, "bfloat16": 2, "float32": 4, "float": 4, "float64": 8,
+            "int8": 1, "uint8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "fp8": 1}
+
+
+def itemsize(dtype: str) -> int:
+    d = str(dtype).replace("torch.", "")
+    if d not in ITEMSIZE:
+        raise ValueError(f"dtype: no itemsize known for {dtype!r}")
+    return ITEMSIZE[d]
+
+
+@dataclass(frozen=True)
+class GemmRow:
+    M: int
+    K: int
+    N: int
+    dtype: str
+    latency_ms: float
+    device: str = ""
+    unit_key: str = ""
+    group: str = ""      # free label (e.g. the model it came from) for leave-group-out checks
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.K, self.N)
+
+
+def is_gemm(unit: Unit) -> bool:
+    return unit.op in GEMM_OPS
+
+
+def gemm_shape(unit: Unit) -> tuple[str, int, int] | None:
+    """(M expression, K, N) of a GEMM unit, or None when it is not one / has no
+    request-sized activation. inputs: linear [M, K] x [N, K]; mm [M, K] x [K, N];
+    addmm (bias, [M, K], [K, N]); unit.attr["K"]/["N"] fill in what shapes lack."""
+    if not is_gemm(unit):
+        return None
+    act = next((t for t in unit.inputs if len(t.dims) >= 2 and t.dims[0].label is not Label.CONFIG), None)
+    if act is None:
+        return None
+    attr = unit.attr
+    K = act.dims[-1].value_or_expr if act.dims[-1].label is Label.CONFIG else attr.get("K")
+    weights = [t for t in unit.inputs if t is not act and len(t.dims) == 2
+               and all(d.label is Label.CONFIG for d in t.dims)]
+    N = None
+    if weights:
+        a, b = (d.value_or_expr for d in weights[0].dims)
+        if unit.op in _WEIGHT_KN:
+            N = b if a == K or K is None else a
+        else:
+            N = a if b == K or K is None else b
+        if K is None:
+            K = b if unit.op not in _WEIGHT_KN else a
+    if N is None and unit.outputs and unit.outputs[0].dims and unit.outputs[0].dims[-1].label is Label.CONFIG:
+        N = unit.outputs[0].dims[-1].value_or_expr
+    N = attr.get("N", N) if N is None else N
+    if K is None or N is None:
+        return None
+    return str(act.dims[0].value_or_expr), int(K), int(N)
+
+
+@lru_cache(maxsize=256)
+def _expr(text: str) -> sympy.Expr:
+    return sympy.sympify(text)
+
+
+def eval_request(expr: str, point: dict) -> int:
+    """Value of a request expression ("T", "2*B") at a measured point."""
+    e = _expr(expr)
+    subs = {s: point[str(s)] for s in e.free_symbols if str(s) in point}
+    v = e.subs(subs)
+    if v.free_symbols:
+        raise ValueError(f"point: no value for {sorted(map(str, v.free_symbols))} in {point!r}")
+    return int(v)
+
+
+def rows_from_units(units: Iterable[Unit] | Mapping[str, Unit], measurements: Iterable[Measurement],
+                    envs: Mapping[str, Environment] | Iterable[Environment] | None = None,
+                    group_of: Mapping[str, str] | None = None) -> list[GemmRow]:
+    """Training rows from every ok measurement of a GEMM unit. `envs` (by key) gives
+    the device name (else the env key stands in); `group_of` maps unit_key -> group."""
+    by_key = dict(units) if isinstance(units, Mapping) else {u.key: u for u in units}
+    if envs is None:
+        env_by_key = {}
+    elif isinstance(envs, Mapping):
+        env_by_key = dict(envs)
+    else:
+        env_by_key = {e.key: e for e in envs}
+    shapes = {k: gemm_shape(u) for k, u in by_key.items() if is_gemm(u)}
+    rows = []
+    for m in measurements:
+        s = shapes.get(m.unit_key)
+        if s is None or m.status != "ok":
+            continue
+        expr, K, N = s
+        unit = by_key[m.unit_key]
+        env = env_by_key.get(m.env_key)
+        rows.append(GemmRow(M=eval_request(expr, m.point), K=K, N=N, dtype=unit.inputs[0].dtype,
+                            latency_ms=float(m.median_ms),
+                            device=env.device_name if env else m.env_key, unit_key=m.unit_key,
+                            group=(group_of or {}).get(m.unit_key, "")))
+    return rows
+
+
+def _basic(M, K, N, isz):
+    M, K, N, isz = (np.asarray(v, dtype=float) for v in np.broadcast_arrays(M, K, N, isz))
+    flops = 2.0 * M * K * N
+    nbytes = (M * K + K * N + M * N) * isz
+    return M, K, N, flops, nbytes
+
+
+def gemm_features(M, K, N, isz) -> np.ndarray:
+    M, K, N, flops, nbytes = _basic(M, K, N, isz)
+    return np.column_stack([np.log(M), np.log(K), np.log(N), np.log(flops), np.log(nbytes),
+                            np.log(flops / nbytes)])
+
+
+class _DeviceModel:
+    def __init__(self, model, n_estimators, max_depth, learning_rate, random_state):
+        self.model = model
+        self.gbr = None
+        self.coef = np.zeros(3)
+        self.kw = dict(n_estimators=n_estimators, max_depth=max_depth, learning_rate=learning_rate,
+                       subsample=0.8, random_state=random_state)
+
+    def roofline(self, M, K, N, isz):
+        _, _, _, flops, nbytes = _basic(M, K, N, isz)
+        return self.coef[0] + self.coef[1] * flops * 1e-12 + self.coef[2] * nbytes * 1e-9
+
+    def fit(self, M, K, N, isz, y):
+        logy = np.log(np.maximum(y, 1e-9))
+        base = np.zeros_like(logy)
+        if self.model in ("roofline", "roofline+gbr"):
+            _, _, _, flops, nbytes = _basic(M, K, N, isz)
+            A = np.column_stack([np.ones_like(flops), flops * 1e-12, nbytes * 1e-9]) / y[:, None]
+            self.coef, _ = nnls(A, np.ones_like(y))
+            base = np.log(np.maximum(self.roofline(M, K, N, isz), 1e-9))
+        if self.model in ("gbr", "roofline+gbr"):
+            self.gbr = GradientBoostingRegressor(**self.kw).fit(gemm_features(M, K, N, isz), logy - base)
+        return self
+
+    def predict(self, M, K, N, isz):
+        out = np.zeros(np.broadcast(M, K, N, isz).shape, dtype=float).ravel()
+        if self.model in ("roofline", "roofline+gbr"):
+            out = out + np.log(np.maximum(self.roofline(M, K, N, isz), 1e-9)).ravel()
+        if self.gbr is not None:
+            out = out + self.gbr.predict(gemm_features(M, K, N, isz))
+        return np.exp(out)
+
+
+class GemmFamily:
+    """Latency of any (M, K, N, dtype) GEMM on a device, learned across shapes.
+
+    fit(rows) -> self; predict(M, K, N, dtype="float16", device=None) -> ms (array
+    when any argument is an array); holdout_error(rows, holdout_shapes) -> MAPE %.
+    Stored by parameters only (`to_json`); refit from the DB's GEMM rows on load."""
+
+    MODELS = ("roofline+gbr", "gbr", "roofline")
+
+    def __init__(self, model: str = "roofline+gbr", n_estimators: int = 400, max_depth: int = 4,
+                 learning_rate: float = 0.05, random_state: int = 0):
+        if model not in self.MODELS:
+            raise ValueError(f"model: expected one of {self.MODELS}, got {model!r}")
+        self.params = dict(model=model, n_estimators=n_estimators, max_depth=max_depth,
+                           learning_rate=learning_rate, random_state=random_state)
+        self.devices: dict[str, _DeviceModel] = {}
+
+    def fit(self, rows: Iterable[GemmRow]) -> "GemmFamily":
+        rows = [r for r in rows if r.latency_ms > 0 and r.M > 0]
+        if not rows:
+            raise ValueError("rows: no GEMM measurements to fit")
+        self.devices = {}
+        for dev in sorted({r.device for r in rows}):
+            rs = [r for r in rows if r.device == dev]
+            cols = [np.array([getattr(r, f) for r in rs], dtype=float) for f in ("M", "K", "N")]
+            isz = np.array([itemsize(r.dtype) for r in rs], dtype=float)
+            y = np.array([r.latency_ms for r in rs], dtype=float)
+            self.devices[dev] = _DeviceModel(**self.params).fit(*cols, isz, y)
+        return self
+
+    def predict(self, M, K, N, dtype: str = "float16", device: str | None = None):
+        if not self.devices:
+            raise ValueError("GemmFamily: fit() it first")
+        if device is None:
+            if len(self.devices) != 1:
+                raise ValueError(f"device: pick one of {sorted(self.devices)}")
+            device = next(iter(self.devices))
+        if device not in self.devices:
+            raise KeyError(f"device: no GEMM data for {device!r}; have {sorted(self.devices)}")
+        scalar = all(np.ndim(v) == 0 for v in (M, K, N))
+        out = self.devices[device].predict(M, K, N, float(itemsize(dtype)))
+        return float(out[0]) if scalar else out
+
+    def predict_rows(self, rows: Iterable[GemmRow]) -> np.ndarray:
+        """Predictions for rows (in order), batched per (dtype, device)."""
+        rows = list(rows)
+        out = np.zeros(len(rows))
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault((r.dtype, r.device), []).append(i)
+        for (dtype, device), idx in groups.items():
+            cols = [np.array([getattr(rows[i], f) for i in idx], dtype=float) for f in ("M", "K", "N")]
+            out[idx] = self.predict(*cols, dtype=dtype, device=device)
+        return out
+
+    def holdout_error(self, rows: Iterable[GemmRow], holdout_shapes: Iterable[tuple[int, int]]) -> float:
+        return holdout_error(rows, holdout_shapes, **self.params)
+
+    def to_json(self) -> dict:
+        return {"kind": "gemm_family", "params": self.params, "state": {"refit": True}}
+
+    @classmethod
+    def from_json(cls, obj: dict, rows: Iterable[GemmRow] | None = None) -> "GemmFamily":
+        fam = cls(**obj.get("params", {}))
+        return fam.fit(rows) if rows is not None else fam
+
+
+def holdout_error(rows: Iterable[GemmRow], holdout_shapes: Iterable[tuple[int, int]], **params) -> float:
+    """Train on rows whose (K, N) is not held out; MAPE (%) on the held-out rows."""
+    rows = [r for r in rows if r.latency_ms > 0 and r.M > 0]
+    held = {(int(k), int(n)) for k, n in holdout_shapes}
+    train = [r for r in rows if r.shape not in held]
+    test = [r for r in rows if r.shape in held]
+    if not test:
+        raise ValueError(f"holdout_shapes: no rows with (K, N) in {sorted(held)}")
+    fam = GemmFamily(**params).fit(train)
+    pred = fam.predict_rows(test)
+    y = np.array([r.latency_ms for r in test])
+    return float(np.mean(np.abs(pred - y) / y) * 100.0)

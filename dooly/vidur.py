@@ -1,0 +1,259 @@
+"""Vidur profiling data in and out.
+
+Import: `read_vidur_mlp(csv_path)` turns one of Vidur's `mlp.csv` files
+(data/profiling/compute/<device>/<org>/<model>/mlp.csv) into Dooly data: one
+Environment, the canonical Units of its ops, one Measurement per (row, op).
+
+  * GEMMs become op "linear" units (attrs bias=False), input [T, K], weight [N, K]:
+      attn_pre_proj   [T, n_embd]            x [(n_head + 2*n_kv_head)*head_dim/tp, n_embd]
+      attn_post_proj  [T, n_embd/tp]         x [n_embd, n_embd/tp]
+      mlp_up_proj     [T, n_embd]            x [n_expanded_embd*(2 if gated else 1)/tp, n_embd]
+      mlp_down_proj   [T, n_expanded_embd/tp] x [n_embd, n_expanded_embd/tp]
+    (head_dim = n_embd / n_head). Models with the same GEMM shape share a unit.
+  * the other ops become "vidur.<op>" units with the shapes they work on
+    (emb: token ids [T] + table [vocab/tp, n_embd]; norms and add: [T, n_embd];
+    attn_rope: q [T, n_head*head_dim/tp], k [T, n_kv_head*head_dim/tp], positions [T];
+    mlp_act: [T, n_expanded_embd*(2 if gated else 1)/tp] -> [T, n_expanded_embd/tp]).
+  * dtype float16 (Vidur profiles fp16); T is a REQUEST dim, the rest CONFIG ints.
+  * Measurement point {"T": num_tokens}; median/mean/std straight from the CSV (ms);
+    Vidur keeps no percentiles, so p10_ms = its min and p90_ms = its max; samples = 0
+    (unknown). Only rows with num_tensor_parallel_workers == tp (default 1).
+  * Environment: device from the directory (a100 -> "NVIDIA A100", a40, h100), kind
+    cuda, engine "vidur-sarathi", version "vidur", backend "n/a", dtype float16,
+    execution "imported".
+  * An op whose columns are all absent is one the model lacks (phi-2 has no
+    post_attention_layernorm) and is skipped; a partly present op is an error.
+
+Export helpers: `VIDUR_MLP_OPS`, `VIDUR_ATTENTION_OPS`, `mlp_header()`,
+`attention_header()` (Vidur's column order) and `write_vidur_csv(path, header, rows)`.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from dooly.env import Environment, Measurement
+from dooly.errors import DoolyInputError
+from dooly.symbolic.labels import DimLabel, Label
+from dooly.unit import TensorSig, Unit
+
+VIDUR_MLP_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
+                 "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
+VIDUR_GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+VIDUR_ATTENTION_OPS = ("attn_input_reshape", "attn_decode", "attn_output_reshape", "attn_prefill",
+                       "attn_kv_cache_save")
+STATS = ("min", "max", "mean", "median", "std")
+MLP_CONFIG_COLUMNS = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp",
+                      "num_tokens", "num_tensor_parallel_workers")
+ATTENTION_CONFIG_COLUMNS = ("n_embd", "n_q_head", "n_kv_head", "block_size", "num_tensor_parallel_workers",
+                            "max_model_len", "batch_size", "prefill_chunk_size", "kv_cache_size",
+                            "is_prefill", "attention_backend")
+DEVICE_DIRS = {"a100": "NVIDIA A100", "a40": "NVIDIA A40", "h100": "NVIDIA H100"}
+DTYPE = "float16"
+
+
+def _time_columns(ops: Iterable[str]) -> list[str]:
+    return [f"time_stats.{op}.{s}" for op in ops for s in STATS]
+
+
+def mlp_header() -> list[str]:
+    return _time_columns(VIDUR_MLP_OPS) + list(MLP_CONFIG_COLUMNS)
+
+
+def attention_header() -> list[str]:
+    return _time_columns(VIDUR_ATTENTION_OPS) + list(ATTENTION_CONFIG_COLUMNS)
+
+
+def write_vidur_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable) -> Path:
+    """Write rows (dicts keyed by column, missing -> "", or sequences in header order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = list(header)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, row in enumerate(rows):
+            if isinstance(row, Mapping):
+                unknown = set(row) - set(header)
+                if unknown:
+                    raise ValueError(f"rows[{i}]: columns not in the header: {sorted(unknown)}")
+                w.writerow(["" if row.get(c) is None else row.get(c) for c in header])
+            else:
+                row = list(row)
+                if len(row) != len(header):
+                    raise ValueError(f"rows[{i}]: {len(row)} values for {len(header)} columns")
+                w.writerow(row)
+    return path
+
+
+# ---------------------------------------------------------------- import
+
+def _T() -> DimLabel:
+    return DimLabel("T", Label.REQUEST)
+
+
+def _c(v: int) -> DimLabel:
+    return DimLabel(int(v), Label.CONFIG)
+
+
+def _sig(*dims, dtype: str = DTYPE) -> TensorSig:
+    return TensorSig(tuple(_T() if d == "T" else _c(d) for d in dims), dtype)
+
+
+def _linear(K: int, N: int) -> Unit:
+    return Unit(op="linear", inputs=(_sig("T", K), _sig(N, K)), outputs=(_sig("T", N),),
+                attrs=(("bias", False),))
+
+
+def _pointwise(op: str, inputs: tuple, outputs: tuple) -> Unit:
+    return Unit(op=f"vidur.{op}", inputs=inputs, outputs=outputs)
+
+
+def vidur_units(config: Mapping, tp: int = 1) -> dict[str, Unit]:
+    """Vidur mlp op -> Dooly Unit for one model config (n_head, n_kv_head, n_embd,
+    n_expanded_embd, vocab_size, use_gated_mlp) at tensor parallelism `tp`."""
+    n_head, n_kv = int(config["n_head"]), int(config["n_kv_head"])
+    d, ff, vocab = int(config["n_embd"]), int(config["n_expanded_embd"]), int(config["vocab_size"])
+    gated = _bool(config["use_gated_mlp"])
+    hd = d // n_head
+    up = ff * (2 if gated else 1)
+    hidden = _sig("T", d)
+    return {
+        "emb": _pointwise("emb", (_sig("T", dtype="int64"), _sig(vocab // tp, d)), (hidden,)),
+        "input_layernorm": _pointwise("input_layernorm", (hidden, _sig(d)), (hidden,)),
+        "attn_pre_proj": _linear(d, (n_head + 2 * n_kv) * hd // tp),
+        "attn_rope": _pointwise("attn_rope",
+                                (_sig("T", dtype="int64"), _sig("T", n_head * hd // tp),
+                                 _sig("T", n_kv * hd // tp)),
+                                (_sig("T", n_head * hd // tp), _sig("T", n_kv * hd // tp))),
+        "attn_post_proj": _linear(d // tp, d),
+        "post_attention_layernorm": _pointwise("post_attention_layernorm", (hidden, _sig(d)), (hidden,)),
+        "mlp_up_proj": _linear(d, up // tp),
+        "mlp_act": _pointwise("mlp_act", (_sig("T", up // tp),), (_sig("T", ff // tp),)),
+        "mlp_down_proj": _linear(ff // tp, d),
+        "add": _pointwise("add", (hidden, hidden), (hidden,)),
+    }
+
+
+def _bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("true", "1", "yes"):
+        return True
+    if s in ("false", "0", "no"):
+        return False
+    raise ValueError(f"not a boolean: {v!r}")
+
+
+def device_from_path(path: str | os.PathLike) -> str | None:
+    for part in reversed(Path(path).resolve().parts):
+        if part.lower() in DEVICE_DIRS:
+            return DEVICE_DIRS[part.lower()]
+    return None
+
+
+def vidur_environment(device_name: str) -> Environment:
+    return Environment(device_name=device_name, device_kind="cuda", engine="vidur-sarathi",
+                       engine_version="vidur", backend="n/a", dtype=DTYPE, execution="imported")
+
+
+def model_name_from_path(path: str | os.PathLike) -> str:
+    """"<org>/<model>" from .../<device>/<org>/<model>/mlp.csv."""
+    p = Path(path)
+    return f"{p.parent.parent.name}/{p.parent.name}"
+
+
+def read_vidur_mlp(csv_path: str | os.PathLike, tp: int = 1, device_name: str | None = None
+                   ) -> tuple[Environment, list[Unit], list[Measurement]]:
+    """One Vidur mlp.csv -> (environment, units, measurements); see the module doc.
+    Raises DoolyInputError naming the file and column for malformed input."""
+    path = Path(csv_path)
+    device = device_name or device_from_path(path)
+    if not device:
+        raise DoolyInputError(path, f"cannot tell the device from the path (expected a directory "
+                                    f"named one of {sorted(DEVICE_DIRS)}); pass device_name")
+    env = vidur_environment(device)
+    try:
+        f = open(path, newline="")
+    except OSError as e:
+        raise DoolyInputError(path, f"cannot read: {e.strerror or e}") from None
+    with f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames
+        if not header:
+            raise DoolyInputError(path, "empty file: no header row")
+        for col in MLP_CONFIG_COLUMNS:
+            if col not in header:
+                raise DoolyInputError(path, "missing column", field=col)
+        # An op a model lacks has no columns at all (phi-2: no post_attention_layernorm);
+        # an op with some of its columns must have all five.
+        ops = [op for op in VIDUR_MLP_OPS if any(c in header for c in _time_columns([op]))]
+        if not ops:
+            raise DoolyInputError(path, "missing column", field=_time_columns(VIDUR_MLP_OPS[:1])[0])
+        for col in _time_columns(ops):
+            if col not in header:
+                raise DoolyInputError(path, "missing column", field=col)
+        rows = list(reader)
+    stamp = path.stat().st_mtime
+    units: dict[str, Unit] = {}
+    measurements: list[Measurement] = []
+    cache: dict[tuple, dict[str, Unit]] = {}
+    for lineno, row in enumerate(rows, start=2):
+        def num(col: str, cast=float):
+            v = row.get(col)
+            try:
+                return cast(v) if cast is not bool else _bool(v)
+            except (TypeError, ValueError):
+                raise DoolyInputError(path, f"line {lineno}: not a {cast.__name__}: {v!r}", field=col) from None
+        if num("num_tensor_parallel_workers", int) != tp:
+            continue
+        cfg = tuple(num(c, bool if c == "use_gated_mlp" else int) for c in MLP_CONFIG_COLUMNS[:6])
+        if cfg not in cache:
+            cache[cfg] = vidur_units(dict(zip(MLP_CONFIG_COLUMNS[:6], cfg)), tp)
+        T = num("num_tokens", int)
+        if T <= 0:
+            raise DoolyInputError(path, f"line {lineno}: num_tokens must be positive, got {T}",
+                                  field="num_tokens")
+        for op in ops:
+            unit = cache[cfg][op]
+            units.setdefault(unit.key, unit)
+            st = {s: num(f"time_stats.{op}.{s}") for s in STATS}
+            if not st["median"] >= 0:
+                raise DoolyInputError(path, f"line {lineno}: negative latency {st['median']!r}",
+                                      field=f"time_stats.{op}.median")
+            measurements.append(Measurement(unit_key=unit.key, env_key=env.key, point={"T": T},
+                                            median_ms=st["median"], p10_ms=st["min"], p90_ms=st["max"],
+                                            mean_ms=st["mean"], std_ms=st["std"], samples=0,
+                                            timestamp=stamp))
+    return env, list(units.values()), measurements
+
+
+def find_vidur_mlp(root: str | os.PathLike) -> list[Path]:
+    return sorted(Path(root).rglob("mlp.csv"))
+
+
+def import_vidur(root: str | os.PathLike, store, tp: int = 1) -> dict:
+    """Read every mlp.csv under `root` into a store-like object (duck-typed:
+    add_environment(env), add_unit(unit), add_measurement(m)). Returns counts."""
+    files = find_vidur_mlp(root)
+    if not files:
+        raise DoolyInputError(root, "no mlp.csv found under this directory")
+    n_units = n_meas = 0
+    seen_env, seen_unit = set(), set()
+    for p in files:
+        env, units, meas = read_vidur_mlp(p, tp=tp)
+        if env.key not in seen_env:
+            store.add_environment(env)
+            seen_env.add(env.key)
+        for u in units:
+            if u.key not in seen_unit:
+                store.add_unit(u)
+                seen_unit.add(u.key)
+                n_units += 1
+        for m in meas:
+            store.add_measurement(m)
+        n_meas += len(meas)
+    return {"files": len(files), "environments": len(seen_env), "units": n_units, "measurements": n_meas}

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from conftest import config
+from dooly.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_analyze_json_has_documented_schema(tmp_path, capsys):
+    path = tmp_path / "a.json"
+    code, out, _ = _run(capsys, "analyze", config("HuggingFaceTB__SmolLM2-135M-Instruct"),
+                        config("Qwen__Qwen2.5-0.5B"), "--engine", "transformers",
+                        "--json", str(path), "--hardware", "cpu")
+    assert code == 0 and "Reuse" in out
+    data = json.loads(path.read_text())
+    assert data["engine"] == "transformers"
+    assert {"independent_cost_s", "dedup_cost_s", "reduction_pct", "unique_units",
+            "total_units"} <= set(data["reuse"])
+    m = data["models"][0]
+    assert {"config", "architecture", "units"} <= set(m)
+    u = m["units"][0]
+    assert {"key", "op", "count", "dims", "stateful"} <= set(u)
+    assert {"value_or_expr", "label", "config_fields"} <= set(u["dims"][0])
+    assert data["reuse"]["unique_units"] <= data["reuse"]["total_units"]
+
+
+def _bad(tmp_path, text):
+    p = tmp_path / "config.json"
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("text,needle", [
+    (None, "file not found"),
+    ("{not json", "not valid JSON"),
+    ('{"model_type": "llama"}', "architectures"),
+    ('{"architectures": ["LlamaForCausalLM"]}', "model_type"),
+    ('{"architectures": ["FooForCausalLM"], "model_type": "foo_unknown"}', "model_type"),
+    ('[1, 2]', "JSON object"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, capsys, text, needle):
+    path = str(tmp_path / "missing.json") if text is None else _bad(tmp_path, text)
+    code, _, err = _run(capsys, "analyze", path, "--engine", "transformers")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and path in lines[0] and needle in lines[0]
+    assert "Traceback" not in err

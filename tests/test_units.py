@@ -1,0 +1,115 @@
+import json
+
+import pytest
+
+from conftest import config, needs_vllm
+from dooly.analyze import analyze
+from dooly.config import ModelConfig, load_config
+from dooly.graph.regions import RegionRegistry, nx_graph
+from dooly.symbolic.labels import DimLabel, Label
+from dooly.unit import TensorSig, Unit
+
+
+def _sig(*dims, dtype="bfloat16"):
+    return TensorSig(tuple(DimLabel(d, Label.REQUEST) if isinstance(d, str)
+                           else DimLabel(d, Label.CONFIG) for d in dims), dtype)
+
+
+def _gemm(n, k, dtype="bfloat16"):
+    return Unit("linear", (_sig("T", k, dtype=dtype), _sig(n, k, dtype=dtype)),
+                (_sig("T", n, dtype=dtype),))
+
+
+def test_same_gemm_shape_has_one_key():
+    assert _gemm(6144, 4096).key == _gemm(6144, 4096).key
+
+
+def test_different_shape_or_dtype_gets_different_key():
+    keys = {_gemm(6144, 4096).key, _gemm(4096, 4096).key, _gemm(6144, 4096, "float16").key}
+    assert len(keys) == 3
+
+
+def test_unit_json_round_trip_keeps_key():
+    u = _gemm(6144, 4096)
+    assert Unit.from_json(json.loads(json.dumps(u.to_json()))).key == u.key
+
+
+def _region(ops):
+    nodes = [{"op": op, "args": [{"in": 0} if i == 0 else {"ref": i - 1}], "kwargs": {}}
+             for i, op in enumerate(ops)]
+    return nx_graph({"nodes": nodes}, ["bfloat16[T, 64]"])
+
+
+def test_isomorphic_regions_share_a_key_and_others_do_not():
+    reg = RegionRegistry()
+    a = reg.key(_region(["silu", "mul"]))
+    assert reg.key(_region(["silu", "mul"])) == a
+    assert reg.key(_region(["gelu", "mul"])) != a
+
+
+def test_identical_ops_in_two_models_share_keys():
+    an = analyze([config("meta-llama__Llama-3.1-8B"), config("mistralai__Mistral-7B-v0.1")],
+                 "transformers")
+    llama, mistral = an.inventories
+    shared = set(llama.entries) & set(mistral.entries)
+    ops = {llama.entries[k].unit.op for k in shared}
+    assert "linear" in ops and "scaled_dot_product_attention" not in ops  # Mistral: window
+    emb = [k for k, e in llama.entries.items() if e.unit.op == "embedding"]
+    assert emb and emb[0] not in mistral.entries  # vocab differs
+
+
+def _with_layers(name, layers):
+    cfg = load_config(config(name))
+    raw = dict(cfg.raw, num_hidden_layers=layers)
+    if isinstance(raw.get("layer_types"), list):
+        raw["layer_types"] = raw["layer_types"][:layers]
+    return ModelConfig(cfg.path, raw, cfg.architecture, cfg.model_type)
+
+
+@pytest.mark.parametrize("name,layers", [("meta-llama__Llama-3.1-8B", 5),
+                                         ("google__gemma-2-9b", 8),
+                                         ("huihui-ai__c4ai-command-r7b-12-2024-abliterated", 12)])
+def test_one_period_times_counts_equals_full_depth(name, layers):
+    from dooly.analyze import analyze_config
+    from dooly.graph import capture_hf
+    cfg = _with_layers(name, layers)
+    traced = analyze_config(cfg, "transformers", RegionRegistry()).counts()
+    real = capture_hf.capture_hf
+    try:  # full depth: every layer traced once
+        capture_hf.capture_hf = lambda c, layers=None: real(c, c.num_layers)
+        full = analyze_config(cfg, "transformers", RegionRegistry()).counts()
+    finally:
+        capture_hf.capture_hf = real
+    assert traced == full
+    assert cfg.traced_layers() < layers
+
+
+@needs_vllm
+def test_vllm_one_period_equals_full_depth_for_gemma2():
+    from dooly.analyze import analyze_config
+    from dooly.graph import capture_vllm
+    cfg = _with_layers("google__gemma-2-9b", 6)
+    traced = analyze_config(cfg, "vllm", RegionRegistry()).counts()
+    real = capture_vllm.capture_vllm
+    try:
+        capture_vllm.capture_vllm = lambda c, layers=None: real(c, c.num_layers)
+        full = analyze_config(cfg, "vllm", RegionRegistry()).counts()
+    finally:
+        capture_vllm.capture_vllm = real
+    assert traced == full
+
+
+@needs_vllm
+def test_vllm_llama_shows_the_units_vllm_runs():
+    inv = analyze([config("meta-llama__Llama-3.1-8B")], "vllm").inventories[0]
+    gemms = {tuple(tuple(t.shape()) for t in e.unit.inputs[:2]): e.count
+             for e in inv.entries.values() if e.unit.op == "linear"}
+    assert gemms[(("T", 4096), (6144, 4096))] == 32      # QKV
+    assert gemms[(("T", 4096), (4096, 4096))] == 32      # o_proj
+    assert gemms[(("T", 4096), (28672, 4096))] == 32     # gate_up
+    assert gemms[(("T", 14336), (4096, 14336))] == 32    # down
+    assert gemms[(("B", 4096), (128256, 4096))] == 1     # LM head, last token per sequence
+    attn = [e.unit for e in inv.entries.values() if e.unit.op == "vllm.unified_attention_with_output"]
+    assert len(attn) == 1 and attn[0].stateful
+    a = attn[0].attr
+    assert (a["num_heads"], a["num_kv_heads"], a["head_size"]) == (32, 8, 128)
