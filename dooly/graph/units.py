@@ -52,7 +52,7 @@ def _sigs(args, *, tensors_only=True) -> list[TensorSig]:
     out = []
     for a in args:
         if isinstance(a, torch.fx.Node):
-            out += a.meta.get("dooly", {}).get("out", [])
+            out += a.meta.get("dooly", {}).get("out", [])[:1]
         elif isinstance(a, (list, tuple)):
             out += _sigs(a)
     return out
@@ -82,8 +82,17 @@ def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
         # the out-buffer and the cache handle carry no request information
         inputs = tuple(t for t in inputs[:3])
     if op.startswith("_C.") or op.startswith("vllm_ir."):
-        attrs.update({f"arg{i}": a for i, a in enumerate(node.args)
-                      if isinstance(a, (int, float, bool, str)) and not isinstance(a, torch.fx.Node)})
+        # how to call the engine's op again: tensor inputs by index, literals as they are
+        call, k = [], 0
+        for a in node.args:
+            if isinstance(a, torch.fx.Node):
+                call.append({"t": k})
+                k += len(a.meta.get("dooly", {}).get("out", [])[:1])
+            elif a is None or isinstance(a, (int, float, bool, str)):
+                call.append(a)
+            else:
+                call.append({"repr": str(a)})
+        attrs["call"] = call
     if op == "scaled_dot_product_attention":
         stateful = True
         attrs.update({k: v for k, v in node.kwargs.items() if isinstance(v, (int, float, bool))})

@@ -1,0 +1,56 @@
+"""`dooly sweep`: measure the units of the given models that the DB lacks."""
+from __future__ import annotations
+
+import json
+import sys
+
+from dooly.errors import DoolyInputError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="measure unseen units over the request grid")
+    p.add_argument("configs", nargs="+")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default=None)
+    p.add_argument("--db", required=True, help="SQLite latency DB (created if missing)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--backend", default=None, help="attention backend (default: the engine's)")
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-context", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    p.add_argument("--json", dest="json_path", help="write the summary here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from dooly.grid import GridLimits
+    from dooly.sweep import sweep
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise DoolyInputError("--device", "cuda requested but no CUDA device is available")
+    try:
+        lim = GridLimits(args.max_tokens, args.max_batch, args.max_context)
+    except ValueError as err:
+        raise DoolyInputError("command line", str(err)) from None
+    bars: dict = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), disable=args.no_progress or not sys.stderr.isatty(),
+                  transient=False) as prog:
+        def progress(unit, done, total):
+            if unit.key not in bars:
+                bars[unit.key] = prog.add_task(f"{unit.op[:28]:28s} {unit.key[-12:]}", total=total)
+            prog.update(bars[unit.key], completed=done)
+        s = sweep(args.configs, args.db, args.engine, args.device, args.backend, lim,
+                  args.threads, progress)
+    out = s.to_json()
+    print(f"sweep {'interrupted' if s.interrupted else 'done'}: {out['units_measured']} units measured, "
+          f"{out['units_reused']} reused, {out['units_failed']} failed; {out['points_measured']} points "
+          f"ok, {out['points_failed']} failed; {out['seconds']:.1f} s (env {s.env_key})")
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(out, f)
+    return 130 if s.interrupted else 0

@@ -1,0 +1,177 @@
+"""Rebuild a stateless unit as a runnable call from its recorded op and shapes: random
+inputs (never zeros) at a request point, then the engine's own op. Nothing is
+executed from stored code: op names resolve by attribute lookup in allowed
+namespaces, and fused regions are replayed by a small interpreter over their data."""
+from __future__ import annotations
+
+import operator
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dooly.graph.regions import eval_name
+from dooly.grid import point_values
+from dooly.symbolic.labels import Label
+from dooly.symbolic.symbols import evaluate
+from dooly.unit import TensorSig, Unit
+
+OP_NAMESPACES = ("vllm_ir", "_C", "vllm", "aten")
+_TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfloat16", "long",
+                   "contiguous", "transpose", "permute", "unsqueeze", "squeeze", "expand", "split",
+                   "chunk", "flatten", "type_as", "size", "sum", "exp", "softmax", "tanh", "sigmoid",
+                   "mul", "add", "sub", "div", "neg", "rsqrt", "sqrt", "clamp", "masked_fill", "int"}
+
+
+def dtype_of(name: str) -> torch.dtype:
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"dtype: unknown dtype {name!r}")
+    return dt
+
+
+def shape_at(sig: TensorSig, values: dict) -> list[int]:
+    return [evaluate(d.value_or_expr, **values) for d in sig.dims]
+
+
+def random_tensor(sig: TensorSig, values: dict, device: str, high: int = 1000) -> torch.Tensor:
+    shape, dt = shape_at(sig, values), dtype_of(sig.dtype)
+    if dt.is_floating_point:
+        return torch.randn(shape, dtype=torch.float32, device=device).to(dt)
+    if dt == torch.bool:
+        return torch.rand(shape, device=device) > 0.5
+    return torch.randint(0, max(high, 1), shape, dtype=dt, device=device)
+
+
+def resolve_op(name: str):
+    ns, *rest = name.split(".")
+    if ns not in OP_NAMESPACES or not rest:
+        raise ValueError(f"op: {name!r} is not in an allowed op namespace {OP_NAMESPACES}")
+    obj = getattr(torch.ops, ns)
+    for part in rest:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _linear(unit: Unit, x, w, bias, engine: str, device: str) -> Callable:
+    if engine == "vllm" and device == "cpu":
+        # vLLM's own CPU GEMM dispatch (oneDNN / sgl kernels / zentorch) for this shape
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+        layer = torch.nn.Module()
+        layer.weight = torch.nn.Parameter(w, requires_grad=False)
+        dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
+        return lambda: layer.cpu_linear(x, layer.weight, bias)
+    return lambda: F.linear(x, w, bias)
+
+
+def _decode(a, env, inputs, values):
+    if isinstance(a, list):
+        return [_decode(x, env, inputs, values) for x in a]
+    if not isinstance(a, dict):
+        return a
+    if "ref" in a:
+        return env[a["ref"]]
+    if "in" in a:
+        return inputs[a["in"]]
+    if "sym" in a:
+        return evaluate(a["sym"], **values)
+    if "slice" in a:
+        return slice(*[_decode(x, env, inputs, values) for x in a["slice"]])
+    if "ellipsis" in a:
+        return Ellipsis
+    if "dtype" in a:
+        return dtype_of(a["dtype"])
+    if "tuple" in a:
+        return tuple(_decode(x, env, inputs, values) for x in a["tuple"])
+    if "dict" in a:
+        return {k: _decode(v, env, inputs, values) for k, v in a["dict"].items()}
+    raise ValueError(f"graph: cannot rebuild argument {a!r}")
+
+
+def region_fn(unit: Unit) -> Callable:
+    """Interpreter over a fused region's data. Request symbols are read from the input
+    shapes at run time, so a compiled version stays dynamic in them."""
+    data = unit.graph or {}
+    rows = data.get("nodes", [])
+    where: dict[str, tuple[int, int]] = {}
+    for k, sig in enumerate(unit.inputs):
+        for i, d in enumerate(sig.dims):
+            if d.label is not Label.CONFIG and str(d.value_or_expr).isidentifier():
+                where.setdefault(str(d.value_or_expr), (k, i))
+    calls = []
+    for row in rows:
+        if row["kind"] == "call_method":
+            if row["target"] not in _TENSOR_METHODS:
+                raise ValueError(f"graph: tensor method {row['target']!r} is not allowed")
+            calls.append(operator.methodcaller)
+        else:
+            calls.append(eval_name(row["target"]))
+
+    def run(*inputs):
+        values = {s: inputs[k].shape[i] for s, (k, i) in where.items()}
+        env = []
+        for row, fn in zip(rows, calls):
+            args = _decode(row["args"], env, inputs, values)
+            kwargs = _decode({"dict": row["kwargs"]}, env, inputs, values)
+            if row["kind"] == "call_method":
+                env.append(getattr(args[0], row["target"])(*args[1:], **kwargs))
+            else:
+                env.append(fn(*args, **kwargs))
+        return [env[i] for i in data.get("outputs", [])]
+    return run
+
+
+def compiles(unit: Unit, execution: str) -> bool:
+    """What an engine that compiles its graph (vLLM on CPU: Inductor) runs compiled:
+    fused regions and IR ops it lowers to native; GEMMs and custom kernels stay opaque."""
+    return execution == "compiled" and (unit.op == "fused" or unit.op.startswith("vllm_ir."))
+
+
+class StatelessRunner:
+    """One runnable per unit; the compiled body is shared across grid points."""
+
+    def __init__(self, unit: Unit, engine: str, device: str = "cpu", execution: str = "eager"):
+        if unit.stateful:
+            raise ValueError(f"unit: {unit.key} is stateful; use the engine's attention runner")
+        self.unit, self.engine, self.device = unit, engine, device
+        self._body = self._make_body()
+        if compiles(unit, execution):
+            self._body = torch.compile(self._body, backend="inductor", dynamic=True)
+
+    def _make_body(self) -> Callable:
+        u = self.unit
+        if u.op == "fused":
+            return region_fn(u)
+        if u.op == "embedding":
+            return None  # built per point: ids must index the table
+        if u.op == "sampler":
+            return lambda logits: torch.argmax(logits.float(), dim=-1)
+        if u.op in ("linear", "mm", "matmul", "addmm", "bmm"):
+            return None  # built per point: the engine may prepack the weight
+        op = resolve_op(u.op)
+        call = u.attr.get("call")
+        if call is None:
+            return lambda *t: op(*t)
+        return lambda *t: op(*[t[a["t"]] if isinstance(a, dict) and "t" in a else a for a in call])
+
+    def prepare(self, point: dict) -> Callable[[], object]:
+        values = point_values(point)
+        u = self.unit
+        high = 1000
+        ins = []
+        for sig in u.inputs:
+            ins.append(random_tensor(sig, values, self.device, high))
+        if u.op == "embedding":
+            w = next(t for t in ins if t.is_floating_point())
+            ids = next(t for t in ins if not t.is_floating_point())
+            ids.random_(0, w.shape[0])
+            return lambda: F.embedding(ids, w)
+        if u.op == "_C.rotary_embedding":
+            cache = ins[-1]
+            ins[0].random_(0, cache.shape[0])  # positions index the cos/sin cache
+        if self._body is None:
+            x, w = ins[0], ins[1]
+            bias = ins[2] if len(ins) > 2 else None
+            return _linear(u, x, w, bias, self.engine, self.device)
+        body = self._body
+        return lambda: body(*ins)

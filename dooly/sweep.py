@@ -1,0 +1,164 @@
+"""`sweep`: measure only what the DB lacks for this environment. Every measurement is
+committed as it is taken, so an interrupted sweep resumes where it stopped; a point
+that fails is stored as failed with its reason and the sweep goes on."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from dooly.analyze import analyze
+from dooly.env import Environment, Measurement, host_cpu_name
+from dooly.grid import GridLimits, points_for
+from dooly.timing import timer_for
+from dooly.unit import Unit
+
+
+@dataclass
+class SweepSummary:
+    env_key: str
+    units_measured: list[str] = field(default_factory=list)
+    units_reused: list[str] = field(default_factory=list)
+    units_failed: list[str] = field(default_factory=list)
+    points_measured: int = 0
+    points_failed: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def to_json(self) -> dict:
+        return {"env_key": self.env_key, "units_measured": len(self.units_measured),
+                "units_reused": len(self.units_reused), "units_failed": len(self.units_failed),
+                "points_measured": self.points_measured, "points_failed": self.points_failed,
+                "seconds": round(self.seconds, 2), "interrupted": self.interrupted}
+
+
+def default_threads(engine: str, device: str) -> int:
+    # vLLM's CPU serving path drops torch to one thread unless OMP_NUM_THREADS says otherwise
+    if device == "cpu" and engine == "vllm":
+        return int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    return torch.get_num_threads()
+
+
+def current_environment(engine: str, device: str = "cpu", backend: str | None = None,
+                        dtype: str = "bfloat16", block_size: int = 16, threads: int | None = None,
+                        execution: str | None = None) -> Environment:
+    if engine == "vllm":
+        from dooly.graph.capture_vllm import engine_version
+        version, default_backend = engine_version(), ("CPU_ATTN" if device == "cpu" else "FLASH_ATTN")
+        default_exec = "compiled" if device == "cpu" else "cudagraph"
+    else:
+        import transformers
+        version, default_backend, default_exec = transformers.__version__, "sdpa", "eager"
+    name = torch.cuda.get_device_name() if device == "cuda" else host_cpu_name()
+    return Environment(device_name=name, device_kind=device, engine=engine, engine_version=version,
+                       backend=backend or default_backend, dtype=dtype, block_size=block_size,
+                       torch_version=torch.__version__.split("+")[0],
+                       execution=execution or default_exec,
+                       threads=threads or default_threads(engine, device))
+
+
+def grid_for(unit: Unit, lim: GridLimits) -> list[dict]:
+    pts = points_for(unit.driver, lim, unit.request_symbols())
+    if unit.op == "scaled_dot_product_attention":
+        # the transformers capture is a prefill without a cache
+        pts = [p for p in pts if all(c == 0 for _, c in p["seqs"])]
+    if unit.op == "vllm.unified_kv_cache_update":
+        pts = [{"seqs": [[p["T"], 0]]} for p in points_for("tokens", lim)]
+    return pts
+
+
+class Runners:
+    """One runner per unit; attention runners are shared by units with equal attributes."""
+
+    def __init__(self, env: Environment, lim: GridLimits):
+        self.env, self.lim = env, lim
+        self._attn: dict = {}
+
+    def prepare(self, unit: Unit, point: dict):
+        if unit.stateful:
+            return self._stateful(unit, point)
+        from dooly.materialize import StatelessRunner
+        runner = self._attn.get(unit.key)
+        if runner is None:
+            runner = self._attn[unit.key] = StatelessRunner(unit, self.env.engine,
+                                                            self.env.device_kind, self.env.execution)
+        return runner.prepare(point)
+
+    def _stateful(self, unit: Unit, point: dict):
+        a = unit.attr
+        seqs = [tuple(s) for s in point["seqs"]]
+        if unit.op == "scaled_dot_product_attention":
+            from dooly.materialize import random_tensor
+            from dooly.grid import point_values
+            q, k, v = (random_tensor(s, point_values(point), self.env.device_kind) for s in unit.inputs[:3])
+            gqa = bool(a.get("enable_gqa", False))
+            return lambda: torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=gqa)
+        from dooly.stateful_vllm import VllmAttentionRunner
+        key = (a.get("num_heads"), a.get("num_kv_heads"), a.get("head_size"), a.get("sliding_window", 0))
+        runner = self._attn.get(key)
+        if runner is None:
+            runner = self._attn[key] = VllmAttentionRunner(
+                *key[:3], sliding_window=key[3] or 0, dtype=self.env.dtype,
+                block_size=self.env.block_size, max_context=self.lim.max_context + self.lim.max_tokens,
+                max_batch=max(self.lim.max_batch, 4))
+        parts = runner.prepare_parts(seqs)
+        return parts["kv_update" if "kv_cache" in unit.op else "attention"]
+
+
+def sweep(config_paths: list[str], db_path: str, engine: str | None = None, device: str = "cpu",
+          backend: str | None = None, lim: GridLimits = GridLimits(), threads: int | None = None,
+          progress=None, analysis=None) -> SweepSummary:
+    """Measure every unit of the given models that the DB lacks for this environment.
+    `progress(unit, done, total)` is called after each point."""
+    from dooly.db import Store
+    analysis = analysis or analyze(config_paths, engine)
+    env = current_environment(analysis.engine, device, backend, threads=threads)
+    torch.set_num_threads(env.threads)
+    summary = SweepSummary(env.key)
+    t0 = time.perf_counter()
+    timer = timer_for(device)
+    runners = Runners(env, lim)
+    with Store.open(db_path) as store:
+        store.add_environment(env)
+        units: dict[str, Unit] = {}
+        for inv in analysis.inventories:
+            for key, e in inv.entries.items():
+                store.add_unit(e.unit)
+                units.setdefault(key, e.unit)
+            store.set_inventory(inv.config_hash, inv.engine, inv.model, inv.counts())
+        try:
+            for key, unit in units.items():
+                todo = [p for p in grid_for(unit, lim) if not store.has_point(key, env.key, p)]
+                if not todo:
+                    summary.units_reused.append(key)
+                    continue
+                summary.units_measured.append(key)
+                for i, point in enumerate(todo):
+                    m = _measure(runners, timer, unit, point, env)
+                    store.add_measurement(m)
+                    summary.points_failed += m.status == "failed"
+                    summary.points_measured += m.status == "ok"
+                    if progress:
+                        progress(unit, i + 1, len(todo))
+                if not store.units_measured(env.key) >= {key}:
+                    summary.units_failed.append(key)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _measure(runners: Runners, timer, unit: Unit, point: dict, env: Environment) -> Measurement:
+    try:
+        fn = runners.prepare(unit, point)
+        st = timer(fn)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # OOM, unsupported shape, kernel error: record and go on
+        return Measurement(unit.key, env.key, point, status="failed",
+                           reason=f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+    return Measurement(unit.key, env.key, point, st.median_ms, st.p10_ms, st.p90_ms, st.mean_ms,
+                       st.std_ms, st.samples, st.outliers)

@@ -1,0 +1,84 @@
+"""Timers. CPU: perf_counter_ns around each call, fixed thread count, warm-up, median
+of repeats. CUDA: the call captured in a CUDA graph and timed by events around
+replays, L2 flushed between samples. Samples beyond 3 MADs of the median are rejected
+and counted."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Stats:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    samples: int
+    outliers: int
+
+
+def summarize(samples_ms: list[float]) -> Stats:
+    if not samples_ms:
+        raise ValueError("samples_ms: no samples to summarize")
+    med = statistics.median(samples_ms)
+    mad = statistics.median(abs(x - med) for x in samples_ms) or 1e-9
+    kept = [x for x in samples_ms if abs(x - med) <= 3 * 1.4826 * mad] or samples_ms
+    kept.sort()
+    q = lambda f: kept[min(len(kept) - 1, int(f * (len(kept) - 1) + 0.5))]  # noqa: E731
+    return Stats(statistics.median(kept), q(0.1), q(0.9), statistics.fmean(kept),
+                 statistics.pstdev(kept), len(kept), len(samples_ms) - len(kept))
+
+
+def time_cpu(fn: Callable[[], object], warmup: int = 2, repeats: int = 9,
+             budget_s: float = 2.0) -> Stats:
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < repeats:
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        # a slow point needs fewer repeats for a stable median
+        if len(samples) >= 3 and time.perf_counter() - start > budget_s:
+            break
+    return summarize(samples)
+
+
+_L2_FLUSH: dict = {}
+
+
+def time_cuda(fn: Callable[[], object], warmup: int = 3, repeats: int = 20,
+              calls_per_replay: int = 5) -> Stats:
+    """Median over replays of a CUDA graph holding `calls_per_replay` calls."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls_per_replay):
+            fn()
+    flush = _L2_FLUSH.setdefault("buf", torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda"))
+    samples = []
+    for _ in range(repeats):
+        flush.zero_()  # the same cold-L2 start for every sample
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / calls_per_replay)
+    return summarize(samples)
+
+
+def timer_for(device: str) -> Callable[..., Stats]:
+    return time_cuda if device == "cuda" else time_cpu
