@@ -34,6 +34,12 @@ def register(subparsers) -> None:
     p.add_argument("others", nargs="+", metavar="OTHER", help="database files to read")
     p.set_defaults(func=cmd_merge)
 
+    p = sub.add_parser("import-vidur", help="read Vidur's profiling CSVs (mlp.csv) as Dooly units")
+    p.add_argument("dir", help="a directory holding <model>/mlp.csv files (searched recursively)")
+    p.add_argument("--db", required=True)
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel rows to import")
+    p.set_defaults(func=cmd_import_vidur)
+
 
 def cmd_stats(args) -> int:
     with Store.open(args.db, create=False) as store:
@@ -79,4 +85,12 @@ def cmd_merge(args) -> int:
             print(f"{other}: {added} rows added")
     if len(args.others) > 1:
         print(f"total: {total} rows added to {args.db}")
+    return 0
+
+
+def cmd_import_vidur(args) -> int:
+    from dooly.vidur import import_vidur
+    with Store.open(args.db) as store:
+        counts = import_vidur(args.dir, store, tp=args.tp)
+    print(", ".join(f"{k}: {v}" for k, v in counts.items()))
     return 0

@@ -64,8 +64,6 @@ def grid_for(unit: Unit, lim: GridLimits) -> list[dict]:
     if unit.op == "scaled_dot_product_attention":
         # the transformers capture is a prefill without a cache
         pts = [p for p in pts if all(c == 0 for _, c in p["seqs"])]
-    if unit.op == "vllm.unified_kv_cache_update":
-        pts = [{"seqs": [[p["T"], 0]]} for p in points_for("tokens", lim)]
     return pts
 
 
@@ -88,7 +86,8 @@ class Runners:
 
     def _stateful(self, unit: Unit, point: dict):
         a = unit.attr
-        seqs = [tuple(s) for s in point["seqs"]]
+        # the KV-cache write is token-driven: one sequence of T new tokens
+        seqs = [tuple(s) for s in point["seqs"]] if "seqs" in point else [(point["T"], 0)]
         if unit.op == "scaled_dot_product_attention":
             from dooly.materialize import random_tensor
             from dooly.grid import point_values

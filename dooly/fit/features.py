@@ -58,6 +58,8 @@ def features(driver: str, point: dict) -> np.ndarray:
     """One point's feature vector (float64, length len(feature_names(driver)))."""
     feature_names(driver)
     if driver == "tokens":
+        if "T" not in point and "Q" in point:  # padded [B, Q] batch (transformers engine)
+            return np.array([_scalar(point, "Q") * float(point.get("B", 1))])
         return np.array([_scalar(point, "T")])
     if driver == "seqs":
         return np.array([_scalar(point, "B")])

@@ -60,14 +60,18 @@ def _engine_args(cfg: ModelConfig, model_dir: str, layers: int, backend: str | N
 
 
 def _init_distributed() -> None:
+    """One-process distributed state. The parallel groups are rebuilt for each model
+    under its own config: vLLM creates the expert-parallel group only for MoE models."""
     global _DIST_READY
-    if _DIST_READY:
-        return
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                 distributed_init_method=f"file://{tempfile.mktemp()}")
+    from vllm.distributed.parallel_state import destroy_model_parallel
+    if not _DIST_READY:
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method=f"file://{tempfile.mktemp()}")
+        _DIST_READY = True
+    else:
+        destroy_model_parallel()
     initialize_model_parallel(1, 1)
-    _DIST_READY = True
 
 
 def _attention_attrs(model) -> dict[int, dict]:
@@ -124,16 +128,33 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
             if method is not None and hasattr(method, "process_weights_after_loading"):
                 # On meta weights vLLM's CPU GEMM dispatch picks F.linear: the graph
                 # shows a plain GEMM; the sweeper runs vLLM's real CPU dispatch per shape.
-                method.process_weights_after_loading(mod)
+                try:
+                    method.process_weights_after_loading(mod)
+                except (NotImplementedError, RuntimeError):
+                    # e.g. the CPU MoE weight prepack has no meta kernel; the op stays
+                    # in the graph with its unpacked shapes
+                    pass
         n = 37  # any size: the token dim is marked dynamic by vLLM
         ids = torch.zeros(n, dtype=torch.long, device="meta")
         pos = torch.zeros(n, dtype=torch.long, device="meta")
-        with set_forward_context(None, vc, num_tokens=n), contextlib.suppress(Exception):
-            model(input_ids=ids, positions=pos)
+        with set_forward_context(None, vc, num_tokens=n):
+            try:
+                model(input_ids=ids, positions=pos)
+            except Exception as err:  # expected: meta tensors cannot run vLLM's kernels
+                _SLOT.setdefault("error", err)
+            if "gm" not in _SLOT:
+                # a model class vLLM does not compile: trace its forward the same way
+                torch._dynamo.mark_dynamic(ids, 0)
+                torch._dynamo.mark_dynamic(pos, 0)
+                traced = torch.compile(model, backend=capture_backend, fullgraph=False, dynamic=True)
+                with contextlib.suppress(Exception):
+                    traced(input_ids=ids, positions=pos)
         attention = _attention_attrs(model)
     if "gm" not in _SLOT:
-        raise DoolyInputError(cfg.path, "vLLM produced no graph for this model (is it a "
-                              "decoder-only LLM vLLM compiles?)", "architectures")
+        err = _SLOT.pop("error", None)
+        why = f": {type(err).__name__}: {str(err).splitlines()[0][:150]}" if err else ""
+        raise DoolyInputError(cfg.path, f"vLLM produced no graph for {cfg.architecture}{why}",
+                              "architectures")
     types = cfg.layer_types()
     mult = cfg.traced_multiplicity() if full else {i: 1 for i in range(layers)}
     return Captured("vllm", cfg, _SLOT.pop("gm"), "step", mult,

@@ -106,6 +106,9 @@ def _encode(arg, ids: dict, inputs: dict):
     if isinstance(arg, torch.fx.Node):
         if arg in ids:
             return {"ref": ids[arg]}
+        val = arg.meta.get("val", arg.meta.get("example_value"))
+        if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
+            return {"sym": str(dim_expr(val))}  # a size from outside: store its expression
         return {"in": inputs.setdefault(arg, len(inputs))}
     if isinstance(arg, torch.SymInt):
         return {"sym": str(dim_expr(arg))}

@@ -56,8 +56,8 @@ def _new_seq(fields: tuple[int, int, bool], _new=tuple.__new__) -> ScheduledSeq:
 
 class SeqState:
     """Mutable per-request progress; plain slots because it is touched every step."""
-    __slots__ = ("req", "output_len", "num_tokens", "computed", "generated", "blocks", "first_scheduled_s",
-                 "token_times", "preemptions", "finish_s")
+    __slots__ = ("req", "output_len", "num_tokens", "computed", "generated", "blocks",
+                 "first_scheduled_s", "token_times", "preemptions", "finish_s")
 
     def __init__(self, req: Request):
         self.req = req

@@ -215,12 +215,14 @@ def build_workload(spec: WorkloadSpec) -> list[Request]:
         if path.suffix.lower() == ".csv":
             rows = load_trace_csv(path)[: spec.num_requests]
             lengths = [(p, d) for _, p, d in rows]
+            if not rows:
+                raise DoolyInputError(path, "no requests in file")
             if spec.arrival == "trace":
-                if rows and rows[0][0] is None:
+                if rows[0][0] is None:
                     raise DoolyInputError(path, "no arrival times in this trace; use "
                                           "--arrival poisson|gamma --rate R", field="arrived_at")
                 times = np.array([t for t, _, _ in rows], dtype=float)
-                times -= times.min(initial=0.0)
+                times -= times.min()  # the trace's clock starts at its first request
         else:
             if spec.arrival == "trace":
                 raise DoolyInputError(path, "ShareGPT files have no arrival times; use "

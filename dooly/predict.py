@@ -1,0 +1,132 @@
+"""Batch latency for simulator authors: load a model's inventory and a latency DB,
+fit (or reuse) one regression per unit, then `predict(batch)` for any batch of
+(query length, context length) sequences: total milliseconds and a per-unit breakdown.
+
+    from dooly.predict import Predictor
+    p = Predictor.load("config.json", "latency.db")
+    r = p.predict([(512, 0), (1, 1024), (1, 2048)])   # one prefill, two decodes
+    r.total_ms, r.breakdown                              # {unit_key: ms}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dooly.errors import DoolyInputError, MissingDataError
+from dooly.unit import Unit
+
+
+@dataclass
+class Prediction:
+    total_ms: float
+    breakdown: dict[str, float] = field(default_factory=dict)   # unit key -> ms (count included)
+
+
+def _engine_env(store, engine: str | None, env_key: str | None):
+    envs = store.environments()
+    if env_key:
+        match = [e for e in envs if e.key == env_key]
+        if not match:
+            raise DoolyInputError(env_key, "no such environment in the DB", "--env")
+        return match[0]
+    if engine:
+        envs = [e for e in envs if e.engine == engine]
+    if not envs:
+        raise DoolyInputError("--db", f"the DB holds no environment for engine {engine or 'any'}")
+    # the environment with the most measurements
+    return max(envs, key=lambda e: len(store.measurements(env_key=e.key)))
+
+
+class Predictor:
+    def __init__(self, units: dict[str, Unit], counts: dict[str, int], models: dict, env,
+                 fallback: dict[str, str] | None = None):
+        self.units, self.counts, self.models, self.env = units, counts, models, env
+        self.fallback = fallback or {}
+        self._by_driver: dict[str, list[tuple[str, object, int]]] = {}
+        for key, count in counts.items():
+            d = units[key].driver
+            self._by_driver.setdefault(d, []).append((key, models[key], count))
+
+    @classmethod
+    def load(cls, config_path: str, db_path: str, engine: str | None = None,
+             env_key: str | None = None, store=None) -> "Predictor":
+        from dooly.config import load_config
+        from dooly.db import Store
+        from dooly.fit.select import fit_units
+        cfg = load_config(config_path)
+        own = store is None
+        store = store or Store.open(db_path, create=False)
+        try:
+            env = _engine_env(store, engine, env_key)
+            counts = store.inventory(cfg.hash, env.engine)
+            if not counts:  # not swept with this DB: capture the inventory now
+                from dooly.analyze import analyze
+                inv = analyze([config_path], env.engine).inventories[0]
+                counts = inv.counts()
+                units = {k: e.unit for k, e in inv.entries.items()}
+            else:
+                units = {k: store.get_unit(k) for k in counts}
+            meas = [m for k in counts for m in store.measurements(unit_key=k, env_key=env.key)]
+            fitted = fit_units(units, meas)
+            models, fallback = {}, {}
+            for key, unit in units.items():
+                m = fitted.get((key, env.key))
+                if m is None:
+                    m = _gemm_fallback(store, env, unit)
+                    if m is None:
+                        raise MissingDataError(key, env.label(), f"op {unit.op}; sweep this model first")
+                    fallback[key] = "gemm_family"
+                models[key] = m
+        finally:
+            if own:
+                store.close()
+        return cls(units, counts, models, env, fallback)
+
+    def predict(self, batch: list[tuple[int, int]]) -> Prediction:
+        if not batch:
+            return Prediction(0.0)
+        seqs = [[int(q), int(c)] for q, c in batch]
+        t = float(sum(q for q, _ in seqs))
+        points = {"tokens": {"T": t}, "seqs": {"B": float(len(seqs))}, "attention": {"seqs": seqs},
+                  "none": {}}
+        out: dict[str, float] = {}
+        for driver, entries in self._by_driver.items():
+            point = points[driver]
+            for key, model, count in entries:
+                out[key] = count * max(float(model.predict_one(point)), 0.0)
+        return Prediction(float(sum(out.values())), out)
+
+    def step_ms(self, batch) -> float:
+        """Simulator hook: a step's list of scheduled sequences (query_len, context_len)."""
+        pairs = [(s.query_len, s.context_len) if hasattr(s, "query_len") else tuple(s) for s in batch]
+        return self.predict(pairs).total_ms
+
+
+class _GemmModel:
+    """Adapter: the GEMM family model answering for one unmeasured GEMM unit."""
+
+    def __init__(self, family, k: int, n: int, dtype: str, m_expr: str):
+        self.family, self.k, self.n, self.dtype, self.m_expr = family, k, n, dtype, m_expr
+
+    def predict_one(self, point: dict) -> float:
+        from dooly.grid import point_values
+        from dooly.symbolic.symbols import evaluate
+        m = evaluate(self.m_expr, **point_values(point))
+        return float(np.asarray(self.family.predict(m, self.k, self.n, self.dtype)).ravel()[0])
+
+
+def _gemm_fallback(store, env, unit: Unit):
+    from dooly.fit.gemm_family import GemmFamily, gemm_shape, rows_from_units
+    shape = gemm_shape(unit)
+    if shape is None:
+        return None
+    rows = rows_from_units(store.units(), store.measurements(env_key=env.key))
+    if len(rows) < 8:
+        return None
+    m_expr, k, n = shape
+    return _GemmModel(GemmFamily().fit(rows), k, n, unit.inputs[0].dtype, str(m_expr))
+
+
+def load_predictor(config_path: str, db_path: str, engine: str | None = None) -> Predictor:
+    return Predictor.load(config_path, db_path, engine)

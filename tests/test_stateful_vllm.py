@@ -1,0 +1,104 @@
+"""vLLM's real attention + KV-cache write through vLLM's own setup (CPU_ATTN here)."""
+import os
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ["VLLM_USE_AOT_COMPILE"] = "0"
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+pytest.importorskip("vllm")
+torch = pytest.importorskip("torch")
+
+from dooly.stateful_vllm import VllmAttentionRunner, order_batch  # noqa: E402
+
+BATCHES = {"prefill": [(32, 0), (16, 0)], "decode": [(1, 64)] * 4,
+           "mixed": [(1, 40), (1, 40), (24, 0)]}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return VllmAttentionRunner(4, 2, 64, max_context=512, max_batch=8)
+
+
+@pytest.fixture(scope="module")
+def windowed():
+    return VllmAttentionRunner(4, 2, 64, sliding_window=48, max_context=512, max_batch=8)
+
+
+def _reference(q, k, v, context, window, group):
+    """Causal (optionally windowed) GQA attention of q at positions context.. over k/v."""
+    s = k.shape[0]
+    kk = k.float().repeat_interleave(group, 1)
+    vv = v.float().repeat_interleave(group, 1)
+    scores = torch.einsum("qhd,khd->hqk", q.float(), kk) * q.shape[-1] ** -0.5
+    qp = torch.arange(context, s)[:, None]
+    kp = torch.arange(s)[None]
+    mask = kp <= qp
+    if window:
+        mask &= kp > qp - window
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return torch.einsum("hqk,khd->qhd", probs, vv)
+
+
+def test_backend_and_cache(runner):
+    assert runner.backend_name == "CPU_ATTN"
+    assert runner.kv_cache.shape[0] == runner.num_blocks > 1
+    assert runner.layer.kv_cache is runner.kv_cache
+
+
+@pytest.mark.parametrize("kind", list(BATCHES))
+def test_step_and_parts(runner, kind):
+    parts = runner.prepare_parts(BATCHES[kind])
+    assert set(parts) >= {"kv_update", "attention", "step"}
+    for name in ("kv_update", "attention", "step"):
+        fn = parts[name]
+        out = fn.batch["output"]
+        out.zero_()
+        for _ in range(2):
+            fn()
+        if name != "kv_update":
+            assert out.shape == (sum(q for q, _ in BATCHES[kind]), 4, 64)
+            assert torch.isfinite(out.float()).all()
+            assert out.float().abs().sum() > 0
+    step = runner.prepare(BATCHES[kind])
+    out = step()
+    assert torch.isfinite(out.float()).all() and out.float().abs().sum() > 0
+
+
+@pytest.mark.parametrize("window", [0, 48])
+def test_matches_reference(runner, windowed, window):
+    r = windowed if window else runner
+    f = r.prepare([(100, 0), (30, 0)])
+    out = f().float()
+    b = f.batch
+    for lo, hi in ((0, 100), (100, 130)):
+        ref = _reference(b["q"][lo:hi], b["k"][lo:hi], b["v"][lo:hi], 0, window, 2)
+        assert (out[lo:hi] - ref).abs().max() < 0.05
+    # A decode over the context that a prefill wrote (same seeded block ids).
+    pre = r.prepare([(100, 0)])
+    pre()
+    dec = r.prepare([(1, 100)])
+    assert torch.equal(dec.batch["metadata"].block_table, pre.batch["metadata"].block_table)
+    out = dec().float()
+    k = torch.cat([pre.batch["k"], dec.batch["k"]])
+    v = torch.cat([pre.batch["v"], dec.batch["v"]])
+    assert (out - _reference(dec.batch["q"], k, v, 100, window, 2)).abs().max() < 0.05
+
+
+def test_sliding_window_runner(windowed):
+    assert windowed.layer.impl.sliding_window == 48
+    assert type(windowed.spec).__name__ == "SlidingWindowSpec"
+    for seqs in BATCHES.values():
+        out = windowed.prepare(seqs)()
+        assert torch.isfinite(out.float()).all() and out.float().abs().sum() > 0
+
+
+def test_order_batch():
+    seqs = [(24, 0), (1, 40), (3, 10), (1, 8)]
+    assert order_batch(seqs, None) == seqs
+    assert order_batch(seqs, 1) == [(1, 40), (1, 8), (24, 0), (3, 10)]
+
+
+def test_rejects_oversized_batch(runner):
+    with pytest.raises(ValueError):
+        runner.prepare([(1, 512 * 8)] * 64)
