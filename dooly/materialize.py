@@ -64,9 +64,9 @@ def _linear(unit: Unit, x, w, bias, engine: str, device: str) -> Callable:
     return lambda: F.linear(x, w, bias)
 
 
-def _decode(a, env, inputs, values):
+def _decode(a, env, inputs, values, device="cpu"):
     if isinstance(a, list):
-        return [_decode(x, env, inputs, values) for x in a]
+        return [_decode(x, env, inputs, values, device) for x in a]
     if not isinstance(a, dict):
         return a
     if "ref" in a:
@@ -76,19 +76,23 @@ def _decode(a, env, inputs, values):
     if "sym" in a:
         return evaluate(a["sym"], **values)
     if "slice" in a:
-        return slice(*[_decode(x, env, inputs, values) for x in a["slice"]])
+        return slice(*[_decode(x, env, inputs, values, device) for x in a["slice"]])
     if "ellipsis" in a:
         return Ellipsis
+    if "device" in a:
+        return torch.device(device)
+    if "layout" in a:
+        return getattr(torch, a["layout"])
     if "dtype" in a:
         return dtype_of(a["dtype"])
     if "tuple" in a:
-        return tuple(_decode(x, env, inputs, values) for x in a["tuple"])
+        return tuple(_decode(x, env, inputs, values, device) for x in a["tuple"])
     if "dict" in a:
-        return {k: _decode(v, env, inputs, values) for k, v in a["dict"].items()}
+        return {k: _decode(v, env, inputs, values, device) for k, v in a["dict"].items()}
     raise ValueError(f"graph: cannot rebuild argument {a!r}")
 
 
-def region_fn(unit: Unit) -> Callable:
+def region_fn(unit: Unit, device: str = "cpu") -> Callable:
     """Interpreter over a fused region's data. Request symbols are read from the input
     shapes at run time, so a compiled version stays dynamic in them."""
     data = unit.graph or {}
@@ -111,8 +115,8 @@ def region_fn(unit: Unit) -> Callable:
         values = {s: inputs[k].shape[i] for s, (k, i) in where.items()}
         env = []
         for row, fn in zip(rows, calls):
-            args = _decode(row["args"], env, inputs, values)
-            kwargs = _decode({"dict": row["kwargs"]}, env, inputs, values)
+            args = _decode(row["args"], env, inputs, values, device)
+            kwargs = _decode({"dict": row["kwargs"]}, env, inputs, values, device)
             if row["kind"] == "call_method":
                 env.append(getattr(args[0], row["target"])(*args[1:], **kwargs))
             else:
@@ -141,7 +145,7 @@ class StatelessRunner:
     def _make_body(self) -> Callable:
         u = self.unit
         if u.op == "fused":
-            return region_fn(u)
+            return region_fn(u, self.device)
         if u.op == "embedding":
             return None  # built per point: ids must index the table
         if u.op == "sampler":

@@ -155,9 +155,11 @@ class VllmAttentionRunner:
         self.block_size = group.kernel_block_size or spec.block_size
         self.num_blocks = int(self.kv_cache.shape[0])
         # Fill the cache with random values so attention reads non-trivial data.
+        # Chunked, so the float32 temporary stays small for a large cache.
         with torch.no_grad():
-            self.kv_cache.copy_(torch.randn(self.kv_cache.shape, generator=self._gen)
-                                .to(self.kv_cache.dtype))
+            for lo in range(0, self.num_blocks, 64):
+                part = self.kv_cache[lo:lo + 64]
+                part.copy_(torch.randn(part.shape, generator=self._gen).to(part.dtype))
 
     @property
     def backend_name(self) -> str:

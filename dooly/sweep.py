@@ -42,7 +42,8 @@ def default_threads(engine: str, device: str) -> int:
 
 
 def current_environment(engine: str, device: str = "cpu", backend: str | None = None,
-                        dtype: str = "bfloat16", block_size: int = 16, threads: int | None = None,
+                        dtype: str = "bfloat16", block_size: int | None = None,
+                        threads: int | None = None,
                         execution: str | None = None) -> Environment:
     if engine == "vllm":
         from dooly.graph.capture_vllm import engine_version
@@ -51,6 +52,9 @@ def current_environment(engine: str, device: str = "cpu", backend: str | None = 
     else:
         import transformers
         version, default_backend, default_exec = transformers.__version__, "sdpa", "eager"
+    if block_size is None:
+        # vLLM's CPU attention needs multiples of 32 and defaults to 128; GPUs default to 16
+        block_size = 128 if (engine == "vllm" and device == "cpu") else 16
     name = torch.cuda.get_device_name() if device == "cuda" else host_cpu_name()
     return Environment(device_name=name, device_kind=device, engine=engine, engine_version=version,
                        backend=backend or default_backend, dtype=dtype, block_size=block_size,

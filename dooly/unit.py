@@ -73,7 +73,7 @@ class Unit:
         if self.stateful:
             return "attention" if "attention" in self.op else "tokens"
         syms = self.request_symbols()
-        if "T" in syms:
+        if "T" in syms or "Q" in syms:  # flattened tokens, or a padded [B, Q] batch
             return "tokens"
         if "B" in syms:
             return "seqs"

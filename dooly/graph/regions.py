@@ -116,6 +116,10 @@ def _encode(arg, ids: dict, inputs: dict):
         return {"slice": [_encode(x, ids, inputs) for x in (arg.start, arg.stop, arg.step)]}
     if arg is Ellipsis:
         return {"ellipsis": True}
+    if isinstance(arg, torch.device):
+        return {"device": True}  # wherever the unit is run
+    if isinstance(arg, torch.layout):
+        return {"layout": str(arg).replace("torch.", "")}
     if isinstance(arg, torch.dtype):
         return {"dtype": str(arg).replace("torch.", "")}
     if isinstance(arg, tuple):

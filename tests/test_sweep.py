@@ -1,0 +1,89 @@
+"""Sweeps with the transformers engine on this CPU: small grids, real torch calls."""
+import json
+
+import pytest
+
+from conftest import config
+from dooly.cli import main
+from dooly.db import Store
+from dooly.grid import GridLimits
+from dooly.sweep import sweep
+
+LIM = GridLimits(max_tokens=16, max_batch=2, max_context=32)
+SMOL = config("HuggingFaceTB__SmolLM2-135M-Instruct")
+
+
+def _rows(db):
+    with Store.open(db) as s:
+        return sorted((m.unit_key, m.point_json, m.status) for m in s.measurements(status=None))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("sweep") / "a.db")
+    first = sweep([SMOL], db, "transformers", lim=LIM)
+    return db, first
+
+
+def test_sweep_measures_every_unit_then_nothing(swept):
+    db, first = swept
+    assert first.units_measured and first.points_measured > 0
+    again = sweep([SMOL], db, "transformers", lim=LIM)
+    assert again.units_measured == [] and len(again.units_reused) == len(first.units_measured)
+
+
+def test_interrupted_sweep_resumes_to_the_same_rows(swept, tmp_path, monkeypatch):
+    db_full, _ = swept
+    db = str(tmp_path / "b.db")
+    import dooly.sweep as sw
+    real, calls = sw._measure, {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the sweep
+        return real(*a, **k)
+    monkeypatch.setattr(sw, "_measure", flaky)
+    s = sweep([SMOL], db, "transformers", lim=LIM)
+    assert s.interrupted
+    monkeypatch.setattr(sw, "_measure", real)
+    sweep([SMOL], db, "transformers", lim=LIM)
+    strip = lambda rows: sorted((k, p) for k, p, _ in rows)  # noqa: E731
+    assert strip(_rows(db)) == strip(_rows(db_full))
+
+
+def test_failing_point_is_stored_as_failed_and_sweep_goes_on(tmp_path, monkeypatch):
+    import dooly.materialize as mat
+    real = mat.StatelessRunner.prepare
+
+    def boom(self, point):
+        if self.unit.op == "linear" and point.get("Q") == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real(self, point)
+    monkeypatch.setattr(mat.StatelessRunner, "prepare", boom)
+    db = str(tmp_path / "c.db")
+    s = sweep([SMOL], db, "transformers", lim=LIM)
+    assert s.points_failed > 0 and s.points_measured > 0
+    failed = [r for r in _rows(db) if r[2] == "failed"]
+    assert failed
+    with Store.open(db) as st:
+        bad = [m for m in st.measurements(status="failed")]
+    assert any("out of memory" in m.reason for m in bad)
+    assert not any("cannot rebuild" in m.reason for m in bad)
+
+
+def test_analyze_with_db_marks_hits(swept, tmp_path, capsys):
+    db, _ = swept
+    out = tmp_path / "a.json"
+    assert main(["analyze", SMOL, "--engine", "transformers", "--db", db, "--json", str(out),
+                 "--quiet"]) == 0
+    plan = json.loads(out.read_text())["plan"]
+    assert plan["missing_units"] == [] and plan["remaining_cost_s"] == 0
+
+
+def test_predict_after_sweep_gives_positive_breakdown(swept):
+    from dooly.predict import Predictor
+    db, _ = swept
+    p = Predictor.load(SMOL, db, "transformers")
+    r = p.predict([(8, 0), (4, 0)])
+    assert r.total_ms > 0 and len(r.breakdown) == len(p.counts)
