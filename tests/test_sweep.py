@@ -87,3 +87,23 @@ def test_predict_after_sweep_gives_positive_breakdown(swept):
     p = Predictor.load(SMOL, db, "transformers")
     r = p.predict([(8, 0), (4, 0)])
     assert r.total_ms > 0 and len(r.breakdown) == len(p.counts)
+
+
+def _sweep_into(db):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from dooly.grid import GridLimits as GL
+    from dooly.sweep import sweep as sw
+    s = sw([SMOL], db, "transformers", lim=GL(max_tokens=16, max_batch=2, max_context=32))
+    return s.points_measured + s.points_failed
+
+
+def test_two_sweeps_into_one_db_both_finish_with_all_rows(swept, tmp_path):
+    import multiprocessing as mp
+    db_full, _ = swept
+    db = str(tmp_path / "shared.db")
+    with mp.get_context("spawn").Pool(2) as pool:
+        done = pool.map(_sweep_into, [db, db])
+    assert all(n > 0 for n in done)
+    strip = lambda rows: sorted((k, p) for k, p, _ in rows)  # noqa: E731
+    assert strip(_rows(db)) == strip(_rows(db_full))
