@@ -5,11 +5,10 @@ decode:N@C         N sequences of one new token over C cached tokens
 JSON file:         [[q, c], ...] or {"seqs": [[q, c], ...]}"""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from dooly.errors import DoolyInputError
+from dooly.errors import DoolyInputError, read_json
 
 _ITEM = re.compile(r"^(prefill|decode):(\d+)(?:x(\d+))?(?:@(\d+))?$")
 
@@ -37,12 +36,7 @@ def parse_batch(text: str) -> list[tuple[int, int]]:
 
 
 def _from_file(path: Path) -> list[tuple[int, int]]:
-    if not path.exists():
-        raise DoolyInputError(path, "file not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DoolyInputError(path, f"not valid JSON ({err})") from None
+    data = read_json(path)
     seqs = data.get("seqs") if isinstance(data, dict) else data
     if not isinstance(seqs, list) or not seqs:
         raise DoolyInputError(path, "expected a non-empty list of [query, context] pairs", "seqs")

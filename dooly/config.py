@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dooly.errors import DoolyInputError
+from dooly.errors import DoolyInputError, read_json
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,7 @@ def load_config(path: str | Path) -> ModelConfig:
         path = path / "config.json"
         if not path.exists():
             raise DoolyInputError(path, "file not found")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DoolyInputError(path, f"not valid JSON ({err.__class__.__name__}: {err})") from None
+    raw = read_json(path)
     if not isinstance(raw, dict):
         raise DoolyInputError(path, "expected a JSON object (a HF config.json)")
     archs = raw.get("architectures")

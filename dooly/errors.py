@@ -20,3 +20,16 @@ class MissingDataError(LookupError):
         self.unit_key, self.env = unit_key, env
         msg = f"no measurements for unit {unit_key} in environment {env}"
         super().__init__(msg + (f" ({detail})" if detail else ""))
+
+
+def read_json(path) -> object:
+    """A JSON input file, or a one-line DoolyInputError naming it."""
+    import json
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise DoolyInputError(path, "file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DoolyInputError(path, f"not valid JSON ({err.__class__.__name__}: {err})") from None

@@ -26,6 +26,7 @@ class SweepSummary:
     points_failed: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    unit_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"env_key": self.env_key, "units_measured": len(self.units_measured),
@@ -139,6 +140,7 @@ def sweep(config_paths: list[str], db_path: str, engine: str | None = None, devi
                     summary.units_reused.append(key)
                     continue
                 summary.units_measured.append(key)
+                t_unit = time.perf_counter()
                 for i, point in enumerate(todo):
                     m = _measure(runners, timer, unit, point, env)
                     store.add_measurement(m)
@@ -146,6 +148,7 @@ def sweep(config_paths: list[str], db_path: str, engine: str | None = None, devi
                     summary.points_measured += m.status == "ok"
                     if progress:
                         progress(unit, i + 1, len(todo))
+                summary.unit_seconds[key] = time.perf_counter() - t_unit
                 if not store.units_measured(env.key) >= {key}:
                     summary.units_failed.append(key)
         except KeyboardInterrupt:

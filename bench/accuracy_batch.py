@@ -1,0 +1,297 @@
+"""Batch-latency accuracy against real vLLM (CPU): per engine step, the model execution
+time measured inside the worker vs `Predictor.predict(batch).total_ms`.
+
+    python bench/accuracy_batch.py [--models smollm2,qwen0.5b] [--db out/accuracy.db]
+        [--max-tokens 2048 --max-batch 64 --max-context 2048] [--quick] [--json PATH]
+
+Per model: sweep into the DB (reused when already swept), start vLLM in-process
+(dummy weights, bf16, prefix caching off), wrap the CPU model runner's
+`execute_model` + `sample_tokens` (model forward + logits + greedy sampler) with
+perf_counter, and record each step's batch from the scheduler output as
+(num_scheduled_tokens, num_computed_tokens before the step). A warm-up generate
+runs first and is not recorded. Sets:
+  prefill  1-4 sequences, 32-2048 tokens, max_tokens=1, steps with only prefills (c=0)
+  decode   1-64 sequences at context 128-2048, steps where every sequence has q=1
+  mixed    decodes running while a long prompt is chunk-prefilled under a small token
+           budget; steps holding both a chunk (q>1) and decodes (q=1)
+Transfer: Qwen2.5-0.5B predicted from units measured while sweeping other models
+(SmolLM2 + Qwen2.5-1.5B); when those do not cover every unit it needs, the coverage is
+reported instead of a MAPE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "smollm2": ROOT / "fixtures/configs/HuggingFaceTB__SmolLM2-135M-Instruct.json",
+    "qwen0.5b": ROOT / "fixtures/configs/Qwen__Qwen2.5-0.5B.json",
+}
+TRANSFER_TARGET = "qwen0.5b"
+TRANSFER_SOURCES = [ROOT / "fixtures/configs/HuggingFaceTB__SmolLM2-135M-Instruct.json",
+                    Path("/work/shared/configs/Qwen__Qwen2.5-1.5B.json")]
+
+# (label, prompt lengths, max_tokens)
+PREFILL = [("1x32", [32], 1), ("1x128", [128], 1), ("1x512", [512], 1), ("1x2048", [2048], 1),
+           ("2x256", [256] * 2, 1), ("4x128", [128] * 4, 1), ("2x1024", [1024] * 2, 1),
+           ("4x512", [512] * 4, 1)]
+DECODE = [("1@128", [128], 8), ("8@256", [256] * 8, 6), ("16@512", [512] * 16, 5),
+          ("32@128", [128] * 32, 5), ("64@128", [128] * 64, 4), ("4@2048", [2048] * 4, 5),
+          ("2@1024", [1024] * 2, 6)]
+# (label, decode prompt lengths, decode max_tokens, long prompt, token budget)
+MIXED = [("4dec@256+1536/256", [256] * 4, 24, 1536, 256),
+         ("16dec@128+1024/512", [128] * 16, 12, 1024, 512),
+         ("8dec@512+2048/512", [512] * 8, 12, 2048, 512)]
+QUICK = {"prefill": PREFILL[:5], "decode": DECODE[:4], "mixed": MIXED[:1]}
+
+
+class StepRecorder:
+    """Wraps the runner's execute_model/sample_tokens; one record per model step."""
+
+    def __init__(self):
+        self.recording = False
+        self.label = None
+        self.steps: list[dict] = []
+        self._pending = None
+        self.threads_seen: set[int] = set()
+
+    def install(self):
+        import torch
+        from vllm.v1.worker import gpu_model_runner as gmr
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+        rec = self
+        orig_exec = gmr.GPUModelRunner.execute_model
+        orig_sample = gmr.GPUModelRunner.sample_tokens
+
+        def execute_model(self, scheduler_output, *a, **k):
+            if scheduler_output.total_num_scheduled_tokens == 0:
+                return orig_exec(self, scheduler_output, *a, **k)
+            batch = []
+            nst = scheduler_output.num_scheduled_tokens
+            for r in scheduler_output.scheduled_new_reqs:
+                batch.append((int(nst[r.req_id]), int(r.num_computed_tokens)))
+            cached = scheduler_output.scheduled_cached_reqs
+            for rid, c in zip(cached.req_ids, cached.num_computed_tokens):
+                batch.append((int(nst[rid]), int(c)))
+            rec.threads_seen.add(torch.get_num_threads())
+            t0 = time.perf_counter()
+            out = orig_exec(self, scheduler_output, *a, **k)
+            dt = time.perf_counter() - t0
+            rec._pending = {"batch": batch, "exec_ms": dt * 1e3, "sample_ms": 0.0,
+                            "set": rec.label, "recorded": rec.recording}
+            if out is not None:   # no separate sampling phase for this step
+                rec._finish()
+            return out
+
+        def sample_tokens(self, *a, **k):
+            t0 = time.perf_counter()
+            out = orig_sample(self, *a, **k)
+            dt = time.perf_counter() - t0
+            if rec._pending is not None:
+                rec._pending["sample_ms"] = dt * 1e3
+                rec._finish()
+            return out
+
+        CPUModelRunner.execute_model = execute_model
+        CPUModelRunner.sample_tokens = sample_tokens
+
+    def _finish(self):
+        p, self._pending = self._pending, None
+        if p["recorded"]:
+            p["ms"] = p["exec_ms"] + p["sample_ms"]
+            self.steps.append(p)
+
+
+def model_dir(config: Path) -> str:
+    d = tempfile.mkdtemp(prefix="dooly_acc_")
+    cfg = json.loads(config.read_text())
+    cfg.pop("quantization_config", None)
+    Path(d, "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def prompts(lengths, seed):
+    import random
+    rng = random.Random(seed)
+    return [{"prompt_token_ids": [rng.randint(100, 5000) for _ in range(n)]} for n in lengths]
+
+
+def keep(set_name, batch):
+    if set_name == "prefill":
+        return all(q > 1 and c == 0 for q, c in batch)
+    if set_name == "decode":
+        return all(q == 1 for q, _ in batch)
+    return any(q > 1 for q, _ in batch) and any(q == 1 for q, _ in batch)
+
+
+def measure_model(config: Path, sets: dict, rec: StepRecorder, repeats: int) -> list[dict]:
+    from vllm import LLM, SamplingParams
+    big_budget = 8192
+    llm = LLM(model=model_dir(config), load_format="dummy", skip_tokenizer_init=True,
+              dtype="bfloat16", max_model_len=4096, max_num_batched_tokens=big_budget,
+              max_num_seqs=128, enable_prefix_caching=False,
+              gpu_memory_utilization=float(os.environ.get("DOOLY_ACC_MEM_UTIL", "0.4")))
+    sched = llm.llm_engine.engine_core.engine_core.scheduler
+
+    def gen(plist, max_tokens_list):
+        sps = [SamplingParams(max_tokens=m, ignore_eos=True, temperature=0) for m in max_tokens_list]
+        llm.generate(plist, sps, use_tqdm=False)
+
+    # warm-up (not recorded): a prefill, decodes, and a chunked mixed batch
+    rec.recording = False
+    gen(prompts([300, 40, 40], 0), [4, 4, 4])
+    sched.max_num_scheduled_tokens = 128
+    gen(prompts([64, 64, 700], 1), [8, 8, 1])
+    sched.max_num_scheduled_tokens = big_budget
+    rec.steps.clear()
+    rec.recording = True
+    seed = 10
+    for rep in range(repeats):
+        for label, lens, mt in sets["prefill"]:
+            rec.label = ("prefill", label)
+            seed += 1
+            gen(prompts(lens, seed), [mt] * len(lens))
+        for label, lens, mt in sets["decode"]:
+            rec.label = ("decode", label)
+            seed += 1
+            gen(prompts(lens, seed), [mt] * len(lens))
+        for label, dec, mt, long_len, budget in sets["mixed"]:
+            rec.label = ("mixed", label)
+            seed += 1
+            sched.max_num_scheduled_tokens = budget
+            gen(prompts(dec + [long_len], seed), [mt] * len(dec) + [1])
+            sched.max_num_scheduled_tokens = big_budget
+    rec.recording = False
+    steps = [s for s in rec.steps if keep(s["set"][0], s["batch"])]
+    rec.steps.clear()
+    del llm
+    import gc
+    gc.collect()
+    return steps
+
+
+def mape(rows):
+    return 100.0 * statistics.fmean(abs(r["pred_ms"] - r["ms"]) / r["ms"] for r in rows) if rows else None
+
+
+def transfer_coverage(target: Path, sources: list[Path], engine="vllm"):
+    from dooly.analyze import analyze
+    paths = [str(target)] + [str(s) for s in sources if s.exists()]
+    an = analyze(paths, engine)
+    need = set(an.inventories[0].entries)
+    have = set().union(*(set(inv.entries) for inv in an.inventories[1:])) if len(an.inventories) > 1 else set()
+    return need, need & have, [s for s in sources if s.exists()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smollm2,qwen0.5b")
+    ap.add_argument("--db", default=str(ROOT / "out/accuracy.db"))
+    ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-context", type=int, default=2048)
+    ap.add_argument("--repeats", type=int, default=2, help="each configuration runs this many times")
+    ap.add_argument("--quick", action="store_true", help="fewer configurations, one repeat")
+    ap.add_argument("--no-transfer", action="store_true")
+    ap.add_argument("--json", dest="json_path")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from dooly.grid import GridLimits
+    from dooly.predict import Predictor
+    from dooly.sweep import sweep
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    for n in names:
+        if n not in MODELS:
+            ap.error(f"--models: unknown {n!r}; choose from {', '.join(MODELS)}")
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    lim = GridLimits(args.max_tokens, args.max_batch, args.max_context)
+    sets = QUICK if args.quick else {"prefill": PREFILL, "decode": DECODE, "mixed": MIXED}
+    repeats = 1 if args.quick else args.repeats
+
+    rec = StepRecorder()
+    rec.install()
+    result: dict = {}
+    all_rows: list[dict] = []
+    sweep_threads = None
+    for name in names:
+        cfg = MODELS[name]
+        t0 = time.perf_counter()
+        s = sweep([str(cfg)], args.db, "vllm", lim=lim)
+        print(f"[{name}] sweep: {len(s.units_measured)} measured, {len(s.units_reused)} reused, "
+              f"{s.points_measured} points, {s.seconds:.1f} s", flush=True)
+        pred = Predictor.load(str(cfg), args.db, "vllm")
+        sweep_threads = pred.env.threads
+        t0 = time.perf_counter()
+        steps = measure_model(cfg, sets, rec, repeats)
+        print(f"[{name}] vLLM: {len(steps)} steps kept in {time.perf_counter() - t0:.1f} s; "
+              f"worker torch threads {sorted(rec.threads_seen)}, sweep env.threads {sweep_threads}",
+              flush=True)
+        for st in steps:
+            r = pred.predict(st["batch"])
+            st.update(model=name, pred_ms=r.total_ms, breakdown=r.breakdown)
+        all_rows += steps
+        for set_name in ("prefill", "decode", "mixed"):
+            rows = [r for r in steps if r["set"][0] == set_name]
+            m = mape(rows)
+            result[f"{name}.mape_{set_name}_pct"] = None if m is None else round(m, 2)
+            if rows:
+                bias = statistics.fmean(r["pred_ms"] - r["ms"] for r in rows)
+                ratio = statistics.median(r["ms"] / r["pred_ms"] for r in rows)
+                print(f"[{name}] {set_name:8s} MAPE {m:6.1f}%  n={len(rows):3d}  "
+                      f"mean(pred-meas) {bias:+8.2f} ms  median meas/pred {ratio:.2f}")
+                for lbl in dict.fromkeys(r["set"][1] for r in rows):
+                    sub = [r for r in rows if r["set"][1] == lbl]
+                    print(f"      {lbl:22s} n={len(sub):2d} meas {statistics.median(r['ms'] for r in sub):8.2f} ms"
+                          f"  pred {statistics.median(r['pred_ms'] for r in sub):8.2f} ms"
+                          f"  (sample phase {statistics.median(r['sample_ms'] for r in sub):.2f} ms)")
+        result[f"{name}.threads_worker"] = sorted(rec.threads_seen)
+        result[f"{name}.threads_sweep"] = sweep_threads
+        rec.threads_seen.clear()
+
+    for set_name in ("prefill", "decode", "mixed"):
+        m = mape([r for r in all_rows if r["set"][0] == set_name])
+        result[f"mape_{set_name}_pct"] = None if m is None else round(m, 2)
+    print("\nMAPE over models: " + ", ".join(f"{k} {result[f'mape_{k}_pct']}%" for k in ("prefill", "decode", "mixed")))
+
+    worst = sorted(all_rows, key=lambda r: abs(r["pred_ms"] - r["ms"]) / r["ms"], reverse=True)[:5]
+    print("5 worst steps:")
+    for r in worst:
+        b = r["batch"]
+        desc = f"{len(b)} seqs, T={sum(q for q, _ in b)}, max c={max(c for _, c in b)}"
+        print(f"  {r['model']:8s} {r['set'][0]:7s} {r['set'][1]:20s} {desc:32s} meas {r['ms']:8.2f} ms "
+              f"pred {r['pred_ms']:8.2f} ms  err {100 * (r['pred_ms'] - r['ms']) / r['ms']:+6.1f}%")
+
+    result["mape_transfer_pct"] = None
+    if not args.no_transfer:
+        need, covered, srcs = transfer_coverage(MODELS[TRANSFER_TARGET], TRANSFER_SOURCES)
+        result["transfer_units_needed"] = len(need)
+        result["transfer_units_covered"] = len(covered)
+        src_names = ", ".join(s.stem for s in srcs)
+        if covered == need:
+            print(f"transfer: all {len(need)} units covered by {src_names}; sweep those models into a "
+                  f"separate DB to get a MAPE (not done here)")
+        else:
+            print(f"transfer: not covered ({len(covered)} of {len(need)} units) by {src_names}")
+            missing = sorted(need - covered)
+            print("  missing: " + "; ".join(k[:60] for k in missing[:8]) + (" ..." if len(missing) > 8 else ""))
+
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(result, indent=1))
+        steps_path = Path(args.json_path).with_suffix(".steps.json")
+        steps_path.write_text(json.dumps([{k: v for k, v in r.items()} for r in all_rows]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
