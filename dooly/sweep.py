@@ -36,9 +36,11 @@ class SweepSummary:
 
 
 def default_threads(engine: str, device: str) -> int:
-    # vLLM's CPU serving path drops torch to one thread unless OMP_NUM_THREADS says otherwise
+    """The thread count the engine's forward really runs with. vLLM's CPU worker binds
+    its OpenMP threads to every core it may use (VLLM_CPU_OMP_THREADS_BIND=auto) and
+    then blocks torch.set_num_threads: measured in its worker, 2 on a 2-core host."""
     if device == "cpu" and engine == "vllm":
-        return int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return torch.get_num_threads()
 
 
