@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,17 +39,14 @@ TRANSFER_TARGET = "qwen0.5b"
 TRANSFER_SOURCES = [ROOT / "fixtures/configs/HuggingFaceTB__SmolLM2-135M-Instruct.json",
                     Path("/work/shared/configs/Qwen__Qwen2.5-1.5B.json")]
 
-# (label, prompt lengths, max_tokens)
+# (label, prompt lengths, max_tokens); sizes kept small: a 2-core CPU prefills ~1-5 ms/token
 PREFILL = [("1x32", [32], 1), ("1x128", [128], 1), ("1x512", [512], 1), ("1x2048", [2048], 1),
-           ("2x256", [256] * 2, 1), ("4x128", [128] * 4, 1), ("2x1024", [1024] * 2, 1),
-           ("4x512", [512] * 4, 1)]
-DECODE = [("1@128", [128], 8), ("8@256", [256] * 8, 6), ("16@512", [512] * 16, 5),
-          ("32@128", [128] * 32, 5), ("64@128", [128] * 64, 4), ("4@2048", [2048] * 4, 5),
-          ("2@1024", [1024] * 2, 6)]
+           ("2x256", [256] * 2, 1), ("4x128", [128] * 4, 1)]
+DECODE = [("1@128", [128], 8), ("8@256", [256] * 8, 6), ("32@128", [128] * 32, 5),
+          ("64@128", [128] * 64, 4), ("2@2048", [2048] * 2, 6)]
 # (label, decode prompt lengths, decode max_tokens, long prompt, token budget)
-MIXED = [("4dec@256+1536/256", [256] * 4, 24, 1536, 256),
-         ("16dec@128+1024/512", [128] * 16, 12, 1024, 512),
-         ("8dec@512+2048/512", [512] * 8, 12, 2048, 512)]
+MIXED = [("4dec@256+1536/256", [256] * 4, 20, 1536, 256),
+         ("16dec@128+1024/384", [128] * 16, 10, 1024, 384)]
 QUICK = {"prefill": PREFILL[:5], "decode": DECODE[:4], "mixed": MIXED[:1]}
 
 
@@ -153,11 +151,12 @@ def measure_model(config: Path, sets: dict, rec: StepRecorder, repeats: int) -> 
     rec.steps.clear()
     rec.recording = True
     seed = 10
-    for rep in range(repeats):
+    for rep in range(repeats):   # prefill gives one step per run: repeat it
         for label, lens, mt in sets["prefill"]:
             rec.label = ("prefill", label)
             seed += 1
             gen(prompts(lens, seed), [mt] * len(lens))
+    if True:
         for label, lens, mt in sets["decode"]:
             rec.label = ("decode", label)
             seed += 1
@@ -201,10 +200,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer configurations, one repeat")
     ap.add_argument("--no-transfer", action="store_true")
     ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--_measure", help=argparse.SUPPRESS)
+    ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    sets = QUICK if args.quick else {"prefill": PREFILL, "decode": DECODE, "mixed": MIXED}
+    repeats = 1 if args.quick else args.repeats
+    if args._measure:   # child process: vLLM only (dooly's sweep/capture in the same process breaks vLLM init)
+        rec = StepRecorder()
+        rec.install()
+        steps = measure_model(MODELS[args._measure], sets, rec, repeats)
+        Path(args._out).write_text(json.dumps({"steps": steps, "threads": sorted(rec.threads_seen)}))
+        return 0
     from dooly.grid import GridLimits
     from dooly.predict import Predictor
     from dooly.sweep import sweep
@@ -215,27 +224,41 @@ def main(argv=None) -> int:
             ap.error(f"--models: unknown {n!r}; choose from {', '.join(MODELS)}")
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     lim = GridLimits(args.max_tokens, args.max_batch, args.max_context)
-    sets = QUICK if args.quick else {"prefill": PREFILL, "decode": DECODE, "mixed": MIXED}
-    repeats = 1 if args.quick else args.repeats
-
-    rec = StepRecorder()
-    rec.install()
     result: dict = {}
     all_rows: list[dict] = []
     sweep_threads = None
     for name in names:
         cfg = MODELS[name]
         t0 = time.perf_counter()
-        s = sweep([str(cfg)], args.db, "vllm", lim=lim)
-        print(f"[{name}] sweep: {len(s.units_measured)} measured, {len(s.units_reused)} reused, "
-              f"{s.points_measured} points, {s.seconds:.1f} s", flush=True)
-        pred = Predictor.load(str(cfg), args.db, "vllm")
+        out_path = Path(tempfile.mkdtemp(prefix="dooly_acc_")) / "steps.json"
+        cmd = [sys.executable, __file__, "--_measure", name, "--_out", str(out_path),
+               "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-6000:], file=sys.stderr)
+            raise SystemExit(f"[{name}] vLLM measurement failed (rc {proc.returncode})")
+        child = json.loads(out_path.read_text())
+        steps, threads = child["steps"], child["threads"]
+        for st in steps:
+            st["set"] = tuple(st["set"])
+            st["batch"] = [tuple(b) for b in st["batch"]]
+        print(f"[{name}] vLLM: {len(steps)} steps kept in {time.perf_counter() - t0:.1f} s (incl. engine init); "
+              f"worker torch threads {threads}", flush=True)
+        # sweep at the worker's thread count (what vLLM really runs with) and, for contrast,
+        # at the sweep default (1 thread, OMP_NUM_THREADS unset)
+        preds = {}
+        for th in dict.fromkeys([threads[0] if threads else None, None]):
+            s = sweep([str(cfg)], args.db, "vllm", lim=lim, threads=th)
+            preds[th] = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key)
+            print(f"[{name}] sweep threads={preds[th].env.threads}: {len(s.units_measured)} measured, "
+                  f"{len(s.units_reused)} reused, {s.points_measured} points, {s.seconds:.1f} s", flush=True)
+        pred = preds[threads[0] if threads else None]
         sweep_threads = pred.env.threads
-        t0 = time.perf_counter()
-        steps = measure_model(cfg, sets, rec, repeats)
-        print(f"[{name}] vLLM: {len(steps)} steps kept in {time.perf_counter() - t0:.1f} s; "
-              f"worker torch threads {sorted(rec.threads_seen)}, sweep env.threads {sweep_threads}",
-              flush=True)
+        if None in preds and preds[None] is not pred:
+            alt = [abs(preds[None].predict(st["batch"]).total_ms - st["ms"]) / st["ms"] for st in steps]
+            result[f"{name}.mape_all_default_threads_pct"] = round(100 * statistics.fmean(alt), 2)
+            print(f"[{name}] contrast: predicting from the {preds[None].env.threads}-thread sweep gives "
+                  f"MAPE {100 * statistics.fmean(alt):.1f}% over all {len(steps)} steps", flush=True)
         for st in steps:
             r = pred.predict(st["batch"])
             st.update(model=name, pred_ms=r.total_ms, breakdown=r.breakdown)
@@ -254,9 +277,8 @@ def main(argv=None) -> int:
                     print(f"      {lbl:22s} n={len(sub):2d} meas {statistics.median(r['ms'] for r in sub):8.2f} ms"
                           f"  pred {statistics.median(r['pred_ms'] for r in sub):8.2f} ms"
                           f"  (sample phase {statistics.median(r['sample_ms'] for r in sub):.2f} ms)")
-        result[f"{name}.threads_worker"] = sorted(rec.threads_seen)
+        result[f"{name}.threads_worker"] = threads
         result[f"{name}.threads_sweep"] = sweep_threads
-        rec.threads_seen.clear()
 
     for set_name in ("prefill", "decode", "mixed"):
         m = mape([r for r in all_rows if r["set"][0] == set_name])

@@ -9,7 +9,7 @@ import sys
 from dooly.errors import DoolyInputError, MissingDataError
 
 COMMAND_MODULES = ("dooly.cli_analyze", "dooly.cli_sweep", "dooly.cli_db", "dooly.cli_fit",
-                   "dooly.cli_sim")
+                   "dooly.cli_sim", "dooly.cli_export")
 
 
 def build_parser() -> argparse.ArgumentParser:
