@@ -33,10 +33,25 @@ def capture(cfg: ModelConfig, engine: str) -> tuple[Captured, dict, dict]:
     raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
 
 
-def analyze_config(cfg: ModelConfig, engine: str, registry: RegionRegistry) -> Inventory:
+def _labelled(cfg: ModelConfig, engine: str):
     cap, sym_map, hints = capture(cfg, engine)
-    gm = normalize_pass(cap.gm)
-    gm = label_pass(gm, sym_map, hints)
+    gm = label_pass(normalize_pass(cap.gm), sym_map, hints)
+    return cap, sym_map, gm
+
+
+def analyze_config(cfg: ModelConfig, engine: str, registry: RegionRegistry,
+                   fields: bool = True) -> Inventory:
+    cap, sym_map, gm = _labelled(cfg, engine)
+    if fields:
+        # a second capture at perturbed config values names each constant's fields
+        from dooly.graph.label_pass import fields_pass
+        from dooly.symbolic.perturb import FieldMatcher, perturbed
+        try:
+            pcfg = ModelConfig(cfg.path, perturbed(cfg.raw), cfg.architecture, cfg.model_type)
+            _, _, pgm = _labelled(pcfg, engine)
+            gm = fields_pass(gm, pgm, FieldMatcher(cfg.raw))
+        except Exception as err:  # the dims keep their values; only the field names are lost
+            cap.notes.append(f"config fields unknown: perturbed capture failed ({type(err).__name__})")
     gm = region_pass(gm)
     extra = logits_units(cap) if engine == "vllm" else []
     return build_inventory(cap, sym_map, registry, extra)
@@ -55,13 +70,13 @@ class Analysis:
         return {k for k, n in seen.items() if n > 1}
 
 
-def analyze(paths: list[str], engine: str | None = None) -> Analysis:
+def analyze(paths: list[str], engine: str | None = None, fields: bool = True) -> Analysis:
     engine = engine or default_engine()
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
     cfgs = [load_config(p) for p in paths]  # validate every file before any capture
     registry = RegionRegistry()
-    return Analysis(engine, [analyze_config(c, engine, registry) for c in cfgs])
+    return Analysis(engine, [analyze_config(c, engine, registry, fields) for c in cfgs])
 
 
 def reuse_summary(analysis: Analysis, hw_name: str = "h100", lim=None) -> dict:

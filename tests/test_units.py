@@ -113,3 +113,26 @@ def test_vllm_llama_shows_the_units_vllm_runs():
     assert len(attn) == 1 and attn[0].stateful
     a = attn[0].attr
     assert (a["num_heads"], a["num_kv_heads"], a["head_size"]) == (32, 8, 128)
+
+
+def test_constant_dims_name_their_config_fields():
+    inv = analyze([config("meta-llama__Llama-3.1-8B")], "transformers").inventories[0]
+    fields = {}
+    for e in inv.entries.values():
+        for t in e.unit.inputs:
+            for d in t.dims:
+                if d.label.value == "CONFIG" and d.config_fields:
+                    fields.setdefault(d.value_or_expr, set()).add(d.config_fields)
+    assert ("hidden_size",) in fields[4096]
+    assert ("intermediate_size",) in fields[14336]
+    assert ("vocab_size",) in fields[128256]
+    assert ("head_dim", "num_key_value_heads") in fields[1024]
+
+
+def test_field_matcher_reads_fused_qkv_width():
+    from dooly.symbolic.perturb import FACTORS, FieldMatcher
+    raw = json.loads(open(config("meta-llama__Llama-3.1-8B")).read())
+    m = FieldMatcher(raw)
+    h, kv, d = 32 * FACTORS["num_attention_heads"], 8 * FACTORS["num_key_value_heads"], 128 * FACTORS["head_dim"]
+    assert m.fields(6144, (h + 2 * kv) * d) == ("head_dim", "num_attention_heads", "num_key_value_heads")
+    assert m.fields(4096, 4096 * FACTORS["hidden_size"]) == ("hidden_size",)

@@ -58,3 +58,26 @@ def capture_symbols(gm: torch.fx.GraphModule) -> set[sympy.Symbol]:
             elif isinstance(v, torch.SymInt):
                 syms |= dim_expr(v).free_symbols
     return syms
+
+
+def fields_pass(gm: torch.fx.GraphModule, perturbed: torch.fx.GraphModule, matcher
+                ) -> torch.fx.GraphModule:
+    """Name the config fields of constant dims by comparing with a capture of the same
+    model at perturbed config values (node by node: the graphs must align)."""
+    from dooly.symbolic.labels import DimLabel, Label
+    a = [n for n in gm.graph.nodes if n.meta.get("dooly", {}).get("out")]
+    b = [n for n in perturbed.graph.nodes if n.meta.get("dooly", {}).get("out")]
+    if [n.meta["dooly"].get("op") for n in a] != [n.meta["dooly"].get("op") for n in b]:
+        return gm
+    for na, nb in zip(a, b):
+        sigs = []
+        for sa, sb in zip(na.meta["dooly"]["out"], nb.meta["dooly"]["out"]):
+            dims = []
+            for da, db in zip(sa.dims, sb.dims):
+                if da.label is Label.CONFIG and db.label is Label.CONFIG and not da.config_fields:
+                    fields = matcher.fields(da.value_or_expr, db.value_or_expr)
+                    da = DimLabel(da.value_or_expr, Label.CONFIG, fields) if fields else da
+                dims.append(da)
+            sigs.append(TensorSig(tuple(dims), sa.dtype))
+        na.meta["dooly"]["out"] = sigs + na.meta["dooly"]["out"][len(sigs):]
+    return gm

@@ -105,7 +105,8 @@ def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
 
 
 def _tsig(shape: list, dtype: str) -> TensorSig:
-    dims = tuple(DimLabel(d, Label.REQUEST) if isinstance(d, str) else DimLabel(int(d), Label.CONFIG)
+    """shape items: a request symbol name, or (value, config field)."""
+    dims = tuple(DimLabel(d, Label.REQUEST) if isinstance(d, str) else DimLabel(int(d[0]), Label.CONFIG, (d[1],))
                  for d in shape)
     return TensorSig(dims, dtype)
 
@@ -114,8 +115,8 @@ def logits_units(cap: Captured) -> list[Unit]:
     """vLLM computes logits outside the compiled graph, only for the last token of each
     sequence: LM head [B, hidden] x [vocab, hidden], then sampling over [B, vocab]."""
     raw = cap.config.raw
-    hidden = int(raw.get("hidden_size") or raw.get("d_model"))
-    vocab = int(raw["vocab_size"])
+    hidden = (int(raw.get("hidden_size") or raw.get("d_model")), "hidden_size")
+    vocab = (int(raw["vocab_size"]), "vocab_size")
     dt = cap.dtype
     head = Unit(op="linear", inputs=(_tsig(["B", hidden], dt), _tsig([vocab, hidden], dt)),
                 outputs=(_tsig(["B", vocab], dt),), attrs=(("bias", False), ("role", "lm_head")))

@@ -1,0 +1,82 @@
+"""Which config fields a constant dim comes from, told by a second, perturbed capture.
+
+Each size field is multiplied by its own factor (the factors keep the config valid:
+heads stay divisible by KV heads, hidden by heads). A constant dim then matches the
+candidate config expression whose value equals it in both captures. Engines' model
+code turns many fields into plain ints (vLLM everywhere, transformers for head_dim and
+expert counts), so this is how their dims still name their fields."""
+from __future__ import annotations
+
+import itertools
+
+import sympy
+
+from dooly.symbolic.symbols import SymKind, config_field, make_symbol
+
+FACTORS = {"hidden_size": 45, "intermediate_size": 7, "num_attention_heads": 9,
+           "num_key_value_heads": 3, "head_dim": 2, "vocab_size": 11,
+           "max_position_embeddings": 13, "num_local_experts": 17, "num_experts": 17,
+           "moe_intermediate_size": 19}
+
+
+def _sym(field: str) -> sympy.Symbol:
+    return make_symbol(SymKind.CONFIG, field)
+
+
+def field_values(raw: dict) -> dict[str, int]:
+    vals = {f: int(raw[f]) for f in FACTORS if isinstance(raw.get(f), int) and raw[f] > 0}
+    if "head_dim" not in vals and "hidden_size" in vals and "num_attention_heads" in vals:
+        vals["head_dim"] = vals["hidden_size"] // vals["num_attention_heads"]
+    if "num_key_value_heads" not in vals and "num_attention_heads" in vals:
+        vals["num_key_value_heads"] = vals["num_attention_heads"]
+    return vals
+
+
+def perturbed(raw: dict) -> dict:
+    """A copy of the config with every size field scaled by its factor."""
+    out = dict(raw)
+    vals = field_values(raw)
+    for f, v in vals.items():
+        out[f] = v * FACTORS[f]
+    if out.get("layer_types") is None and "num_key_value_heads" not in raw:
+        out["num_key_value_heads"] = vals.get("num_key_value_heads", 1) * FACTORS["num_key_value_heads"]
+    return out
+
+
+def candidates(fields: list[str]) -> list[sympy.Expr]:
+    """Config expressions a dim may be: fields, 2*field, products of two fields, and
+    the fused-QKV width. Ordered simplest first."""
+    s = {f: _sym(f) for f in fields}
+    out: list[sympy.Expr] = list(s.values()) + [2 * x for x in s.values()]
+    out += [x / 2 for x in s.values()]  # e.g. rope's inv_freq: head_dim / 2
+    out += [a * b for a, b in itertools.combinations(s.values(), 2)]
+    h, kv, d = (s.get(k) for k in ("num_attention_heads", "num_key_value_heads", "head_dim"))
+    if h is not None and kv is not None and d is not None:
+        out += [(h + 2 * kv) * d, 2 * kv * d]
+    hid = s.get("hidden_size")
+    if hid is not None and h is not None and kv is not None:
+        # engines that derive head_dim as hidden // heads, ignoring the config's head_dim
+        out += [hid / h, kv * hid / h, (h + 2 * kv) * hid / h]
+    return out
+
+
+class FieldMatcher:
+    """Maps (value in the original capture, value in the perturbed one) to fields."""
+
+    def __init__(self, raw: dict):
+        self.orig = field_values(raw)
+        self.pert = {f: v * FACTORS[f] for f, v in self.orig.items()}
+        exprs = candidates(sorted(self.orig))
+        so = {_sym(f): v for f, v in self.orig.items()}
+        sp = {_sym(f): v for f, v in self.pert.items()}
+        self._table: dict[tuple[int, int], tuple[str, ...]] = {}
+        for e in exprs:
+            vo, vp = sympy.sympify(e.xreplace(so)), sympy.sympify(e.xreplace(sp))
+            if not (vo.is_integer and vp.is_integer):
+                continue
+            key = (int(vo), int(vp))
+            if key[0] != key[1] and key not in self._table:
+                self._table[key] = tuple(sorted(config_field(x) for x in e.free_symbols))
+
+    def fields(self, original: int, perturbed: int) -> tuple[str, ...]:
+        return self._table.get((int(original), int(perturbed)), ())
