@@ -52,6 +52,11 @@ def flops_bytes(unit: Unit, point: dict) -> tuple[float, float]:
         flops = sum(4.0 * heads * d * q * (c + (q + 1) / 2) for q, c in point["seqs"])
         kv_bytes = sum((c + q) * 2 * kv * d * 2 for q, c in point["seqs"])
         return flops, float(kv_bytes + io_bytes)
+    if unit.op in ("embedding", "_C.rotary_embedding"):
+        # a gather reads only the rows it needs, not the whole table
+        io_bytes = sum(numel(s, v) * size(s) for s in unit.outputs + unit.inputs[:1])
+        if unit.op == "_C.rotary_embedding":
+            io_bytes = 2 * sum(numel(s, v) * size(s) for s in unit.inputs[1:3])
     out = sum(numel(s, v) for s in unit.outputs) or sum(numel(s, v) for s in unit.inputs)
     ops = len((unit.graph or {}).get("nodes", [])) or 1
     return float(out * ops), float(io_bytes)

@@ -65,6 +65,23 @@ def _count(cap: Captured, node: torch.fx.Node) -> tuple[int, int | None]:
     return cap.multiplicity.get(layer, 1), layer
 
 
+# A gather's cost depends on the rows it reads, not on the table's length: the table
+# length is left out of the key (a canonical length is swept), so models with other
+# vocabularies or context limits share the unit.
+TABLE_ROWS = {"embedding": (1, 32768), "_C.rotary_embedding": (3, 8192)}
+
+
+def _normalize_table(op: str, inputs: tuple) -> tuple:
+    if op not in TABLE_ROWS:
+        return inputs
+    idx, rows = TABLE_ROWS[op]
+    if idx >= len(inputs) or not inputs[idx].dims:
+        return inputs
+    t = inputs[idx]
+    first = DimLabel(rows, Label.CONFIG, ("table_rows",))
+    return inputs[:idx] + (TensorSig((first,) + t.dims[1:], t.dtype),) + inputs[idx + 1:]
+
+
 def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
     info = node.meta["dooly"]
     op = info["op"]
@@ -81,6 +98,9 @@ def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
         attrs["layer_type"] = cap.layer_types.get(layer, "full_attention")
         # the out-buffer and the cache handle carry no request information
         inputs = tuple(t for t in inputs[:3])
+    if op == "embedding" and cap.engine == "transformers":
+        inputs = (inputs[1], inputs[0]) + inputs[2:]  # aten.embedding(weight, ids) -> (ids, weight)
+    inputs = _normalize_table(op, inputs)
     if op.startswith("_C.") or op.startswith("vllm_ir."):
         # how to call the engine's op again: tensor inputs by index, literals as they are
         call, k = [], 0

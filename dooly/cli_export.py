@@ -1,0 +1,48 @@
+"""`dooly export vidur`: write Vidur's profiling CSVs (mlp.csv, attention.csv) from a DB."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a DB's predictions in another tool's profiling format")
+    esub = p.add_subparsers(dest="export_format", required=True)
+    v = esub.add_parser("vidur", help="Vidur's mlp.csv and attention.csv (ms, Vidur's grids and columns)")
+    v.add_argument("config", help="the model's HF config.json")
+    v.add_argument("--db", required=True, help="latency DB (swept with the vllm engine)")
+    v.add_argument("--out", required=True, help="output directory (mlp.csv, attention.csv)")
+    v.add_argument("--max-tokens", type=int, default=4096, help="cap of mlp.csv's num_tokens grid (4096)")
+    v.add_argument("--max-model-len", type=int, default=4096,
+                   help="attention.csv: longest chunk + kv_cache_size (4096)")
+    v.add_argument("--max-batch-size", type=int, default=128, help="attention.csv: largest decode batch (128)")
+    v.add_argument("--block-size", type=int, default=16,
+                   help="block_size column; Vidur keeps rows equal to its scheduler's block size (16)")
+    v.add_argument("--engine", default=None, help="environment engine (default: the best-covered one)")
+    v.add_argument("--env", default=None, help="environment key")
+    v.set_defaults(func=run_export_vidur)
+
+
+def run_export_vidur(args) -> int:
+    from dooly.export_vidur import export_vidur
+    res = export_vidur(args.config, args.db, args.out, max_tokens=args.max_tokens,
+                       max_model_len=args.max_model_len, engine=args.engine, env=args.env,
+                       max_batch_size=args.max_batch_size, block_size=args.block_size)
+    d = res.dims
+    print(f"environment: {res.env_label}")
+    print(f"model: n_head={d.n_head} n_kv_head={d.n_kv_head} n_embd={d.n_embd} "
+          f"n_expanded_embd={d.n_expanded_embd} vocab_size={d.vocab_size} use_gated_mlp={d.use_gated_mlp}")
+    print(f"wrote {res.mlp_path} ({res.mlp_rows} rows)")
+    print(f"wrote {res.attention_path} ({res.attention_rows} rows)")
+    print("times in ms; min = max = mean = median = Dooly's prediction, std = 0 (predictions carry no spread)")
+    print("mapped:")
+    for s in res.sources.values():
+        if s.unit_key:
+            print(f"  {s.op}: {s.unit_key} ({s.note})")
+    zeros = res.zero_ops()
+    if zeros:
+        print("written as 0:")
+        for s in zeros:
+            print(f"  {s.op}: {s.note}")
+    if res.unexported:
+        print("not exported (Vidur has no column for them): " + ", ".join(res.unexported))
+    for n in res.extrapolated:
+        print(f"extrapolated: {n}")
+    return 0

@@ -1,0 +1,372 @@
+"""Export Dooly predictions as Vidur profiling CSVs (`mlp.csv`, `attention.csv`), so a
+Dooly DB can stand in for Vidur's GPU profiling (data/profiling/compute/<dev>/<model>/).
+
+    from dooly.export_vidur import export_vidur
+    res = export_vidur("config.json", "latency.db", "out/")   # -> VidurExport
+
+What is written
+  * mlp.csv: `dooly.vidur.mlp_header()` verbatim; one row per num_tokens of Vidur's
+    grid (`vidur_token_grid`: [1,2,4] + 8..1016 s8, 1024..2048 s16, 2048..4096 s32, ...,
+    capped at max_tokens), num_tensor_parallel_workers = 1. Rows ascending in num_tokens
+    (Vidur writes them descending; it reads them order-free).
+  * attention.csv: `dooly.vidur.attention_header()` verbatim. Rows on Vidur's attention
+    grid (`vidur_attention_grid`): chunked prefill (batch 1, chunk in Vidur's chunk grid
+    64..max_model_len, kv_cache_size = 0, chunk, 2*chunk, ... with chunk+kv <= max_model_len),
+    full prefill (batch 1, length in Vidur's sequence grid, kv 0), and decode
+    (prefill_chunk_size 0, kv_cache_size in Vidur's sequence grid 32..<max_model_len, batch
+    1..16 step 1 then 24..max_batch_size step 8 -- coarser than Vidur's step 1; Vidur fits a
+    regression on [batch_size, kv_cache_size] so the coarse grid only thins its training set).
+    block_size is written as given (default 16, Vidur's scheduler default: Vidur keeps only
+    rows whose block_size equals its replica scheduler's); attention_backend as
+    "AttentionBackend.<Dooly backend>" (Vidur does not filter on it).
+  * Times in milliseconds (Dooly's unit). min = max = mean = median = the prediction and
+    std = 0: a prediction carries no spread (the unit's CV MAPE is a fit error, not run-to-run
+    variation, and for some units it is large enough to make a fake spread misleading).
+
+Mapping (vLLM-engine units; one call of the unit, never multiplied by its count, since Vidur's
+ops are per layer): GEMMs by shape -- attn_pre_proj: linear [T, d] x [(h+2kv)*hd, d];
+attn_post_proj: [T, h*hd] x [d, h*hd]; mlp_up_proj: [T, d] x [2*ff (gated) or ff, d];
+mlp_down_proj: [T, ff] x [d, ff]; the LM head (attr role=lm_head) is never one of them.
+input_layernorm / post_attention_layernorm <- fused_add_rms_norm (else rms_norm, else any
+*norm* unit on [T, d]); add <- 0 when the residual add is fused into that norm; attn_rope <-
+rotary_embedding; mlp_act <- the unit turning [T, 2*ff] into [T, ff] (the silu*mul region);
+emb <- embedding. attn_prefill <- the attention unit at {"seqs": [[chunk, kv]]}; attn_decode
+<- the attention unit at {"seqs": [[1, kv]] * batch}; attn_kv_cache_save <- the KV-cache
+update unit at T = chunk (prefill) / batch (decode); attn_input_reshape /
+attn_output_reshape <- 0 (views in vLLM). Several candidates: the one run most often.
+Any Vidur op with no unit is written as 0 and reported (`VidurExport.sources`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dooly.errors import DoolyInputError
+from dooly.vidur import (STATS, VIDUR_ATTENTION_OPS, VIDUR_MLP_OPS, attention_header, mlp_header,
+                         write_vidur_csv)
+
+DEFAULT_BLOCK_SIZE = 16
+
+
+# ---------------------------------------------------------------- Vidur's grids
+
+def vidur_token_grid(max_tokens: int) -> list[int]:
+    """Vidur's mlp num_tokens grid (profiling/utils get_num_tokens_to_profile), ascending."""
+    space = ([1, 2, 4] + list(range(8, 1024, 8)) + list(range(1024, 2048 + 1, 16))
+             + list(range(2048, 4096 + 1, 32)) + list(range(4096, 8192 + 1, 64))
+             + list(range(8192, 16384 + 1, 128)) + list(range(16384, 32768 + 1, 256))
+             + list(range(32768, 65536 + 1, 512)) + list(range(65536, 131072 + 1, 1024)))
+    return sorted({t for t in space if t <= max_tokens})
+
+
+def _chunk_grid(max_len: int) -> list[int]:
+    space = (list(range(64, 128 + 1, 16)) + list(range(128, 1024 + 1, 32))
+             + list(range(1024, 4096 + 1, 64)) + list(range(4096, 16384 + 1, 128))
+             + list(range(16384, 65536 + 1, 256)))
+    return sorted({c for c in space if c <= max_len})
+
+
+def _seq_grid(max_len: int) -> list[int]:
+    space = list(range(0, 1024 + 1, 32)) + list(range(1024, 4096 + 1, 64)) + list(range(4096, 65536 + 1, 256))
+    return sorted({s for s in space if s < max_len})
+
+
+def decode_batch_grid(max_batch_size: int) -> list[int]:
+    return [b for b in list(range(1, 17)) + list(range(24, 1024 + 1, 8)) if b <= max_batch_size]
+
+
+def vidur_attention_grid(max_model_len: int, max_batch_size: int = 128) -> list[tuple[int, int, int, bool]]:
+    """(prefill_chunk_size, kv_cache_size, batch_size, is_prefill) rows, Vidur's validity rules
+    (prefill: batch 1, chunk > 0, chunk + kv <= max_model_len; decode: chunk 0,
+    0 < kv <= max_model_len), duplicates dropped."""
+    rows: list[tuple[int, int, int, bool]] = []
+    for c in _chunk_grid(max_model_len):
+        rows += [(c, i * c, 1, True) for i in range(max_model_len // c) if c + i * c <= max_model_len]
+    rows += [(s, 0, 1, True) for s in _seq_grid(max_model_len) if s > 0]
+    kvs = [s for s in _seq_grid(max_model_len) if s > 0]
+    rows += [(0, kv, b, False) for b in decode_batch_grid(max_batch_size) for kv in kvs]
+    seen, out = set(), []
+    for r in rows:
+        if r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------- model dims and mapping
+
+@dataclass
+class ModelDims:
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+    head_dim: int
+    n_expanded_embd: int
+    vocab_size: int
+    use_gated_mlp: bool = True
+
+
+def model_dims(raw: Mapping, path: str = "config") -> ModelDims:
+    t = raw.get("text_config") if isinstance(raw.get("text_config"), Mapping) else raw
+
+    def need(*names):
+        for n in names:
+            v = t.get(n, raw.get(n))
+            if isinstance(v, int) and v > 0:
+                return v
+        raise DoolyInputError(path, "missing or not a positive integer (needed for Vidur's columns)",
+                              names[0])
+    d = need("hidden_size", "n_embd", "d_model")
+    h = need("num_attention_heads", "n_head")
+    kv = t.get("num_key_value_heads") or h
+    hd = t.get("head_dim") or d // h
+    ff = need("intermediate_size", "n_inner", "ffn_dim")
+    return ModelDims(h, int(kv), d, int(hd), ff, need("vocab_size"))
+
+
+@dataclass
+class OpSource:
+    """Where one Vidur op's numbers come from: a Dooly unit, or 0 with the reason."""
+    op: str
+    unit_key: str | None = None
+    note: str = ""
+
+
+def _shape(sig) -> list:
+    return [str(v) if isinstance(v, str) else int(v) for v in sig.shape()]
+
+
+def _pick(pred, keys: list[str]) -> str | None:
+    if not keys:
+        return None
+    return sorted(keys, key=lambda k: (-pred.counts.get(k, 0), k))[0]
+
+
+def _token_unit(u) -> bool:
+    return bool(u.inputs) and u.driver == "tokens" and (_shape(u.inputs[0]) or [None])[0] == "T"
+
+
+def map_units(pred, dims: ModelDims) -> dict[str, OpSource]:
+    """Vidur op (mlp and attention) -> OpSource, from a Predictor's units."""
+    units = pred.units
+    d, hd, ff = dims.n_embd, dims.head_dim, dims.n_expanded_embd
+    q_out = dims.n_head * hd
+
+    def linear(K: int, N: int) -> list[str]:
+        out = []
+        for k, u in units.items():
+            if u.op.split(".")[-1] != "linear" and u.op not in ("linear", "aten.linear.default"):
+                continue
+            if u.attr.get("role") == "lm_head" or len(u.inputs) < 2 or not _token_unit(u):
+                continue
+            if _shape(u.inputs[0]) == ["T", K] and _shape(u.inputs[1]) == [N, K]:
+                out.append(k)
+        return out
+
+    src: dict[str, OpSource] = {}
+
+    def put(op: str, keys: list[str], how: str, missing: str):
+        k = _pick(pred, keys)
+        note = how if k else missing
+        if k and len(keys) > 1:
+            note += f" ({len(keys)} candidates; used the most frequent)"
+        src[op] = OpSource(op, k, note)
+
+    put("attn_pre_proj", linear(d, (dims.n_head + 2 * dims.n_kv_head) * hd),
+        "QKV linear", "no QKV linear of this shape; written as 0")
+    put("attn_post_proj", linear(q_out, d), "o_proj linear", "no o_proj linear; written as 0")
+    up_gated, up_plain = linear(d, 2 * ff), linear(d, ff)
+    dims.use_gated_mlp = bool(up_gated) or not up_plain
+    put("mlp_up_proj", up_gated or up_plain, "gate_up linear" if up_gated else "up linear",
+        "no up/gate_up linear; written as 0")
+    put("mlp_down_proj", linear(ff, d), "down linear", "no down linear; written as 0")
+
+    tok = {k: u for k, u in units.items() if _token_unit(u)}
+    emb = [k for k, u in tok.items() if u.op.split(".")[-1] == "embedding" or u.op == "embedding"]
+    put("emb", emb, "embedding", "no embedding unit; written as 0")
+
+    on_hidden = {k: u for k, u in tok.items() if _shape(u.inputs[0]) == ["T", d]}
+    fused_norm = [k for k, u in on_hidden.items() if "fused_add_rms_norm" in u.op]
+    plain_norm = [k for k, u in on_hidden.items() if "norm" in u.op and k not in fused_norm]
+    norms = fused_norm or plain_norm
+    how = "fused_add_rms_norm (per call)" if fused_norm else "norm (per call)"
+    put("input_layernorm", norms, how, "no norm unit; written as 0")
+    put("post_attention_layernorm", norms, how, "no norm unit; written as 0")
+    if fused_norm:
+        src["add"] = OpSource("add", None, "fused into fused_add_rms_norm, written as 0")
+    else:
+        adds = [k for k, u in on_hidden.items() if u.op.split(".")[-1] in ("add", "add.Tensor")
+                or u.op == "aten.add.Tensor"]
+        put("add", adds, "residual add", "no residual add unit; written as 0")
+
+    rope = [k for k, u in tok.items() if "rotary" in u.op or "rope" in u.op]
+    put("attn_rope", rope, "rotary_embedding", "no rotary-embedding unit; written as 0")
+
+    up_n = 2 * ff if dims.use_gated_mlp else ff
+    act = [k for k, u in tok.items() if k not in up_gated + up_plain and u.outputs
+           and _shape(u.inputs[0]) == ["T", up_n] and _shape(u.outputs[0]) == ["T", ff]]
+    put("mlp_act", act, "silu*mul region" if dims.use_gated_mlp else "activation",
+        "no activation unit; written as 0")
+
+    attn = {k: u for k, u in units.items() if u.driver == "attention" and "attention" in u.op
+            and "kv_cache" not in u.op}
+    full = [k for k, u in attn.items() if not u.attr.get("sliding_window")]
+    attn_keys = full or list(attn)
+    put("attn_prefill", attn_keys, "attention unit at [[chunk, kv]]", "no attention unit; written as 0")
+    put("attn_decode", attn_keys, "attention unit at [[1, kv]] * batch", "no attention unit; written as 0")
+    kvu = [k for k, u in tok.items() if "kv_cache_update" in u.op or "reshape_and_cache" in u.op]
+    akey = src["attn_decode"].unit_key
+    if akey and kvu:  # the KV write of the same layer type as the attention unit
+        same = [k for k in kvu if units[k].attr.get("layer_type") == units[akey].attr.get("layer_type")]
+        kvu = same or kvu
+    put("attn_kv_cache_save", kvu, "KV-cache update at T = chunk / batch",
+        "no separate KV-cache write (inside the attention op?); written as 0")
+    for op in ("attn_input_reshape", "attn_output_reshape"):
+        src[op] = OpSource(op, None, "a view in vLLM (no kernel), written as 0")
+    return src
+
+
+# ---------------------------------------------------------------- predictions
+
+def _predict_many(model, points: list[dict]) -> np.ndarray:
+    if not points:
+        return np.zeros(0)
+    if hasattr(model, "predict") and hasattr(model, "driver"):
+        y = np.asarray(model.predict(points), dtype=float).ravel()
+    else:
+        y = np.array([float(model.predict_one(p)) for p in points])
+    return np.clip(np.nan_to_num(y, nan=0.0), 0.0, None)
+
+
+def _stats(op: str, ms: float) -> dict:
+    v = round(float(ms), 6)
+    return {f"time_stats.{op}.{s}": (0.0 if s == "std" else v) for s in STATS}
+
+
+@dataclass
+class VidurExport:
+    mlp_path: Path
+    attention_path: Path
+    mlp_rows: int
+    attention_rows: int
+    dims: ModelDims
+    sources: dict[str, OpSource]
+    env_label: str = ""
+    unexported: list[str] = field(default_factory=list)   # Dooly units Vidur has no column for
+    extrapolated: list[str] = field(default_factory=list)  # "op: beyond T=32" notes
+
+    def zero_ops(self) -> list[OpSource]:
+        return [s for s in self.sources.values() if s.unit_key is None]
+
+
+def _extrapolation_note(model, what: str, hi: float) -> str | None:
+    x_max = getattr(model, "x_max", None)
+    if x_max is None or not len(x_max):
+        return None
+    if hi > float(x_max[0]):
+        return f"{what} beyond the measured {float(x_max[0]):g}"
+    return None
+
+
+def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_model_len: int = 4096,
+                 engine: str | None = None, env: str | None = None, max_batch_size: int = 128,
+                 block_size: int = DEFAULT_BLOCK_SIZE, predictor=None,
+                 progress: Callable[[str], None] | None = None) -> VidurExport:
+    """Write <out>/mlp.csv and <out>/attention.csv for `config` from the DB `db`."""
+    for name, v, lo in (("--max-tokens", max_tokens, 1), ("--max-model-len", max_model_len, 64),
+                        ("--max-batch-size", max_batch_size, 1), ("--block-size", block_size, 1)):
+        if not isinstance(v, int) or v < lo:
+            raise DoolyInputError(name, f"expected an integer >= {lo}, got {v!r}")
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DoolyInputError(out_dir, "exists and is not a directory", "--out")
+    from dooly.config import load_config
+    cfg = load_config(config)
+    dims = model_dims(cfg.raw, cfg.path)
+    if predictor is None:
+        if not Path(db).is_file():
+            raise DoolyInputError(db, "file not found", "--db")
+        from dooly.predict import Predictor
+        predictor = Predictor.load(config, db, engine, env)
+    p = predictor
+    src = map_units(p, dims)
+    mapped = {s.unit_key for s in src.values() if s.unit_key}
+    if not mapped:
+        raise DoolyInputError(db, f"no unit of {cfg.name} in environment {p.env.label()} maps to a "
+                                  "Vidur op (export needs a vLLM-engine sweep: dooly sweep --engine vllm)")
+    notes: list[str] = []
+
+    # ---- mlp.csv
+    grid = vidur_token_grid(max_tokens)
+    cols: dict[str, np.ndarray] = {}
+    for op in VIDUR_MLP_OPS:
+        k = src[op].unit_key
+        if k is None:
+            cols[op] = np.zeros(len(grid))
+            continue
+        cols[op] = _predict_many(p.models[k], [{"T": t} for t in grid])
+        n = _extrapolation_note(p.models[k], f"{op}: num_tokens up to {grid[-1]}", grid[-1])
+        if n:
+            notes.append(n)
+    cfg_cols = {"n_head": dims.n_head, "n_kv_head": dims.n_kv_head, "n_embd": dims.n_embd,
+                "n_expanded_embd": dims.n_expanded_embd, "vocab_size": dims.vocab_size,
+                "use_gated_mlp": dims.use_gated_mlp, "num_tensor_parallel_workers": 1}
+    mlp_rows = []
+    for i, t in enumerate(grid):
+        row = {}
+        for op in VIDUR_MLP_OPS:
+            row.update(_stats(op, cols[op][i]))
+        row.update(cfg_cols, num_tokens=t)
+        mlp_rows.append(row)
+    mlp_path = write_vidur_csv(out_dir / "mlp.csv", mlp_header(), mlp_rows)
+    if progress:
+        progress(f"mlp.csv: {len(mlp_rows)} rows")
+
+    # ---- attention.csv
+    agrid = vidur_attention_grid(max_model_len, max_batch_size)
+    attn_pts = [{"seqs": [[c, kv]]} if pre else {"seqs": [[1, kv]] * b} for c, kv, b, pre in agrid]
+    kv_pts = [{"T": c if pre else b} for c, kv, b, pre in agrid]
+    vals: dict[str, np.ndarray] = {}
+    is_pre = np.array([r[3] for r in agrid], dtype=bool)
+    for op in VIDUR_ATTENTION_OPS:
+        k = src[op].unit_key
+        if k is None:
+            vals[op] = np.zeros(len(agrid))
+        elif op == "attn_kv_cache_save":
+            vals[op] = _predict_many(p.models[k], kv_pts)
+            hi = max(p_["T"] for p_ in kv_pts)
+            n = _extrapolation_note(p.models[k], f"{op}: tokens up to {hi}", hi)
+            if n:
+                notes.append(n)
+        else:
+            sel = is_pre if op == "attn_prefill" else ~is_pre
+            v = np.zeros(len(agrid))
+            v[sel] = _predict_many(p.models[k], [pt for pt, s in zip(attn_pts, sel) if s])
+            vals[op] = v
+    akey = src["attn_decode"].unit_key
+    backend = (p.units[akey].attr.get("backend") if akey else None) or getattr(p.env, "backend", "") or "unknown"
+    attn_rows = []
+    for i, (c, kv, b, pre) in enumerate(agrid):
+        row = {}
+        for op in VIDUR_ATTENTION_OPS:
+            # attn_prefill only on prefill rows, attn_decode only on decode rows (as Vidur)
+            ms = vals[op][i]
+            if (op == "attn_prefill" and not pre) or (op == "attn_decode" and pre):
+                ms = 0.0
+            row.update(_stats(op, ms))
+        row.update(n_embd=dims.n_embd, n_q_head=dims.n_head, n_kv_head=dims.n_kv_head,
+                   block_size=block_size, num_tensor_parallel_workers=1, max_model_len=max_model_len,
+                   batch_size=b, prefill_chunk_size=c, kv_cache_size=kv, is_prefill=pre,
+                   attention_backend=f"AttentionBackend.{str(backend).upper()}")
+        attn_rows.append(row)
+    attn_path = write_vidur_csv(out_dir / "attention.csv", attention_header(), attn_rows)
+    if progress:
+        progress(f"attention.csv: {len(attn_rows)} rows")
+
+    unexported = sorted(f"{k} ({u.op}{', ' + u.attr['role'] if u.attr.get('role') else ''})"
+                        for k, u in p.units.items() if k not in mapped)
+    return VidurExport(mlp_path, attn_path, len(mlp_rows), len(attn_rows), dims, src,
+                       p.env.label(), unexported, notes)
