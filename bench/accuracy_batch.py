@@ -59,6 +59,7 @@ class StepRecorder:
         self.steps: list[dict] = []
         self._pending = None
         self.threads_seen: set[int] = set()
+        self._forward_s = 0.0
 
     def install(self):
         import torch
@@ -67,6 +68,24 @@ class StepRecorder:
         rec = self
         orig_exec = gmr.GPUModelRunner.execute_model
         orig_sample = gmr.GPUModelRunner.sample_tokens
+        orig_forward = gmr.GPUModelRunner._model_forward
+        orig_sample_inner = gmr.GPUModelRunner._sample
+
+        def timed(fn):
+            # the model's own work: forward, logits, sampler (what Dooly's units cover)
+            def wrapper(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    rec._forward_s += time.perf_counter() - t0
+            return wrapper
+
+        def _model_forward(self, *a, **k):
+            if not getattr(self.model, "_dooly_timed", False):
+                self.model.compute_logits = timed(self.model.compute_logits)
+                self.model._dooly_timed = True
+            return timed(orig_forward)(self, *a, **k)
 
         def execute_model(self, scheduler_output, *a, **k):
             if scheduler_output.total_num_scheduled_tokens == 0:
@@ -79,6 +98,7 @@ class StepRecorder:
             for rid, c in zip(cached.req_ids, cached.num_computed_tokens):
                 batch.append((int(nst[rid]), int(c)))
             rec.threads_seen.add(torch.get_num_threads())
+            rec._forward_s = 0.0
             t0 = time.perf_counter()
             out = orig_exec(self, scheduler_output, *a, **k)
             dt = time.perf_counter() - t0
@@ -99,11 +119,14 @@ class StepRecorder:
 
         CPUModelRunner.execute_model = execute_model
         CPUModelRunner.sample_tokens = sample_tokens
+        CPUModelRunner._model_forward = _model_forward
+        CPUModelRunner._sample = timed(orig_sample_inner)
 
     def _finish(self):
         p, self._pending = self._pending, None
         if p["recorded"]:
             p["ms"] = p["exec_ms"] + p["sample_ms"]
+            p["forward_ms"] = self._forward_s * 1e3
             self.steps.append(p)
 
 
@@ -215,6 +238,8 @@ def main(argv=None) -> int:
         Path(args._out).write_text(json.dumps({"steps": steps, "threads": sorted(rec.threads_seen)}))
         return 0
     from dooly.grid import GridLimits
+    from dooly.db import Store
+    from dooly.overhead import record_overhead
     from dooly.predict import Predictor
     from dooly.sweep import sweep
 
@@ -244,25 +269,28 @@ def main(argv=None) -> int:
             st["batch"] = [tuple(b) for b in st["batch"]]
         print(f"[{name}] vLLM: {len(steps)} steps kept in {time.perf_counter() - t0:.1f} s (incl. engine init); "
               f"worker torch threads {threads}", flush=True)
-        # sweep at the worker's thread count (what vLLM really runs with) and, for contrast,
-        # at the sweep default (1 thread, OMP_NUM_THREADS unset)
-        preds = {}
-        for th in dict.fromkeys([threads[0] if threads else None, None]):
-            s = sweep([str(cfg)], args.db, "vllm", lim=lim, threads=th)
-            preds[th] = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key)
-            print(f"[{name}] sweep threads={preds[th].env.threads}: {len(s.units_measured)} measured, "
-                  f"{len(s.units_reused)} reused, {s.points_measured} points, {s.seconds:.1f} s", flush=True)
-        pred = preds[threads[0] if threads else None]
+        # the sweep's default thread count follows vLLM's CPU worker binding
+        s = sweep([str(cfg)], args.db, "vllm", lim=lim)
+        print(f"[{name}] sweep threads={s.env_key}: {len(s.units_measured)} measured, "
+              f"{len(s.units_reused)} reused, {s.points_measured} points, {s.seconds:.1f} s", flush=True)
+        for st in steps:  # compare the model's execution (forward, logits, sampler) with the units
+            st["step_ms"], st["ms"] = st["ms"], st["forward_ms"]
+        with Store.open(args.db) as store:
+            pred = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key, store=store)
+            # calibrate the engine's per-step overhead (input prep, metadata) for the simulator
+            n_over = record_overhead(store, pred.env, [dict(st, ms=st["step_ms"]) for st in steps])
+            pred_step = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key, store=store)
         sweep_threads = pred.env.threads
-        if None in preds and preds[None] is not pred:
-            alt = [abs(preds[None].predict(st["batch"]).total_ms - st["ms"]) / st["ms"] for st in steps]
-            result[f"{name}.mape_all_default_threads_pct"] = round(100 * statistics.fmean(alt), 2)
-            print(f"[{name}] contrast: predicting from the {preds[None].env.threads}-thread sweep gives "
-                  f"MAPE {100 * statistics.fmean(alt):.1f}% over all {len(steps)} steps", flush=True)
+        print(f"[{name}] recorded {n_over} engine-overhead points (step - model execution)", flush=True)
         for st in steps:
             r = pred.predict(st["batch"])
-            st.update(model=name, pred_ms=r.total_ms, breakdown=r.breakdown)
+            st.update(model=name, pred_ms=r.total_ms, breakdown=r.breakdown,
+                      pred_step_ms=r.total_ms + pred_step.predict(st["batch"]).overhead_ms)
         all_rows += steps
+        step_err = [abs(st["pred_step_ms"] - st["step_ms"]) / st["step_ms"] for st in steps]
+        result[f"{name}.mape_step_with_overhead_pct"] = round(100 * statistics.fmean(step_err), 2)
+        print(f"[{name}] whole step (units + overhead fitted on these steps, in-sample): "
+              f"MAPE {100 * statistics.fmean(step_err):.1f}%", flush=True)
         for set_name in ("prefill", "decode", "mixed"):
             rows = [r for r in steps if r["set"][0] == set_name]
             m = mape(rows)

@@ -43,6 +43,10 @@ def run_export_vidur(args) -> int:
             print(f"  {s.op}: {s.note}")
     if res.unexported:
         print("not exported (Vidur has no column for them): " + ", ".join(res.unexported))
-    for n in res.extrapolated:
-        print(f"extrapolated: {n}")
+    if res.extrapolated:
+        print("extrapolated (sweep with larger limits to cover Vidur's grid):")
+        for op, n in res.extrapolated.items():
+            print(f"  {op}: {n}")
+    for op, n in res.clamped.items():
+        print(f"non-positive: {op}: the fit gave <= 0 ms on {n} rows (outside its data), written as 0")
     return 0

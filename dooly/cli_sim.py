@@ -118,7 +118,7 @@ def _latency_model(args):
         raise DoolyInputError(args.db, "the latency predictor (dooly.predict) is not "
                               "installed in this build; use --step-model linear:A,B,C") from None
     predictor = load_predictor(args.config, args.db)
-    return predictor.step_ms, getattr(predictor, "overhead", None)
+    return predictor.step_ms, None  # step_ms already adds the calibrated engine overhead
 
 
 def run(args) -> int:

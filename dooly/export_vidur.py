@@ -238,7 +238,7 @@ def _predict_many(model, points: list[dict]) -> np.ndarray:
         y = np.asarray(model.predict(points), dtype=float).ravel()
     else:
         y = np.array([float(model.predict_one(p)) for p in points])
-    return np.clip(np.nan_to_num(y, nan=0.0), 0.0, None)
+    return np.nan_to_num(y, nan=0.0)
 
 
 def _stats(op: str, ms: float) -> dict:
@@ -256,19 +256,23 @@ class VidurExport:
     sources: dict[str, OpSource]
     env_label: str = ""
     unexported: list[str] = field(default_factory=list)   # Dooly units Vidur has no column for
-    extrapolated: list[str] = field(default_factory=list)  # "op: beyond T=32" notes
+    extrapolated: dict[str, str] = field(default_factory=dict)  # op -> "grid to X, measured to Y"
+    clamped: dict[str, int] = field(default_factory=dict)       # op -> rows whose fit gave <= 0 (written 0)
 
     def zero_ops(self) -> list[OpSource]:
         return [s for s in self.sources.values() if s.unit_key is None]
 
 
-def _extrapolation_note(model, what: str, hi: float) -> str | None:
-    x_max = getattr(model, "x_max", None)
-    if x_max is None or not len(x_max):
+def _extrapolation_note(model, points: list[dict], what: str) -> str | None:
+    """How far a grid reaches past what the unit's fit saw, or None."""
+    if not hasattr(model, "extrapolates") or not points:
         return None
-    if hi > float(x_max[0]):
-        return f"{what} beyond the measured {float(x_max[0]):g}"
-    return None
+    n = sum(bool(model.extrapolates(pt)) for pt in points)
+    if not n:
+        return None
+    x_max = list(getattr(model, "x_max", []) or [])
+    seen = f" (measured up to {what} = {float(x_max[0]):g})" if len(x_max) == 1 else ""
+    return f"{n} of {len(points)} rows outside the measured range{seen}"
 
 
 def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_model_len: int = 4096,
@@ -297,7 +301,20 @@ def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_mod
     if not mapped:
         raise DoolyInputError(db, f"no unit of {cfg.name} in environment {p.env.label()} maps to a "
                                   "Vidur op (export needs a vLLM-engine sweep: dooly sweep --engine vllm)")
-    notes: list[str] = []
+    notes: dict[str, str] = {}
+    clamped: dict[str, int] = {}
+
+    def clamp(op: str, y: np.ndarray) -> np.ndarray:
+        # a fit can reach 0 or below outside its data (some estimators clip at 0 themselves);
+        # Vidur gets 0 there, as Predictor.predict does, and the rows are reported
+        if (y <= 0).any():
+            clamped[op] = clamped.get(op, 0) + int((y <= 0).sum())
+        return np.clip(y, 0.0, None)
+
+    def note(op: str, model, pts: list[dict], what: str) -> None:
+        n = _extrapolation_note(model, pts, what)
+        if n:
+            notes[op] = n
 
     # ---- mlp.csv
     grid = vidur_token_grid(max_tokens)
@@ -307,10 +324,9 @@ def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_mod
         if k is None:
             cols[op] = np.zeros(len(grid))
             continue
-        cols[op] = _predict_many(p.models[k], [{"T": t} for t in grid])
-        n = _extrapolation_note(p.models[k], f"{op}: num_tokens up to {grid[-1]}", grid[-1])
-        if n:
-            notes.append(n)
+        pts = [{"T": t} for t in grid]
+        cols[op] = clamp(op, _predict_many(p.models[k], pts))
+        note(op, p.models[k], pts, "T")
     cfg_cols = {"n_head": dims.n_head, "n_kv_head": dims.n_kv_head, "n_embd": dims.n_embd,
                 "n_expanded_embd": dims.n_expanded_embd, "vocab_size": dims.vocab_size,
                 "use_gated_mlp": dims.use_gated_mlp, "num_tensor_parallel_workers": 1}
@@ -336,15 +352,14 @@ def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_mod
         if k is None:
             vals[op] = np.zeros(len(agrid))
         elif op == "attn_kv_cache_save":
-            vals[op] = _predict_many(p.models[k], kv_pts)
-            hi = max(p_["T"] for p_ in kv_pts)
-            n = _extrapolation_note(p.models[k], f"{op}: tokens up to {hi}", hi)
-            if n:
-                notes.append(n)
+            vals[op] = clamp(op, _predict_many(p.models[k], kv_pts))
+            note(op, p.models[k], kv_pts, "T")
         else:
             sel = is_pre if op == "attn_prefill" else ~is_pre
             v = np.zeros(len(agrid))
-            v[sel] = _predict_many(p.models[k], [pt for pt, s in zip(attn_pts, sel) if s])
+            pts = [pt for pt, s in zip(attn_pts, sel) if s]
+            v[sel] = clamp(op, _predict_many(p.models[k], pts))
+            note(op, p.models[k], pts, "")
             vals[op] = v
     akey = src["attn_decode"].unit_key
     backend = (p.units[akey].attr.get("backend") if akey else None) or getattr(p.env, "backend", "") or "unknown"
@@ -369,4 +384,4 @@ def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_mod
     unexported = sorted(f"{k} ({u.op}{', ' + u.attr['role'] if u.attr.get('role') else ''})"
                         for k, u in p.units.items() if k not in mapped)
     return VidurExport(mlp_path, attn_path, len(mlp_rows), len(attn_rows), dims, src,
-                       p.env.label(), unexported, notes)
+                       p.env.label(), unexported, notes, clamped)

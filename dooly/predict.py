@@ -19,8 +19,9 @@ from dooly.unit import Unit
 
 @dataclass
 class Prediction:
-    total_ms: float
+    total_ms: float                                               # the model's units
     breakdown: dict[str, float] = field(default_factory=dict)   # unit key -> ms (count included)
+    overhead_ms: float = 0.0                                      # engine work outside the units
 
 
 def _engine_env(store, engine: str | None, env_key: str | None):
@@ -40,9 +41,10 @@ def _engine_env(store, engine: str | None, env_key: str | None):
 
 class Predictor:
     def __init__(self, units: dict[str, Unit], counts: dict[str, int], models: dict, env,
-                 fallback: dict[str, str] | None = None):
+                 fallback: dict[str, str] | None = None, overhead=None):
         self.units, self.counts, self.models, self.env = units, counts, models, env
         self.fallback = fallback or {}
+        self.overhead = overhead  # fitted engine.step_overhead model, when calibrated
         self._by_driver: dict[str, list[tuple[str, object, int]]] = {}
         for key, count in counts.items():
             d = units[key].driver
@@ -78,10 +80,11 @@ class Predictor:
                         raise MissingDataError(key, env.label(), f"op {unit.op}; sweep this model first")
                     fallback[key] = "gemm_family"
                 models[key] = m
+            overhead = _overhead_model(store, env)
         finally:
             if own:
                 store.close()
-        return cls(units, counts, models, env, fallback)
+        return cls(units, counts, models, env, fallback, overhead)
 
     def predict(self, batch: list[tuple[int, int]]) -> Prediction:
         if not batch:
@@ -96,12 +99,15 @@ class Predictor:
             x = t if driver == "tokens" else float(len(seqs))
             for key, fn, count in entries:
                 out[key] = count * max(fn(x, point), 0.0)
-        return Prediction(float(sum(out.values())), out)
+        over = max(float(self.overhead.predict_one({"seqs": seqs})), 0.0) if self.overhead else 0.0
+        return Prediction(float(sum(out.values())), out, over)
 
     def step_ms(self, batch) -> float:
-        """Simulator hook: a step's list of scheduled sequences (query_len, context_len)."""
+        """Simulator hook: a step's list of scheduled sequences (query_len, context_len):
+        the model's units plus the engine's measured per-step overhead."""
         pairs = [(s.query_len, s.context_len) if hasattr(s, "query_len") else tuple(s) for s in batch]
-        return self.predict(pairs).total_ms
+        p = self.predict(pairs)
+        return p.total_ms + p.overhead_ms
 
 
 def _fast(model, driver: str):
@@ -125,6 +131,15 @@ def _fast(model, driver: str):
         scale, powers, coef, icpt = est.scale_, est.powers_, est.coef_, est.intercept_
         return lambda _x, point: float(_poly(features(driver, point)[None] / scale, powers) @ coef + icpt)
     return lambda _x, point: float(model.predict_one(point))
+
+
+def _overhead_model(store, env):
+    from dooly.fit.select import fit_units
+    from dooly.overhead import OVERHEAD_UNIT
+    meas = store.measurements(unit_key=OVERHEAD_UNIT.key, env_key=env.key)
+    if len(meas) < 3:
+        return None
+    return fit_units({OVERHEAD_UNIT.key: OVERHEAD_UNIT}, meas).get((OVERHEAD_UNIT.key, env.key))
 
 
 class _GemmModel:

@@ -70,6 +70,8 @@ class Unit:
 
     @property
     def driver(self) -> str:
+        if "driver" in self.attr:
+            return self.attr["driver"]
         if self.stateful:
             return "attention" if "attention" in self.op else "tokens"
         syms = self.request_symbols()

@@ -1,0 +1,26 @@
+"""The engine's per-step work outside the model's units (input preparation, attention
+metadata, output copies), measured on real engine steps and stored in the DB as one
+pseudo-unit whose points are whole batches, so it is fitted like any attention unit."""
+from __future__ import annotations
+
+from dooly.env import Environment, Measurement
+from dooly.unit import Unit
+
+OVERHEAD_UNIT = Unit(op="engine.step_overhead", inputs=(), outputs=(),
+                     attrs=(("driver", "attention"),))
+
+
+def record_overhead(store, env: Environment, steps: list[dict]) -> int:
+    """steps: {"batch": [[q, c], ...], "ms": whole step, "forward_ms": model units}."""
+    store.add_environment(env)
+    store.add_unit(OVERHEAD_UNIT)
+    n = 0
+    for s in steps:
+        over = float(s["ms"]) - float(s["forward_ms"])
+        if over < 0 or not s["batch"]:
+            continue
+        point = {"seqs": [[int(q), int(c)] for q, c in s["batch"]]}
+        store.add_measurement(Measurement(OVERHEAD_UNIT.key, env.key, point, over, over, over,
+                                          over, 0.0, 1))
+        n += 1
+    return n
