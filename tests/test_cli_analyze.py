@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import config
+from conftest import config, needs_vllm
 from dooly.cli import main
 
 
@@ -51,3 +51,13 @@ def test_bad_config_is_one_line_exit_2(tmp_path, capsys, text, needle):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and path in lines[0] and needle in lines[0]
     assert "Traceback" not in err
+
+
+@needs_vllm
+def test_vllm_unknown_architecture_is_one_line_exit_2(tmp_path, capsys):
+    path = _bad(tmp_path, json.dumps({"architectures": ["FooBarForCausalLM"], "model_type": "llama",
+                                      "hidden_size": 64, "num_hidden_layers": 1, "vocab_size": 100,
+                                      "num_attention_heads": 4, "intermediate_size": 128}))
+    code, _, err = _run(capsys, "analyze", path, "--engine", "vllm")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and path in lines[0] and "architectures" in lines[0]

@@ -112,8 +112,10 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
         try:
             vc = _engine_args(cfg, tmp, layers, None).create_engine_config()
         except Exception as err:  # vLLM reports unknown architectures as ValueError
-            msg = str(err).splitlines()[0][:200]
-            if "architecture" in msg.lower() or "not supported" in msg.lower():
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            hit = [ln for ln in lines if "architecture" in ln.lower() or "not supported" in ln.lower()]
+            msg = (hit or lines or [type(err).__name__])[0][:200]
+            if hit:
                 raise DoolyInputError(cfg.path, f"{cfg.architecture} is not supported by the vllm "
                                       f"engine ({msg})", "architectures") from None
             raise DoolyInputError(cfg.path, f"vLLM rejected the config: {msg}") from None
