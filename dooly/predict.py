@@ -118,12 +118,18 @@ def _fast(model, driver: str):
     est = getattr(model, "estimator", None)
     kx, ky = getattr(est, "knots_x_", None), getattr(est, "knots_y_", None)
     if driver in ("tokens", "seqs") and kx is not None and len(kx) >= 2:
+        from dooly.fit.estimators import end_slope
+        slope = end_slope(kx, ky)
         kx, ky = [float(v) for v in kx], [float(v) for v in ky]
 
-        def interp(x: float, _point) -> float:
-            i = min(max(bisect.bisect_right(kx, x) - 1, 0), len(kx) - 2)
+        def interp(x: float, _point) -> float:  # the estimator's own rule, without sklearn
+            if x >= kx[-1]:
+                return ky[-1] + slope * (x - kx[-1])
+            if x <= kx[0]:
+                return ky[0]
+            i = bisect.bisect_right(kx, x) - 1
             x0, x1, y0, y1 = kx[i], kx[i + 1], ky[i], ky[i + 1]
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)  # linear beyond the ends too
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
         return interp
     if hasattr(est, "powers_") and hasattr(est, "coef_"):
         from dooly.fit.estimators import _poly

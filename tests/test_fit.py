@@ -85,8 +85,12 @@ def test_interpolation_exact_at_knots_and_averages_duplicates():
     est = InterpolatingRegressor().fit(X, y)
     assert est.predict([[1.0], [2.0], [4.0], [8.0]]).tolist() == [1.0, 2.5, 4.0, 8.0]
     assert est.predict([[3.0]])[0] == pytest.approx(3.25)
-    assert est.predict([[16.0]])[0] == pytest.approx(16.0)   # last segment's slope 1
-    assert est.predict([[0.0]])[0] == pytest.approx(0.0)     # first slope 1.5 -> -0.5, clipped at 0
+    # beyond the last knot: the least-squares trend of the last knots, never downward
+    from dooly.fit.estimators import end_slope
+    slope = end_slope(est.knots_x_, est.knots_y_)
+    assert 0.9 < slope < 1.0
+    assert est.predict([[16.0]])[0] == pytest.approx(8.0 + 8 * slope)
+    assert est.predict([[0.0]])[0] == pytest.approx(1.0)     # flat below the first knot
     with pytest.raises(ValueError, match="one feature"):
         InterpolatingRegressor().fit(np.ones((3, 2)), np.ones(3))
 
@@ -289,3 +293,10 @@ def test_gemm_rows_from_units():
     rows = rows_from_units([u, other], ms + meas(other.key, [(1, 0.001)]), group_of={u.key: "m"})
     assert [(r.M, r.K, r.N, r.dtype, r.device, r.group) for r in rows] == \
         [(1, 256, 512, "float16", "env0", "m"), (64, 256, 512, "float16", "env0", "m")]
+
+
+def test_noisy_end_segment_does_not_extrapolate_downward():
+    X = np.array([[1.0], [2.0], [4.0], [8.0], [16.0]])
+    y = np.array([1.0, 1.2, 1.5, 2.4, 2.2])   # the last point dips (timing noise)
+    est = InterpolatingRegressor().fit(X, y)
+    assert est.predict([[1000.0]])[0] >= 2.2

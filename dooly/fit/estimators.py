@@ -40,18 +40,25 @@ def _merge_duplicates(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None)
     return ux, sy / np.where(sw > 0, sw, 1.0), sw
 
 
+def end_slope(kx, ky, k: int = 4) -> float:
+    """Least-squares slope over the last k knots, never negative: latency does not fall
+    as work grows, and one noisy end segment must not bend the extrapolation down."""
+    kx, ky = np.asarray(kx[-k:], float), np.asarray(ky[-k:], float)
+    if len(kx) < 2 or np.ptp(kx) == 0:
+        return 0.0
+    return max(float(np.polyfit(kx, ky, 1)[0]), 0.0)
+
+
 def _interp_extrap(xq: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
-    """Piecewise-linear through the knots, linear beyond them along the end segments."""
+    """Piecewise-linear through the knots; flat below the first, and beyond the last
+    along the (non-negative) trend of the last knots."""
     xq = np.asarray(xq, dtype=float)
     if len(kx) == 1:
         out = np.full(xq.shape, ky[0], dtype=float)
     else:
         out = np.interp(xq, kx, ky)
-        lo, hi = xq < kx[0], xq > kx[-1]
-        s_lo = (ky[1] - ky[0]) / (kx[1] - kx[0])
-        s_hi = (ky[-1] - ky[-2]) / (kx[-1] - kx[-2])
-        out[lo] = ky[0] + s_lo * (xq[lo] - kx[0])
-        out[hi] = ky[-1] + s_hi * (xq[hi] - kx[-1])
+        hi = xq > kx[-1]
+        out[hi] = ky[-1] + end_slope(kx, ky) * (xq[hi] - kx[-1])
     return np.maximum(out, 0.0)
 
 
