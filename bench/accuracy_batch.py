@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dooly.engine_probe import StepRecorder, generate, prompts, start_llm
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "smollm2": ROOT / "fixtures/configs/HuggingFaceTB__SmolLM2-135M-Instruct.json",
@@ -50,100 +52,6 @@ MIXED = [("4dec@256+1536/256", [256] * 4, 20, 1536, 256),
 QUICK = {"prefill": PREFILL[:5], "decode": DECODE[:4], "mixed": MIXED[:1]}
 
 
-class StepRecorder:
-    """Wraps the runner's execute_model/sample_tokens; one record per model step."""
-
-    def __init__(self):
-        self.recording = False
-        self.label = None
-        self.steps: list[dict] = []
-        self._pending = None
-        self.threads_seen: set[int] = set()
-        self._forward_s = 0.0
-
-    def install(self):
-        import torch
-        from vllm.v1.worker import gpu_model_runner as gmr
-        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-        rec = self
-        orig_exec = gmr.GPUModelRunner.execute_model
-        orig_sample = gmr.GPUModelRunner.sample_tokens
-        orig_forward = gmr.GPUModelRunner._model_forward
-        orig_sample_inner = gmr.GPUModelRunner._sample
-
-        def timed(fn):
-            # the model's own work: forward, logits, sampler (what Dooly's units cover)
-            def wrapper(*a, **k):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*a, **k)
-                finally:
-                    rec._forward_s += time.perf_counter() - t0
-            return wrapper
-
-        def _model_forward(self, *a, **k):
-            if not getattr(self.model, "_dooly_timed", False):
-                self.model.compute_logits = timed(self.model.compute_logits)
-                self.model._dooly_timed = True
-            return timed(orig_forward)(self, *a, **k)
-
-        def execute_model(self, scheduler_output, *a, **k):
-            if scheduler_output.total_num_scheduled_tokens == 0:
-                return orig_exec(self, scheduler_output, *a, **k)
-            batch = []
-            nst = scheduler_output.num_scheduled_tokens
-            for r in scheduler_output.scheduled_new_reqs:
-                batch.append((int(nst[r.req_id]), int(r.num_computed_tokens)))
-            cached = scheduler_output.scheduled_cached_reqs
-            for rid, c in zip(cached.req_ids, cached.num_computed_tokens):
-                batch.append((int(nst[rid]), int(c)))
-            rec.threads_seen.add(torch.get_num_threads())
-            rec._forward_s = 0.0
-            t0 = time.perf_counter()
-            out = orig_exec(self, scheduler_output, *a, **k)
-            dt = time.perf_counter() - t0
-            rec._pending = {"batch": batch, "exec_ms": dt * 1e3, "sample_ms": 0.0,
-                            "set": rec.label, "recorded": rec.recording}
-            if out is not None:   # no separate sampling phase for this step
-                rec._finish()
-            return out
-
-        def sample_tokens(self, *a, **k):
-            t0 = time.perf_counter()
-            out = orig_sample(self, *a, **k)
-            dt = time.perf_counter() - t0
-            if rec._pending is not None:
-                rec._pending["sample_ms"] = dt * 1e3
-                rec._finish()
-            return out
-
-        CPUModelRunner.execute_model = execute_model
-        CPUModelRunner.sample_tokens = sample_tokens
-        CPUModelRunner._model_forward = _model_forward
-        CPUModelRunner._sample = timed(orig_sample_inner)
-
-    def _finish(self):
-        p, self._pending = self._pending, None
-        if p["recorded"]:
-            p["ms"] = p["exec_ms"] + p["sample_ms"]
-            p["forward_ms"] = self._forward_s * 1e3
-            self.steps.append(p)
-
-
-def model_dir(config: Path) -> str:
-    d = tempfile.mkdtemp(prefix="dooly_acc_")
-    cfg = json.loads(config.read_text())
-    cfg.pop("quantization_config", None)
-    Path(d, "config.json").write_text(json.dumps(cfg))
-    return d
-
-
-def prompts(lengths, seed):
-    import random
-    rng = random.Random(seed)
-    return [{"prompt_token_ids": [rng.randint(100, 5000) for _ in range(n)]} for n in lengths]
-
-
 def keep(set_name, batch):
     if set_name == "prefill":
         return all(q > 1 and c == 0 for q, c in batch)
@@ -153,17 +61,12 @@ def keep(set_name, batch):
 
 
 def measure_model(config: Path, sets: dict, rec: StepRecorder, repeats: int) -> list[dict]:
-    from vllm import LLM, SamplingParams
     big_budget = 8192
-    llm = LLM(model=model_dir(config), load_format="dummy", skip_tokenizer_init=True,
-              dtype="bfloat16", max_model_len=4096, max_num_batched_tokens=big_budget,
-              max_num_seqs=128, enable_prefix_caching=False,
-              gpu_memory_utilization=float(os.environ.get("DOOLY_ACC_MEM_UTIL", "0.4")))
+    llm = start_llm(config, big_budget)
     sched = llm.llm_engine.engine_core.engine_core.scheduler
 
     def gen(plist, max_tokens_list):
-        sps = [SamplingParams(max_tokens=m, ignore_eos=True, temperature=0) for m in max_tokens_list]
-        llm.generate(plist, sps, use_tqdm=False)
+        generate(llm, plist, max_tokens_list)
 
     # warm-up (not recorded): a prefill, decodes, and a chunked mixed batch
     rec.recording = False
@@ -193,7 +96,7 @@ def measure_model(config: Path, sets: dict, rec: StepRecorder, repeats: int) -> 
     rec.recording = False
     steps = [s for s in rec.steps if keep(s["set"][0], s["batch"])]
     rec.steps.clear()
-    del llm
+    llm = None  # free the engine before the next model
     import gc
     gc.collect()
     return steps

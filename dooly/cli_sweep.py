@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--json", dest="json_path", help="write the summary here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+    register_calibrate(sub)
 
 
 def run(args) -> int:
@@ -54,3 +55,21 @@ def run(args) -> int:
         with open(args.json_path, "w") as f:
             json.dump(out, f)
     return 130 if s.interrupted else 0
+
+
+def register_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="measure the engine's per-step overhead on real steps")
+    p.add_argument("config")
+    p.add_argument("--db", required=True)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args) -> int:
+    from dooly.config import load_config
+    from dooly.engine_probe import calibrate
+    load_config(args.config)  # one-line error for a bad config before starting an engine
+    r = calibrate(args.config, args.db, args.threads)
+    print(f"calibrated: {r['points']} overhead points from {r['steps']} real vLLM steps "
+          f"(worker threads {r['worker_threads']}) into env {r['env_key']}")
+    return 0

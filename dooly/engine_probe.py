@@ -1,0 +1,168 @@
+"""Probing the real engine: per-step timings from inside vLLM's CPU worker.
+
+`StepRecorder` wraps the model runner: `execute_model` + `sample_tokens` give the whole
+step (input preparation, metadata, forward, logits, sampling); `_model_forward`,
+`compute_logits` and `_sample` give the model's own execution, what Dooly's units
+cover. Each step's batch is read from the scheduler output as (tokens scheduled,
+tokens computed before the step) per request. vLLM runs in a child process: Dooly's
+meta-device capture in the same process breaks vLLM's start-up."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+class StepRecorder:
+    def __init__(self):
+        self.recording = False
+        self.label = None
+        self.steps: list[dict] = []
+        self.threads_seen: set[int] = set()
+        self._pending = None
+        self._forward_s = 0.0
+
+    def _timed(self, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self._forward_s += time.perf_counter() - t0
+        return wrapper
+
+    def install(self) -> None:
+        import torch
+        from vllm.v1.worker import gpu_model_runner as gmr
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+        rec = self
+        orig_exec, orig_sample = gmr.GPUModelRunner.execute_model, gmr.GPUModelRunner.sample_tokens
+        orig_forward = gmr.GPUModelRunner._model_forward
+
+        def execute_model(self, so, *a, **k):
+            if so.total_num_scheduled_tokens == 0:
+                return orig_exec(self, so, *a, **k)
+            nst = so.num_scheduled_tokens
+            batch = [(int(nst[r.req_id]), int(r.num_computed_tokens)) for r in so.scheduled_new_reqs]
+            cached = so.scheduled_cached_reqs
+            batch += [(int(nst[rid]), int(c)) for rid, c in zip(cached.req_ids, cached.num_computed_tokens)]
+            rec.threads_seen.add(torch.get_num_threads())
+            rec._forward_s = 0.0
+            t0 = time.perf_counter()
+            out = orig_exec(self, so, *a, **k)
+            rec._pending = {"batch": batch, "exec_ms": (time.perf_counter() - t0) * 1e3,
+                            "sample_ms": 0.0, "set": rec.label, "recorded": rec.recording}
+            if out is not None:  # no separate sampling phase for this step
+                rec._finish()
+            return out
+
+        def sample_tokens(self, *a, **k):
+            t0 = time.perf_counter()
+            out = orig_sample(self, *a, **k)
+            if rec._pending is not None:
+                rec._pending["sample_ms"] = (time.perf_counter() - t0) * 1e3
+                rec._finish()
+            return out
+
+        def _model_forward(self, *a, **k):
+            if not getattr(self.model, "_dooly_timed", False):
+                self.model.compute_logits = rec._timed(self.model.compute_logits)
+                self.model._dooly_timed = True
+            return rec._timed(orig_forward)(self, *a, **k)
+
+        CPUModelRunner.execute_model = execute_model
+        CPUModelRunner.sample_tokens = sample_tokens
+        CPUModelRunner._model_forward = _model_forward
+        CPUModelRunner._sample = self._timed(gmr.GPUModelRunner._sample)
+
+    def _finish(self) -> None:
+        p, self._pending = self._pending, None
+        if p["recorded"]:
+            p["ms"] = p["exec_ms"] + p["sample_ms"]
+            p["forward_ms"] = self._forward_s * 1e3
+            self.steps.append(p)
+
+
+def model_dir(config: Path) -> str:
+    d = tempfile.mkdtemp(prefix="dooly_probe_")
+    cfg = json.loads(Path(config).read_text())
+    cfg.pop("quantization_config", None)
+    Path(d, "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def prompts(lengths, seed):
+    rng = random.Random(seed)
+    return [{"prompt_token_ids": [rng.randint(100, 5000) for _ in range(n)]} for n in lengths]
+
+
+def start_llm(config: Path, budget: int = 8192, max_num_seqs: int = 128):
+    from vllm import LLM
+    return LLM(model=model_dir(config), load_format="dummy", skip_tokenizer_init=True,
+               dtype="bfloat16", max_model_len=4096, max_num_batched_tokens=budget,
+               max_num_seqs=max_num_seqs, enable_prefix_caching=False,
+               gpu_memory_utilization=float(os.environ.get("DOOLY_PROBE_MEM_UTIL", "0.4")))
+
+
+def generate(llm, plist, max_tokens_list) -> None:
+    from vllm import SamplingParams
+    sps = [SamplingParams(max_tokens=m, ignore_eos=True, temperature=0) for m in max_tokens_list]
+    llm.generate(plist, sps, use_tqdm=False)
+
+
+def calibration_steps(config: Path) -> dict:
+    """A short mixed workload (prefills, decodes, chunked prefill with decodes): the
+    steps the overhead model is fitted on. Runs vLLM in this process."""
+    rec = StepRecorder()
+    rec.install()
+    llm = start_llm(config)
+    sched = llm.llm_engine.engine_core.engine_core.scheduler
+    generate(llm, prompts([300, 40, 40], 0), [4, 4, 4])  # warm-up, not recorded
+    rec.recording = True
+    seed = 1
+    for lens, out in (([64], 1), ([512], 1), ([128] * 4, 1), ([128] * 8, 8), ([256] * 32, 4),
+                      ([1024] * 2, 4)):
+        seed += 1
+        generate(llm, prompts(lens, seed), [out] * len(lens))
+    sched.max_num_scheduled_tokens = 256
+    generate(llm, prompts([128] * 8 + [1024], 99), [12] * 8 + [1])
+    return {"steps": rec.steps, "threads": sorted(rec.threads_seen)}
+
+
+def run_child(module_args: list[str], timeout: float = 900) -> dict:
+    """Run `python -m dooly.engine_probe ARGS` and return its JSON result."""
+    out = Path(tempfile.mkdtemp(prefix="dooly_probe_")) / "result.json"
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               VLLM_LOGGING_LEVEL=os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"))
+    proc = subprocess.run([sys.executable, "-m", "dooly.engine_probe", *module_args, str(out)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0 or not out.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"vLLM probe failed (rc {proc.returncode}): {tail[0][:200]}")
+    return json.loads(out.read_text())
+
+
+def calibrate(config: str, db_path: str, threads: int | None = None) -> dict:
+    """Measure the engine's per-step overhead on real steps and store it in the DB for
+    the environment a default `dooly sweep` of this engine uses."""
+    from dooly.db import Store
+    from dooly.overhead import record_overhead
+    from dooly.sweep import current_environment
+    res = run_child(["calibrate", str(config)])
+    env = current_environment("vllm", "cpu", threads=threads)
+    with Store.open(db_path) as store:
+        n = record_overhead(store, env, res["steps"])
+    return {"env_key": env.key, "steps": len(res["steps"]), "points": n,
+            "worker_threads": res["threads"]}
+
+
+if __name__ == "__main__":
+    mode, cfg, out_path = sys.argv[1], sys.argv[2], sys.argv[3]
+    if mode != "calibrate":
+        raise SystemExit(f"unknown probe mode {mode!r}")
+    Path(out_path).write_text(json.dumps(calibration_steps(Path(cfg))))
