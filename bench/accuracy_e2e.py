@@ -448,7 +448,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sim-explore", action="store_true", help="simulator only, winner configs x rates")
     ap.add_argument("--winner-model", default="smollm2")
     ap.add_argument("--winner-configs", default="2048x64,256x64", help="BUDGETxSEQS,...")
-    ap.add_argument("--winner-rates", default="0.5,3")
+    ap.add_argument("--winner-rates", default="1,4")
     ap.add_argument("--winner-requests", type=int, default=60)
     ap.add_argument("--winner-metric", default="p90_ttft", help="p50|p90|p99|mean _ ttft|tpot|e2e")
     ap.add_argument("--json", dest="json_path")
