@@ -57,7 +57,8 @@ def run_predict(args) -> int:
     for col in ("unit", "op", "count", "ms", "%"):
         t.add_column(col)
     for key, ms in sorted(res.breakdown.items(), key=lambda kv: -kv[1]):
-        note = " (GEMM family)" if key in pred.fallback else ""
+        note = (f" (GEMM family, ±{pred.models[key].cv_mape_pct:.0f}% on held-out shapes)"
+                if key in pred.fallback else "")
         t.add_row(key, pred.units[key].op[:32] + note, str(pred.counts[key]), f"{ms:.3f}",
                   f"{100 * ms / res.total_ms:.1f}" if res.total_ms else "-")
     Console().print(t)
