@@ -182,7 +182,9 @@ def nx_graph(data: dict, in_labels: list[str]) -> nx.DiGraph:
     for i, lab in enumerate(in_labels):
         g.add_node(f"in{i}", label=f"in|{lab}")
     for i, row in enumerate(data["nodes"]):
-        consts = [a for a in row["args"] if not (isinstance(a, dict) and ("ref" in a or "in" in a))]
+        # float constants (eps, scales) are labelled by kind only, as in anchor keys
+        consts = ["float" if isinstance(a, float) else a for a in row["args"]
+                  if not (isinstance(a, dict) and ("ref" in a or "in" in a))]
         g.add_node(i, label=f"{row['op']}|{consts}|{sorted(row['kwargs'].items())}")
         for pos, a in enumerate(row["args"]):
             if isinstance(a, dict) and "ref" in a:

@@ -71,6 +71,9 @@ def _count(cap: Captured, node: torch.fx.Node) -> tuple[int, int | None]:
 TABLE_ROWS = {"embedding": (1, 32768), "_C.rotary_embedding": (3, 8192)}
 
 
+FLOAT_ARG = 1e-6
+
+
 def _normalize_table(op: str, inputs: tuple) -> tuple:
     if op not in TABLE_ROWS:
         return inputs
@@ -108,7 +111,11 @@ def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
             if isinstance(a, torch.fx.Node):
                 call.append({"t": k})
                 k += len(a.meta.get("dooly", {}).get("out", [])[:1])
-            elif a is None or isinstance(a, (int, float, bool, str)):
+            elif isinstance(a, float):
+                # float scalars (a norm's eps) do not change the kernel's work: keep them
+                # out of the key so models differing only in eps share the unit
+                call.append(FLOAT_ARG)
+            elif a is None or isinstance(a, (int, bool, str)):
                 call.append(a)
             else:
                 call.append({"repr": str(a)})
