@@ -142,6 +142,7 @@ def main(argv=None) -> int:
         return 0
     from dooly.grid import GridLimits
     from dooly.db import Store
+    from dooly.config import load_config
     from dooly.overhead import record_overhead
     from dooly.predict import Predictor
     from dooly.sweep import sweep
@@ -181,7 +182,8 @@ def main(argv=None) -> int:
         with Store.open(args.db) as store:
             pred = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key, store=store)
             # calibrate the engine's per-step overhead (input prep, metadata) for the simulator
-            n_over = record_overhead(store, pred.env, [dict(st, ms=st["step_ms"]) for st in steps])
+            n_over = record_overhead(store, pred.env, [dict(st, ms=st["step_ms"]) for st in steps],
+                                     load_config(cfg).hash)
             pred_step = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key, store=store)
         sweep_threads = pred.env.threads
         print(f"[{name}] recorded {n_over} engine-overhead points (step - model execution)", flush=True)

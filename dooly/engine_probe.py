@@ -150,13 +150,14 @@ def run_child(module_args: list[str], timeout: float = 900) -> dict:
 def calibrate(config: str, db_path: str, threads: int | None = None) -> dict:
     """Measure the engine's per-step overhead on real steps and store it in the DB for
     the environment a default `dooly sweep` of this engine uses."""
+    from dooly.config import load_config
     from dooly.db import Store
     from dooly.overhead import record_overhead
     from dooly.sweep import current_environment
     res = run_child(["calibrate", str(config)])
     env = current_environment("vllm", "cpu", threads=threads)
     with Store.open(db_path) as store:
-        n = record_overhead(store, env, res["steps"])
+        n = record_overhead(store, env, res["steps"], load_config(config).hash)
     return {"env_key": env.key, "steps": len(res["steps"]), "points": n,
             "worker_threads": res["threads"]}
 

@@ -80,7 +80,7 @@ class Predictor:
                         raise MissingDataError(key, env.label(), f"op {unit.op}; sweep this model first")
                     fallback[key] = "gemm_family"
                 models[key] = m
-            overhead = _overhead_model(store, env)
+            overhead = _overhead_model(store, env, cfg.hash)
         finally:
             if own:
                 store.close()
@@ -139,13 +139,14 @@ def _fast(model, driver: str):
     return lambda _x, point: float(model.predict_one(point))
 
 
-def _overhead_model(store, env):
+def _overhead_model(store, env, config_hash: str):
     from dooly.fit.select import fit_units
-    from dooly.overhead import OVERHEAD_UNIT
-    meas = store.measurements(unit_key=OVERHEAD_UNIT.key, env_key=env.key)
+    from dooly.overhead import overhead_unit
+    unit = overhead_unit(config_hash)
+    meas = store.measurements(unit_key=unit.key, env_key=env.key)
     if len(meas) < 3:
         return None
-    return fit_units({OVERHEAD_UNIT.key: OVERHEAD_UNIT}, meas).get((OVERHEAD_UNIT.key, env.key))
+    return fit_units({unit.key: unit}, meas).get((unit.key, env.key))
 
 
 class _GemmModel:
