@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 DEVICE_KINDS = ("cpu", "cuda")
 EXECUTIONS = ("eager", "compiled", "cudagraph", "imported")
+CACHE_STATES = ("cold", "warm")
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,17 @@ class Environment:
     torch_version: str = ""
     execution: str = "eager"
     threads: int = 0
+    # "cold": each timed call reads inputs (weights) not left in cache by the last call,
+    # as in a real forward that streams every layer's weights; "warm": the same inputs
+    cache: str = "cold"
 
     def __post_init__(self):
         if self.device_kind not in DEVICE_KINDS:
             raise ValueError(f"device_kind: expected one of {DEVICE_KINDS}, got {self.device_kind!r}")
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution: expected one of {EXECUTIONS}, got {self.execution!r}")
+        if self.cache not in CACHE_STATES:
+            raise ValueError(f"cache: expected one of {CACHE_STATES}, got {self.cache!r}")
         if not isinstance(self.block_size, int) or self.block_size <= 0:
             raise ValueError(f"block_size: expected a positive int, got {self.block_size!r}")
         for name in ("device_name", "engine", "dtype"):
@@ -38,7 +44,10 @@ class Environment:
 
     @property
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if fields["cache"] == "warm":  # environments written before the field keep their key
+            del fields["cache"]
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:

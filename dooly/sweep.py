@@ -88,7 +88,8 @@ class Runners:
         runner = self._attn.get(unit.key)
         if runner is None:
             runner = self._attn[unit.key] = StatelessRunner(unit, self.env.engine,
-                                                            self.env.device_kind, self.env.execution)
+                                                            self.env.device_kind, self.env.execution,
+                                                            cold=self.env.cache == "cold")
         return runner.prepare(point)
 
     def _stateful(self, unit: Unit, point: dict):

@@ -14,7 +14,7 @@ from dooly.errors import DoolyInputError
 APPLICATION_ID = 0x444F4F4C
 
 ENV_COLUMNS = ("device_name", "device_kind", "engine", "engine_version", "backend", "dtype",
-               "kv_dtype", "block_size", "torch_version", "execution", "threads")
+               "kv_dtype", "block_size", "torch_version", "execution", "threads", "cache")
 MEASUREMENT_COLUMNS = ("unit_key", "env_key", "point_json", "median_ms", "p10_ms", "p90_ms",
                        "mean_ms", "std_ms", "samples", "outliers", "status", "reason",
                        "timestamp")
@@ -75,9 +75,14 @@ def _to_v1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _to_v2(conn: sqlite3.Connection) -> None:
+    # v1 timed every unit with warm caches (the same inputs on every repeat)
+    conn.execute("ALTER TABLE environments ADD COLUMN cache TEXT NOT NULL DEFAULT 'warm'")
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1. Append, never edit:
 # files written by older releases replay the tail of this list when opened.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
