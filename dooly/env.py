@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 DEVICE_KINDS = ("cpu", "cuda")
 EXECUTIONS = ("eager", "compiled", "cudagraph", "imported")
-CACHE_STATES = ("cold", "warm")
+CACHE_STATES = ("cold-weights", "warm")
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,10 @@ class Environment:
     torch_version: str = ""
     execution: str = "eager"
     threads: int = 0
-    # "cold": each timed call reads inputs (weights) not left in cache by the last call,
-    # as in a real forward that streams every layer's weights; "warm": the same inputs
-    cache: str = "cold"
+    # "cold-weights": each timed call reads weights not left in cache by the last call (a
+    # real forward streams every layer's weights) and cache-hot activations; "warm": the
+    # same inputs on every call
+    cache: str = "cold-weights"
 
     def __post_init__(self):
         if self.device_kind not in DEVICE_KINDS:

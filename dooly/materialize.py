@@ -139,12 +139,20 @@ def last_level_cache_bytes() -> int:
         return 32 * 2**20
 
 
+def is_weight(sig: TensorSig) -> bool:
+    """An input fixed by the config alone (a weight, a norm scale, a table)."""
+    return bool(sig.dims) and all(d.label is Label.CONFIG for d in sig.dims)
+
+
 def cold_copies(unit: Unit, values: dict, device: str) -> int:
-    """How many input sets to rotate through so that no timed call finds its inputs
-    (mostly a GEMM's weight) still cached by the previous one: together they span twice
-    the last-level cache, as a real forward streams all of its layers' weights."""
+    """How many weight sets to rotate through so that no timed call finds its weights
+    still cached by the previous one: together they span twice the last-level cache,
+    as a real forward streams every layer's weights. Activations stay shared: in a real
+    forward they were just written by the previous op and are cache-hot."""
     from dooly.cost import ITEMSIZE, numel
-    nbytes = sum(numel(s, values) * ITEMSIZE.get(s.dtype, 2) for s in unit.inputs) or 1
+    nbytes = sum(numel(s, values) * ITEMSIZE.get(s.dtype, 2) for s in unit.inputs if is_weight(s))
+    if not nbytes:
+        return 1
     cache = 2 * last_level_cache_bytes() if device == "cpu" else 100 * 2**20
     return max(1, min(16, -(-cache // nbytes)))
 
@@ -183,16 +191,22 @@ class StatelessRunner:
             return self._prepare_one(point)
         import itertools
         n = cold_copies(self.unit, point_values(point), self.device)
-        calls = itertools.cycle([self._prepare_one(point) for _ in range(n)])
+        if n == 1:
+            return self._prepare_one(point)
+        shared = self._inputs(point_values(point))
+        calls = itertools.cycle([self._prepare_one(point, shared) for _ in range(n)])
         return lambda: next(calls)()
 
-    def _prepare_one(self, point: dict) -> Callable[[], object]:
+    def _inputs(self, values: dict) -> list:
+        return [random_tensor(sig, values, self.device, 1000) for sig in self.unit.inputs]
+
+    def _prepare_one(self, point: dict, shared: list | None = None) -> Callable[[], object]:
+        """Random inputs at this point; with `shared`, only the weights are fresh."""
         values = point_values(point)
         u = self.unit
-        high = 1000
-        ins = []
-        for sig in u.inputs:
-            ins.append(random_tensor(sig, values, self.device, high))
+        ins = self._inputs(values)
+        if shared is not None:
+            ins = [new if is_weight(sig) else old for sig, new, old in zip(u.inputs, ins, shared)]
         if u.op == "embedding":
             w = next(t for t in ins if t.is_floating_point())
             ids = next(t for t in ins if not t.is_floating_point())

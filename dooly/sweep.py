@@ -89,7 +89,7 @@ class Runners:
         if runner is None:
             runner = self._attn[unit.key] = StatelessRunner(unit, self.env.engine,
                                                             self.env.device_kind, self.env.execution,
-                                                            cold=self.env.cache == "cold")
+                                                            cold=self.env.cache == "cold-weights")
         return runner.prepare(point)
 
     def _stateful(self, unit: Unit, point: dict):
