@@ -69,7 +69,10 @@ def run_calibrate(args) -> int:
     from dooly.config import load_config
     from dooly.engine_probe import calibrate
     load_config(args.config)  # one-line error for a bad config before starting an engine
-    r = calibrate(args.config, args.db, args.threads)
+    try:
+        r = calibrate(args.config, args.db, args.threads)
+    except RuntimeError as err:  # the real engine refused the model (e.g. an unknown architecture)
+        raise DoolyInputError(args.config, str(err), "architectures") from None
     print(f"calibrated: {r['points']} overhead points from {r['steps']} real vLLM steps "
           f"(worker threads {r['worker_threads']}) into env {r['env_key']}")
     return 0

@@ -142,8 +142,11 @@ def run_child(module_args: list[str], timeout: float = 900) -> dict:
     proc = subprocess.run([sys.executable, "-m", "dooly.engine_probe", *module_args, str(out)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0 or not out.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"vLLM probe failed (rc {proc.returncode}): {tail[0][:200]}")
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        # the most telling line: an architecture complaint, else the last error raised
+        why = ([ln for ln in lines if "architecture" in ln.lower() and "not supported" in ln.lower()]
+               or [ln for ln in lines if "Error" in ln and "http" not in ln] or lines[-1:] or ["no output"])
+        raise RuntimeError(f"vLLM could not run the model (rc {proc.returncode}): {why[-1][:200]}")
     return json.loads(out.read_text())
 
 

@@ -79,15 +79,15 @@ class Runners:
 
     def __init__(self, env: Environment, lim: GridLimits):
         self.env, self.lim = env, lim
-        self._attn: dict = {}
+        self._runners: dict = {}  # unit key, or attention attributes -> runner
 
     def prepare(self, unit: Unit, point: dict):
         if unit.stateful:
             return self._stateful(unit, point)
         from dooly.materialize import StatelessRunner
-        runner = self._attn.get(unit.key)
+        runner = self._runners.get(unit.key)
         if runner is None:
-            runner = self._attn[unit.key] = StatelessRunner(unit, self.env.engine,
+            runner = self._runners[unit.key] = StatelessRunner(unit, self.env.engine,
                                                             self.env.device_kind, self.env.execution,
                                                             cold=self.env.cache == "cold-weights")
         return runner.prepare(point)
@@ -105,9 +105,9 @@ class Runners:
                 q, k, v, is_causal=True, enable_gqa=gqa)
         from dooly.stateful_vllm import VllmAttentionRunner
         key = (a.get("num_heads"), a.get("num_kv_heads"), a.get("head_size"), a.get("sliding_window", 0))
-        runner = self._attn.get(key)
+        runner = self._runners.get(key)
         if runner is None:
-            runner = self._attn[key] = VllmAttentionRunner(
+            runner = self._runners[key] = VllmAttentionRunner(
                 *key[:3], sliding_window=key[3] or 0, dtype=self.env.dtype,
                 block_size=self.env.block_size, max_context=self.lim.max_context + self.lim.max_tokens,
                 max_batch=max(self.lim.max_batch, 4))

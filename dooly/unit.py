@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from dooly.symbolic.labels import DimLabel, Label
+
+_NAME = re.compile(r"[A-Za-z_]\w*")
 
 # What drives a unit's cost, from its request symbols.
 DRIVERS = ("tokens", "seqs", "attention", "none")
@@ -60,12 +63,11 @@ class Unit:
         return dict(self.attrs)
 
     def request_symbols(self) -> set[str]:
-        import re
         names: set[str] = set()
         for t in self.inputs + self.outputs:
             for d in t.dims:
                 if d.label is not Label.CONFIG:
-                    names |= set(re.findall(r"[A-Za-z_]\w*", str(d.value_or_expr))) - {"floor"}
+                    names |= set(_NAME.findall(str(d.value_or_expr))) - {"floor"}
         return names
 
     @property
