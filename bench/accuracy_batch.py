@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     from dooly.grid import GridLimits
     from dooly.db import Store
     from dooly.config import load_config
-    from dooly.overhead import record_overhead
+    from dooly.overhead import record_steps
     from dooly.predict import Predictor
     from dooly.sweep import sweep
 
@@ -181,12 +181,12 @@ def main(argv=None) -> int:
             st["step_ms"], st["ms"] = st["ms"], st["forward_ms"]
         with Store.open(args.db) as store:
             pred = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key, store=store)
-            # calibrate the engine's per-step overhead (input prep, metadata) for the simulator
-            n_over = record_overhead(store, pred.env, [dict(st, ms=st["step_ms"]) for st in steps],
-                                     load_config(cfg).hash)
+            # calibrate the engine step beyond the units (what `dooly calibrate` stores)
+            n_over = record_steps(store, pred.env, [dict(st, ms=st["step_ms"]) for st in steps],
+                                  load_config(cfg).hash)
             pred_step = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key, store=store)
         sweep_threads = pred.env.threads
-        print(f"[{name}] recorded {n_over} engine-overhead points (step - model execution)", flush=True)
+        print(f"[{name}] recorded {n_over} whole engine steps (calibration of the step beyond the units)", flush=True)
         for st in steps:
             r = pred.predict(st["batch"])
             st.update(model=name, pred_ms=r.total_ms, breakdown=r.breakdown,

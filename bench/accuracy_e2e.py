@@ -4,6 +4,7 @@ workload replayed into the real engine vs DoolySim on the same requests.
     python bench/accuracy_e2e.py [--models smollm2,qwen0.5b] [--num-requests 100]
         [--rate smollm2=1.0,qwen0.5b=0.6 | --rate 0.8] [--trace CSV | --trace synthetic]
         [--prompt-clip 32,512] [--output-clip 8,64] [--db out/accuracy.db] [--json PATH]
+        [--real-from PATH.raw.json]   # re-simulate against a saved real run
     python bench/accuracy_e2e.py --winner [--winner-model smollm2]
         [--winner-configs 2048x64,256x64] [--winner-rates 1,4] [--winner-metric p90_ttft]
 
@@ -19,7 +20,8 @@ sequence) and wall time are recorded too, to compare step by step with the predi
 
 Simulated side: `dooly.sim.simulate` with the engine's own settings (max_num_batched_tokens,
 max_num_seqs, block_size, KV blocks, max_model_len) and `Predictor.step_ms` (the model's
-units + the engine overhead calibrated by bench/accuracy_batch.py) from the DB's environment
+units + the step residual calibrated on real engine steps of a different, short workload by
+`dooly calibrate` or bench/accuracy_batch.py, never on this one) from the DB's environment
 whose thread count matches the vLLM worker's.
 
 --json: flat; per model "<model>.ttft_p50_err_pct" ...; the top-level "ttft_mape_pct",
@@ -99,8 +101,7 @@ def _child(job_path: str, out_path: str) -> int:
         cur["batch"] = batch
         return so
     sched.schedule = schedule
-    # time inside the model runner (execute_model + sample_tokens): what the DB's overhead
-    # calibration covers; the rest of step() (scheduler, output processing) is not calibrated
+    # time inside the model runner (execute_model + sample_tokens), to split each step
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
     runner_t = {"s": 0.0}
 
@@ -230,14 +231,14 @@ def stats(xs) -> dict:
 def load_predictor(config: Path, db: str, threads: int | None):
     from dooly.db import Store
     from dooly.config import load_config
-    from dooly.overhead import overhead_unit
+    from dooly.overhead import engine_step_unit
     from dooly.predict import Predictor
-    over_key = overhead_unit(load_config(config).hash).key
+    over_key = engine_step_unit(load_config(config).hash).key
     with Store.open(db, create=False) as store:
         envs = [e for e in store.environments() if e.engine == "vllm"]
         def score(e):
             n_over = len(store.measurements(unit_key=over_key, env_key=e.key))
-            return (e.threads == threads, n_over >= 3, n_over)
+            return (e.threads == threads, n_over >= 6, n_over)
         env = max(envs, key=score)
         n_over = len(store.measurements(unit_key=over_key, env_key=env.key))
         pred = Predictor.load(str(config), db, "vllm", env_key=env.key, store=store)
@@ -266,15 +267,6 @@ def step_diag(pred, steps) -> dict:
     return out
 
 
-class _Plus:
-    """A predictor with a constant extra ms per step."""
-    def __init__(self, pred, extra_ms):
-        self.pred, self.extra = pred, extra_ms
-
-    def step_ms(self, batch):
-        return self.pred.step_ms(batch) + self.extra
-
-
 def err(sim, real):
     return 100.0 * abs(sim - real) / real
 
@@ -299,6 +291,7 @@ def e2e_main(args) -> dict:
     result: dict = {}
     raw: dict = {}
     per_model = []
+    saved = json.loads(Path(args.real_from).read_text()) if args.real_from else None
     for name in names:
         cfg = MODELS[name]
         reqs = workload(args.trace, args.num_requests, rates[name], args.seed, pclip, oclip)
@@ -307,18 +300,25 @@ def e2e_main(args) -> dict:
               f"{statistics.fmean(r.output_len for r in reqs):.1f} mean (clip {oclip}), last arrival "
               f"{reqs[-1].arrival_s:.1f} s", flush=True)
         t0 = time.perf_counter()
-        child = run_real(cfg, args.max_num_batched_tokens, args.max_num_seqs, [("main", reqs)])
-        st, res = child["settings"], child["results"][0]
+        if saved is not None:   # the real side of an earlier run, same workload
+            if saved[name]["requests"] != [r.__dict__ for r in reqs]:
+                raise SystemExit(f"--real-from: {name}'s saved workload differs from this one")
+            st = saved[name]["settings"]
+            res = {"token_times": saved[name]["real_token_times"], "steps": saved[name]["steps"],
+                   "wall_s": saved[name].get("wall_s", float("nan"))}
+        else:
+            child = run_real(cfg, args.max_num_batched_tokens, args.max_num_seqs, [("main", reqs)])
+            st, res = child["settings"], child["results"][0]
         print(f"[{name}] real vLLM: {res['wall_s']:.1f} s serving, {time.perf_counter() - t0:.1f} s "
-              f"incl. start-up; settings {st}", flush=True)
+              f"incl. start-up; settings {st}" + (" (replayed from --real-from)" if saved else ""), flush=True)
         real = real_metrics(reqs, res["token_times"])
         pred, env, n_over = load_predictor(cfg, args.db, st["torch_threads"])
-        if n_over < 3:
-            print(f"[{name}] WARNING: no engine-overhead calibration in {args.db} for env "
-                  f"{env.key}; simulating with model units only", flush=True)
+        if pred.overhead is None:
+            print(f"[{name}] WARNING: no engine calibration in {args.db} for env {env.key} "
+                  f"(run `dooly calibrate`); simulating with the model's units only", flush=True)
         ts = time.perf_counter()
         sim, sres = sim_metrics(reqs, pred, st)
-        print(f"[{name}] DoolySim: env {env.key} (threads {env.threads}, {n_over} overhead points), "
+        print(f"[{name}] DoolySim: env {env.key} (threads {env.threads}, {n_over} calibration batches), "
               f"{sres.num_steps} steps (real {len(res['steps'])}), {sres.num_preemptions} preemptions, "
               f"{time.perf_counter() - ts:.2f} s", flush=True)
         diag = step_diag(pred, res["steps"])
@@ -344,17 +344,10 @@ def e2e_main(args) -> dict:
         print(f"  step check on the real run's own batches: median wall/pred {diag.get('median_meas_over_pred', 0):.2f}; "
               f"total wall {diag.get('sum_meas_s', 0):.1f} s vs pred {diag.get('sum_pred_s', 0):.1f} s")
         loop_ms = diag.get("outside_runner_ms_median", 0.0)
-        print(f"  engine time per step outside the model runner (scheduler, output processing; not in the "
-              f"DB's overhead calibration): median {loop_ms:.2f} ms")
-        if loop_ms > 0:   # attribution only: the real run's own loop time added to every simulated step
-            sim2, _ = sim_metrics(reqs, _Plus(pred, loop_ms), st)
-            e2 = {m: statistics.fmean(err(stats(sim2[m])[k], stats(real[m])[k]) for k in ("p50", "p90", "p99"))
-                  for m in ("ttft", "tpot")}
-            print(f"  (attribution) sim + {loop_ms:.2f} ms/step measured loop time: TTFT MAPE {e2['ttft']:.1f}%, "
-                  f"TPOT MAPE {e2['tpot']:.1f}%")
-            result[f"{name}.with_loop_overhead.ttft_mape_pct"] = round(e2["ttft"], 2)
-            result[f"{name}.with_loop_overhead.tpot_mape_pct"] = round(e2["tpot"], 2)
+        print(f"  engine time per step outside the model runner (scheduler, output processing): "
+              f"median {loop_ms:.2f} ms")
         raw[name] = {"requests": [r.__dict__ for r in reqs], "real_token_times": res["token_times"],
+                     "wall_s": res["wall_s"],
                      "steps": res["steps"], "settings": st}
         for k in ("prefill_or_mixed", "decode_only"):
             if k in diag:
@@ -365,7 +358,7 @@ def e2e_main(args) -> dict:
         figs.update(outside_runner_ms_median=round(loop_ms, 3), rate=rates[name], num_requests=len(reqs), real_serving_s=round(res["wall_s"], 1),
                     real_steps=len(res["steps"]), sim_steps=int(sres.num_steps),
                     step_median_wall_over_pred=round(diag.get("median_meas_over_pred", float("nan")), 3),
-                    overhead_points=n_over, env_threads=env.threads, worker_threads=st["torch_threads"],
+                    calibration_batches=n_over, env_threads=env.threads, worker_threads=st["torch_threads"],
                     max_num_batched_tokens=st["max_num_batched_tokens"], max_num_seqs=st["max_num_seqs"],
                     block_size=st["block_size"], num_gpu_blocks=st["num_gpu_blocks"])
         per_model.append(figs)
@@ -511,6 +504,8 @@ def main(argv=None) -> int:
     ap.add_argument("--winner-rates", default="1,4")
     ap.add_argument("--winner-requests", type=int, default=60)
     ap.add_argument("--winner-metric", default="p90_ttft", help="p50|p90|p99|mean _ ttft|tpot|e2e")
+    ap.add_argument("--real-from", help="a .raw.json an earlier run wrote: simulate against its real "
+                    "side instead of running vLLM again (same models, workload and settings)")
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)

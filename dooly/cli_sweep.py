@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--json", dest="json_path", help="write the summary here")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-recheck", action="store_true",
+                   help="one timing pass (default on CPU: a second pass keeps each point's faster median)")
     p.set_defaults(func=run)
     register_calibrate(sub)
 
@@ -46,11 +48,12 @@ def run(args) -> int:
                 bars[unit.key] = prog.add_task(f"{unit.op[:28]:28s} {unit.key[-12:]}", total=total)
             prog.update(bars[unit.key], completed=done)
         s = sweep(args.configs, args.db, args.engine, args.device, args.backend, lim,
-                  args.threads, progress)
+                  args.threads, progress, recheck=False if args.no_recheck else None)
     out = s.to_json()
     print(f"sweep {'interrupted' if s.interrupted else 'done'}: {out['units_measured']} units measured, "
           f"{out['units_reused']} reused, {out['units_failed']} failed; {out['points_measured']} points "
-          f"ok, {out['points_failed']} failed; {out['seconds']:.1f} s (env {s.env_key})")
+          f"ok, {out['points_failed']} failed; {out['seconds']:.1f} s, of which the second pass "
+          f"{out['recheck_seconds']:.1f} s ({out['points_rechecked_faster']} points faster) (env {s.env_key})")
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(out, f)
@@ -58,10 +61,13 @@ def run(args) -> int:
 
 
 def register_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="measure the engine's per-step overhead on real steps")
+    p = sub.add_parser("calibrate", help="time real engine steps: the step beyond the units, for predict and simulate")
     p.add_argument("config")
     p.add_argument("--db", required=True)
     p.add_argument("--threads", type=int, default=None)
+    # the serving settings to calibrate under: the engine compiles its graph for them
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--max-num-seqs", type=int, default=128)
     p.set_defaults(func=run_calibrate)
 
 
@@ -70,9 +76,10 @@ def run_calibrate(args) -> int:
     from dooly.engine_probe import calibrate
     load_config(args.config)  # one-line error for a bad config before starting an engine
     try:
-        r = calibrate(args.config, args.db, args.threads)
+        r = calibrate(args.config, args.db, args.threads, args.max_num_batched_tokens,
+                      args.max_num_seqs)
     except RuntimeError as err:  # the real engine refused the model (e.g. an unknown architecture)
         raise DoolyInputError(args.config, str(err), "architectures") from None
-    print(f"calibrated: {r['points']} overhead points from {r['steps']} real vLLM steps "
+    print(f"calibrated: {r['points']} distinct batches from {r['steps']} real vLLM steps "
           f"(worker threads {r['worker_threads']}) into env {r['env_key']}")
     return 0

@@ -1,9 +1,9 @@
 """Probing the real engine: per-step timings from inside vLLM's CPU worker.
 
-`StepRecorder` wraps the model runner: `execute_model` + `sample_tokens` give the whole
-step (input preparation, metadata, forward, logits, sampling); `_model_forward`,
-`compute_logits` and `_sample` give the model's own execution, what Dooly's units
-cover. Each step's batch is read from the scheduler output as (tokens scheduled,
+`StepRecorder` wraps the engine: `LLMEngine.step` is the whole step a simulated step
+stands for (scheduling, the model runner, output processing); `execute_model` +
+`sample_tokens` the runner's part; `_model_forward`, `compute_logits` and `_sample` the
+model's own execution, what Dooly's units cover. Each step's batch is read from the scheduler output as (tokens scheduled,
 tokens computed before the step) per request. vLLM runs in a child process: Dooly's
 meta-device capture in the same process breaks vLLM's start-up."""
 from __future__ import annotations
@@ -39,8 +39,10 @@ class StepRecorder:
     def install(self) -> None:
         import torch
         from vllm.v1.worker import gpu_model_runner as gmr
+        from vllm.v1.engine.llm_engine import LLMEngine
         from vllm.v1.worker.cpu_model_runner import CPUModelRunner
         rec = self
+        orig_step = LLMEngine.step
         orig_exec, orig_sample = gmr.GPUModelRunner.execute_model, gmr.GPUModelRunner.sample_tokens
         orig_forward = gmr.GPUModelRunner._model_forward
 
@@ -57,8 +59,6 @@ class StepRecorder:
             out = orig_exec(self, so, *a, **k)
             rec._pending = {"batch": batch, "exec_ms": (time.perf_counter() - t0) * 1e3,
                             "sample_ms": 0.0, "set": rec.label, "recorded": rec.recording}
-            if out is not None:  # no separate sampling phase for this step
-                rec._finish()
             return out
 
         def sample_tokens(self, *a, **k):
@@ -66,7 +66,14 @@ class StepRecorder:
             out = orig_sample(self, *a, **k)
             if rec._pending is not None:
                 rec._pending["sample_ms"] = (time.perf_counter() - t0) * 1e3
-                rec._finish()
+            return out
+
+        def step(self, *a, **k):
+            rec._pending = None
+            t0 = time.perf_counter()
+            out = orig_step(self, *a, **k)
+            if rec._pending is not None:
+                rec._finish((time.perf_counter() - t0) * 1e3)
             return out
 
         def _model_forward(self, *a, **k):
@@ -79,11 +86,13 @@ class StepRecorder:
         CPUModelRunner.sample_tokens = sample_tokens
         CPUModelRunner._model_forward = _model_forward
         CPUModelRunner._sample = self._timed(gmr.GPUModelRunner._sample)
+        LLMEngine.step = step
 
-    def _finish(self) -> None:
+    def _finish(self, step_ms: float) -> None:
         p, self._pending = self._pending, None
         if p["recorded"]:
-            p["ms"] = p["exec_ms"] + p["sample_ms"]
+            p["runner_ms"] = p["exec_ms"] + p["sample_ms"]
+            p["ms"] = step_ms
             p["forward_ms"] = self._forward_s * 1e3
             self.steps.append(p)
 
@@ -115,22 +124,29 @@ def generate(llm, plist, max_tokens_list) -> None:
     llm.generate(plist, sps, use_tqdm=False)
 
 
-def calibration_steps(config: Path) -> dict:
-    """A short mixed workload (prefills, decodes, chunked prefill with decodes): the
-    steps the overhead model is fitted on. Runs vLLM in this process."""
+def calibration_steps(config: Path, budget: int = 8192, max_num_seqs: int = 128) -> dict:
+    """A short mixed workload (prefills, decodes from 1 to 32 sequences, chunked prefill
+    with decodes): the steps the step residual is fitted on. Runs vLLM in this process."""
     rec = StepRecorder()
     rec.install()
-    llm = start_llm(config)
+    llm = start_llm(config, budget, max_num_seqs)
     sched = llm.llm_engine.engine_core.engine_core.scheduler
     generate(llm, prompts([300, 40, 40], 0), [4, 4, 4])  # warm-up, not recorded
     rec.recording = True
     seed = 1
-    for lens, out in (([64], 1), ([512], 1), ([128] * 4, 1), ([128] * 8, 8), ([256] * 32, 4),
-                      ([1024] * 2, 4)):
+    for lens, out in (([64], 1), ([512], 1), ([128] * 4, 1), ([128], 12), ([256] * 3, 10),
+                      ([128] * 8, 8), ([64] * 32, 4), ([1024] * 2, 4)):
         seed += 1
         generate(llm, prompts(lens, seed), [out] * len(lens))
     sched.max_num_scheduled_tokens = 256
     generate(llm, prompts([128] * 8 + [1024], 99), [12] * 8 + [1])
+    sched.max_num_scheduled_tokens = budget
+    # the small decode batches again, a minute later: they set the per-step terms, and
+    # one pass can fall in a burst of another process's work (same batches: their
+    # median is kept)
+    for lens, out in (([128], 12), ([256] * 3, 10), ([128] * 8, 8)):
+        seed += 1
+        generate(llm, prompts(lens, seed), [out] * len(lens))
     return {"steps": rec.steps, "threads": sorted(rec.threads_seen)}
 
 
@@ -150,23 +166,24 @@ def run_child(module_args: list[str], timeout: float = 900) -> dict:
     return json.loads(out.read_text())
 
 
-def calibrate(config: str, db_path: str, threads: int | None = None) -> dict:
+def calibrate(config: str, db_path: str, threads: int | None = None, budget: int = 8192,
+              max_num_seqs: int = 128) -> dict:
     """Measure the engine's per-step overhead on real steps and store it in the DB for
     the environment a default `dooly sweep` of this engine uses."""
     from dooly.config import load_config
     from dooly.db import Store
-    from dooly.overhead import record_overhead
+    from dooly.overhead import record_steps
     from dooly.sweep import current_environment
-    res = run_child(["calibrate", str(config)])
+    res = run_child(["calibrate", str(config), str(budget), str(max_num_seqs)])
     env = current_environment("vllm", "cpu", threads=threads)
     with Store.open(db_path) as store:
-        n = record_overhead(store, env, res["steps"], load_config(config).hash)
+        n = record_steps(store, env, res["steps"], load_config(config).hash)
     return {"env_key": env.key, "steps": len(res["steps"]), "points": n,
             "worker_threads": res["threads"]}
 
 
 if __name__ == "__main__":
-    mode, cfg, out_path = sys.argv[1], sys.argv[2], sys.argv[3]
+    mode, cfg, budget, seqs, out_path = sys.argv[1:6]
     if mode != "calibrate":
         raise SystemExit(f"unknown probe mode {mode!r}")
-    Path(out_path).write_text(json.dumps(calibration_steps(Path(cfg))))
+    Path(out_path).write_text(json.dumps(calibration_steps(Path(cfg), int(budget), int(seqs))))

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 DEVICE_KINDS = ("cpu", "cuda")
 EXECUTIONS = ("eager", "compiled", "cudagraph", "imported")
-CACHE_STATES = ("cold-weights", "warm")
+CACHE_STATES = ("cold", "cold-weights", "warm")
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,11 @@ class Environment:
     torch_version: str = ""
     execution: str = "eager"
     threads: int = 0
-    # "cold-weights": each timed call reads weights not left in cache by the last call (a
-    # real forward streams every layer's weights) and cache-hot activations; "warm": the
-    # same inputs on every call
-    cache: str = "cold-weights"
+    # "cold": each timed call reads weights and KV-cache blocks not left in cache by the
+    # last call (a real forward streams every layer's weights and every sequence's KV),
+    # with cache-hot activations; "cold-weights" (DBs from before): the weights only;
+    # "warm": the same inputs on every call
+    cache: str = "cold"
 
     def __post_init__(self):
         if self.device_kind not in DEVICE_KINDS:

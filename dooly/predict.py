@@ -21,7 +21,7 @@ from dooly.unit import Unit
 class Prediction:
     total_ms: float                                               # the model's units
     breakdown: dict[str, float] = field(default_factory=dict)   # unit key -> ms (count included)
-    overhead_ms: float = 0.0                                      # engine work outside the units
+    overhead_ms: float = 0.0   # calibrated engine step beyond the units (may be negative)
 
 
 def _engine_env(store, engine: str | None, env_key: str | None):
@@ -44,7 +44,7 @@ class Predictor:
                  fallback: dict[str, str] | None = None, overhead=None):
         self.units, self.counts, self.models, self.env = units, counts, models, env
         self.fallback = fallback or {}
-        self.overhead = overhead  # fitted engine.step_overhead model, when calibrated
+        self.overhead = overhead  # fitted StepResidual, when the engine was calibrated
         self._by_driver: dict[str, list[tuple[str, object, int]]] = {}
         for key, count in counts.items():
             d = units[key].driver
@@ -80,11 +80,14 @@ class Predictor:
                         raise MissingDataError(key, env.label(), f"op {unit.op}; sweep this model first")
                     fallback[key] = "gemm_family"
                 models[key] = m
-            overhead = _overhead_model(store, env, cfg.hash)
+            pred = cls(units, counts, models, env, fallback)
+            from dooly.overhead import fit_residual
+            pred.overhead = fit_residual(store, env.key, cfg.hash,
+                                         lambda seqs: pred.predict(seqs).total_ms)
         finally:
             if own:
                 store.close()
-        return cls(units, counts, models, env, fallback, overhead)
+        return pred
 
     def predict(self, batch: list[tuple[int, int]]) -> Prediction:
         if not batch:
@@ -99,15 +102,16 @@ class Predictor:
             x = t if driver == "tokens" else float(len(seqs))
             for key, fn, count in entries:
                 out[key] = count * max(fn(x, point), 0.0)
-        over = max(float(self.overhead.predict_one({"seqs": seqs})), 0.0) if self.overhead else 0.0
+        over = self.overhead.predict_one(seqs) if self.overhead else 0.0
         return Prediction(float(sum(out.values())), out, over)
 
     def step_ms(self, batch) -> float:
         """Simulator hook: a step's list of scheduled sequences (query_len, context_len):
-        the model's units plus the engine's measured per-step overhead."""
+        the model's units plus the calibrated rest of the engine step. A correction never
+        takes more than half the units' time away."""
         pairs = [(s.query_len, s.context_len) if hasattr(s, "query_len") else tuple(s) for s in batch]
         p = self.predict(pairs)
-        return p.total_ms + p.overhead_ms
+        return max(p.total_ms + p.overhead_ms, 0.5 * p.total_ms)
 
 
 def _fast(model, driver: str):
@@ -135,18 +139,9 @@ def _fast(model, driver: str):
         from dooly.fit.estimators import _poly
         from dooly.fit.features import features
         scale, powers, coef, icpt = est.scale_, est.powers_, est.coef_, est.intercept_
-        return lambda _x, point: float(_poly(features(driver, point)[None] / scale, powers) @ coef + icpt)
+        return lambda _x, point: float(np.ravel(_poly(features(driver, point)[None] / scale, powers) @ coef
+                                                + icpt)[0])
     return lambda _x, point: float(model.predict_one(point))
-
-
-def _overhead_model(store, env, config_hash: str):
-    from dooly.fit.select import fit_units
-    from dooly.overhead import overhead_unit
-    unit = overhead_unit(config_hash)
-    meas = store.measurements(unit_key=unit.key, env_key=env.key)
-    if len(meas) < 3:
-        return None
-    return fit_units({unit.key: unit}, meas).get((unit.key, env.key))
 
 
 class _GemmModel:

@@ -46,6 +46,7 @@ from dooly.graph.capture_vllm import _init_distributed, vllm_env
 
 LAYER_NAME = "model.layers.0.self_attn.attn"
 MAX_KV_BYTES = 2 << 30  # cap on the KV cache allocation
+MAX_KV_COPIES = 128     # block sets per batch for cold-KV timing (metadata is built for each)
 
 
 def order_batch(seqs: list[tuple[int, int]], threshold: int | None) -> list[tuple[int, int]]:
@@ -69,7 +70,7 @@ class VllmAttentionRunner:
     def __init__(self, num_heads: int, num_kv_heads: int, head_size: int,
                  sliding_window: int = 0, dtype: str = "bfloat16", block_size: int | None = None,
                  max_context: int = 4096, max_batch: int = 256, kv_cache_dtype: str = "auto",
-                 seed: int = 0):
+                 seed: int = 0, cold_kv: bool = False):
         vllm_env()
         from vllm.config import set_current_vllm_config
         from vllm.engine.arg_utils import EngineArgs
@@ -90,6 +91,7 @@ class VllmAttentionRunner:
         self.max_context, self.max_batch = int(max_context), int(max_batch)
         self._gen = torch.Generator().manual_seed(seed)
         self._seed = seed
+        self.cold_kv = cold_kv
         hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
               "hidden_size": num_heads * head_size, "head_dim": head_size,
               "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
@@ -136,6 +138,9 @@ class VllmAttentionRunner:
             want = max(self.max_batch * per_seq, per_seq) * spec.page_size_bytes
             floor = per_seq * spec.page_size_bytes  # one max_model_len request
             mem = max(min(want, MAX_KV_BYTES), floor)
+            if cold_kv:   # room for block sets that together overflow the last-level cache
+                from dooly.materialize import last_level_cache_bytes
+                mem = max(mem, min(4 * last_level_cache_bytes(), MAX_KV_BYTES))
             kv_cfg = get_kv_cache_configs(vc, [{self.layer_name: spec}], [mem])[0]
             self.kv_cache_config = kv_cfg
             group = AttentionGroup(backend, [self.layer_name], spec, 0)
@@ -170,7 +175,7 @@ class VllmAttentionRunner:
         return self.builder.reorder_batch_threshold
 
     # ------------------------------------------------------------------ batches
-    def _batch(self, seqs):
+    def _batch(self, seqs, variant: int = 0):
         from vllm.v1.attention.backend import CommonAttentionMetadata
 
         seqs = order_batch(seqs, self.reorder_batch_threshold)
@@ -183,7 +188,7 @@ class VllmAttentionRunner:
         if sum(n_blk) > self.num_blocks - 1:
             raise ValueError(f"batch needs {sum(n_blk)} blocks, cache has {self.num_blocks}")
         # Distinct random block ids per sequence (block 0 is vLLM's null block).
-        g = torch.Generator().manual_seed(self._seed + 1)
+        g = torch.Generator().manual_seed(self._seed + 1 + 7919 * variant)
         ids = (torch.randperm(self.num_blocks - 1, generator=g)[:sum(n_blk)] + 1).tolist()
         width = max(n_blk)
         block_table = torch.zeros(len(seqs), width, dtype=torch.int32)
@@ -232,21 +237,28 @@ class VllmAttentionRunner:
         buffer (attention/step) or None (kv_update)."""
         from vllm.utils.torch_utils import _encode_layer_name
 
+        import itertools
         seqs, T, meta, slot_mapping, q, k, v, out = self._batch(seqs)
         name = _encode_layer_name(self.layer_name)
         ops = torch.ops.vllm
+        # cold KV: each call reads its own random blocks (the activations stay shared)
+        metas = [(meta, slot_mapping)] + [self._batch(seqs, i)[2:4] for i in range(1, self._copies(seqs))]
+        nxt = itertools.cycle(metas).__next__
 
         def kv_update():
-            with torch.inference_mode(), self._ctx(T, meta, slot_mapping):
+            m, sm = nxt()
+            with torch.inference_mode(), self._ctx(T, m, sm):
                 ops.unified_kv_cache_update(k, v, name)
 
         def attention():
-            with torch.inference_mode(), self._ctx(T, meta, slot_mapping):
+            m, sm = nxt()
+            with torch.inference_mode(), self._ctx(T, m, sm):
                 ops.unified_attention_with_output(q, k, v, out, name)
             return out
 
         def step():
-            with torch.inference_mode(), self._ctx(T, meta, slot_mapping):
+            m, sm = nxt()
+            with torch.inference_mode(), self._ctx(T, m, sm):
                 dep = ops.unified_kv_cache_update(k, v, name)
                 ops.unified_attention_with_output(q, k, v, out, name, kv_cache_dummy_dep=dep)
             return out
@@ -256,6 +268,16 @@ class VllmAttentionRunner:
         for fn in (kv_update, attention, step):
             fn.batch = batch
         return {"kv_update": kv_update, "attention": attention, "step": step}
+
+    def _copies(self, seqs) -> int:
+        """Block sets to rotate through so the KV a call reads spans twice the
+        last-level cache over a rotation (1 when the KV is warm by choice)."""
+        if not self.cold_kv:
+            return 1
+        from dooly.materialize import last_level_cache_bytes
+        per_token = self.kv_cache[0].numel() * self.kv_cache.element_size() // self.block_size
+        touched = max(1, sum(q + c for q, c in seqs) * per_token)
+        return max(1, min(MAX_KV_COPIES, -(-2 * last_level_cache_bytes() // touched)))
 
     def prepare(self, seqs: list[tuple[int, int]]) -> Callable[[], torch.Tensor]:
         """One step of this layer's attention for the batch: KV-cache write, then

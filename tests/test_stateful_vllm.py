@@ -102,3 +102,19 @@ def test_order_batch():
 def test_rejects_oversized_batch(runner):
     with pytest.raises(ValueError):
         runner.prepare([(1, 512 * 8)] * 64)
+
+
+def test_cold_kv_calls_read_different_blocks():
+    cold = VllmAttentionRunner(4, 2, 64, max_context=512, max_batch=8, cold_kv=True)
+    seen = []
+    real_ctx = cold._ctx
+
+    def spy(T, meta, slot_mapping):
+        seen.append(meta.block_table.clone() if hasattr(meta, "block_table") else slot_mapping.clone())
+        return real_ctx(T, meta, slot_mapping)
+    cold._ctx = spy
+    fn = cold.prepare_parts([(1, 300)] * 2)["attention"]
+    assert cold._copies([(1, 300)] * 2) > 1
+    fn()
+    fn()
+    assert not torch.equal(seen[0], seen[1])

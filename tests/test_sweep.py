@@ -138,3 +138,23 @@ def test_sigint_mid_sweep_then_rerun_matches_uninterrupted(swept, tmp_path):
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     strip = lambda rows: sorted((k, p) for k, p, _ in rows)  # noqa: E731
     assert strip(_rows(db)) == strip(_rows(db_full))
+
+
+def test_second_pass_keeps_each_points_faster_median(tmp_path, monkeypatch):
+    import dataclasses
+    import dooly.sweep as sw
+    db = str(tmp_path / "r.db")
+    real, seen = sw._measure, {}
+
+    def burst_then_quiet(runners, timer, unit, point, env):
+        m = real(runners, timer, unit, point, env)
+        k = (unit.key, json.dumps(point, sort_keys=True))
+        seen[k] = seen.get(k, 0) + 1
+        if m.status == "ok" and seen[k] == 1:   # another process held the cores
+            return dataclasses.replace(m, median_ms=m.median_ms + 1000.0)
+        return m
+    monkeypatch.setattr(sw, "_measure", burst_then_quiet)
+    s = sweep([SMOL], db, "transformers", lim=LIM, recheck=True)
+    assert s.points_rechecked_faster == s.points_measured > 0
+    with Store.open(db) as st:
+        assert all(m.median_ms < 1000.0 for m in st.measurements())

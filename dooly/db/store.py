@@ -52,6 +52,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def add_measurement(self, m: Measurement) -> None: ...
     @abc.abstractmethod
+    def delete_measurements(self, unit_key: str, env_key: str) -> int: ...
+    @abc.abstractmethod
     def points(self, unit_key: str, env_key: str, status: str | None = None) -> set[str]: ...
     @abc.abstractmethod
     def measurements(self, unit_key: str | None = None, env_key: str | None = None,
@@ -185,6 +187,11 @@ class SQLiteStore(Store):
             f"INSERT INTO measurements ({cols}) VALUES ({', '.join('?' * len(MEASUREMENT_COLUMNS))}) "
             f"ON CONFLICT (unit_key, env_key, point_json) DO UPDATE SET {update}{cond}", rows)
         return conn.total_changes - before
+
+    def delete_measurements(self, unit_key: str, env_key: str) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM measurements WHERE unit_key = ? AND env_key = ?",
+                                (unit_key, env_key)).rowcount
 
     def points(self, unit_key: str, env_key: str, status: str | None = None) -> set[str]:
         sql = "SELECT point_json FROM measurements WHERE unit_key = ? AND env_key = ?"
