@@ -75,6 +75,10 @@ def run_calibrate(args) -> int:
     from dooly.config import load_config
     from dooly.engine_probe import calibrate
     load_config(args.config)  # one-line error for a bad config before starting an engine
+    for flag in ("max_num_batched_tokens", "max_num_seqs"):
+        if getattr(args, flag) < 1:
+            raise DoolyInputError("command line", f"expected a positive count, got {getattr(args, flag)}",
+                                  "--" + flag.replace("_", "-"))
     try:
         r = calibrate(args.config, args.db, args.threads, args.max_num_batched_tokens,
                       args.max_num_seqs)

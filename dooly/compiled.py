@@ -39,9 +39,9 @@ def _arg_getter(source) -> Callable[[tuple], object] | None:
 
 
 class DirectCompiled:
-    """`body(*tensors)` compiled by Inductor with every dim dynamic. The first call traces
-    it on inputs from `general_inputs()` (request dims of at least 2, so nothing is
-    specialized to one token); later calls go straight to the compiled function. Falls
+    """`body(*tensors)` compiled by Inductor, request dims symbolic and config dims static.
+    `compile` traces it once on general inputs (request dims of at least 2, so nothing is
+    specialized to one token); `bind` then calls the compiled function directly. Falls
     back to the guarded `torch.compile` path for a body Dynamo splits or lifts state from."""
 
     def __init__(self, body: Callable):

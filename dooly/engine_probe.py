@@ -3,8 +3,8 @@
 `StepRecorder` wraps the engine: `LLMEngine.step` is the whole step a simulated step
 stands for (scheduling, the model runner, output processing); `execute_model` +
 `sample_tokens` the runner's part; `_model_forward`, `compute_logits` and `_sample` the
-model's own execution, what Dooly's units cover. Each step's batch is read from the scheduler output as (tokens scheduled,
-tokens computed before the step) per request. vLLM runs in a child process: Dooly's
+model's own execution, what Dooly's units cover. Each step's batch is read from the
+scheduler output as (tokens scheduled, tokens computed before the step) per request. vLLM runs in a child process: Dooly's
 meta-device capture in the same process breaks vLLM's start-up."""
 from __future__ import annotations
 
@@ -168,8 +168,8 @@ def run_child(module_args: list[str], timeout: float = 900) -> dict:
 
 def calibrate(config: str, db_path: str, threads: int | None = None, budget: int = 8192,
               max_num_seqs: int = 128) -> dict:
-    """Measure the engine's per-step overhead on real steps and store it in the DB for
-    the environment a default `dooly sweep` of this engine uses."""
+    """Time whole real engine steps under these serving settings and store them in the
+    DB (`engine.step`) for the environment a default `dooly sweep` of this engine uses."""
     from dooly.config import load_config
     from dooly.db import Store
     from dooly.overhead import record_steps

@@ -4,6 +4,7 @@ executed from stored code: op names resolve by attribute lookup in allowed
 namespaces, and fused regions are replayed by a small interpreter over their data."""
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Callable
 
@@ -125,6 +126,14 @@ def region_fn(unit: Unit, device: str = "cpu") -> Callable:
     return run
 
 
+def _call_args(call: list | None, t: tuple) -> list:
+    """A recorded call's arguments: {"t": k} is the unit's k-th input, anything else a
+    constant (an eps, a flag)."""
+    if call is None:
+        return list(t)
+    return [t[a["t"]] if isinstance(a, dict) and "t" in a else a for a in call]
+
+
 def _lowered_ir(unit: Unit) -> Callable | None:
     """vLLM lowers each IR op to the implementation its platform prefers before Inductor
     sees the graph, so Inductor fuses that body; compiling the opaque custom op instead
@@ -140,8 +149,7 @@ def _lowered_ir(unit: Unit) -> Callable | None:
     call = unit.attr.get("call")
 
     def run(*t):
-        args = t if call is None else [t[a["t"]] if isinstance(a, dict) and "t" in a else a
-                                       for a in call]
+        args = _call_args(call, t)
         return op.dispatch(*args).impl_fn(*args)
     return run
 
@@ -152,6 +160,7 @@ def compiles(unit: Unit, execution: str) -> bool:
     return execution == "compiled" and (unit.op == "fused" or unit.op.startswith("vllm_ir."))
 
 
+@functools.lru_cache(maxsize=1)
 def last_level_cache_bytes() -> int:
     try:
         text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
@@ -172,10 +181,15 @@ def cold_copies(unit: Unit, values: dict, device: str) -> int:
     forward they were just written by the previous op and are cache-hot."""
     from dooly.cost import ITEMSIZE, numel
     nbytes = sum(numel(s, values) * ITEMSIZE.get(s.dtype, 2) for s in unit.inputs if is_weight(s))
-    if not nbytes:
-        return 1
+    return copies_to_span(nbytes, device, 16) if nbytes else 1
+
+
+def copies_to_span(nbytes: int, device: str, most: int) -> int:
+    """How many distinct sets of `nbytes` a timing loop cycles through so that together
+    they span twice the last-level cache (L3 on a CPU, L2 on a GPU): a set is never
+    still cached when its turn comes again."""
     cache = 2 * last_level_cache_bytes() if device == "cpu" else 100 * 2**20
-    return max(1, min(16, -(-cache // nbytes)))
+    return max(1, min(most, -(-cache // max(1, nbytes))))
 
 
 class StatelessRunner:
@@ -207,9 +221,7 @@ class StatelessRunner:
             return None  # built per point: the engine may prepack the weight
         op = resolve_op(u.op)
         call = u.attr.get("call")
-        if call is None:
-            return lambda *t: op(*t)
-        return lambda *t: op(*[t[a["t"]] if isinstance(a, dict) and "t" in a else a for a in call])
+        return lambda *t: op(*_call_args(call, t))
 
     def prepare(self, point: dict) -> Callable[[], object]:
         if not self.cold:
@@ -229,9 +241,11 @@ class StatelessRunner:
         """Random inputs at this point; with `shared`, only the weights are fresh."""
         values = point_values(point)
         u = self.unit
-        ins = self._inputs(values)
-        if shared is not None:
-            ins = [new if is_weight(sig) else old for sig, new, old in zip(u.inputs, ins, shared)]
+        if shared is None:
+            ins = self._inputs(values)
+        else:
+            ins = [random_tensor(sig, values, self.device, 1000) if is_weight(sig) else old
+                   for sig, old in zip(u.inputs, shared)]
         if u.op == "embedding":
             w = next(t for t in ins if t.is_floating_point())
             ids = next(t for t in ins if not t.is_floating_point())

@@ -41,19 +41,16 @@ def record_steps(store, env: Environment, steps: list[dict], config_hash: str) -
     unit = engine_step_unit(config_hash)
     store.add_environment(env)
     store.add_unit(unit)
-    store.delete_measurements(unit.key, env.key)
     by_batch: dict[str, tuple[list, list[float]]] = {}
     for s in steps:
         batch = [[int(q), int(c)] for q, c in s["batch"]]
         if batch and float(s["ms"]) > 0:
             by_batch.setdefault(str(batch), (batch, []))[1].append(float(s["ms"]))
-    for batch, ms in by_batch.values():
-        a = np.asarray(ms)
-        med = float(np.median(a))
-        store.add_measurement(Measurement(unit.key, env.key, {"seqs": batch}, med,
-                                          float(a.min()), float(a.max()), float(a.mean()),
-                                          float(a.std()), len(ms)))
-    return len(by_batch)
+    rows = [Measurement(unit.key, env.key, {"seqs": batch}, float(np.median(ms)), min(ms), max(ms),
+                        float(np.mean(ms)), float(np.std(ms)), len(ms))
+            for batch, ms in by_batch.values()]
+    store.replace_measurements(unit.key, env.key, rows)
+    return len(rows)
 
 
 def features(seqs) -> list[float]:
@@ -82,7 +79,6 @@ class StepResidual:
         self.coef_[keep] = reg.coef_
         rel = np.abs(x @ self.coef_ - y) / np.asarray(steps_ms)
         self.in_sample_mape_pct_ = float(100 * rel.mean())
-        self.n_steps_ = len(y)
         return self
 
     def predict_one(self, seqs) -> float:

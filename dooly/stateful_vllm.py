@@ -274,10 +274,9 @@ class VllmAttentionRunner:
         last-level cache over a rotation (1 when the KV is warm by choice)."""
         if not self.cold_kv:
             return 1
-        from dooly.materialize import last_level_cache_bytes
+        from dooly.materialize import copies_to_span
         per_token = self.kv_cache[0].numel() * self.kv_cache.element_size() // self.block_size
-        touched = max(1, sum(q + c for q, c in seqs) * per_token)
-        return max(1, min(MAX_KV_COPIES, -(-2 * last_level_cache_bytes() // touched)))
+        return copies_to_span(sum(q + c for q, c in seqs) * per_token, self.device.type, MAX_KV_COPIES)
 
     def prepare(self, seqs: list[tuple[int, int]]) -> Callable[[], torch.Tensor]:
         """One step of this layer's attention for the batch: KV-cache write, then

@@ -72,3 +72,23 @@ def test_recalibration_replaces_the_earlier_steps(tmp_path):
         record_steps(s, ENV, [{"batch": [[1, 10 * i]], "ms": 20.0} for i in range(1, 9)], "cfg")
         record_steps(s, ENV, [{"batch": [[64, 0]], "ms": 50.0}], "cfg")
         assert [m.point["seqs"] for m in s.measurements(unit_key=key, env_key=ENV.key)] == [[[64, 0]]]
+
+
+def test_interrupted_recalibration_keeps_the_old_steps(tmp_path, monkeypatch):
+    from dooly.db.store import SQLiteStore
+    db = str(tmp_path / "i.db")
+    key = engine_step_unit("cfg").key
+    with Store.open(db) as s:
+        record_steps(s, ENV, [{"batch": [[1, 10 * i]], "ms": 20.0} for i in range(1, 9)], "cfg")
+
+    def boom(conn, rows, newer_only):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SQLiteStore, "_upsert", staticmethod(boom))
+    with Store.open(db) as s:
+        try:
+            record_steps(s, ENV, [{"batch": [[64, 0]], "ms": 50.0}], "cfg")
+        except KeyboardInterrupt:
+            pass
+    monkeypatch.undo()
+    with Store.open(db) as s:
+        assert len(s.measurements(unit_key=key, env_key=ENV.key)) == 8

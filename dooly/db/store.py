@@ -52,7 +52,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def add_measurement(self, m: Measurement) -> None: ...
     @abc.abstractmethod
-    def delete_measurements(self, unit_key: str, env_key: str) -> int: ...
+    def replace_measurements(self, unit_key: str, env_key: str,
+                             measurements: list[Measurement]) -> None: ...
     @abc.abstractmethod
     def points(self, unit_key: str, env_key: str, status: str | None = None) -> set[str]: ...
     @abc.abstractmethod
@@ -188,10 +189,14 @@ class SQLiteStore(Store):
             f"ON CONFLICT (unit_key, env_key, point_json) DO UPDATE SET {update}{cond}", rows)
         return conn.total_changes - before
 
-    def delete_measurements(self, unit_key: str, env_key: str) -> int:
+    def replace_measurements(self, unit_key: str, env_key: str,
+                             measurements: list[Measurement]) -> None:
+        """All of a unit's rows in an environment, swapped in one transaction: an
+        interruption leaves the old rows or the new ones, never neither."""
         with self._write() as conn:
-            return conn.execute("DELETE FROM measurements WHERE unit_key = ? AND env_key = ?",
-                                (unit_key, env_key)).rowcount
+            conn.execute("DELETE FROM measurements WHERE unit_key = ? AND env_key = ?",
+                         (unit_key, env_key))
+            self._upsert(conn, [self._values(m) for m in measurements], newer_only=False)
 
     def points(self, unit_key: str, env_key: str, status: str | None = None) -> set[str]:
         sql = "SELECT point_json FROM measurements WHERE unit_key = ? AND env_key = ?"
