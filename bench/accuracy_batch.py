@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dooly.engine_probe import StepRecorder, generate, prompts, start_llm
+from dooly.engines.vllm_probe import StepRecorder, generate, prompts, start_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -140,12 +140,12 @@ def main(argv=None) -> int:
         steps = measure_model(MODELS[args._measure], sets, rec, repeats)
         Path(args._out).write_text(json.dumps({"steps": steps, "threads": sorted(rec.threads_seen)}))
         return 0
-    from dooly.grid import GridLimits
+    from dooly.profile.grid import GridLimits
     from dooly.db import Store
     from dooly.config import load_config
-    from dooly.overhead import record_steps
+    from dooly.fit.step_model import record_steps
     from dooly.predict import Predictor
-    from dooly.sweep import sweep
+    from dooly.profile.sweep import sweep
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for n in names:

@@ -231,7 +231,7 @@ def stats(xs) -> dict:
 def load_predictor(config: Path, db: str, threads: int | None):
     from dooly.db import Store
     from dooly.config import load_config
-    from dooly.overhead import engine_step_unit
+    from dooly.fit.step_model import engine_step_unit
     from dooly.predict import Predictor
     over_key = engine_step_unit(load_config(config).hash).key
     with Store.open(db, create=False) as store:

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from dooly.config import load_config
     from dooly.graph.regions import RegionRegistry
     if args.engine == "vllm":
-        from dooly.graph.capture_vllm import vllm_env
+        from dooly.engines.vllm_capture import vllm_env
         vllm_env()
         import vllm  # noqa: F401
     else:

@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     from dooly.analyze import default_engine
-    from dooly.grid import GridLimits
-    from dooly.sweep import sweep
+    from dooly.profile.grid import GridLimits
+    from dooly.profile.sweep import sweep
     engine = args.engine or default_engine()
     lim = GridLimits(args.max_tokens, args.max_batch, args.max_context)
     out: dict = {"engine": engine}

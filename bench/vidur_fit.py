@@ -3,7 +3,7 @@
     python bench/vidur_fit.py [--root DIR] [--tp 1] [--json PATH]
 
 For every mlp.csv under --root (default: /work/shared/reference/vidur/compute/a100):
-import it (dooly.vidur.read_vidur_mlp), fit one model per (unit, environment)
+import it (dooly.interop.vidur_import.read_vidur_mlp), fit one model per (unit, environment)
 (dooly.fit.fit_units: CV-selected among interpolation / isotonic / polynomials), and
 print per Vidur op the mean over models of the op's unit CV MAPE (%). Then the GEMM
 family model (dooly.fit.gemm_family) is scored leave-one-model-out: all (K, N) shapes
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dooly.fit.gemm_family import GemmFamily, gemm_shape, holdout_error, rows_from_units  # noqa: E402
 from dooly.fit.select import fit_units  # noqa: E402
-from dooly.vidur import (VIDUR_GEMM_OPS, VIDUR_MLP_OPS, find_vidur_mlp, model_name_from_path,  # noqa: E402
+from dooly.interop.vidur_import import (VIDUR_GEMM_OPS, VIDUR_MLP_OPS, find_vidur_mlp, model_name_from_path,  # noqa: E402
                          read_vidur_mlp, vidur_units)
 
 DEFAULT_ROOT = "/work/shared/reference/vidur/compute/a100"

@@ -5,55 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dooly.config import ModelConfig, load_config
-from dooly.graph.capture import Captured
-from dooly.graph.label_pass import capture_symbols, label_pass
+from dooly.engines import capture, check_engine, default_engine
+from dooly.graph.label_pass import label_pass
 from dooly.graph.normalize import normalize_pass
 from dooly.graph.regions import RegionRegistry, region_pass
-from dooly.graph.units import Inventory, build_inventory, logits_units
-from dooly.symbolic.symbols import T
-
-ENGINES = ("vllm", "transformers")
-
-
-def default_engine() -> str:
-    import importlib.util
-    return "vllm" if importlib.util.find_spec("vllm") else "transformers"
-
-
-def capture(cfg: ModelConfig, engine: str) -> tuple[Captured, dict, dict]:
-    """Returns the capture, the symbol map (capture symbol -> Dooly symbol) and hints."""
-    if engine == "vllm":
-        from dooly.graph.capture_vllm import capture_vllm
-        cap = capture_vllm(cfg)
-        # every dynamic dim in vLLM's graph is the flattened token count
-        return cap, {s: T for s in capture_symbols(cap.gm)}, {}
-    if engine == "transformers":
-        from dooly.graph.capture_hf import capture_hf
-        return capture_hf(cfg)
-    raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
-
+from dooly.graph.units import Inventory, build_inventory
 
 def _labelled(cfg: ModelConfig, engine: str):
-    cap, sym_map, hints = capture(cfg, engine)
-    gm = label_pass(normalize_pass(cap.gm), sym_map, hints)
-    return cap, sym_map, gm
+    cap, sym_map, extra = capture(cfg, engine)
+    return cap, sym_map, extra, label_pass(normalize_pass(cap.gm), sym_map)
 
 
 def analyze_config(cfg: ModelConfig, engine: str, registry: RegionRegistry,
                    fields: bool = True) -> Inventory:
-    cap, sym_map, gm = _labelled(cfg, engine)
+    cap, sym_map, extra, gm = _labelled(cfg, engine)
     if fields:
         # a second capture at perturbed config values names each constant's fields
         from dooly.graph.label_pass import fields_pass
         from dooly.symbolic.perturb import FieldMatcher, perturbed
         try:
             pcfg = ModelConfig(cfg.path, perturbed(cfg.raw), cfg.architecture, cfg.model_type)
-            _, _, pgm = _labelled(pcfg, engine)
+            pgm = _labelled(pcfg, engine)[3]
             gm = fields_pass(gm, pgm, FieldMatcher(cfg.raw))
         except Exception as err:  # the dims keep their values; only the field names are lost
             cap.notes.append(f"config fields unknown: perturbed capture failed ({type(err).__name__})")
     gm = region_pass(gm)
-    extra = logits_units(cap) if engine == "vllm" else []
     return build_inventory(cap, sym_map, registry, extra)
 
 
@@ -71,9 +47,7 @@ class Analysis:
 
 
 def analyze(paths: list[str], engine: str | None = None, fields: bool = True) -> Analysis:
-    engine = engine or default_engine()
-    if engine not in ENGINES:
-        raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
+    engine = check_engine(engine or default_engine())
     cfgs = [load_config(p) for p in paths]  # validate every file before any capture
     registry = RegionRegistry()
     return Analysis(engine, [analyze_config(c, engine, registry, fields) for c in cfgs])
@@ -81,8 +55,8 @@ def analyze(paths: list[str], engine: str | None = None, fields: bool = True) ->
 
 def reuse_summary(analysis: Analysis, hw_name: str = "h100", lim=None) -> dict:
     """Profiling cost if each model is profiled on its own vs once per unique unit."""
-    from dooly.cost import get_hardware, profiling_cost
-    from dooly.grid import GridLimits
+    from dooly.profile.cost import get_hardware, profiling_cost
+    from dooly.profile.grid import GridLimits
     hw, lim = get_hardware(hw_name), lim or GridLimits()
     cost: dict[str, float] = {}
     independent = 0.0

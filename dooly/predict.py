@@ -81,7 +81,7 @@ class Predictor:
                     fallback[key] = "gemm_family"
                 models[key] = m
             pred = cls(units, counts, models, env, fallback)
-            from dooly.overhead import fit_residual
+            from dooly.fit.step_model import fit_residual
             pred.overhead = fit_residual(store, env.key, cfg.hash,
                                          lambda seqs: pred.predict(seqs).total_ms)
         finally:
@@ -152,7 +152,7 @@ class _GemmModel:
         self.name, self.cv_mape_pct = "gemm_family", error_pct  # stated: held-out-shape MAPE
 
     def predict_one(self, point: dict) -> float:
-        from dooly.grid import point_values
+        from dooly.profile.grid import point_values
         from dooly.symbolic.symbols import evaluate
         m = evaluate(self.m_expr, **point_values(point))
         return float(np.asarray(self.family.predict(m, self.k, self.n, self.dtype)).ravel()[0])
@@ -174,7 +174,3 @@ def _gemm_fallback(store, env, unit: Unit):
     err = float(np.mean(errs)) if errs else float("nan")
     family = GemmFamily(model="roofline").fit(rows)
     return _GemmModel(family, k, n, unit.inputs[0].dtype, str(m_expr), err)
-
-
-def load_predictor(config_path: str, db_path: str, engine: str | None = None) -> Predictor:
-    return Predictor.load(config_path, db_path, engine)

@@ -109,3 +109,11 @@ class Unit:
                    outputs=tuple(TensorSig.from_json(t) for t in obj["outputs"]),
                    attrs=tuple(sorted(obj.get("attrs", {}).items())), graph=obj.get("graph"),
                    graph_hash=obj.get("graph_hash", ""), stateful=bool(obj.get("stateful")))
+
+
+def call_args(call: list | None, t: tuple) -> list:
+    """A recorded call's arguments: {"t": k} is the unit's k-th input, anything else a
+    constant (an eps, a flag)."""
+    if call is None:
+        return list(t)
+    return [t[a["t"]] if isinstance(a, dict) and "t" in a else a for a in call]

@@ -2,7 +2,7 @@
 request size, one token included, from one general trace."""
 import torch
 
-from dooly.compiled import DirectCompiled
+from dooly.profile.compiled import DirectCompiled
 
 
 def _norm_add(x, r, w):   # [T, hidden], [T, hidden], [hidden]

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import ROOT, config, needs_vllm
 from dooly.cli import main
-from dooly.export_vidur import vidur_attention_grid, vidur_token_grid
-from dooly.vidur import VIDUR_ATTENTION_OPS, VIDUR_MLP_OPS, attention_header, mlp_header
+from dooly.interop.vidur_export import vidur_attention_grid, vidur_token_grid
+from dooly.interop.vidur_import import VIDUR_ATTENTION_OPS, VIDUR_MLP_OPS, attention_header, mlp_header
 
 SMOL = config("HuggingFaceTB__SmolLM2-135M-Instruct")
 VIDUR_MLP = ROOT / "fixtures" / "vidur" / "a100" / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv"
@@ -23,8 +23,8 @@ def _read(path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from dooly.grid import GridLimits
-    from dooly.sweep import sweep
+    from dooly.profile.grid import GridLimits
+    from dooly.profile.sweep import sweep
     d = tmp_path_factory.mktemp("vidur_export")
     db, out = str(d / "s.db"), d / "out"
     sweep([SMOL], db, "vllm", lim=GridLimits(max_tokens=32, max_batch=4, max_context=128))

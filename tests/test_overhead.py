@@ -4,7 +4,7 @@ import random
 
 from dooly.db import Store
 from dooly.env import Environment
-from dooly.overhead import StepResidual, engine_step_unit, fit_residual, record_steps
+from dooly.fit.step_model import StepResidual, engine_step_unit, fit_residual, record_steps
 
 ENV = Environment("cpu0", "cpu", "vllm", "0.32", "CPU_ATTN", "bfloat16", threads=2)
 
@@ -75,7 +75,7 @@ def test_recalibration_replaces_the_earlier_steps(tmp_path):
 
 
 def test_interrupted_recalibration_keeps_the_old_steps(tmp_path, monkeypatch):
-    from dooly.db.store import SQLiteStore
+    from dooly.db.store import Store
     db = str(tmp_path / "i.db")
     key = engine_step_unit("cfg").key
     with Store.open(db) as s:
@@ -83,7 +83,7 @@ def test_interrupted_recalibration_keeps_the_old_steps(tmp_path, monkeypatch):
 
     def boom(conn, rows, newer_only):
         raise KeyboardInterrupt
-    monkeypatch.setattr(SQLiteStore, "_upsert", staticmethod(boom))
+    monkeypatch.setattr(Store, "_upsert", staticmethod(boom))
     with Store.open(db) as s:
         try:
             record_steps(s, ENV, [{"batch": [[64, 0]], "ms": 50.0}], "cfg")

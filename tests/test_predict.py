@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import config
-from dooly.batchspec import parse_batch
+from dooly.cli.batchspec import parse_batch
 from dooly.cli import main
 from dooly.db import Store
 from dooly.env import Environment

@@ -9,7 +9,7 @@ import pytest
 
 from dooly.sim.metrics import request_metrics, summarize
 from dooly.sim.scheduler import ScheduledSeq, Scheduler, SchedulerConfig, SeqState
-from dooly.sim.simulator import LinearOverhead, simulate
+from dooly.sim.simulator import simulate
 from dooly.sim.workload import LengthDist, Request, WorkloadSpec, build_workload
 
 
@@ -199,17 +199,10 @@ def test_config_validation_names_field():
         SchedulerConfig(num_blocks=0)
 
 
-def test_overhead_adds_time_and_fit_recovers_coefficients():
-    truth = LinearOverhead(1.5, 0.02, 0.001)
-    rng = np.random.default_rng(0)
-    steps = [(s, t, truth.ms(s, t)) for s, t in zip(rng.integers(1, 256, 50),
-                                                   rng.integers(1, 8192, 50))]
-    fit = LinearOverhead.fit(steps)
-    assert fit.base_ms == pytest.approx(1.5) and fit.per_seq_ms == pytest.approx(0.02)
-    assert fit.per_token_ms == pytest.approx(0.001)
+def test_step_time_is_the_whole_engine_step():
     reqs = [Request(0, 0.0, 100, 4)]
     plain = simulate(reqs, lambda b: 10.0)
-    slow = simulate(reqs, lambda b: 10.0, overhead=LinearOverhead(base_ms=5.0))
+    slow = simulate(reqs, lambda b: 15.0)
     assert slow.requests[0].finish_s == pytest.approx(plain.requests[0].finish_s * 1.5)
 
 

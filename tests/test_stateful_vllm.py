@@ -9,7 +9,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 pytest.importorskip("vllm")
 torch = pytest.importorskip("torch")
 
-from dooly.stateful_vllm import VllmAttentionRunner, order_batch  # noqa: E402
+from dooly.engines.vllm_attention import VllmAttentionRunner, order_batch  # noqa: E402
 
 BATCHES = {"prefill": [(32, 0), (16, 0)], "decode": [(1, 64)] * 4,
            "mixed": [(1, 40), (1, 40), (24, 0)]}

@@ -6,8 +6,8 @@ import pytest
 from conftest import config
 from dooly.cli import main
 from dooly.db import Store
-from dooly.grid import GridLimits
-from dooly.sweep import sweep
+from dooly.profile.grid import GridLimits
+from dooly.profile.sweep import sweep
 
 LIM = GridLimits(max_tokens=16, max_batch=2, max_context=32)
 SMOL = config("HuggingFaceTB__SmolLM2-135M-Instruct")
@@ -35,7 +35,7 @@ def test_sweep_measures_every_unit_then_nothing(swept):
 def test_interrupted_sweep_resumes_to_the_same_rows(swept, tmp_path, monkeypatch):
     db_full, _ = swept
     db = str(tmp_path / "b.db")
-    import dooly.sweep as sw
+    import dooly.profile.sweep as sw
     real, calls = sw._measure, {"n": 0}
 
     def flaky(*a, **k):
@@ -53,7 +53,7 @@ def test_interrupted_sweep_resumes_to_the_same_rows(swept, tmp_path, monkeypatch
 
 
 def test_failing_point_is_stored_as_failed_and_sweep_goes_on(tmp_path, monkeypatch):
-    import dooly.materialize as mat
+    import dooly.profile.runners as mat
     real = mat.StatelessRunner.prepare
 
     def boom(self, point):
@@ -92,8 +92,8 @@ def test_predict_after_sweep_gives_positive_breakdown(swept):
 def _sweep_into(db):
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from dooly.grid import GridLimits as GL
-    from dooly.sweep import sweep as sw
+    from dooly.profile.grid import GridLimits as GL
+    from dooly.profile.sweep import sweep as sw
     s = sw([SMOL], db, "transformers", lim=GL(max_tokens=16, max_batch=2, max_context=32))
     return s.points_measured + s.points_failed
 
@@ -142,7 +142,7 @@ def test_sigint_mid_sweep_then_rerun_matches_uninterrupted(swept, tmp_path):
 
 def test_second_pass_keeps_each_points_faster_median(tmp_path, monkeypatch):
     import dataclasses
-    import dooly.sweep as sw
+    import dooly.profile.sweep as sw
     db = str(tmp_path / "r.db")
     real, seen = sw._measure, {}
 

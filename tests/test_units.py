@@ -74,7 +74,7 @@ def _with_layers(name, layers):
                                          ("huihui-ai__c4ai-command-r7b-12-2024-abliterated", 12)])
 def test_one_period_times_counts_equals_full_depth(name, layers):
     from dooly.analyze import analyze_config
-    from dooly.graph import capture_hf
+    from dooly.engines import hf_capture as capture_hf
     cfg = _with_layers(name, layers)
     traced = analyze_config(cfg, "transformers", RegionRegistry()).counts()
     real = capture_hf.capture_hf
@@ -90,7 +90,7 @@ def test_one_period_times_counts_equals_full_depth(name, layers):
 @needs_vllm
 def test_vllm_one_period_equals_full_depth_for_gemma2():
     from dooly.analyze import analyze_config
-    from dooly.graph import capture_vllm
+    from dooly.engines import vllm_capture as capture_vllm
     cfg = _with_layers("google__gemma-2-9b", 6)
     traced = analyze_config(cfg, "vllm", RegionRegistry()).counts()
     real = capture_vllm.capture_vllm

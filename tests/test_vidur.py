@@ -1,4 +1,4 @@
-"""dooly.vidur: importing Vidur's mlp.csv profiles and writing Vidur-format CSVs."""
+"""dooly.interop.vidur_import: importing Vidur's mlp.csv profiles and writing Vidur-format CSVs."""
 import csv
 import shutil
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 from dooly.errors import DoolyInputError
 from dooly.fit import fit_units, gemm_shape, rows_from_units
-from dooly.vidur import (VIDUR_MLP_OPS, attention_header, import_vidur, mlp_header, read_vidur_mlp,
+from dooly.interop.vidur_import import (VIDUR_MLP_OPS, attention_header, import_vidur, mlp_header, read_vidur_mlp,
                          vidur_units, write_vidur_csv)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vidur" / "a100" / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv"

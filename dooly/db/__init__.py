@@ -1,5 +1,8 @@
-"""Measurement database: `Store.open(path)` is the only entry point callers need."""
+"""DB: the measurement database (SQLite). `Store.open(path)` is the only entry point
+callers need: environments, units, measurements, inventories and fitted models, all
+stored as data (JSON), never as code. May import: dooly.env, dooly.errors, dooly.unit,
+dooly.symbolic."""
 from dooly.db.schema import SCHEMA_VERSION
-from dooly.db.store import SQLiteStore, Store, point_json
+from dooly.db.store import Store, point_json
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore", "Store", "point_json"]
+__all__ = ["SCHEMA_VERSION", "Store", "point_json"]

@@ -18,7 +18,7 @@ ENV_COLUMNS = ("device_name", "device_kind", "engine", "engine_version", "backen
 MEASUREMENT_COLUMNS = ("unit_key", "env_key", "point_json", "median_ms", "p10_ms", "p90_ms",
                        "mean_ms", "std_ms", "samples", "outliers", "status", "reason",
                        "timestamp")
-TABLES = ("environments", "units", "measurements", "inventories")
+TABLES = ("environments", "units", "measurements", "inventories", "fits", "leases")
 
 _V1 = """
 CREATE TABLE environments (
@@ -80,9 +80,28 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE environments ADD COLUMN cache TEXT NOT NULL DEFAULT 'warm'")
 
 
+def _to_v3(conn: sqlite3.Connection) -> None:
+    # fitted models stored as data (`dooly fit`): one row per (unit, environment), valid
+    # while `fingerprint` matches the measurements it was fitted on
+    conn.execute("""CREATE TABLE fits (
+        unit_key    TEXT NOT NULL,
+        env_key     TEXT NOT NULL REFERENCES environments(env_key),
+        fingerprint TEXT NOT NULL,
+        model_json  TEXT NOT NULL,
+        timestamp   REAL NOT NULL,
+        PRIMARY KEY (unit_key, env_key))""")
+    # a sweeper's claim on a unit: other live sweepers skip it until it expires
+    conn.execute("""CREATE TABLE leases (
+        unit_key   TEXT NOT NULL,
+        env_key    TEXT NOT NULL,
+        owner      TEXT NOT NULL,
+        expires    REAL NOT NULL,
+        PRIMARY KEY (unit_key, env_key))""")
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1. Append, never edit:
 # files written by older releases replay the tail of this list when opened.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2, _to_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,11 +1,7 @@
-"""Measurement store: environments, units, measured points and model inventories.
-
-Callers type against `Store` and get one from `Store.open(path)`; only
-`SQLiteStore` exists today, so a server-backed store can be added behind `open`
-without touching callers."""
+"""Measurement store: environments, units, measured points and model inventories,
+in one SQLite file. Callers get one from `Store.open(path)`."""
 from __future__ import annotations
 
-import abc
 import json
 import os
 import sqlite3
@@ -27,57 +23,13 @@ def point_json(point: dict) -> str:
     return Measurement("", "", point).point_json
 
 
-class Store(abc.ABC):
-    """What sweep, fit and simulate may ask of a measurement database."""
+class Store:
+    """A Dooly database in one SQLite file: what sweep, fit and simulate may ask of it."""
 
-    @staticmethod
-    def open(path: str | os.PathLike, create: bool = True) -> "Store":
+    @classmethod
+    def open(cls, path: str | os.PathLike, create: bool = True) -> "Store":
         """Open (and with `create`, make) the database at `path`."""
-        return SQLiteStore(path, create=create)
-
-    @abc.abstractmethod
-    def add_environment(self, env: Environment) -> str: ...
-    @abc.abstractmethod
-    def environments(self) -> list[Environment]: ...
-    @abc.abstractmethod
-    def find_environment(self, **fields) -> list[Environment]: ...
-    @abc.abstractmethod
-    def add_unit(self, unit: Unit) -> None: ...
-    @abc.abstractmethod
-    def get_unit(self, key: str) -> Unit | None: ...
-    @abc.abstractmethod
-    def units(self) -> list[Unit]: ...
-    @abc.abstractmethod
-    def units_measured(self, env_key: str) -> set[str]: ...
-    @abc.abstractmethod
-    def add_measurement(self, m: Measurement) -> None: ...
-    @abc.abstractmethod
-    def replace_measurements(self, unit_key: str, env_key: str,
-                             measurements: list[Measurement]) -> None: ...
-    @abc.abstractmethod
-    def points(self, unit_key: str, env_key: str, status: str | None = None) -> set[str]: ...
-    @abc.abstractmethod
-    def measurements(self, unit_key: str | None = None, env_key: str | None = None,
-                     status: str | None = "ok") -> list[Measurement]: ...
-    @abc.abstractmethod
-    def set_inventory(self, config_hash: str, engine: str, model_name: str,
-                      counts: dict[str, int]) -> None: ...
-    @abc.abstractmethod
-    def inventory(self, config_hash: str, engine: str) -> dict[str, int]: ...
-    @abc.abstractmethod
-    def stats(self) -> dict[str, int]: ...
-    @abc.abstractmethod
-    def summary(self, env_key: str | None = None, unit_key: str | None = None) -> list[dict]: ...
-    @abc.abstractmethod
-    def merge_from(self, other_path: str | os.PathLike) -> int: ...
-    @abc.abstractmethod
-    def export_json(self, path: str | os.PathLike) -> None: ...
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-    def has_point(self, unit_key: str, env_key: str, point: dict) -> bool:
-        """True for ok and failed rows alike, so a resumed sweep skips failed points."""
-        return point_json(point) in self.points(unit_key, env_key)
+        return cls(path, create=create)
 
     def __enter__(self) -> "Store":
         return self
@@ -85,8 +37,6 @@ class Store(abc.ABC):
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-class SQLiteStore(Store):
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = str(path)
         if not create and not Path(path).is_file():
@@ -206,6 +156,7 @@ class SQLiteStore(Store):
         return {r[0] for r in self._conn.execute(sql, args)}
 
     def has_point(self, unit_key: str, env_key: str, point: dict) -> bool:
+        """True for ok and failed rows alike, so a resumed sweep skips failed points."""
         return self._conn.execute(
             "SELECT 1 FROM measurements WHERE unit_key = ? AND env_key = ? AND point_json = ?",
             (unit_key, env_key, point_json(point))).fetchone() is not None
@@ -266,7 +217,7 @@ class SQLiteStore(Store):
         the newer timestamp wins. Returns measurement rows inserted or replaced."""
         if Path(other_path).resolve() == Path(self.path).resolve():
             return 0
-        with SQLiteStore(other_path, create=False) as other, self._write() as c:
+        with Store(other_path, create=False) as other, self._write() as c:
             for env in other.environments():
                 cols = ("env_key",) + ENV_COLUMNS
                 c.execute(f"INSERT OR IGNORE INTO environments ({', '.join(cols)}) VALUES "

@@ -132,7 +132,6 @@ class FittedUnitModel:
 
 
 # A (unit, env) fit result carries its data fingerprint; the names are interchangeable.
-FitResult = FittedUnitModel
 
 
 def select_model(X, y, driver: str, candidate_list: list | None = None) -> FittedUnitModel:

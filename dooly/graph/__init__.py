@@ -1,1 +1,5 @@
-"""torch.fx side of Dooly: capture, normalisation, regions and canonical units."""
+"""Graph: pure torch.fx passes over a captured graph (`name_pass(gm) -> gm`, results
+under `node.meta["dooly"]`): normalise op names, label dims, group fused regions, build
+canonical units and a model's inventory. `capture.Captured` is what every engine hands
+over. May import: torch, networkx, dooly.config, dooly.errors, dooly.unit,
+dooly.symbolic; never an engine's model code (that lives in dooly.engines)."""

@@ -23,26 +23,24 @@ def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def tensor_sig(t, sym_map: dict, hints: dict) -> TensorSig:
-    dims = tuple(label_dim(dim_expr(d).xreplace(sym_map), hints) for d in t.shape)
+def tensor_sig(t, sym_map: dict) -> TensorSig:
+    dims = tuple(label_dim(dim_expr(d).xreplace(sym_map)) for d in t.shape)
     return TensorSig(dims, _dtype_name(t.dtype))
 
 
-def sigs_of(val, sym_map: dict, hints: dict) -> list[TensorSig]:
+def sigs_of(val, sym_map: dict) -> list[TensorSig]:
     if isinstance(val, torch.Tensor):
-        return [tensor_sig(val, sym_map, hints)]
+        return [tensor_sig(val, sym_map)]
     if isinstance(val, (tuple, list)):
-        return [tensor_sig(v, sym_map, hints) for v in val if isinstance(v, torch.Tensor)]
+        return [tensor_sig(v, sym_map) for v in val if isinstance(v, torch.Tensor)]
     return []
 
 
-def label_pass(gm: torch.fx.GraphModule, sym_map: dict, hints: dict | None = None
-               ) -> torch.fx.GraphModule:
-    """sym_map: capture symbol -> Dooly symbol (or expression); hints: config symbol -> value."""
-    hints = hints or {}
+def label_pass(gm: torch.fx.GraphModule, sym_map: dict) -> torch.fx.GraphModule:
+    """sym_map: capture symbol -> Dooly symbol (or expression)."""
     for node in gm.graph.nodes:
         val = node.meta.get("val", node.meta.get("example_value"))
-        node.meta.setdefault("dooly", {})["out"] = sigs_of(val, sym_map, hints)
+        node.meta.setdefault("dooly", {})["out"] = sigs_of(val, sym_map)
     return gm
 
 

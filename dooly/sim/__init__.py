@@ -1,12 +1,15 @@
-"""Discrete-event simulation of vLLM V1 serving: workloads, the scheduler, the event loop,
-metrics and reports. `simulate(requests, step_time_fn, SchedulerConfig())` is the entry."""
+"""Sim: discrete-event simulation of vLLM V1 serving: workloads, the scheduler, the
+event loop, metrics and reports. `simulate(requests, step_time_fn, SchedulerConfig())` is
+the entry; latencies come from any `step_ms(batch)` (a `dooly.predict.Predictor`). May
+import: numpy, dooly.errors; nothing else of Dooly (it takes the step model as a
+function)."""
 from dooly.sim.metrics import RequestMetrics, Summary, request_metrics, summarize
 from dooly.sim.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
-from dooly.sim.simulator import LinearOverhead, RequestRecord, SimResult, simulate
+from dooly.sim.simulator import RequestRecord, SimResult, simulate
 from dooly.sim.workload import (LengthDist, Request, WorkloadSpec, arrival_times,
                                 build_workload, load_sharegpt, load_trace_csv)
 
-__all__ = ["LengthDist", "LinearOverhead", "Request", "RequestMetrics", "RequestRecord",
+__all__ = ["LengthDist", "Request", "RequestMetrics", "RequestRecord",
            "ScheduledSeq", "Scheduler", "SchedulerConfig", "SimResult", "Summary",
            "WorkloadSpec", "arrival_times", "build_workload", "load_sharegpt",
            "load_trace_csv", "request_metrics", "simulate", "summarize"]

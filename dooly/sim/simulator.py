@@ -1,8 +1,7 @@
-"""Discrete-event loop: arrivals join the scheduler, each engine step lasts forward time
-(from a latency model) plus CPU overhead, and tokens appear at the end of their step."""
+"""Discrete-event loop: arrivals join the scheduler, each engine step lasts what the step
+model says for its batch, and tokens appear at the end of their step."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -12,37 +11,6 @@ from dooly.sim.scheduler import ScheduledSeq, Scheduler, SchedulerConfig, SeqSta
 from dooly.sim.workload import Request
 
 StepTimeFn = Callable[[list[ScheduledSeq]], float]
-
-
-@dataclass(frozen=True)
-class LinearOverhead:
-    """CPU time per step outside the forward pass (scheduling, input prep, sampling,
-    detokenization): ms = base + per_seq * seqs + per_token * tokens."""
-    base_ms: float = 0.0
-    per_seq_ms: float = 0.0
-    per_token_ms: float = 0.0
-
-    def __post_init__(self):
-        for name in ("base_ms", "per_seq_ms", "per_token_ms"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
-
-    def ms(self, num_seqs: int, num_tokens: int) -> float:
-        return self.base_ms + self.per_seq_ms * num_seqs + self.per_token_ms * num_tokens
-
-    def __call__(self, batch: Sequence[ScheduledSeq]) -> float:
-        return self.ms(len(batch), sum(b.query_len for b in batch))
-
-    @classmethod
-    def fit(cls, steps: Sequence[tuple[int, int, float]]) -> "LinearOverhead":
-        """Least squares over measured (num_seqs, num_tokens, ms) steps. Negative
-        coefficients are clipped to 0 so that bigger batches never cost less."""
-        if len(steps) < 1:
-            raise ValueError("steps must hold at least one (num_seqs, num_tokens, ms)")
-        arr = np.asarray(steps, dtype=float).reshape(-1, 3)
-        x = np.column_stack([np.ones(len(arr)), arr[:, 0], arr[:, 1]])
-        coef, *_ = np.linalg.lstsq(x, arr[:, 2], rcond=None)
-        return cls(*(max(0.0, float(c)) for c in coef))
 
 
 @dataclass(frozen=True)
@@ -69,7 +37,7 @@ class RequestRecord:
 class SimResult:
     requests: list[RequestRecord]
     step_end_s: np.ndarray        # per step: simulated time when it ended
-    step_ms: np.ndarray           # per step: forward + overhead
+    step_ms: np.ndarray           # per step: the whole engine step
     step_num_seqs: np.ndarray
     step_num_tokens: np.ndarray
     num_preemptions: int
@@ -79,14 +47,6 @@ class SimResult:
     @property
     def num_steps(self) -> int:
         return len(self.step_ms)
-
-
-def _overhead_fn(overhead) -> Callable[[list[ScheduledSeq]], float] | None:
-    if overhead is None or callable(overhead):
-        return overhead
-    if hasattr(overhead, "step_ms"):
-        return overhead.step_ms
-    raise TypeError(f"overhead must be callable(batch) -> ms, got {type(overhead).__name__}")
 
 
 def _check_fits(requests: Sequence[Request], cfg: SchedulerConfig) -> None:
@@ -103,12 +63,11 @@ def _check_fits(requests: Sequence[Request], cfg: SchedulerConfig) -> None:
 
 
 def simulate(requests: Sequence[Request], step_time_fn: StepTimeFn,
-             sched_cfg: SchedulerConfig | None = None, overhead=None) -> SimResult:
-    """Run `requests` to completion. `step_time_fn(batch)` returns forward ms for a step;
-    `overhead` (callable(batch) -> ms, or an object with `.step_ms`) adds CPU time."""
+             sched_cfg: SchedulerConfig | None = None) -> SimResult:
+    """Run `requests` to completion. `step_time_fn(batch)` returns a whole engine step's
+    milliseconds (e.g. `Predictor.step_ms`)."""
     cfg = sched_cfg or SchedulerConfig()
     _check_fits(requests, cfg)
-    over = _overhead_fn(overhead)
     pending = sorted(requests, key=lambda r: r.arrival_s)
     states = [SeqState(r) for r in pending]
     sched = Scheduler(cfg)
@@ -129,8 +88,6 @@ def simulate(requests: Sequence[Request], step_time_fn: StepTimeFn,
             raise RuntimeError(f"scheduler stalled with {len(sched.waiting)} waiting and "
                                f"{len(sched.running)} running requests")
         ms = float(step_time_fn(batch))
-        if over is not None:
-            ms += float(over(batch))
         if not ms >= 0:
             raise ValueError(f"step time must be >= 0 ms, got {ms} for a batch of "
                              f"{len(batch)} sequences")

@@ -1,1 +1,3 @@
-"""SymPy side of Dooly: symbol kinds and dimension labels."""
+"""Symbolic: SymPy symbol kinds (one prefix table), dim labels CONFIG / REQUEST / MIXED,
+the safe parser for stored request expressions, and the perturbed-config field matcher.
+May import: sympy only (and the standard library)."""

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dooly.engines import vllm_environ
+
 
 class StepRecorder:
     def __init__(self):
@@ -151,11 +153,10 @@ def calibration_steps(config: Path, budget: int = 8192, max_num_seqs: int = 128)
 
 
 def run_child(module_args: list[str], timeout: float = 900) -> dict:
-    """Run `python -m dooly.engine_probe ARGS` and return its JSON result."""
+    """Run `python -m dooly.engines.vllm_probe ARGS` and return its JSON result."""
     out = Path(tempfile.mkdtemp(prefix="dooly_probe_")) / "result.json"
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
-               VLLM_LOGGING_LEVEL=os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"))
-    proc = subprocess.run([sys.executable, "-m", "dooly.engine_probe", *module_args, str(out)],
+    env = vllm_environ()
+    proc = subprocess.run([sys.executable, "-m", "dooly.engines.vllm_probe", *module_args, str(out)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0 or not out.exists():
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
@@ -164,22 +165,6 @@ def run_child(module_args: list[str], timeout: float = 900) -> dict:
                or [ln for ln in lines if "Error" in ln and "http" not in ln] or lines[-1:] or ["no output"])
         raise RuntimeError(f"vLLM could not run the model (rc {proc.returncode}): {why[-1][:200]}")
     return json.loads(out.read_text())
-
-
-def calibrate(config: str, db_path: str, threads: int | None = None, budget: int = 8192,
-              max_num_seqs: int = 128) -> dict:
-    """Time whole real engine steps under these serving settings and store them in the
-    DB (`engine.step`) for the environment a default `dooly sweep` of this engine uses."""
-    from dooly.config import load_config
-    from dooly.db import Store
-    from dooly.overhead import record_steps
-    from dooly.sweep import current_environment
-    res = run_child(["calibrate", str(config), str(budget), str(max_num_seqs)])
-    env = current_environment("vllm", "cpu", threads=threads)
-    with Store.open(db_path) as store:
-        n = record_steps(store, env, res["steps"], load_config(config).hash)
-    return {"env_key": env.key, "steps": len(res["steps"]), "points": n,
-            "worker_threads": res["threads"]}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from dooly.grid import GridLimits, point_values, points_for
+from dooly.profile.grid import GridLimits, point_values, points_for
 from dooly.symbolic.symbols import evaluate
 from dooly.unit import TensorSig, Unit
 

@@ -47,7 +47,7 @@ def run_fit(args) -> int:
 
 
 def run_predict(args) -> int:
-    from dooly.batchspec import parse_batch
+    from dooly.cli.batchspec import parse_batch
     from dooly.predict import Predictor
     batch = parse_batch(args.batch)
     pred = Predictor.load(args.config, args.db, args.engine, args.env)

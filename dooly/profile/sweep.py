@@ -3,16 +3,16 @@ committed as it is taken, so an interrupted sweep resumes where it stopped; a po
 that fails is stored as failed with its reason and the sweep goes on."""
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from dooly.analyze import analyze
-from dooly.env import Environment, Measurement, host_cpu_name
-from dooly.grid import GridLimits, points_for
-from dooly.timing import timer_for
+from dooly.engines import attention_runner, environment
+from dooly.env import Environment, Measurement
+from dooly.profile.grid import GridLimits, points_for
+from dooly.profile.timing import timer_for
 from dooly.unit import Unit
 
 
@@ -39,37 +39,6 @@ class SweepSummary:
                 "interrupted": self.interrupted}
 
 
-def default_threads(engine: str, device: str) -> int:
-    """The thread count the engine's forward really runs with. vLLM's CPU worker binds
-    its OpenMP threads to every core it may use (VLLM_CPU_OMP_THREADS_BIND=auto) and
-    then blocks torch.set_num_threads: measured in its worker, 2 on a 2-core host."""
-    if device == "cpu" and engine == "vllm":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return torch.get_num_threads()
-
-
-def current_environment(engine: str, device: str = "cpu", backend: str | None = None,
-                        dtype: str = "bfloat16", block_size: int | None = None,
-                        threads: int | None = None,
-                        execution: str | None = None) -> Environment:
-    if engine == "vllm":
-        from dooly.graph.capture_vllm import engine_version
-        version, default_backend = engine_version(), ("CPU_ATTN" if device == "cpu" else "FLASH_ATTN")
-        default_exec = "compiled" if device == "cpu" else "cudagraph"
-    else:
-        import transformers
-        version, default_backend, default_exec = transformers.__version__, "sdpa", "eager"
-    if block_size is None:
-        # vLLM's CPU attention needs multiples of 32 and defaults to 128; GPUs default to 16
-        block_size = 128 if (engine == "vllm" and device == "cpu") else 16
-    name = torch.cuda.get_device_name() if device == "cuda" else host_cpu_name()
-    return Environment(device_name=name, device_kind=device, engine=engine, engine_version=version,
-                       backend=backend or default_backend, dtype=dtype, block_size=block_size,
-                       torch_version=torch.__version__.split("+")[0],
-                       execution=execution or default_exec,
-                       threads=threads or default_threads(engine, device))
-
-
 def grid_for(unit: Unit, lim: GridLimits) -> list[dict]:
     pts = points_for(unit.driver, lim, unit.request_symbols())
     if unit.op == "scaled_dot_product_attention":
@@ -88,7 +57,7 @@ class Runners:
     def prepare(self, unit: Unit, point: dict):
         if unit.stateful:
             return self._stateful(unit, point)
-        from dooly.materialize import StatelessRunner
+        from dooly.profile.runners import StatelessRunner
         runner = self._runners.get(unit.key)
         if runner is None:
             runner = self._runners[unit.key] = StatelessRunner(unit, self.env.engine,
@@ -101,18 +70,18 @@ class Runners:
         # the KV-cache write is token-driven: one sequence of T new tokens
         seqs = [tuple(s) for s in point["seqs"]] if "seqs" in point else [(point["T"], 0)]
         if unit.op == "scaled_dot_product_attention":
-            from dooly.materialize import random_tensor
-            from dooly.grid import point_values
+            from dooly.profile.runners import random_tensor
+            from dooly.profile.grid import point_values
             q, k, v = (random_tensor(s, point_values(point), self.env.device_kind) for s in unit.inputs[:3])
             gqa = bool(a.get("enable_gqa", False))
             return lambda: torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, is_causal=True, enable_gqa=gqa)
-        from dooly.stateful_vllm import VllmAttentionRunner
         key = (a.get("num_heads"), a.get("num_kv_heads"), a.get("head_size"), a.get("sliding_window", 0))
         runner = self._runners.get(key)
         if runner is None:
-            runner = self._runners[key] = VllmAttentionRunner(
-                *key[:3], sliding_window=key[3] or 0, dtype=self.env.dtype,
+            runner = self._runners[key] = attention_runner(
+                self.env.engine, num_heads=key[0], num_kv_heads=key[1], head_size=key[2],
+                sliding_window=key[3] or 0, dtype=self.env.dtype,
                 block_size=self.env.block_size, max_context=self.lim.max_context + self.lim.max_tokens,
                 max_batch=max(self.lim.max_batch, 4), cold_kv=self.env.cache == "cold")
         parts = runner.prepare_parts(seqs)
@@ -129,7 +98,7 @@ def sweep(config_paths: list[str], db_path: str, engine: str | None = None, devi
     recheck = device == "cpu" if recheck is None else recheck
     from dooly.db import Store
     analysis = analysis or analyze(config_paths, engine)
-    env = current_environment(analysis.engine, device, backend, threads=threads)
+    env = environment(analysis.engine, device, backend, threads=threads)
     torch.set_num_threads(env.threads)
     summary = SweepSummary(env.key)
     t0 = time.perf_counter()

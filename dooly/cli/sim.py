@@ -107,18 +107,11 @@ def register(subparsers) -> None:
 
 def _latency_model(args):
     if args.step_model is not None:
-        return args.step_model.step_ms, None
+        return args.step_model.step_ms
     if not args.db:
         raise DoolyInputError(args.config, "no latency model: pass --db PATH", field="--db")
-    try:
-        from dooly.predict import load_predictor
-    except ModuleNotFoundError as err:
-        if err.name != "dooly.predict":
-            raise
-        raise DoolyInputError(args.db, "the latency predictor (dooly.predict) is not "
-                              "installed in this build; use --step-model linear:A,B,C") from None
-    predictor = load_predictor(args.config, args.db)
-    return predictor.step_ms, None  # step_ms already adds the calibrated engine overhead
+    from dooly.predict import Predictor
+    return Predictor.load(args.config, args.db).step_ms
 
 
 def run(args) -> int:
@@ -139,9 +132,9 @@ def run(args) -> int:
     except ValueError as err:
         raise DoolyInputError("dooly simulate", str(err)) from None
     requests = build_workload(spec)
-    step_ms, overhead = _latency_model(args)
+    step_ms = _latency_model(args)
     try:
-        result = simulate(requests, step_ms, sched, overhead)
+        result = simulate(requests, step_ms, sched)
     except ValueError as err:  # a request that can never fit the configured KV cache
         raise DoolyInputError(args.workload, str(err)) from None
     per = [request_metrics(r) for r in result.requests]

@@ -42,7 +42,8 @@ from typing import Callable
 
 import torch
 
-from dooly.graph.capture_vllm import _init_distributed, vllm_env
+from dooly.engines import set_vllm_environ
+from dooly.engines.vllm_capture import _init_distributed
 
 LAYER_NAME = "model.layers.0.self_attn.attn"
 MAX_KV_BYTES = 2 << 30  # cap on the KV cache allocation
@@ -71,7 +72,7 @@ class VllmAttentionRunner:
                  sliding_window: int = 0, dtype: str = "bfloat16", block_size: int | None = None,
                  max_context: int = 4096, max_batch: int = 256, kv_cache_dtype: str = "auto",
                  seed: int = 0, cold_kv: bool = False):
-        vllm_env()
+        set_vllm_environ()
         from vllm.config import set_current_vllm_config
         from vllm.engine.arg_utils import EngineArgs
         from vllm.model_executor.layers.attention import Attention
@@ -139,7 +140,7 @@ class VllmAttentionRunner:
             floor = per_seq * spec.page_size_bytes  # one max_model_len request
             mem = max(min(want, MAX_KV_BYTES), floor)
             if cold_kv:   # room for block sets that together overflow the last-level cache
-                from dooly.materialize import last_level_cache_bytes
+                from dooly.profile.runners import last_level_cache_bytes
                 mem = max(mem, min(4 * last_level_cache_bytes(), MAX_KV_BYTES))
             kv_cfg = get_kv_cache_configs(vc, [{self.layer_name: spec}], [mem])[0]
             self.kv_cache_config = kv_cfg
@@ -274,7 +275,7 @@ class VllmAttentionRunner:
         last-level cache over a rotation (1 when the KV is warm by choice)."""
         if not self.cold_kv:
             return 1
-        from dooly.materialize import copies_to_span
+        from dooly.profile.runners import copies_to_span
         per_token = self.kv_cache[0].numel() * self.kv_cache.element_size() // self.block_size
         return copies_to_span(sum(q + c for q, c in seqs) * per_token, self.device.type, MAX_KV_COPIES)
 

@@ -11,11 +11,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dooly.engines import gemm_call, ir_body
 from dooly.graph.regions import eval_name
-from dooly.grid import point_values
+from dooly.profile.grid import point_values
 from dooly.symbolic.labels import Label
 from dooly.symbolic.symbols import evaluate
-from dooly.unit import TensorSig, Unit
+from dooly.unit import TensorSig, Unit, call_args
 
 OP_NAMESPACES = ("vllm_ir", "_C", "vllm", "aten")
 _TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfloat16", "long",
@@ -52,17 +53,6 @@ def resolve_op(name: str):
     for part in rest:
         obj = getattr(obj, part)
     return obj
-
-
-def _linear(unit: Unit, x, w, bias, engine: str, device: str) -> Callable:
-    if engine == "vllm" and device == "cpu":
-        # vLLM's own CPU GEMM dispatch (oneDNN / sgl kernels / zentorch) for this shape
-        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
-        layer = torch.nn.Module()
-        layer.weight = torch.nn.Parameter(w, requires_grad=False)
-        dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
-        return lambda: layer.cpu_linear(x, layer.weight, bias)
-    return lambda: F.linear(x, w, bias)
 
 
 def _decode(a, env, inputs, values, device="cpu"):
@@ -126,34 +116,6 @@ def region_fn(unit: Unit, device: str = "cpu") -> Callable:
     return run
 
 
-def _call_args(call: list | None, t: tuple) -> list:
-    """A recorded call's arguments: {"t": k} is the unit's k-th input, anything else a
-    constant (an eps, a flag)."""
-    if call is None:
-        return list(t)
-    return [t[a["t"]] if isinstance(a, dict) and "t" in a else a for a in call]
-
-
-def _lowered_ir(unit: Unit) -> Callable | None:
-    """vLLM lowers each IR op to the implementation its platform prefers before Inductor
-    sees the graph, so Inductor fuses that body; compiling the opaque custom op instead
-    would time the op's dispatch as well (about 3x the cost of a small norm on CPU)."""
-    try:
-        from vllm.ir.op import IrOp
-    except ImportError:
-        return None
-    name = unit.op.split(".")[1]
-    op = IrOp.registry.get(name)
-    if op is None:
-        return None
-    call = unit.attr.get("call")
-
-    def run(*t):
-        args = _call_args(call, t)
-        return op.dispatch(*args).impl_fn(*args)
-    return run
-
-
 def compiles(unit: Unit, execution: str) -> bool:
     """What an engine that compiles its graph (vLLM on CPU: Inductor) runs compiled:
     fused regions and IR ops it lowers to native; GEMMs and custom kernels stay opaque."""
@@ -179,7 +141,7 @@ def cold_copies(unit: Unit, values: dict, device: str) -> int:
     still cached by the previous one: together they span twice the last-level cache,
     as a real forward streams every layer's weights. Activations stay shared: in a real
     forward they were just written by the previous op and are cache-hot."""
-    from dooly.cost import ITEMSIZE, numel
+    from dooly.profile.cost import ITEMSIZE, numel
     nbytes = sum(numel(s, values) * ITEMSIZE.get(s.dtype, 2) for s in unit.inputs if is_weight(s))
     return copies_to_span(nbytes, device, 16) if nbytes else 1
 
@@ -204,9 +166,9 @@ class StatelessRunner:
         self._body = self._make_body()
         self._compiled = None
         if compiles(unit, execution):
-            from dooly.compiled import DirectCompiled
+            from dooly.profile.compiled import DirectCompiled
             if unit.op.startswith("vllm_ir."):
-                self._body = _lowered_ir(unit) or self._body
+                self._body = ir_body(engine, unit) or self._body
             self._compiled = DirectCompiled(self._body)
 
     def _make_body(self) -> Callable:
@@ -221,7 +183,7 @@ class StatelessRunner:
             return None  # built per point: the engine may prepack the weight
         op = resolve_op(u.op)
         call = u.attr.get("call")
-        return lambda *t: op(*_call_args(call, t))
+        return lambda *t: op(*call_args(call, t))
 
     def prepare(self, point: dict) -> Callable[[], object]:
         if not self.cold:
@@ -257,7 +219,7 @@ class StatelessRunner:
         if self._body is None:
             x, w = ins[0], ins[1]
             bias = ins[2] if len(ins) > 2 else None
-            return _linear(u, x, w, bias, self.engine, self.device)
+            return gemm_call(self.engine, self.device, x, w, bias)
         if self._compiled is not None:
             if not self._compiled.ready:
                 # request dims at distinct odd sizes: no 0/1 specialization, no two request

@@ -2,7 +2,7 @@
 environment, with the estimated cost of what is left."""
 from __future__ import annotations
 
-from dooly.cost import get_hardware, profiling_cost
+from dooly.profile.cost import get_hardware, profiling_cost
 from dooly.errors import DoolyInputError
 
 

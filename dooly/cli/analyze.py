@@ -24,13 +24,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from dooly.analyze import analyze, reuse_summary, to_json
-    from dooly.report import print_analysis
+    from dooly.cli.report import print_analysis
     t0 = time.perf_counter()
     analysis = analyze(args.configs, args.engine)
     reuse = reuse_summary(analysis, args.hardware)
     plan = None
     if args.db:
-        from dooly.plan import plan_against_db
+        from dooly.profile.plan import plan_against_db
         plan = plan_against_db(analysis, args.db, args.env, args.hardware)
     out = to_json(analysis, reuse)
     if plan is not None:

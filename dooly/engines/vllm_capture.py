@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from dooly.config import ModelConfig
+from dooly.engines import set_vllm_environ
 from dooly.errors import DoolyInputError
 from dooly.graph.capture import Captured
 
-BACKEND = "dooly.graph.capture_vllm.capture_backend"
+BACKEND = "dooly.engines.vllm_capture.capture_backend"
 _SLOT: dict = {}
 _DIST_READY = False
 
@@ -34,20 +35,6 @@ def capture_backend(gm, example_inputs):
     """Dynamo backend vLLM resolves by name: keep the graph, stop execution."""
     _SLOT["gm"] = gm
     raise _CaptureDone()
-
-
-def vllm_env() -> None:
-    """Environment vLLM must see before it is imported."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ["VLLM_USE_AOT_COMPILE"] = "0"
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
-
-
-def engine_version() -> str:
-    vllm_env()
-    import vllm
-    return vllm.__version__
 
 
 def _engine_args(cfg: ModelConfig, model_dir: str, layers: int, backend: str | None):
@@ -99,7 +86,7 @@ def _window(w) -> int:
 
 
 def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
-    vllm_env()
+    set_vllm_environ()
     from vllm.config import set_current_vllm_config
     from vllm.forward_context import set_forward_context
     from vllm.model_executor.model_loader.utils import initialize_model

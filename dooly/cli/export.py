@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run_export_vidur(args) -> int:
-    from dooly.export_vidur import export_vidur
+    from dooly.interop.vidur_export import export_vidur
     res = export_vidur(args.config, args.db, args.out, max_tokens=args.max_tokens,
                        max_model_len=args.max_model_len, engine=args.engine, env=args.env,
                        max_batch_size=args.max_batch_size, block_size=args.block_size)

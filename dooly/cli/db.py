@@ -89,7 +89,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_import_vidur(args) -> int:
-    from dooly.vidur import import_vidur
+    from dooly.interop.vidur_import import import_vidur
     with Store.open(args.db) as store:
         counts = import_vidur(args.dir, store, tp=args.tp)
     print(", ".join(f"{k}: {v}" for k, v in counts.items()))

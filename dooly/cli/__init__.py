@@ -1,5 +1,7 @@
-"""`dooly` command line: a thin shell over the Python API. Each command group lives in
-its own `cli_*.py` with a `register(subparsers)` that sets `func` on its parser."""
+"""The `dooly` command line: a thin shell over the Python API. Each command group lives
+in its own module here with a `register(subparsers)` that sets `func` on its parser; this
+module holds `main`, which turns input errors into one stderr line and exit code 2.
+May import every other room; nothing imports it."""
 from __future__ import annotations
 
 import argparse
@@ -8,21 +10,15 @@ import sys
 
 from dooly.errors import DoolyInputError, MissingDataError
 
-COMMAND_MODULES = ("dooly.cli_analyze", "dooly.cli_sweep", "dooly.cli_db", "dooly.cli_fit",
-                   "dooly.cli_sim", "dooly.cli_export")
+COMMAND_MODULES = ("dooly.cli.analyze", "dooly.cli.sweep", "dooly.cli.db", "dooly.cli.fit",
+                   "dooly.cli.sim", "dooly.cli.export")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dooly", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # command group not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -37,6 +33,3 @@ def main(argv: list[str] | None = None) -> int:
         print("dooly: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -75,7 +75,7 @@ def _build(cfg: ModelConfig, hf):
                           f"({str(last).splitlines()[0][:120]})", "architectures")
 
 
-def capture_hf(cfg: ModelConfig, layers: int | None = None) -> tuple[Captured, dict, dict]:
+def capture_hf(cfg: ModelConfig, layers: int | None = None) -> tuple[Captured, dict]:
     from torch.fx.experimental.proxy_tensor import make_fx
     full = layers is None
     layers = layers or cfg.traced_layers()
@@ -104,4 +104,4 @@ def capture_hf(cfg: ModelConfig, layers: int | None = None) -> tuple[Captured, d
     cap = Captured("transformers", cfg, gm, "prefill", mult,
                    {i: types[i % len(types)] for i in range(layers)}, {}, "bfloat16",
                    [f"attn_implementation={attn}"])
-    return cap, sym_map, {}
+    return cap, sym_map

@@ -29,8 +29,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from dooly.grid import GridLimits
-    from dooly.sweep import sweep
+    from dooly.profile.grid import GridLimits
+    from dooly.profile.sweep import sweep
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -73,7 +73,7 @@ def register_calibrate(sub) -> None:
 
 def run_calibrate(args) -> int:
     from dooly.config import load_config
-    from dooly.engine_probe import calibrate
+    from dooly.profile.calibrate import calibrate
     load_config(args.config)  # one-line error for a bad config before starting an engine
     for flag in ("max_num_batched_tokens", "max_num_seqs"):
         if getattr(args, flag) < 1:

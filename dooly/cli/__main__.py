@@ -1,0 +1,5 @@
+import sys
+
+from dooly.cli import main
+
+sys.exit(main())

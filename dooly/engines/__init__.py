@@ -1,0 +1,128 @@
+"""Engines: the only room that imports vLLM or transformers model code.
+
+Each engine builds its model from a HF config with no weights and hands back a captured
+fx graph (`capture`), names the environment its measurements belong to (`environment`),
+and supplies the engine's own kernels where a unit must be timed as the engine runs it
+(`gemm_call`, `ir_body`, `attention_runner`). Everything else in Dooly calls these
+functions and never branches on the engine's name. May import: dooly.config, dooly.env,
+dooly.errors, dooly.unit, dooly.graph, dooly.symbolic. Adding an engine is one module
+here plus one entry in the tables below."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Callable
+
+ENGINES = ("vllm", "transformers")
+
+# What vLLM must see before it is imported, in this process or a child's: one process
+# (no engine-core subprocess), no AOT compile cache, its logging kept off stdout.
+VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_AOT_COMPILE": "0",
+            "VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1"}
+
+
+def vllm_environ(base: dict | None = None) -> dict:
+    """`base` (default os.environ) with vLLM's settings; a user's own value wins,
+    except the AOT cache, which would replay another model's graph."""
+    env = dict(os.environ if base is None else base)
+    for k, v in VLLM_ENV.items():
+        env.setdefault(k, v)
+    env["VLLM_USE_AOT_COMPILE"] = "0"
+    return env
+
+
+def set_vllm_environ() -> None:
+    os.environ.update(vllm_environ())
+
+
+def default_engine() -> str:
+    return "vllm" if importlib.util.find_spec("vllm") else "transformers"
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
+    return engine
+
+
+def capture(cfg, engine: str):
+    """(Captured, symbol map capture-symbol -> Dooly symbol, units the engine runs
+    outside its graph)."""
+    if check_engine(engine) == "vllm":
+        from dooly.engines.vllm_capture import capture_vllm
+        from dooly.graph.label_pass import capture_symbols
+        from dooly.graph.units import logits_units
+        from dooly.symbolic.symbols import T
+        cap = capture_vllm(cfg)
+        # every dynamic dim in vLLM's graph is the flattened token count
+        return cap, {s: T for s in capture_symbols(cap.gm)}, logits_units(cap)
+    from dooly.engines.hf_capture import capture_hf
+    cap, sym_map = capture_hf(cfg)
+    return cap, sym_map, []
+
+
+def engine_version(engine: str) -> str:
+    if check_engine(engine) == "vllm":
+        set_vllm_environ()
+        import vllm
+        return vllm.__version__
+    import transformers
+    return transformers.__version__
+
+
+def default_threads(engine: str, device: str) -> int:
+    """The thread count the engine's forward really runs with. vLLM's CPU worker binds
+    its OpenMP threads to every core it may use (VLLM_CPU_OMP_THREADS_BIND=auto) and
+    then blocks torch.set_num_threads: measured in its worker, 2 on a 2-core host."""
+    import torch
+    if device == "cpu" and engine == "vllm":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return torch.get_num_threads()
+
+
+# per engine and device: (attention backend, execution mode, KV block size)
+_DEFAULTS = {("vllm", "cpu"): ("CPU_ATTN", "compiled", 128),  # CPU attention: multiples of 32
+             ("vllm", "cuda"): ("FLASH_ATTN", "cudagraph", 16),
+             ("transformers", "cpu"): ("sdpa", "eager", 16),
+             ("transformers", "cuda"): ("sdpa", "eager", 16)}
+
+
+def environment(engine: str, device: str = "cpu", backend: str | None = None,
+                dtype: str = "bfloat16", block_size: int | None = None,
+                threads: int | None = None, execution: str | None = None):
+    """The one place an Environment for this host is made (sweep, calibrate, benches)."""
+    import torch
+    from dooly.env import Environment, host_cpu_name
+    d_backend, d_exec, d_block = _DEFAULTS[(check_engine(engine), device)]
+    name = torch.cuda.get_device_name() if device == "cuda" else host_cpu_name()
+    return Environment(device_name=name, device_kind=device, engine=engine,
+                       engine_version=engine_version(engine), backend=backend or d_backend,
+                       dtype=dtype, block_size=block_size or d_block,
+                       torch_version=torch.__version__.split("+")[0],
+                       execution=execution or d_exec,
+                       threads=threads or default_threads(engine, device))
+
+
+def gemm_call(engine: str, device: str, x, w, bias) -> Callable[[], object]:
+    """A GEMM as the engine dispatches it for this shape."""
+    if engine == "vllm" and device == "cpu":
+        from dooly.engines.vllm_ops import cpu_linear
+        return cpu_linear(x, w, bias)
+    import torch.nn.functional as F
+    return lambda: F.linear(x, w, bias)
+
+
+def ir_body(engine: str, unit) -> Callable | None:
+    """The body the engine lowers an IR op to before compiling, or None."""
+    if engine != "vllm" or not unit.op.startswith("vllm_ir."):
+        return None
+    from dooly.engines.vllm_ops import lowered_ir
+    return lowered_ir(unit)
+
+
+def attention_runner(engine: str, **kwargs):
+    """The engine's stateful attention runner (its own backend, metadata and KV cache)."""
+    if engine != "vllm":
+        raise ValueError(f"engine: {engine!r} has no stateful attention runner")
+    from dooly.engines.vllm_attention import VllmAttentionRunner
+    return VllmAttentionRunner(**kwargs)

@@ -1,0 +1,41 @@
+"""vLLM's own kernels for units timed alone: the CPU GEMM dispatch vLLM picks per
+shape, and the implementation each vLLM IR op is lowered to before Inductor runs."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from dooly.engines import set_vllm_environ
+from dooly.unit import call_args
+
+
+def cpu_linear(x, w, bias) -> Callable[[], object]:
+    """vLLM's CPU GEMM dispatch (oneDNN / sgl kernels / zentorch) for this shape; it
+    may prepack the weight, so it is built per point."""
+    set_vllm_environ()
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(w, requires_grad=False)
+    dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
+    return lambda: layer.cpu_linear(x, layer.weight, bias)
+
+
+def lowered_ir(unit) -> Callable | None:
+    """vLLM lowers each IR op to the implementation its platform prefers before Inductor
+    sees the graph, so Inductor fuses that body; compiling the opaque custom op instead
+    would time the op's dispatch as well (about 3x the cost of a small norm on CPU)."""
+    set_vllm_environ()
+    try:
+        from vllm.ir.op import IrOp
+    except ImportError:
+        return None
+    op = IrOp.registry.get(unit.op.split(".")[1])
+    if op is None:
+        return None
+    call = unit.attr.get("call")
+
+    def run(*t):
+        args = call_args(call, t)
+        return op.dispatch(*args).impl_fn(*args)
+    return run
