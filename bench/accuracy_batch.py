@@ -1,58 +1,65 @@
-"""Batch-latency accuracy against real vLLM (CPU): per engine step, the model execution
-time measured inside the worker vs `Predictor.predict(batch).total_ms`.
+"""Per-batch accuracy against real vLLM (CPU), leave one model out: each model's whole engine
+steps predicted by its units plus the engine-step model fitted on the OTHER models'
+calibration steps only, against the real `LLMEngine.step`.
 
-    python bench/accuracy_batch.py [--models smollm2,qwen0.5b] [--db out/accuracy.db]
-        [--max-tokens 2048 --max-batch 64 --max-context 2048] [--quick] [--json PATH]
+    python bench/accuracy_batch.py --db NEW.db --json out/acc.json       # builds what it needs
+        [--models smollm2,qwen0.5b,qwen3-0.6b,llama3.2-1b] [--quick] [--real-runs 2]
+        [--real-from out/acc.raw.json] [--resume] [--breakdown]
 
-Per model: sweep into the DB (reused when already swept), start vLLM in-process
-(dummy weights, bf16, prefix caching off), wrap the CPU model runner's
-`execute_model` + `sample_tokens` (model forward + logits + greedy sampler) with
-perf_counter, and record each step's batch from the scheduler output as
-(num_scheduled_tokens, num_computed_tokens before the step). A warm-up generate
-runs first and is not recorded. Sets:
-  prefill  1-4 sequences, 32-2048 tokens, max_tokens=1, steps with only prefills (c=0)
-  decode   1-64 sequences at context 128-2048, steps where every sequence has q=1
-  mixed    decodes running while a long prompt is chunk-prefilled under a small token
-           budget; steps holding both a chunk (q>1) and decodes (q=1)
-Transfer: Qwen2.5-0.5B predicted from units measured while sweeping other models
-(SmolLM2 + Qwen2.5-1.5B); when those do not cover every unit it needs, the coverage is
-reported instead of a MAPE.
+Given an empty --db it sweeps every model (limits below, documented: --max-tokens 2048
+--max-batch 64 --max-context 2048, the real batches stay inside them), stores the unit fits
+(`dooly fit`) and calibrates every model (`dooly calibrate`); a model's own calibration
+steps are never used to score it. The real side runs --real-runs times (each a fresh
+engine in a child process, dooly.engines.vllm_probe); the difference between two real runs
+of the same batches is printed beside each sim-vs-real error (this machine's noise floor).
+Raw real runs are written to --raw (default: beside --json) as each one ends; --resume
+reuses the complete ones found there, --real-from replays them without starting vLLM.
+Sets: prefill (1-4 prompts, 32-2048 tokens), decode (1-64 sequences at context 128-2048),
+mixed (decodes running while a long prompt is chunk-prefilled under a small budget).
+--json: flat `mape_{prefill,decode,mixed}_pct` (the worst model), `noise_*_pct`, and
+`<model>.*` per model; in-sample figures (per-model calibration) only under `in_sample.`.
+--breakdown: one more real run timing every compiled piece and attention call inside the
+worker, compared part by part with the units (dooly.engines.vllm_layers).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from dooly.engines.vllm_probe import StepRecorder, generate, prompts, start_llm
-
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {
-    "smollm2": ROOT / "fixtures/configs/HuggingFaceTB__SmolLM2-135M-Instruct.json",
-    "qwen0.5b": ROOT / "fixtures/configs/Qwen__Qwen2.5-0.5B.json",
-}
-TRANSFER_TARGET = "qwen0.5b"
-TRANSFER_SOURCES = [ROOT / "fixtures/configs/HuggingFaceTB__SmolLM2-135M-Instruct.json",
-                    Path("/work/shared/configs/Qwen__Qwen2.5-1.5B.json")]
-
-# (label, prompt lengths, max_tokens); sizes kept small: a 2-core CPU prefills ~1-5 ms/token
-PREFILL = [("1x32", [32], 1), ("1x128", [128], 1), ("1x512", [512], 1), ("1x2048", [2048], 1),
-           ("2x256", [256] * 2, 1), ("4x128", [128] * 4, 1)]
-DECODE = [("1@128", [128], 8), ("8@256", [256] * 8, 6), ("32@128", [128] * 32, 5),
-          ("64@128", [128] * 64, 4), ("2@2048", [2048] * 2, 6)]
-# (label, decode prompt lengths, decode max_tokens, long prompt, token budget)
-MIXED = [("4dec@256+1536/256", [256] * 4, 20, 1536, 256),
-         ("16dec@128+1024/384", [128] * 16, 10, 1024, 384)]
-QUICK = {"prefill": PREFILL[:5], "decode": DECODE[:4], "mixed": MIXED[:1]}
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+CONFIGS = ROOT / "fixtures" / "configs"
+MODELS = {"smollm2": CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json",
+          "qwen0.5b": CONFIGS / "Qwen__Qwen2.5-0.5B.json",
+          "qwen3-0.6b": CONFIGS / "Qwen__Qwen3-0.6B.json",
+          "llama3.2-1b": CONFIGS / "meta-llama__Llama-3.2-1B-Instruct.json"}
+LIMITS = {"full": (2048, 64, 2048), "quick": (512, 32, 1024)}   # sweep: tokens, batch, context
+SETS = ("prefill", "decode", "mixed")
 
 
-def keep(set_name, batch):
+def items(quick: bool) -> list[dict]:
+    from dooly.engines.vllm_probe import item
+    pre = [("1x32", [32]), ("1x128", [128]), ("1x512", [512]), ("2x256", [256] * 2), ("4x128", [128] * 4),
+           ("1x2048", [2048])]
+    dec = [("1@128", [128], 8), ("8@256", [256] * 8, 6), ("32@128", [128] * 32, 5),
+           ("64@128", [128] * 64, 4), ("2@2048", [2048] * 2, 6)]
+    mix = [("4dec@256+1536/256", [256] * 4, 20, 1536, 256), ("16dec@128+1024/384", [128] * 16, 10, 1024, 384)]
+    if quick:   # inside the quick sweep's limits
+        pre, dec, mix = pre[:4], dec[:3], [("4dec@256+768/256", [256] * 4, 12, 768, 256)]
+    out = [item("prefill", lbl, lens, 1) for lbl, lens in pre]
+    out += [item("decode", lbl, lens, mt) for lbl, lens, mt in dec]
+    out += [item("mixed", lbl, d + [long], [mt] * len(d) + [1], budget=b) for lbl, d, mt, long, b in mix]
+    return out
+
+
+def keep(set_name: str, batch) -> bool:
+    """The steps a set scores: prefill steps hold prompts only, decode steps one new token
+    per sequence, mixed steps both a chunk and decodes."""
     if set_name == "prefill":
         return all(q > 1 and c == 0 for q, c in batch)
     if set_name == "decode":
@@ -60,191 +67,297 @@ def keep(set_name, batch):
     return any(q > 1 for q, _ in batch) and any(q == 1 for q, _ in batch)
 
 
-def measure_model(config: Path, sets: dict, rec: StepRecorder, repeats: int) -> list[dict]:
-    big_budget = 8192
-    llm = start_llm(config, big_budget)
-    sched = llm.llm_engine.engine_core.engine_core.scheduler
-
-    def gen(plist, max_tokens_list):
-        generate(llm, plist, max_tokens_list)
-
-    # warm-up (not recorded): a prefill, decodes, and a chunked mixed batch
-    rec.recording = False
-    gen(prompts([300, 40, 40], 0), [4, 4, 4])
-    sched.max_num_scheduled_tokens = 128
-    gen(prompts([64, 64, 700], 1), [8, 8, 1])
-    sched.max_num_scheduled_tokens = big_budget
-    rec.steps.clear()
-    rec.recording = True
-    seed = 10
-    for rep in range(repeats):   # prefill gives one step per run: repeat it
-        for label, lens, mt in sets["prefill"]:
-            rec.label = ("prefill", label)
-            seed += 1
-            gen(prompts(lens, seed), [mt] * len(lens))
-    if True:
-        for label, lens, mt in sets["decode"]:
-            rec.label = ("decode", label)
-            seed += 1
-            gen(prompts(lens, seed), [mt] * len(lens))
-        for label, dec, mt, long_len, budget in sets["mixed"]:
-            rec.label = ("mixed", label)
-            seed += 1
-            sched.max_num_scheduled_tokens = budget
-            gen(prompts(dec + [long_len], seed), [mt] * len(dec) + [1])
-            sched.max_num_scheduled_tokens = big_budget
-    rec.recording = False
-    steps = [s for s in rec.steps if keep(s["set"][0], s["batch"])]
-    rec.steps.clear()
-    llm = None  # free the engine before the next model
-    import gc
-    gc.collect()
-    return steps
+def mape(pairs) -> float | None:
+    """pairs: (predicted, real)."""
+    pairs = list(pairs)
+    return 100.0 * statistics.fmean(abs(p - r) / r for p, r in pairs) if pairs else None
 
 
-def mape(rows):
-    return 100.0 * statistics.fmean(abs(r["pred_ms"] - r["ms"]) / r["ms"] for r in rows) if rows else None
+# -- the DB: units swept, fits stored, every model calibrated -------------------------------
+def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=print) -> None:
+    """Sweep, fit and calibrate what the DB lacks (each step resumable: a rerun measures
+    only what is missing). Calibration runs for every model: the protocol leaves a
+    model's own steps out when scoring it."""
+    from dooly.cli import main as dooly
+    from dooly.config import load_config
+    from dooly.db import Store
+    from dooly.engines import environment
+    from dooly.profile.calibrate import calibrated_models
+    cfgs = [str(MODELS[n]) for n in names]
+    tok, batch, ctx = limits
+    for c in cfgs:
+        t0 = time.perf_counter()
+        rc = dooly(["sweep", c, "--db", db, "--engine", "vllm", "--max-tokens", str(tok), "--max-batch",
+                    str(batch), "--max-context", str(ctx), "--no-progress"])
+        if rc != 0:
+            raise SystemExit(f"sweep of {c} failed (rc {rc})")
+        log(f"  swept {Path(c).stem} in {time.perf_counter() - t0:.0f} s")
+    if dooly(["fit", "--db", db]) != 0:
+        raise SystemExit("dooly fit failed")
+    env = environment("vllm", "cpu")
+    with Store.open(db) as store:
+        done = calibrated_models(store, env.key)
+    todo = [c for c in cfgs if load_config(c).hash not in done]
+    if todo and dooly(["calibrate", *todo, "--db", db]) != 0:
+        raise SystemExit("dooly calibrate failed")
 
 
-def transfer_coverage(target: Path, sources: list[Path], engine="vllm"):
-    from dooly.analyze import analyze
-    paths = [str(target)] + [str(s) for s in sources if s.exists()]
-    an = analyze(paths, engine)
-    need = set(an.inventories[0].entries)
-    have = set().union(*(set(inv.entries) for inv in an.inventories[1:])) if len(an.inventories) > 1 else set()
-    return need, need & have, [s for s in sources if s.exists()]
+def model_out_predictor(name: str, db: str, prefer: str = "pool", exclude_self: bool = True):
+    """The model's predictor whose engine-step model never saw this model's steps."""
+    from dooly.config import load_config
+    from dooly.engines import environment
+    from dooly.predict import Predictor
+    cfg = load_config(MODELS[name])
+    return Predictor.load(str(MODELS[name]), db, "vllm", env_key=environment("vllm", "cpu").key,
+                          step_model=prefer, exclude=[cfg.hash] if exclude_self else [])
+
+
+# -- the real side -------------------------------------------------------------------------
+def real_runs(names, its, args, log=print) -> dict:
+    """{model: [run, ...]}, each run {"steps", "threads", "worker", "started"}; written to
+    args.raw after each run."""
+    from dooly.engines.vllm_probe import run_child
+    if args.real_from:
+        saved = json.loads(Path(args.real_from).read_text())
+        missing = [n for n in names if n not in saved or saved[n]["items"] != its]
+        if missing:
+            raise SystemExit(f"--real-from {args.real_from}: no runs of these items for {', '.join(missing)}")
+        return {n: saved[n]["runs"] for n in names}
+    raw_path = Path(args.raw)
+    saved = json.loads(raw_path.read_text()) if args.resume and raw_path.exists() else {}
+    out = {}
+    for n in names:
+        runs = saved.get(n, {}).get("runs", []) if saved.get(n, {}).get("items") == its else []
+        while len(runs) < args.real_runs:
+            t0 = time.perf_counter()
+            res = run_child({"mode": "steps", "config": str(MODELS[n]), "budget": 8192, "max_num_seqs": 128,
+                             "items": its, "repeats": args.repeats})
+            runs.append(dict(res, started=time.strftime("%H:%M:%S")))
+            saved[n] = {"items": its, "runs": runs}
+            raw_path.parent.mkdir(parents=True, exist_ok=True)
+            raw_path.write_text(json.dumps(saved))
+            log(f"[{n}] real run {len(runs)}: {len(res['steps'])} steps in {time.perf_counter() - t0:.0f} s")
+        out[n] = runs[:args.real_runs]
+    return out
+
+
+def step_key(s) -> str:
+    return json.dumps([s["set"][:2], s["batch"]])
+
+
+def by_key(steps) -> dict[str, float]:
+    """Median wall time of each distinct (item, batch) of one run."""
+    groups: dict[str, list[float]] = {}
+    for s in steps:
+        groups.setdefault(step_key(s), []).append(s["ms"])
+    return {k: statistics.median(v) for k, v in groups.items()}
+
+
+def noise_pct(run_a, run_b, set_name) -> float | None:
+    """Real vs real: the mean relative difference of the same batches in two runs."""
+    a = {k: v for k, v in by_key(run_a["steps"]).items() if json.loads(k)[0][0] == set_name}
+    b = by_key(run_b["steps"])
+    pairs = [(a[k], b[k]) for k in a if k in b]
+    return 100.0 * statistics.fmean(abs(x - y) / ((x + y) / 2) for x, y in pairs) if pairs else None
+
+
+# -- scoring -------------------------------------------------------------------------------
+def cpu_share(runs) -> float | None:
+    """Median share of its threads' time a real step ran on a CPU (1: nothing else ran)."""
+    shares = [s["cpu_ms"] / (s["ms"] * max(r.get("threads") or [1])) for r in runs for s in r["steps"]
+              if s.get("cpu_ms") is not None and s["ms"] > 0]
+    return statistics.median(shares) if shares else None
+
+
+def score(name, runs, pred) -> dict:
+    """Per set: whole-step MAPE (units + engine) over every run's steps, the units alone
+    against the model's execution, and the real-vs-real noise."""
+    fig: dict = {}
+    steps = [s for r in runs for s in r["steps"] if keep(s["set"][0], s["batch"])]
+    cache = {}
+    for s in steps:
+        k = json.dumps(s["batch"])
+        if k not in cache:
+            cache[k] = pred.predict(s["batch"])
+        s["pred"] = cache[k]
+    fig["cpu_share_median"] = cpu_share(runs)
+    for set_name in SETS:
+        rows = [s for s in steps if s["set"][0] == set_name]
+        if not rows:
+            continue
+        fig[f"mape_{set_name}_pct"] = mape((s["pred"].step_ms, s["ms"]) for s in rows)
+        fig[f"units_vs_forward_{set_name}_pct"] = mape((s["pred"].units_ms, s["forward_ms"]) for s in rows)
+        fig[f"bias_{set_name}_pct"] = 100 * (statistics.median(s["pred"].step_ms / s["ms"] for s in rows) - 1)
+        noise = [noise_pct(a, b, set_name) for i, a in enumerate(runs) for b in runs[i + 1:]]
+        noise = [x for x in noise if x is not None]
+        fig[f"noise_{set_name}_pct"] = max(noise) if noise else None
+        fig[f"n_{set_name}"] = len(rows)
+    return fig
+
+
+def print_model(name, fig, source, labels) -> None:
+    share = fig.get("cpu_share_median")
+    print(f"[{name}] engine-step model: {source}; real steps ran on a CPU for "
+          f"{'-' if share is None else f'{100 * share:.0f}%'} of their threads' time (median)")
+    print(f"  {'set':8s} {'n':>4s} {'MAPE %':>8s} {'real-vs-real %':>15s} {'median pred/real':>17s} "
+          f"{'units vs forward %':>19s}")
+    for set_name in SETS:
+        if f"mape_{set_name}_pct" not in fig:
+            continue
+        noise = fig[f"noise_{set_name}_pct"]
+        print(f"  {set_name:8s} {fig[f'n_{set_name}']:4d} {fig[f'mape_{set_name}_pct']:8.1f} "
+              f"{'-' if noise is None else f'{noise:.1f}':>15s} {1 + fig[f'bias_{set_name}_pct'] / 100:17.2f} "
+              f"{fig[f'units_vs_forward_{set_name}_pct']:19.1f}")
+    for lbl, (real, pred) in labels.items():
+        print(f"      {lbl:26s} real {real:8.2f} ms  pred {pred:8.2f} ms  {100 * (pred - real) / real:+6.1f}%")
+
+
+def per_label(runs, pred) -> dict:
+    groups: dict[str, list] = {}
+    for r in runs:
+        for s in r["steps"]:
+            if keep(s["set"][0], s["batch"]):
+                groups.setdefault(f"{s['set'][0]} {s['set'][1]}", []).append(s)
+    return {k: (statistics.median(s["ms"] for s in v), statistics.median(pred.step_ms(s["batch"]) for s in v))
+            for k, v in groups.items()}
+
+
+# -- per-layer breakdown ---------------------------------------------------------------------
+def unit_part(unit) -> str:
+    """Which kernels of vLLM's step a unit stands for (dooly.engines.vllm_layers kinds)."""
+    op, a = unit.op, unit.attr
+    if unit.stateful:
+        return "kv" if "kv_cache" in op else "attn"
+    if a.get("role") == "lm_head":
+        return "logits"
+    if op == "sampler":
+        return "sampler"
+    if op in ("linear", "mm", "addmm", "matmul", "bmm", "baddbmm"):
+        return "gemm"
+    if "rotary" in op:
+        return "rope"
+    if "norm" in op or op == "embedding":   # Inductor fuses the embedding into the first norm
+        return "norm"
+    return "act"
+
+
+# (label, measured: step fields added / subtracted with "-", units: parts)
+_RUNNER = ("update_states_ms", "prepare_inputs_ms", "attn_metadata_ms", "preprocess_ms")
+BREAKDOWN = (("GEMM kernels", ("k_gemm_ms",), ("gemm",)),
+             ("norm kernels (+ embedding)", ("k_norm_ms",), ("norm",)),
+             ("rope kernels", ("k_rope_ms",), ("rope",)),
+             ("activation kernels", ("k_act_ms", "k_other_fused_ms"), ("act",)),
+             ("attention kernels", ("k_attn_ms",), ("attn",)),
+             ("KV-write kernels", ("k_kv_ms",), ("kv",)),
+             ("graph, outside the kernels", ("graph_other_ms",), ()),
+             ("model forward", ("model_forward_ms",), ("gemm", "norm", "rope", "act", "attn", "kv")),
+             ("logits (LM head)", ("logits_ms",), ("logits",)),
+             ("sampler", ("sampler_ms",), ("sampler",)),
+             ("runner: update states", ("update_states_ms",), ()),
+             ("runner: prepare inputs", ("prepare_inputs_ms",), ()),
+             ("runner: attention metadata", ("attn_metadata_ms",), ()),
+             ("runner: preprocess", ("preprocess_ms",), ()),
+             ("runner: rest", ("runner_ms", "-model_forward_ms", "-logits_ms", "-sampler_ms")
+              + tuple("-" + f for f in _RUNNER), ()),
+             ("engine outside the runner", ("ms", "-runner_ms"), ()),
+             ("whole step", ("ms",), ("gemm", "norm", "rope", "act", "attn", "kv", "logits", "sampler")))
+
+
+def _measured(step: dict, fields) -> float:
+    return sum(-step.get(f[1:], 0.0) if f.startswith("-") else step.get(f, 0.0) for f in fields)
+
+
+def breakdown(name: str, its: list[dict], args) -> dict:
+    """One real run with every compiled piece and attention call timed inside the worker;
+    per set, the median of each part against the units that stand for it."""
+    from dooly.engines.vllm_probe import run_child
+    raw = Path(args.raw).with_suffix(".layers.json")
+    saved = json.loads(raw.read_text()) if raw.exists() and (args.resume or args.real_from) else {}
+    if saved.get(name, {}).get("items") != its:
+        res = run_child({"mode": "steps", "config": str(MODELS[name]), "budget": 8192, "max_num_seqs": 128,
+                         "items": its, "repeats": args.repeats, "layers": True})
+        saved[name] = {"items": its, "run": res}
+        raw.write_text(json.dumps(saved))
+    steps = [s for s in saved[name]["run"]["steps"] if keep(s["set"][0], s["batch"])]
+    pred = model_out_predictor(name, args.db)
+    out: dict = {}
+    print(f"\n[{name}] per-layer breakdown on the real engine (median per step, ms; units: what the "
+          f"sweep's units predict for the same batch)")
+    for set_name in SETS:
+        rows = [s for s in steps if s["set"][0] == set_name]
+        if not rows:
+            continue
+        parts = []
+        for s in rows:
+            p = pred.predict(s["batch"])
+            by: dict[str, float] = {}
+            for key, ms in p.breakdown.items():
+                by[unit_part(pred.units[key])] = by.get(unit_part(pred.units[key]), 0.0) + ms
+            parts.append((s, by))
+        r0 = rows[0]
+        print(f"  {set_name} (n={len(rows)}; per step {r0.get('k_gemm_calls', 0)} GEMM, "
+              f"{r0.get('k_attn_calls', 0)} attention, {r0.get('n_pieces', 0)} piece calls)\n"
+              f"    {'part':38s} {'measured':>9s} {'units':>9s} {'meas/units':>11s}")
+        for label, fields, uparts in BREAKDOWN:
+            meas = statistics.median(_measured(s, fields) for s, _ in parts)
+            units = statistics.median(sum(by.get(u, 0.0) for u in uparts) for _, by in parts) if uparts else 0.0
+            ratio = f"{meas / units:11.2f}" if units > 0 else f"{'-':>11s}"
+            print(f"    {label:38s} {meas:9.2f} {units:9.2f} {ratio}")
+            key = label.strip().split(" (")[0].replace(" ", "_").replace(":", "").replace("+", "and")
+            out[f"breakdown.{name}.{set_name}.{key}.measured_ms"] = meas
+            out[f"breakdown.{name}.{set_name}.{key}.units_ms"] = units
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="smollm2,qwen0.5b")
-    ap.add_argument("--db", default=str(ROOT / "out/accuracy.db"))
-    ap.add_argument("--max-tokens", type=int, default=2048)
-    ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--max-context", type=int, default=2048)
-    ap.add_argument("--repeats", type=int, default=2, help="each configuration runs this many times")
-    ap.add_argument("--quick", action="store_true", help="fewer configurations, one repeat")
-    ap.add_argument("--no-transfer", action="store_true")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
+    ap.add_argument("--quick", action="store_true", help="smoke run: small sweep limits, fewer batches")
+    ap.add_argument("--real-runs", type=int, default=2, help="real engine runs per model (>= 2: noise floor)")
+    ap.add_argument("--repeats", type=int, default=2, help="passes over the batches within one real run")
+    ap.add_argument("--real-from", help="replay the real runs saved in this raw file (no vLLM run)")
+    ap.add_argument("--raw", help="where real runs are saved (default: beside --json)")
+    ap.add_argument("--resume", action="store_true", help="reuse complete real runs found in --raw")
+    ap.add_argument("--breakdown", action="store_true", help="per-layer breakdown on the real engine")
     ap.add_argument("--json", dest="json_path")
-    ap.add_argument("--_measure", help=argparse.SUPPRESS)
-    ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    sets = QUICK if args.quick else {"prefill": PREFILL, "decode": DECODE, "mixed": MIXED}
-    repeats = 1 if args.quick else args.repeats
-    if args._measure:   # child process: vLLM only (dooly's sweep/capture in the same process breaks vLLM init)
-        rec = StepRecorder()
-        rec.install()
-        steps = measure_model(MODELS[args._measure], sets, rec, repeats)
-        Path(args._out).write_text(json.dumps({"steps": steps, "threads": sorted(rec.threads_seen)}))
-        return 0
-    from dooly.profile.grid import GridLimits
-    from dooly.db import Store
-    from dooly.config import load_config
-    from dooly.fit.step_model import record_steps
-    from dooly.predict import Predictor
-    from dooly.profile.sweep import sweep
-
     names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        ap.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
+    if args.real_runs < 1 or args.repeats < 1:
+        ap.error("--real-runs and --repeats must be at least 1")
+    if args.quick:
+        args.repeats = 1
+    args.raw = args.raw or str(Path(args.json_path or ROOT / "out" / "accuracy_batch.json").with_suffix(".raw.json"))
+    its = items(args.quick)
+    prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"])
+    runs = real_runs(names, its, args)
+    result: dict = {"models": names, "protocol": "leave-one-model-out", "real_runs": args.real_runs}
     for n in names:
-        if n not in MODELS:
-            ap.error(f"--models: unknown {n!r}; choose from {', '.join(MODELS)}")
-    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    lim = GridLimits(args.max_tokens, args.max_batch, args.max_context)
-    result: dict = {}
-    all_rows: list[dict] = []
-    sweep_threads = None
-    for name in names:
-        cfg = MODELS[name]
-        t0 = time.perf_counter()
-        out_path = Path(tempfile.mkdtemp(prefix="dooly_acc_")) / "steps.json"
-        cmd = [sys.executable, __file__, "--_measure", name, "--_out", str(out_path),
-               "--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stdout[-3000:], proc.stderr[-6000:], file=sys.stderr)
-            raise SystemExit(f"[{name}] vLLM measurement failed (rc {proc.returncode})")
-        child = json.loads(out_path.read_text())
-        steps, threads = child["steps"], child["threads"]
-        for st in steps:
-            st["set"] = tuple(st["set"])
-            st["batch"] = [tuple(b) for b in st["batch"]]
-        print(f"[{name}] vLLM: {len(steps)} steps kept in {time.perf_counter() - t0:.1f} s (incl. engine init); "
-              f"worker torch threads {threads}", flush=True)
-        # the sweep's default thread count follows vLLM's CPU worker binding
-        s = sweep([str(cfg)], args.db, "vllm", lim=lim)
-        print(f"[{name}] sweep threads={s.env_key}: {len(s.units_measured)} measured, "
-              f"{len(s.units_reused)} reused, {s.points_measured} points, {s.seconds:.1f} s", flush=True)
-        for st in steps:  # compare the model's execution (forward, logits, sampler) with the units
-            st["step_ms"], st["ms"] = st["ms"], st["forward_ms"]
-        with Store.open(args.db) as store:
-            pred = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key, store=store)
-            # calibrate the engine step beyond the units (what `dooly calibrate` stores)
-            n_over = record_steps(store, pred.env, [dict(st, ms=st["step_ms"]) for st in steps],
-                                  load_config(cfg).hash)
-            pred_step = Predictor.load(str(cfg), args.db, "vllm", env_key=s.env_key, store=store)
-        sweep_threads = pred.env.threads
-        print(f"[{name}] recorded {n_over} whole engine steps (calibration of the step beyond the units)", flush=True)
-        for st in steps:
-            r = pred.predict(st["batch"])
-            st.update(model=name, pred_ms=r.total_ms, breakdown=r.breakdown,
-                      pred_step_ms=r.total_ms + pred_step.predict(st["batch"]).overhead_ms)
-        all_rows += steps
-        step_err = [abs(st["pred_step_ms"] - st["step_ms"]) / st["step_ms"] for st in steps]
-        result[f"{name}.mape_step_with_overhead_pct"] = round(100 * statistics.fmean(step_err), 2)
-        print(f"[{name}] whole step (units + overhead fitted on these steps, in-sample): "
-              f"MAPE {100 * statistics.fmean(step_err):.1f}%", flush=True)
-        for set_name in ("prefill", "decode", "mixed"):
-            rows = [r for r in steps if r["set"][0] == set_name]
-            m = mape(rows)
-            result[f"{name}.mape_{set_name}_pct"] = None if m is None else round(m, 2)
-            if rows:
-                bias = statistics.fmean(r["pred_ms"] - r["ms"] for r in rows)
-                ratio = statistics.median(r["ms"] / r["pred_ms"] for r in rows)
-                print(f"[{name}] {set_name:8s} MAPE {m:6.1f}%  n={len(rows):3d}  "
-                      f"mean(pred-meas) {bias:+8.2f} ms  median meas/pred {ratio:.2f}")
-                for lbl in dict.fromkeys(r["set"][1] for r in rows):
-                    sub = [r for r in rows if r["set"][1] == lbl]
-                    print(f"      {lbl:22s} n={len(sub):2d} meas {statistics.median(r['ms'] for r in sub):8.2f} ms"
-                          f"  pred {statistics.median(r['pred_ms'] for r in sub):8.2f} ms"
-                          f"  (sample phase {statistics.median(r['sample_ms'] for r in sub):.2f} ms)")
-        result[f"{name}.threads_worker"] = threads
-        result[f"{name}.threads_sweep"] = sweep_threads
-
-    for set_name in ("prefill", "decode", "mixed"):
-        m = mape([r for r in all_rows if r["set"][0] == set_name])
-        result[f"mape_{set_name}_pct"] = None if m is None else round(m, 2)
-    print("\nMAPE over models: " + ", ".join(f"{k} {result[f'mape_{k}_pct']}%" for k in ("prefill", "decode", "mixed")))
-
-    worst = sorted(all_rows, key=lambda r: abs(r["pred_ms"] - r["ms"]) / r["ms"], reverse=True)[:5]
-    print("5 worst steps:")
-    for r in worst:
-        b = r["batch"]
-        desc = f"{len(b)} seqs, T={sum(q for q, _ in b)}, max c={max(c for _, c in b)}"
-        print(f"  {r['model']:8s} {r['set'][0]:7s} {r['set'][1]:20s} {desc:32s} meas {r['ms']:8.2f} ms "
-              f"pred {r['pred_ms']:8.2f} ms  err {100 * (r['pred_ms'] - r['ms']) / r['ms']:+6.1f}%")
-
-    result["mape_transfer_pct"] = None
-    if not args.no_transfer:
-        need, covered, srcs = transfer_coverage(MODELS[TRANSFER_TARGET], TRANSFER_SOURCES)
-        result["transfer_units_needed"] = len(need)
-        result["transfer_units_covered"] = len(covered)
-        src_names = ", ".join(s.stem for s in srcs)
-        if covered == need:
-            print(f"transfer: all {len(need)} units covered by {src_names}; sweep those models into a "
-                  f"separate DB to get a MAPE (not done here)")
-        else:
-            print(f"transfer: not covered ({len(covered)} of {len(need)} units) by {src_names}")
-            missing = sorted(need - covered)
-            print("  missing: " + "; ".join(k[:60] for k in missing[:8]) + (" ..." if len(missing) > 8 else ""))
-
+        pred = model_out_predictor(n, args.db)
+        fig = score(n, runs[n], pred)
+        print_model(n, fig, pred.step_model_source, per_label(runs[n], pred))
+        result.update({f"{n}.{k}": v for k, v in fig.items()}, **{f"{n}.step_model_source": pred.step_model_source})
+        own = model_out_predictor(n, args.db, prefer="model", exclude_self=False)
+        ins = score(n, runs[n], own)
+        print(f"  in-sample (this model's own calibration, {own.step_model_source}; not the headline): " +
+              ", ".join(f"{s} {ins[f'mape_{s}_pct']:.1f}%" for s in SETS if f"mape_{s}_pct" in ins))
+        result.update({f"in_sample.{n}.mape_{s}_pct": ins.get(f"mape_{s}_pct") for s in SETS})
+    for key in [f"mape_{s}_pct" for s in SETS] + [f"noise_{s}_pct" for s in SETS]:
+        vals = [result.get(f"{n}.{key}") for n in names if result.get(f"{n}.{key}") is not None]
+        result[key] = max(vals) if vals else None
+    print("\nleave-one-model-out, worst model per set: " + ", ".join(
+        f"{s} {result[f'mape_{s}_pct']:.1f}% (real-vs-real {result[f'noise_{s}_pct'] or 0:.1f}%)"
+        for s in SETS if result[f"mape_{s}_pct"] is not None))
+    if args.breakdown:
+        for n in names:
+            result.update(breakdown(n, its, args))
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps(result, indent=1))
-        steps_path = Path(args.json_path).with_suffix(".steps.json")
-        steps_path.write_text(json.dumps([{k: v for k, v in r.items()} for r in all_rows]))
+        Path(args.json_path).write_text(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
+                                                    for k, v in result.items()}, indent=1))
     return 0
 
 

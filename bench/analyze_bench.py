@@ -1,10 +1,14 @@
 """Seconds per model and peak memory of `analyze`, per engine, in a warm process.
 
-    python bench/analyze_bench.py [--engine vllm|transformers] [--configs DIR] [--json PATH]
+    python bench/analyze_bench.py [--engine vllm|transformers] [--configs DIR] [--limit N]
+                                  [--json PATH]
 
-Imports are timed separately; the first model of each engine also pays one-time
-tracing warm-up, so the warm figure is the median over the remaining models. Peak
-memory is the process's peak RSS after all models (an upper bound for each)."""
+Each config in --configs (default: the repository's fixtures/configs) is analysed on its
+own, as `dooly analyze CONFIG` does (dooly.analyze.analyze: capture, labels, the perturbed
+capture that names config fields, regions, units). Importing the engine is timed
+separately; the first model also pays one-time tracing warm-up, so the warm figure is the
+median over the remaining models. Peak memory is the process's peak RSS after all models
+(an upper bound for each)."""
 from __future__ import annotations
 
 import argparse
@@ -16,49 +20,54 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dooly.engines import ENGINES, default_engine, engine_version  # noqa: E402
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
-    ap.add_argument("--configs", default=str(ROOT.parent / "shared" / "configs"))
-    ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--json", dest="json_path")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    from dooly.analyze import analyze_config
-    from dooly.config import load_config
-    from dooly.graph.regions import RegionRegistry
-    if args.engine == "vllm":
-        from dooly.engines.vllm_capture import vllm_env
-        vllm_env()
-        import vllm  # noqa: F401
-    else:
-        import transformers  # noqa: F401
-    import_s = time.perf_counter() - t0
-    paths = sorted(Path(args.configs).glob("*.json"))[: args.limit or None]
+def time_models(paths: list[Path], engine: str) -> tuple[dict, dict]:
+    """Seconds per model, and the error of each model that failed."""
+    from dooly.analyze import analyze
     times, failed = {}, {}
     for p in paths:
         t = time.perf_counter()
         try:
-            analyze_config(load_config(p), args.engine, RegionRegistry())
+            analyze([str(p)], engine)
             times[p.stem] = time.perf_counter() - t
             print(f"{p.stem:55s} {times[p.stem]:6.2f} s", flush=True)
         except Exception as err:  # report and go on: the bench covers every config
             failed[p.stem] = f"{type(err).__name__}: {str(err)[:120]}"
             print(f"{p.stem:55s} FAILED {failed[p.stem]}", flush=True)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return times, failed
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", choices=ENGINES, default=None,
+                    help="default: vllm when installed, else transformers")
+    ap.add_argument("--configs", type=Path, default=ROOT / "fixtures" / "configs")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N configs")
+    ap.add_argument("--json", type=Path, help="write the figures as one flat JSON object here")
+    args = ap.parse_args(argv)
+    engine = args.engine or default_engine()
+    t0 = time.perf_counter()
+    engine_version(engine)  # imports the engine
+    import_s = time.perf_counter() - t0
+    paths = sorted(args.configs.glob("*.json"))[: args.limit or None]
+    times, failed = time_models(paths, engine)
     warm = list(times.values())[1:] or list(times.values())
-    res = {"engine": args.engine, "models": len(paths), "failed": len(failed),
+    res = {"engine": engine, "models": len(paths), "failed": len(failed),
            "import_s": round(import_s, 2),
            "first_model_s": round(next(iter(times.values()), 0.0), 2),
            "warm_median_s": round(statistics.median(warm), 2) if warm else 0.0,
-           "warm_max_s": round(max(warm), 2) if warm else 0.0, "peak_rss_mb": round(peak_mb)}
-    print(f"engine {args.engine}: imports {res['import_s']} s, first model {res['first_model_s']} s, "
+           "warm_max_s": round(max(warm), 2) if warm else 0.0,
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    print(f"engine {engine}: imports {res['import_s']} s, first model {res['first_model_s']} s, "
           f"warm median {res['warm_median_s']} s / max {res['warm_max_s']} s per model, "
           f"peak RSS {res['peak_rss_mb']} MB, {len(failed)} failed of {len(paths)}")
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(res))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res) + "\n")
     return 1 if failed else 0
 
 

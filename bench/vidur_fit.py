@@ -2,14 +2,16 @@
 
     python bench/vidur_fit.py [--root DIR] [--tp 1] [--json PATH]
 
-For every mlp.csv under --root (default: /work/shared/reference/vidur/compute/a100):
-import it (dooly.interop.vidur_import.read_vidur_mlp), fit one model per (unit, environment)
-(dooly.fit.fit_units: CV-selected among interpolation / isotonic / polynomials), and
-print per Vidur op the mean over models of the op's unit CV MAPE (%). Then the GEMM
-family model (dooly.fit.gemm_family) is scored leave-one-model-out: all (K, N) shapes
-of one model are held out of training (also where another model shares them) and
-the MAPE on that model's GEMM rows is reported; the headline figure is the mean
-over models. --json writes one flat JSON object of all the figures.
+For every mlp.csv under --root (default: the repository's cut of Vidur's A100 data,
+fixtures/vidur/a100; point it at a full copy of Vidur's data/profiling/compute/a100 for
+the whole set): import it (dooly.interop.vidur_import.read_vidur_mlp), fit one model per
+(unit, environment) (dooly.fit.select.fit_units: CV-selected among interpolation /
+isotonic / polynomials), and print per Vidur op the mean over models of the op's unit
+CV MAPE (%). Then the GEMM family model (dooly.fit.gemm_family) is scored
+leave-one-model-out: all (K, N) shapes of one model are held out of training (also where
+another model shares them) and the MAPE on that model's GEMM rows is reported; the
+headline figure is the mean over models (it needs two models or more). --json writes
+one flat JSON object of all the figures.
 """
 from __future__ import annotations
 
@@ -23,62 +25,45 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from dooly.fit.gemm_family import GemmFamily, gemm_shape, holdout_error, rows_from_units  # noqa: E402
 from dooly.fit.select import fit_units  # noqa: E402
-from dooly.interop.vidur_import import (VIDUR_GEMM_OPS, VIDUR_MLP_OPS, find_vidur_mlp, model_name_from_path,  # noqa: E402
-                         read_vidur_mlp, vidur_units)
+from dooly.interop.vidur_import import (VIDUR_GEMM_OPS, VIDUR_MLP_OPS, find_vidur_mlp,  # noqa: E402
+                                        model_name_from_path, read_vidur_mlp, vidur_units)
 
-DEFAULT_ROOT = "/work/shared/reference/vidur/compute/a100"
+DEFAULT_ROOT = ROOT / "fixtures" / "vidur" / "a100"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=DEFAULT_ROOT, help="directory searched for mlp.csv files")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the rows used")
-    ap.add_argument("--gemm-model", default="roofline+gbr", choices=GemmFamily.MODELS)
-    ap.add_argument("--json", help="write the figures as one flat JSON object here")
-    args = ap.parse_args(argv)
-
-    t0 = time.time()
-    files = find_vidur_mlp(args.root)
-    if not files:
-        print(f"{args.root}: no mlp.csv found", file=sys.stderr)
-        return 2
+def load(files: list[Path], tp: int):
+    """Units, measurements and environments of every file, and per model its op -> unit key."""
     units, meas, envs = {}, [], {}
-    op_units: dict[str, dict[str, str]] = {}   # model -> op -> unit key
+    op_units: dict[str, dict[str, str]] = {}
     for p in files:
-        env, us, ms = read_vidur_mlp(p, tp=args.tp)
+        env, us, ms = read_vidur_mlp(p, tp=tp)
         if not ms:
             continue
-        model = model_name_from_path(p)
         envs[env.key] = env
         units.update({u.key: u for u in us})
         meas += ms
         with open(p, newline="") as f:
             row = next(csv.DictReader(f))
         present = {u.key for u in us}
-        op_units[model] = {op: u.key for op, u in vidur_units(row, args.tp).items() if u.key in present}
+        op_units[model_name_from_path(p)] = {op: u.key for op, u in vidur_units(row, tp).items()
+                                             if u.key in present}
+    return units, meas, envs, op_units
+
+
+def unit_cv_mape(fits, meas, op_units, out: dict) -> None:
+    """Per Vidur op: mean and max over models of its unit's CV MAPE, into `out`."""
     env_of = {m.unit_key: m.env_key for m in meas}
-    t_import = time.time() - t0
-
-    t0 = time.time()
-    fits = fit_units(units, meas)
-    t_fit = time.time() - t0
-
-    out: dict[str, float] = {}
-    print(f"{len(files)} files, {len(units)} units, {len(meas)} measurements "
-          f"(import {t_import:.1f}s, fit {t_fit:.1f}s)\n")
     print(f"{'op':26s} {'CV MAPE % (mean)':>16s} {'max':>8s}  chosen models")
-    per_op_all = []
+    every = []
     for op in VIDUR_MLP_OPS:
         vals, names = [], defaultdict(int)
-        for model, ops in op_units.items():
-            key = ops.get(op)
-            if key is None:
-                continue
-            fm = fits.get((key, env_of.get(key, "")))
+        for ops in op_units.values():
+            fm = fits.get((ops.get(op), env_of.get(ops.get(op), "")))
             if fm is None or fm.cv_mape_pct is None:
                 continue
             vals.append(fm.cv_mape_pct)
@@ -86,34 +71,60 @@ def main(argv=None) -> int:
         if not vals:
             continue
         out[f"cv_mape_pct.{op}"] = round(float(np.mean(vals)), 3)
-        per_op_all += vals
+        every += vals
         print(f"{op:26s} {np.mean(vals):16.2f} {np.max(vals):8.2f}  "
               + ", ".join(f"{k}x{v}" for k, v in sorted(names.items())))
-    out["cv_mape_pct.all_ops_mean"] = round(float(np.mean(per_op_all)), 3)
-    print(f"{'(all ops)':26s} {np.mean(per_op_all):16.2f}")
+    out["cv_mape_pct.all_ops_mean"] = round(float(np.mean(every)), 3)
+    print(f"{'(all ops)':26s} {np.mean(every):16.2f}")
 
-    # GEMM family, leave-one-model-out over (K, N) shapes.
+
+def gemm_holdout(units, meas, envs, op_units, model: str, out: dict) -> None:
+    """The GEMM family's leave-one-model-out MAPE over (K, N) shapes, into `out`."""
     rows = rows_from_units(units, meas, envs)
-    shapes_of = {model: {gemm_shape(units[ops[op]])[1:] for op in VIDUR_GEMM_OPS}
-                 for model, ops in op_units.items()}
-    print(f"\nGEMM family ({args.gemm_model}), {len(rows)} rows, "
+    shapes_of = {name: {gemm_shape(units[ops[op]])[1:] for op in VIDUR_GEMM_OPS}
+                 for name, ops in op_units.items()}
+    print(f"\nGEMM family ({model}), {len(rows)} rows, "
           f"{len({r.shape for r in rows})} distinct (K, N); leave-one-model-out MAPE %:")
-    errs = []
-    t0 = time.time()
-    for model, shapes in sorted(shapes_of.items()):
+    errs, t0 = [], time.time()
+    for name, shapes in sorted(shapes_of.items()):
         if all(r.shape in shapes for r in rows):
-            continue  # nothing left to train on
-        e = holdout_error(rows, shapes, model=args.gemm_model)
+            print(f"  {name:40s} skipped: no other model's shapes to train on")
+            continue
+        e = holdout_error(rows, shapes, model=model)
         errs.append(e)
-        out[f"gemm_family_holdout_mape_pct.{model}"] = round(e, 3)
-        print(f"  {model:40s} {e:7.2f}   shapes {sorted(shapes)}")
+        out[f"gemm_family_holdout_mape_pct.{name}"] = round(e, 3)
+        print(f"  {name:40s} {e:7.2f}   shapes {sorted(shapes)}")
     if errs:
         out["gemm_family_holdout_mape_pct"] = round(float(np.mean(errs)), 3)
         print(f"  {'mean':40s} {np.mean(errs):7.2f}   ({time.time() - t0:.1f}s)")
 
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                    help="directory searched for mlp.csv files (default: %(default)s)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the rows used")
+    ap.add_argument("--gemm-model", default="roofline+gbr", choices=GemmFamily.MODELS)
+    ap.add_argument("--json", type=Path, help="write the figures as one flat JSON object here")
+    args = ap.parse_args(argv)
+
+    files = find_vidur_mlp(args.root)
+    if not files:
+        print(f"{args.root}: no mlp.csv found", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    units, meas, envs, op_units = load(files, args.tp)
+    t_import, t0 = time.time() - t0, time.time()
+    fits = fit_units(units, meas)
+    t_fit = time.time() - t0
+    out: dict[str, float] = {"files": len(files), "units": len(units), "measurements": len(meas)}
+    print(f"{len(files)} files, {len(units)} units, {len(meas)} measurements "
+          f"(import {t_import:.1f}s, fit {t_fit:.1f}s)\n")
+    unit_cv_mape(fits, meas, op_units, out)
+    gemm_holdout(units, meas, envs, op_units, args.gemm_model, out)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
         print(f"\nwrote {args.json}")
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,42 @@ class ModelConfig:
 
     @property
     def num_layers(self) -> int:
-        return int(self.raw.get("num_hidden_layers", 1))
+        _, value = _lookup(_size_source(self.raw)[0], "num_hidden_layers")
+        return int(value or 1)
+
+    def max_length(self) -> tuple[int, str]:
+        """The longest sequence the engine takes for this model and the field that says
+        so, derived as vLLM derives its max_model_len limit: the smallest length field
+        present, times the RoPE factor of the scaling types whose length field does not
+        already include it; 2048 (vLLM's assumption) when the config gives none."""
+        src = _size_source(self.raw)[0]
+        found = [(v, k) for k in LENGTH_FIELDS if _positive_int(v := src.get(k))]
+        n, key = min(found) if found else (2048, "max_position_embeddings")
+        rope = src.get("rope_scaling") or src.get("rope_parameters")
+        if isinstance(rope, dict) and "gemma3" not in self.model_type:
+            factor = rope.get("factor")
+            if rope.get("rope_type", rope.get("type")) not in _PRESCALED_ROPE and _number(factor):
+                n = int(n * max(factor, 1.0))
+        return n, key
+
+    def default_max_model_len(self) -> int:
+        """vLLM's max_model_len when none is given: the limit above, except that LongRoPE
+        models start at their original (unscaled) length."""
+        src = _size_source(self.raw)[0]
+        rope = src.get("rope_scaling") or src.get("rope_parameters")
+        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) == "longrope":
+            original = src.get("original_max_position_embeddings")
+            if _positive_int(original):
+                return min(original, self.max_length()[0])
+        return self.max_length()[0]
+
+    def check_length(self, flag: str, value: int) -> None:
+        """A request-side length (a flag, a batch's sequence) the model cannot take is
+        input the user can fix: one line naming both numbers."""
+        limit, key = self.max_length()
+        if value > limit:
+            raise DoolyInputError(flag, f"{value} is beyond the model's maximum length {limit} "
+                                  f"({key} in {self.path})")
 
     @property
     def hash(self) -> str:
@@ -82,6 +119,115 @@ class ModelConfig:
         return {**{i: 1 for i in range(p)}, **{p + i: per[i] - 1 for i in range(p)}}
 
 
+# Size fields: (name, the names older HF configs give it, required, upper bound). The
+# bounds are far above any published model and low enough that the layer list, the
+# meta-device capture and a request grid built from them fit in memory.
+SIZE_FIELDS = (
+    ("hidden_size", ("n_embd", "d_model"), True, 1 << 20),
+    ("num_hidden_layers", ("n_layer", "n_layers", "num_layers"), True, 1024),
+    ("num_attention_heads", ("n_head", "n_heads", "num_heads"), True, 1 << 16),
+    ("vocab_size", (), True, 1 << 24),
+    ("intermediate_size", ("n_inner", "ffn_dim"), False, 1 << 22),
+    ("num_key_value_heads", ("num_kv_heads", "n_head_kv"), False, 1 << 16),
+    ("head_dim", (), False, 1 << 16),
+    ("max_position_embeddings", ("n_positions",), False, 1 << 27),
+    ("sliding_window", (), False, 1 << 27),
+    ("num_local_experts", ("num_experts", "n_routed_experts"), False, 1 << 16),
+    ("num_experts_per_tok", (), False, 1 << 16),
+    ("moe_intermediate_size", (), False, 1 << 22),
+)
+# vLLM's order of fields that may bound the sequence length (it takes the smallest)
+LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                 "model_max_length", "max_target_positions", "max_sequence_length",
+                 "max_seq_length", "seq_len")
+# RoPE types whose max_position_embeddings is already the scaled length
+_PRESCALED_ROPE = ("su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling")
+_BOOL_KEY = re.compile(r"^(use_|tie_|is_)|_bias$")
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _size_source(raw: dict) -> tuple[dict, str]:
+    """Where the sizes live: the config itself, or a multimodal config's text_config."""
+    text = raw.get("text_config")
+    if isinstance(text, dict) and _lookup(raw, "hidden_size")[0] is None:
+        return text, "text_config."
+    return raw, ""
+
+
+def _lookup(src: dict, name: str) -> tuple[str | None, object]:
+    aliases = next((a for n, a, _, _ in SIZE_FIELDS if n == name), ())
+    for key in (name, *aliases):
+        if src.get(key) is not None:
+            return key, src[key]
+    return None, None
+
+
+def check_values(path: Path, raw: dict) -> None:
+    """Numbers are finite everywhere (JSON readers accept NaN and Infinity) and flags
+    such as tie_word_embeddings are true or false."""
+    stack: list[tuple[str, object]] = [("", raw)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DoolyInputError(path, f"expected a finite number, got {value}", where)
+        if isinstance(value, dict):
+            for key, v in value.items():
+                if where in ("", "text_config") and _BOOL_KEY.search(key) and v is not None \
+                        and not isinstance(v, bool):
+                    raise DoolyInputError(path, f"expected true or false, got {_short(v)}",
+                                          f"{where}.{key}".lstrip("."))
+                stack.append((f"{where}.{key}".lstrip("."), v))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+
+
+def check_sizes(path: Path, raw: dict) -> None:
+    """Every size a capture reads is a positive int within SIZE_FIELDS' bounds, heads
+    divide the hidden size (unless head_dim is given) and KV heads divide heads."""
+    src, prefix = _size_source(raw)
+    vals: dict[str, tuple[str, int]] = {}
+    for name, _, required, bound in SIZE_FIELDS:
+        key, value = _lookup(src, name)
+        if key is None:
+            if required:
+                raise DoolyInputError(path, "missing (a positive integer)", prefix + name)
+            continue
+        if not _positive_int(value):
+            raise DoolyInputError(path, f"expected a positive integer, got {_short(value)}",
+                                  prefix + key)
+        if value > bound:
+            raise DoolyInputError(path, f"{value} is beyond any model (at most {bound})", prefix + key)
+        vals[name] = (prefix + key, value)
+    (hk, hidden), (ak, heads) = vals["hidden_size"], vals["num_attention_heads"]
+    if "head_dim" not in vals and hidden % heads:
+        raise DoolyInputError(path, f"{heads} heads do not divide {hk} {hidden} (and no "
+                              "head_dim is given)", ak)
+    if "num_key_value_heads" in vals and heads % vals["num_key_value_heads"][1]:
+        kk, kv = vals["num_key_value_heads"]
+        raise DoolyInputError(path, f"{kv} KV heads do not divide {ak} {heads}", kk)
+    if "num_experts_per_tok" in vals and "num_local_experts" in vals \
+            and vals["num_experts_per_tok"][1] > vals["num_local_experts"][1]:
+        raise DoolyInputError(path, f"more than the {vals['num_local_experts'][1]} experts",
+                              vals["num_experts_per_tok"][0])
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = src.get(key)
+        if isinstance(rope, dict) and rope.get("factor") is not None and not _number(rope["factor"]):
+            raise DoolyInputError(path, f"expected a positive number, got {_short(rope['factor'])}",
+                                  f"{prefix}{key}.factor")
+
+
 def load_config(path: str | Path) -> ModelConfig:
     path = Path(path)
     if not path.exists():
@@ -98,8 +244,6 @@ def load_config(path: str | Path) -> ModelConfig:
         raise DoolyInputError(path, "missing or empty (a list of model class names)", "architectures")
     if not isinstance(raw.get("model_type"), str):
         raise DoolyInputError(path, "missing (e.g. \"llama\")", "model_type")
-    for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
-        value = raw.get(field)
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise DoolyInputError(path, f"expected a positive integer, got {value!r}", field)
+    check_values(path, raw)
+    check_sizes(path, raw)
     return ModelConfig(str(path), raw, archs[0], raw["model_type"])

@@ -1,6 +1,9 @@
-"""Environment and Measurement: what a latency is measured on, and one measured point."""
+"""Environment and Measurement: what a latency is measured on, and one measured point;
+with the facts of a device every room shares: bytes per element of a dtype, and the cache
+a cold measurement must overflow."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -10,6 +13,43 @@ from dataclasses import asdict, dataclass, field
 DEVICE_KINDS = ("cpu", "cuda")
 EXECUTIONS = ("eager", "compiled", "cudagraph", "imported")
 CACHE_STATES = ("cold", "cold-weights", "warm")
+# dtype spellings that are not torch attribute names (vLLM's KV-cache dtypes)
+_DTYPE_ALIASES = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
+
+
+@functools.lru_cache(maxsize=64)
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a dtype named as torch names it ("bfloat16", "torch.half"),
+    from torch.dtype.itemsize."""
+    import torch  # here, so that importing the environment types stays cheap
+    name = str(dtype).removeprefix("torch.")
+    dt = getattr(torch, _DTYPE_ALIASES.get(name, name), None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"dtype: no itemsize known for {dtype!r}")
+    return dt.itemsize
+
+
+@functools.lru_cache(maxsize=None)
+def cache_bytes(device: str) -> int:
+    """The last-level cache a cold timing must overflow: the CPU's L3, the GPU's L2."""
+    import torch
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return int(getattr(props, "L2_cache_size", 0)) or 64 * 2**20
+    try:
+        text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
+        return int(text[:-1]) * {"K": 2**10, "M": 2**20}.get(text[-1], 1)
+    except (OSError, ValueError):
+        return 32 * 2**20
+
+
+def copies_to_span(nbytes: int, device: str, most: int) -> int:
+    """How many distinct sets of `nbytes` a cold timing loop cycles through (weights, KV
+    blocks; at most `most`) so that together they span twice the last-level cache: a set
+    is never still cached when its turn comes again. The CUDA timer's L2 flush writes
+    the same twice-the-cache span."""
+    span = 2 * cache_bytes(device)
+    return max(1, min(most, -(-span // max(1, nbytes))))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ class DoolyInputError(Exception):
         self.field = field
         self.problem = problem
         where = f"{self.path}: field '{field}'" if field else self.path
-        super().__init__(f"{where}: {problem}")
+        # one line whatever a file name or a quoted value holds
+        super().__init__(" ".join(f"{where}: {problem}".splitlines()))
 
 
 class MissingDataError(LookupError):
@@ -30,6 +31,12 @@ def read_json(path) -> object:
     if not path.is_file():
         raise DoolyInputError(path, "file not found")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        text = path.read_text()
+    except OSError as err:
+        raise DoolyInputError(path, f"cannot read ({err.strerror or err})") from None
+    except ValueError as err:  # not UTF-8
+        raise DoolyInputError(path, f"not valid JSON ({err.__class__.__name__}: {err})") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # also a 5,000-digit number, deep nesting
         raise DoolyInputError(path, f"not valid JSON ({err.__class__.__name__}: {err})") from None

@@ -1,11 +1,12 @@
-"""Batch latency for simulator authors: load a model's inventory and a latency DB,
-fit (or reuse) one regression per unit, then `predict(batch)` for any batch of
-(query length, context length) sequences: total milliseconds and a per-unit breakdown.
+"""Batch latency for simulator authors: load a model's inventory and the fits stored in
+a latency DB (`dooly fit`), then `predict(batch)` for any batch of (query length,
+context length) sequences: the units' milliseconds with a per-unit breakdown, and the
+calibrated rest of the engine step.
 
     from dooly.predict import Predictor
     p = Predictor.load("config.json", "latency.db")
     r = p.predict([(512, 0), (1, 1024), (1, 2048)])   # one prefill, two decodes
-    r.total_ms, r.breakdown                              # {unit_key: ms}
+    r.units_ms, r.engine_ms, r.step_ms, r.breakdown     # breakdown: {unit_key: ms}
 """
 from __future__ import annotations
 
@@ -19,32 +20,30 @@ from dooly.unit import Unit
 
 @dataclass
 class Prediction:
-    total_ms: float                                               # the model's units
+    units_ms: float                                              # the model's units alone
     breakdown: dict[str, float] = field(default_factory=dict)   # unit key -> ms (count included)
-    overhead_ms: float = 0.0   # calibrated engine step beyond the units (may be negative)
+    engine_ms: float = 0.0   # calibrated rest of the engine step (may be negative)
 
-
-def _engine_env(store, engine: str | None, env_key: str | None):
-    envs = store.environments()
-    if env_key:
-        match = [e for e in envs if e.key == env_key]
-        if not match:
-            raise DoolyInputError(env_key, "no such environment in the DB", "--env")
-        return match[0]
-    if engine:
-        envs = [e for e in envs if e.engine == engine]
-    if not envs:
-        raise DoolyInputError("--db", f"the DB holds no environment for engine {engine or 'any'}")
-    # the environment with the most measurements
-    return max(envs, key=lambda e: len(store.measurements(env_key=e.key)))
+    @property
+    def step_ms(self) -> float:
+        """A whole engine step: units plus engine, the engine's correction never taking
+        more than half the units' time away (what `Predictor.step_ms` returns)."""
+        return max(self.units_ms + self.engine_ms, 0.5 * self.units_ms)
 
 
 class Predictor:
+    """`refitted`: the unit keys (and "family:gemm") whose stored fit was missing or
+    stale at load, so were fitted anew; `dooly fit` stores them."""
+    step_model_source = "none"   # which engine-step model the load found (dooly.fit.step_model)
+    graphs = None                # captured CUDA-graph sizes, on a cudagraph host (dooly.fit.cudagraph)
+
     def __init__(self, units: dict[str, Unit], counts: dict[str, int], models: dict, env,
-                 fallback: dict[str, str] | None = None, overhead=None):
+                 fallback: dict[str, str] | None = None, engine_step=None,
+                 refitted: list[str] | None = None):
         self.units, self.counts, self.models, self.env = units, counts, models, env
         self.fallback = fallback or {}
-        self.overhead = overhead  # fitted StepResidual, when the engine was calibrated
+        self.engine_step = engine_step  # fitted step model, when the engine was calibrated
+        self.refitted = list(refitted or [])
         self._by_driver: dict[str, list[tuple[str, object, int]]] = {}
         for key, count in counts.items():
             d = units[key].driver
@@ -52,48 +51,76 @@ class Predictor:
 
     @classmethod
     def load(cls, config_path: str, db_path: str, engine: str | None = None,
-             env_key: str | None = None, store=None) -> "Predictor":
+             env_key: str | None = None, store=None, step_model: str = "pool",
+             exclude=()) -> "Predictor":
         from dooly.config import load_config
         from dooly.db import Store
-        from dooly.fit.select import fit_units
+        from dooly.db.envs import choose_environment
         cfg = load_config(config_path)
         own = store is None
         store = store or Store.open(db_path, create=False)
         try:
-            env = _engine_env(store, engine, env_key)
+            env = choose_environment(store, engine, env_key, db_path)
             counts = store.inventory(cfg.hash, env.engine)
-            if not counts:  # not swept with this DB: capture the inventory now
-                from dooly.analyze import analyze
-                inv = analyze([config_path], env.engine).inventories[0]
-                counts = inv.counts()
-                units = {k: e.unit for k, e in inv.entries.items()}
-            else:
-                units = {k: store.get_unit(k) for k in counts}
-            meas = [m for k in counts for m in store.measurements(unit_key=k, env_key=env.key)]
-            fitted = fit_units(units, meas)
-            models, fallback = {}, {}
-            for key, unit in units.items():
-                m = fitted.get((key, env.key))
-                if m is None:
-                    m = _gemm_fallback(store, env, unit)
-                    if m is None:
-                        raise MissingDataError(key, env.label(), f"op {unit.op}; sweep this model first")
-                    fallback[key] = "gemm_family"
-                models[key] = m
-            pred = cls(units, counts, models, env, fallback)
-            from dooly.fit.step_model import fit_residual
-            pred.overhead = fit_residual(store, env.key, cfg.hash,
-                                         lambda seqs: pred.predict(seqs).total_ms)
+            if not counts:
+                cmd = f"{config_path} --engine {env.engine} --db {db_path}"
+                raise DoolyInputError(db_path, f"no inventory of {cfg.name} for engine {env.engine}: run "
+                                      f"`dooly sweep {cmd}` or `dooly analyze {cmd}`")
+            units = {k: _stored_unit(store, k, db_path) for k in counts}
+            models, fallback, refitted = _load_models(store, env, units)
+            pred = cls(units, counts, models, env, fallback, refitted=refitted)
+            pred.engine_step = pred._load_engine_step(store, env, cfg, step_model, exclude)
         finally:
             if own:
                 store.close()
         return pred
+
+    def _load_engine_step(self, store, env, cfg, prefer: str = "pool", exclude=()):
+        """The engine's step time beyond the units: the environment's engine-step model
+        (dooly.fit.step_model), fitted on the steps `dooly calibrate` stored for every
+        calibrated model but those in `exclude` (config hashes), each model's units
+        predicted from its own inventory, applied to this model's structure; with
+        prefer="model" this model's own steps when it was calibrated; "none": no model.
+        Sets `step_model_source` and `structure`; on a CUDA-graph host, `graphs`."""
+        from dooly.fit.step_model import load_step_model, model_structure
+        if env.execution == "cudagraph" and self.graphs is None:
+            from dooly.fit.cudagraph import GraphPolicy
+            self.graphs = GraphPolicy.for_serving()   # vLLM's defaults; set_serving() to change
+        others: dict = {cfg.hash: self}
+
+        def other(h):
+            if h not in others:
+                others[h] = _units_only(store, env, h, self.graphs)
+            return others[h]
+
+        def units_ms_for(h):
+            p = other(h)
+            return None if p is None else (lambda seqs: p.predict(seqs).units_ms)
+
+        def structure_of(h):
+            p = other(h)
+            return None if p is None else model_structure(None, p.counts, p.units)
+
+        self.structure = model_structure(cfg, self.counts, self.units)
+        model, self.step_model_source = load_step_model(store, env, cfg, self.structure, units_ms_for,
+                                                        exclude, prefer, structure_of, self.graphs)
+        return model
+
+    def set_serving(self, max_num_batched_tokens: int, max_num_seqs: int) -> None:
+        """On a CUDA-graph host: the capture sizes vLLM derives from these serving settings."""
+        if self.env.execution == "cudagraph":
+            from dooly.fit.cudagraph import GraphPolicy
+            self.graphs = GraphPolicy.for_serving(max_num_seqs, max_num_batched_tokens)
+            if self.engine_step is not None:
+                self.engine_step.graphs = self.graphs
 
     def predict(self, batch: list[tuple[int, int]]) -> Prediction:
         if not batch:
             return Prediction(0.0)
         seqs = [[int(q), int(c)] for q, c in batch]
         t = float(sum(q for q, _ in seqs))
+        if self.graphs is not None:   # a captured graph runs at its padded token count
+            t = float(self.graphs.padded(int(t)))
         points = {"tokens": {"T": t}, "seqs": {"B": float(len(seqs))}, "attention": {"seqs": seqs},
                   "none": {}}
         out: dict[str, float] = {}
@@ -102,16 +129,38 @@ class Predictor:
             x = t if driver == "tokens" else float(len(seqs))
             for key, fn, count in entries:
                 out[key] = count * max(fn(x, point), 0.0)
-        over = self.overhead.predict_one(seqs) if self.overhead else 0.0
-        return Prediction(float(sum(out.values())), out, over)
+        engine = self.engine_step.predict_one(seqs) if self.engine_step else 0.0
+        return Prediction(float(sum(out.values())), out, engine)
 
     def step_ms(self, batch) -> float:
         """Simulator hook: a step's list of scheduled sequences (query_len, context_len):
-        the model's units plus the calibrated rest of the engine step. A correction never
-        takes more than half the units' time away."""
+        the model's units plus the calibrated rest of the engine step (`Prediction.step_ms`)."""
         pairs = [(s.query_len, s.context_len) if hasattr(s, "query_len") else tuple(s) for s in batch]
-        p = self.predict(pairs)
-        return max(p.total_ms + p.overhead_ms, 0.5 * p.total_ms)
+        return self.predict(pairs).step_ms
+
+
+def _units_only(store, env, config_hash: str, graphs=None) -> "Predictor | None":
+    """The units of another model the DB holds an inventory of (for the engine-step pool),
+    or None when some unit of it cannot be predicted in `env`."""
+    counts = store.inventory(config_hash, env.engine)
+    units = {k: store.get_unit(k) for k in counts}
+    if not counts or any(u is None for u in units.values()):
+        return None
+    try:
+        models, fallback, _ = _load_models(store, env, units)
+    except MissingDataError:
+        return None
+    pred = Predictor(units, counts, models, env, fallback)
+    pred.graphs = graphs
+    return pred
+
+
+def refit_note(refitted: list[str], db_path: str) -> str:
+    """One stderr line for a load that had to fit anew (empty when nothing was)."""
+    if not refitted:
+        return ""
+    return (f"dooly: {len(refitted)} stored fits were missing or stale and were fitted now; "
+            f"`dooly fit --db {db_path}` stores them")
 
 
 def _fast(model, driver: str):
@@ -135,6 +184,12 @@ def _fast(model, driver: str):
             x0, x1, y0, y1 = kx[i], kx[i + 1], ky[i], ky[i + 1]
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
         return interp
+    if hasattr(est, "powers_") and hasattr(est, "coef_") and driver in ("tokens", "seqs") \
+            and len(est.scale_) == 1:
+        # one feature: the same polynomial in pure Python, without numpy's per-call cost
+        s0, icpt = float(est.scale_[0]), float(est.intercept_)
+        terms = [(float(c), int(p[0])) for c, p in zip(est.coef_, est.powers_)]
+        return lambda x, _point: icpt + sum(c * (x / s0) ** p for c, p in terms)
     if hasattr(est, "powers_") and hasattr(est, "coef_"):
         from dooly.fit.estimators import _poly
         from dooly.fit.features import features
@@ -147,9 +202,11 @@ def _fast(model, driver: str):
 class _GemmModel:
     """Adapter: the GEMM family model answering for one unmeasured GEMM unit."""
 
-    def __init__(self, family, k: int, n: int, dtype: str, m_expr: str, error_pct: float):
+    def __init__(self, family, k: int, n: int, dtype: str, m_expr: str, error_pct: float | None):
         self.family, self.k, self.n, self.dtype, self.m_expr = family, k, n, dtype, m_expr
-        self.name, self.cv_mape_pct = "gemm_family", error_pct  # stated: held-out-shape MAPE
+        # stated: the family's MAPE on held-out shapes (NaN: a single shape measured)
+        self.name = "gemm_family"
+        self.cv_mape_pct = float("nan") if error_pct is None else error_pct
 
     def predict_one(self, point: dict) -> float:
         from dooly.profile.grid import point_values
@@ -158,19 +215,44 @@ class _GemmModel:
         return float(np.asarray(self.family.predict(m, self.k, self.n, self.dtype)).ravel()[0])
 
 
-def _gemm_fallback(store, env, unit: Unit):
-    from dooly.fit.gemm_family import GemmFamily, gemm_shape, rows_from_units
-    shape = gemm_shape(unit)
+def _gemm_fallback(stored, unit: Unit) -> _GemmModel | None:
+    """The environment's GEMM family (`dooly.fit.stored.StoredFamily`) standing in for
+    an unmeasured GEMM unit; None when the unit is no GEMM or there is no family."""
+    from dooly.fit.gemm_family import gemm_shape
+    shape = gemm_shape(unit) if stored is not None else None
     if shape is None:
         return None
-    rows = rows_from_units(store.units(), store.measurements(env_key=env.key))
-    if len(rows) < 8:
-        return None
     m_expr, k, n = shape
-    # the roofline family fits in milliseconds; its error is stated as the mean MAPE
-    # with each measured (K, N) shape held out of training in turn
-    shapes = sorted({(r.K, r.N) for r in rows})
-    errs = [GemmFamily(model="roofline").holdout_error(rows, [s]) for s in shapes] if len(shapes) > 1 else []
-    err = float(np.mean(errs)) if errs else float("nan")
-    family = GemmFamily(model="roofline").fit(rows)
-    return _GemmModel(family, k, n, unit.inputs[0].dtype, str(m_expr), err)
+    return _GemmModel(stored.family, k, n, unit.inputs[0].dtype, str(m_expr), stored.error_pct)
+
+
+def _stored_unit(store, key: str, db_path: str) -> Unit:
+    unit = store.get_unit(key)
+    if unit is None:
+        raise DoolyInputError(db_path, f"the inventory names unit {key}, which the DB does not "
+                                       "hold: run `dooly sweep` or `dooly analyze --db` again")
+    return unit
+
+
+def _load_models(store, env, units: dict[str, Unit]):
+    """(models, fallback, refitted): the stored fit of every measured unit, fitted anew
+    only where stale or missing; the GEMM family for GEMMs never measured here."""
+    from dooly.fit.gemm_family import gemm_shape
+    from dooly.fit.stored import FAMILY_KEY, family_rows, load_family, unit_models
+    meas = [m for k in units for m in store.measurements(unit_key=k, env_key=env.key)]
+    fits = unit_models(store, env.key, units, meas)
+    models, fallback, refitted = dict(fits.models), {}, list(fits.refitted)
+    missing = [k for k in units if k not in models]
+    family = None
+    if any(gemm_shape(units[k]) is not None for k in missing):
+        # every GEMM measured in the environment trains it, not only this model's
+        rows = family_rows(store.units(), store.measurements(env_key=env.key), env.key)
+        family = load_family(store, env.key, rows)
+        if family is not None and family.refitted:
+            refitted.append(FAMILY_KEY)
+    for key in missing:
+        m = _gemm_fallback(family, units[key])
+        if m is None:
+            raise MissingDataError(key, env.label(), f"op {units[key].op}; sweep this model first")
+        models[key], fallback[key] = m, "gemm_family"
+    return models, fallback, refitted

@@ -11,12 +11,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from dooly.graph.canon import region_form
 from dooly.symbolic.labels import DimLabel, Label
 
 _NAME = re.compile(r"[A-Za-z_]\w*")
 
 # What drives a unit's cost, from its request symbols.
 DRIVERS = ("tokens", "seqs", "attention", "none")
+
+# The matrix products, by canonical op name (dooly.graph.normalize.op_name): each is a
+# unit of its own. bmm/baddbmm are batched; addmm/baddbmm take the bias first.
+GEMM_OPS = frozenset({"linear", "mm", "addmm", "matmul", "bmm", "baddbmm"})
 
 
 @dataclass(frozen=True)
@@ -93,9 +98,23 @@ class Unit:
 
     @property
     def key(self) -> str:
-        blob = json.dumps(self.signature(), sort_keys=True, separators=(",", ":"), default=str)
+        """A pure function of the signature (a fused unit's graph enters through
+        graph_hash, the hash of its canonical form), so one unit has one key in any run."""
+        blob = _dumps(self.signature())
         short = self.op.split(".")[-2] if self.op.count(".") >= 2 else self.op.split(".")[-1]
         return f"{short}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def identity(self) -> str:
+        """What every unit stored under this key must agree on: the signature and, for a
+        fused unit, its graph's canonical form, so that JSON key order, node order or an
+        eps value never tell two copies apart, and a graph that differs always does."""
+        ident = self.signature()
+        if self.graph is not None:
+            try:
+                ident["graph"] = region_form(self.graph, [t.to_json() for t in self.inputs])
+            except (AttributeError, KeyError, TypeError, ValueError):
+                ident["graph"] = self.graph  # not a region we can read: compare it as data
+        return _dumps(ident)
 
     def to_json(self) -> dict:
         out = dict(self.signature(), key=self.key)
@@ -109,6 +128,17 @@ class Unit:
                    outputs=tuple(TensorSig.from_json(t) for t in obj["outputs"]),
                    attrs=tuple(sorted(obj.get("attrs", {}).items())), graph=obj.get("graph"),
                    graph_hash=obj.get("graph_hash", ""), stateful=bool(obj.get("stateful")))
+
+
+def _plain(obj):
+    # sets have no stable text of their own: sort them so a key never depends on the run
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    return str(obj)
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_plain)
 
 
 def call_args(call: list | None, t: tuple) -> list:

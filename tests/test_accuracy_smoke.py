@@ -1,29 +1,106 @@
-"""Smoke test of bench/accuracy_batch.py's step classification and MAPE (no vLLM run)."""
+"""The accuracy benches' own logic on hand-made runs (no vLLM): which steps each set
+scores, the real-vs-real noise floor, the leave-one-out figures, the winner verdict."""
 import importlib.util
+import sys
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "accuracy_batch", Path(__file__).resolve().parents[1] / "bench" / "accuracy_batch.py")
-ab = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ab)
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def test_keep_classifies_steps():
-    assert ab.keep("prefill", [(128, 0), (64, 0)])
-    assert not ab.keep("prefill", [(128, 0), (1, 130)])
-    assert ab.keep("decode", [(1, 128)] * 4)
-    assert not ab.keep("decode", [(1, 128), (16, 0)])
-    assert ab.keep("mixed", [(256, 512), (1, 300)])
-    assert not ab.keep("mixed", [(256, 0)])
+def _load(name):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def test_mape():
-    assert ab.mape([]) is None
-    assert abs(ab.mape([{"ms": 10.0, "pred_ms": 11.0}, {"ms": 20.0, "pred_ms": 18.0}]) - 10.0) < 1e-9
+ab, e2e, win = _load("accuracy_batch"), _load("accuracy_e2e"), _load("winner_inversion")
 
 
-def test_help_runs():
-    import pytest
-    with pytest.raises(SystemExit) as e:
-        ab.main(["--help"])
-    assert e.value.code == 0
+class _Pred:
+    """Predicts every step 10% over its real time (units: half of it)."""
+    step_model_source = "pool(3 models)"
+
+    class _P:
+        def __init__(self, ms):
+            self.step_ms, self.units_ms = ms, ms / 2
+
+    def __init__(self, truth):
+        self.truth = truth
+
+    def predict(self, batch):
+        return self._P(1.1 * self.truth(batch))
+
+    def step_ms(self, batch):
+        return 1.1 * self.truth(batch)
+
+
+def _truth(batch):
+    return 5.0 + sum(q for q, _ in batch) * 0.1 + len(batch)
+
+
+def _run(scale):
+    steps = []
+    for set_name, batch in (("prefill", [(128, 0)]), ("decode", [(1, 100)] * 4), ("mixed", [(64, 0), (1, 50)]),
+                            ("decode", [(1, 10), (16, 0)])):   # the last one is no decode step
+        ms = scale * _truth(batch)
+        steps.append({"set": [set_name, "x", 0], "batch": [list(b) for b in batch], "ms": ms,
+                      "forward_ms": ms / 2})
+    return {"steps": steps}
+
+
+def test_sets_score_only_their_own_steps():
+    assert ab.keep("prefill", [(128, 0), (64, 0)]) and not ab.keep("prefill", [(128, 0), (1, 130)])
+    assert ab.keep("decode", [(1, 128)] * 4) and not ab.keep("decode", [(1, 128), (16, 0)])
+    assert ab.keep("mixed", [(256, 512), (1, 300)]) and not ab.keep("mixed", [(256, 0)])
+
+
+def test_leave_one_out_figures_with_their_noise_floor():
+    runs = [_run(1.0), _run(1.02)]
+    fig = ab.score("m", runs, _Pred(_truth))
+    for s in ab.SETS:
+        # 10% over the first run, 10/1.02 over the second
+        assert fig[f"mape_{s}_pct"] == pytest.approx(100 * (0.1 + (1.1 / 1.02 - 1)) / 2)
+        assert fig[f"noise_{s}_pct"] == pytest.approx(100 * 0.02 / 1.01)
+    assert fig["n_decode"] == 2   # one decode step per run; the mixed one left out
+
+
+def test_items_stay_inside_the_sweep_limits():
+    for quick in (False, True):
+        tok, batch, ctx = ab.LIMITS["quick" if quick else "full"]
+        for it in ab.items(quick):
+            assert len(it["lens"]) <= batch and max(it["lens"]) <= max(tok, ctx)
+            assert max(l + m for l, m in zip(it["lens"], it["max_tokens"])) <= ctx + max(it["max_tokens"])
+
+
+def test_e2e_percentile_errors_against_each_real_run():
+    reqs = e2e.workload(str(e2e.DEFAULT_TRACE), 12, 1.0, 0)
+    assert all(32 <= r.prompt_len <= 512 and 8 <= r.output_len <= 64 for r in reqs)
+    times = {str(r.rid): [r.arrival_s + 0.1 + 0.02 * i for i in range(r.output_len)] for r in reqs}
+    lat = e2e.real_latencies(reqs, times)
+    assert lat["ttft"] == pytest.approx([100.0] * len(reqs)) and lat["tpot"] == pytest.approx([20.0] * len(reqs))
+    with pytest.raises(RuntimeError, match="tokens seen"):
+        e2e.real_latencies(reqs, {**times, str(reqs[0].rid): [0.5]})
+
+
+def test_winner_is_decided_in_one_place():
+    confs = [(2048, 64), (64, 64)]
+    wls = [("rate1", None), ("rate4", None)]
+    lat = lambda v: {"e2e": [v] * 5}  # noqa: E731
+    real = {(2048, 64, "rate1"): lat(10), (64, 64, "rate1"): lat(12),
+            (2048, 64, "rate4"): lat(30), (64, 64, "rate4"): lat(20)}
+    sim = dict(real)
+    sim[(64, 64, "rate4")] = lat(40)
+    v = win.verdict(confs, wls, real, sim, "mean_e2e")
+    assert v["rate1.same_winner"] and not v["rate4.same_winner"]
+    assert v["real_inversion"] and not v["sim_inversion"] and not v["same_winner_all_loads"]
+    assert v["rate1.real_margin_pct"] == pytest.approx(20.0)
+
+
+def test_each_model_has_a_low_and_a_high_load_overridable_per_model():
+    rates = e2e.parse_rates("smollm2=2:6,qwen0.5b=0.3", ["smollm2", "qwen0.5b", "llama3.2-1b"])
+    assert rates == {"smollm2": (2.0, 6.0), "qwen0.5b": (0.3, 0.3), "llama3.2-1b": e2e.RATES["llama3.2-1b"]}
+    assert all(lo < hi for lo, hi in e2e.RATES.values())

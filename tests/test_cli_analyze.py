@@ -41,7 +41,9 @@ def _bad(tmp_path, text):
     ("{not json", "not valid JSON"),
     ('{"model_type": "llama"}', "architectures"),
     ('{"architectures": ["LlamaForCausalLM"]}', "model_type"),
-    ('{"architectures": ["FooForCausalLM"], "model_type": "foo_unknown"}', "model_type"),
+    ('{"architectures": ["FooForCausalLM"], "model_type": "foo_unknown", "hidden_size": 64, '
+     '"num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 100}', "model_type"),
+    ('{"architectures": ["FooForCausalLM"], "model_type": "foo_unknown"}', "hidden_size"),
     ('[1, 2]', "JSON object"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, text, needle):

@@ -266,8 +266,107 @@ def test_older_database_is_migrated_on_open(tmp_path, monkeypatch):
     assert "note" in [r[1] for r in con.execute("PRAGMA table_info(units)")]
 
 
-def test_empty_file_opens_as_a_new_database(tmp_path):
+def test_empty_file_becomes_a_database_only_when_opened_to_create(tmp_path):
     path = tmp_path / "empty.db"
     path.write_bytes(b"")
-    with Store.open(path, create=False) as s:
+    for kwargs in ({"create": False}, {"readonly": True}):
+        with pytest.raises(DoolyInputError, match="empty file"):
+            Store.open(path, **kwargs)
+        assert path.stat().st_size == 0
+    with Store.open(path) as s:
         assert s.stats() == {"environments": 0, "units": 0, "measurements": 0, "failed": 0}
+
+
+def test_read_only_open_never_writes(tmp_path):
+    path = tmp_path / "m.db"
+    unit, env = seeded(path)
+    with Store.open(path, readonly=True) as s:
+        assert len(s.measurements()) == 3
+        with pytest.raises(DoolyInputError, match="read-only"):
+            s.add_measurement(ok(unit, env, 99))
+    with Store.open(path, readonly=True) as s:
+        assert len(s.measurements()) == 3
+    assert sorted(os.listdir(tmp_path)) == ["m.db"]  # no WAL side files left behind
+
+
+def test_older_database_is_refused_by_reads_and_upgraded_by_migrate(tmp_path, monkeypatch, capsys):
+    from dooly.db import schema
+    path = tmp_path / "m.db"
+    seeded(path)
+    add_note = lambda conn: conn.execute("ALTER TABLE units ADD COLUMN note TEXT")  # noqa: E731
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [add_note])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    before = path.read_bytes()
+    for kwargs in ({"create": False}, {"readonly": True}):
+        with pytest.raises(DoolyInputError, match="dooly db migrate"):
+            Store.open(path, **kwargs)
+    assert path.read_bytes() == before
+    assert main(["db", "migrate", str(path)]) == 0
+    with Store.open(path, readonly=True) as s:
+        assert s.stats()["measurements"] == 3
+
+
+# -- leases: sweepers sharing one DB --------------------------------------------------
+def test_a_unit_claimed_by_a_live_sweeper_is_refused_to_others(tmp_path):
+    unit, env = seeded(tmp_path / "m.db")
+    with Store.open(tmp_path / "m.db") as s:
+        assert s.claim(unit.key, env.key, "host-a:1", ttl_s=60)
+        assert s.claim(unit.key, env.key, "host-a:1", ttl_s=60)      # ours again: renewed
+        assert not s.claim(unit.key, env.key, "host-b:2", ttl_s=60)
+        assert s.lease(unit.key, env.key)[0] == "host-a:1"
+        assert not s.renew(unit.key, env.key, "host-b:2")
+        assert s.renew(unit.key, env.key, "host-a:1")
+        s.release(unit.key, env.key, "host-b:2")                       # not theirs to release
+        assert s.lease(unit.key, env.key)[0] == "host-a:1"
+        s.release(unit.key, env.key, "host-a:1")
+        assert s.lease(unit.key, env.key) is None
+        assert s.claim(unit.key, env.key, "host-b:2")
+
+
+def test_a_lapsed_or_dead_sweepers_claim_can_be_taken_over(tmp_path):
+    import socket
+    unit, env = seeded(tmp_path / "m.db")
+    with Store.open(tmp_path / "m.db") as s:
+        assert s.claim(unit.key, env.key, "host-a:1", ttl_s=-1)        # already expired
+        assert s.claim(unit.key, env.key, "host-b:2")
+        assert not s.renew(unit.key, env.key, "host-a:1")              # host-a lost it
+        # a process on this host that no longer exists holds no claim, expired or not
+        proc = multiprocessing.get_context("spawn").Process(target=int)
+        proc.start()
+        proc.join()
+        s.release(unit.key, env.key, "host-b:2")
+        assert s.claim(unit.key, env.key, f"{socket.gethostname()}:{proc.pid}", ttl_s=600)
+        assert s.claim(unit.key, env.key, "host-c:3")
+
+
+# -- merge checks every row of a source first ------------------------------------------
+def _poke(path, sql: str, args=()) -> None:
+    con = sqlite3.connect(path)
+    con.execute(sql, args)
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ("UPDATE units SET unit_key = 'linear-000000000000'", "key does not match"),
+    ("UPDATE units SET signature_json = '{\"op\": 1'", "not valid JSON"),
+    ("UPDATE units SET signature_json = '[]'", "expected a JSON object"),
+    ("UPDATE units SET signature_json = replace(signature_json, '\"T\"', '\"2**2**40\"')",
+     "exponent"),
+    ("UPDATE measurements SET median_ms = 1e999", "not a finite number"),
+    ("UPDATE measurements SET point_json = 'nope' || id", "point_json"),
+    ("UPDATE measurements SET point_json = '{\"T\": \"x' || id || '\"}'", "point_json"),
+    ("UPDATE measurements SET env_key = 'nowhere'", "no such environment"),
+    ("UPDATE environments SET threads = 99", "key does not match"),
+])
+def test_merge_refuses_a_source_with_a_bad_row_and_changes_nothing(tmp_path, damage, expect):
+    target, source = tmp_path / "t.db", tmp_path / "s.db"
+    seeded(target, points=(1,))
+    seeded(source, points=(2, 3), ts=500.0)
+    _poke(source, damage)
+    before = target.read_bytes()
+    with Store.open(target) as s:
+        with pytest.raises(DoolyInputError, match=expect) as err:
+            s.merge_from(source)
+    assert str(source) in str(err.value)
+    assert target.read_bytes() == before

@@ -60,6 +60,7 @@ def test_headers_are_vidurs():
         assert next(csv.reader(f)) == mlp_header()
 
 
+@pytest.mark.slow  # sweeps SmolLM2 with vLLM first (~1 min)
 @needs_vllm
 def test_mlp_csv(exported):
     out, _, _ = exported
@@ -80,6 +81,7 @@ def test_mlp_csv(exported):
         assert 0 < float(at8[f"time_stats.{op}.median"]) < 1000, op
 
 
+@pytest.mark.slow  # sweeps SmolLM2 with vLLM first (~1 min)
 @needs_vllm
 def test_attention_csv(exported):
     out, _, _ = exported
@@ -109,6 +111,7 @@ def test_attention_csv(exported):
     assert float(small["time_stats.attn_kv_cache_save.median"]) > 0
 
 
+@pytest.mark.slow  # sweeps SmolLM2 with vLLM first (~1 min)
 @needs_vllm
 def test_cli_reports_mapping_and_zero_ops(exported):
     _, text, _ = exported

@@ -286,6 +286,25 @@ def test_gemm_family_holdout_error_on_synthetic_roofline():
         holdout_error(rows, [(3, 3)])
 
 
+def test_roofline_family_is_stored_by_its_coefficients():
+    from dooly.fit.gemm_family import rows_fingerprint, shape_holdout_error
+    rng = np.random.default_rng(6)
+    rows = _roofline_rows([(1024, 2048), (2048, 4096), (4096, 1024)], [1, 16, 256, 2048], rng)
+    fam = GemmFamily(model="roofline").fit(rows)
+    blob = json.loads(json.dumps(fam.to_json()))
+    back = GemmFamily.from_json(blob)  # no rows: the coefficients are the model
+    assert not back.needs_refit and back.predict(96, 3072, 3072) == pytest.approx(fam.predict(96, 3072, 3072))
+    boosted = GemmFamily(n_estimators=10).fit(rows).to_json()
+    assert GemmFamily.from_json(boosted).needs_refit  # trees keep only their parameters
+    with pytest.raises(ValueError, match="kind"):
+        GemmFamily.from_json({"kind": "poly"})
+    # the stated error holds each shape out in turn; the fingerprint follows rows and params
+    assert shape_holdout_error(rows, **fam.params) > 0 and shape_holdout_error(rows[:4]) is None
+    assert rows_fingerprint(rows, fam.params) == rows_fingerprint(rows[::-1], fam.params)
+    assert rows_fingerprint(rows[1:], fam.params) != rows_fingerprint(rows, fam.params)
+    assert rows_fingerprint(rows, {**fam.params, "model": "gbr"}) != rows_fingerprint(rows, fam.params)
+
+
 def test_gemm_rows_from_units():
     u = linear_unit(256, 512)
     ms = meas(u.key, [(1, 0.01), (64, 0.02)]) + [Measurement(u.key, "env0", {"T": 8}, status="failed")]

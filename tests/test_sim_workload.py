@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import config
 from dooly.cli import main
 from dooly.errors import DoolyInputError
 from dooly.sim.workload import (LengthDist, WorkloadSpec, arrival_times, build_workload,
-                                load_sharegpt, load_trace_csv)
+                                load_sharegpt, load_trace_csv, load_workload)
 
-TRACES = Path("/work/shared/reference/traces")
+TRACES = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
 STEP = ["--step-model", "linear:1,0.01,0.1"]
+CFG = config("HuggingFaceTB__SmolLM2-135M-Instruct")  # max_position_embeddings 8192
 
 
 def sharegpt(tmp_path, entries, name="sg.json"):
@@ -49,21 +51,33 @@ def test_trace_csv_with_and_without_arrivals(tmp_path):
         build_workload(WorkloadSpec(str(untimed), arrival="trace"))
 
 
-@pytest.mark.skipif(not TRACES.is_dir(), reason="reference traces not present")
-def test_reference_traces_load():
-    for path in sorted(TRACES.glob("*.csv")):
+def test_fixture_traces_load_in_file_order():
+    paths = sorted(TRACES.glob("*.csv"))
+    assert len(paths) == 3
+    for path in paths:
         rows = load_trace_csv(path)
-        assert len(rows) > 1000 and all(p > 0 and d > 0 for _, p, d in rows)
-        reqs = build_workload(WorkloadSpec(str(path), rate=5.0, num_requests=50,
-                                           max_model_len=4096))
-        assert len(reqs) == 50 and all(r.prompt_len + r.output_len <= 4096 for r in reqs)
+        assert len(rows) == 500 and all(p > 0 and d > 0 for _, p, d in rows)
+        timed = "splitwise" in path.name
+        assert all((t is not None) == timed for t, _, _ in rows)
+        w = load_workload(WorkloadSpec(str(path), rate=5.0, num_requests=50, max_model_len=4096))
+        assert all(r.prompt_len + r.output_len <= 4096 for r in w.requests)
+        # The first 50 rows, each request carrying its own row's lengths: a prompt of
+        # max_model_len or more is rejected, as vLLM rejects it; a longer output stops there.
+        assert sorted(r.rid for r in w.requests + w.rejected) == list(range(50))
+        for r in w.requests:
+            p = rows[r.rid][1]
+            assert (r.prompt_len, r.output_len) == (p, min(rows[r.rid][2], 4096 - p))
+        assert all(rows[r.rid][1] >= 4096 and r.reason == "prompt_too_long" for r in w.rejected)
 
 
-def test_max_model_len_clamps_and_num_requests_caps(tmp_path):
-    path = sharegpt(tmp_path, [{"prompt_len": 5000, "output_len": 300}] * 5)
-    reqs = build_workload(WorkloadSpec(str(path), rate=1.0, num_requests=3, max_model_len=2048))
-    assert len(reqs) == 3
-    assert all((r.prompt_len, r.output_len) == (2047, 1) for r in reqs)
+def test_max_model_len_rejects_long_prompts_caps_outputs_and_num_requests_caps(tmp_path):
+    path = sharegpt(tmp_path, [{"prompt_len": 5000, "output_len": 300},
+                               {"prompt_len": 2000, "output_len": 300}] * 3)
+    w = load_workload(WorkloadSpec(str(path), rate=1.0, num_requests=3, max_model_len=2048))
+    assert [(r.rid, r.reason) for r in w.rejected] == [(0, "prompt_too_long"), (2, "prompt_too_long")]
+    assert [(r.rid, r.prompt_len, r.output_len) for r in w.requests] == [(1, 2000, 48)]
+    assert w.length_capped == 1
+    assert len(build_workload(WorkloadSpec(str(path), rate=1.0))) == 6  # no max_model_len given
 
 
 def test_synthetic_lengths_and_seed():
@@ -133,7 +147,7 @@ def test_cli_malformed_file_is_one_line_exit_2(tmp_path, capsys, name, text, pro
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
-    rc = main(["simulate", "cfg.json", "--workload", str(path), "--rate", "2", *STEP])
+    rc = main(["simulate", CFG, "--workload", str(path), "--rate", "2", *STEP])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("dooly: error: ")
@@ -145,7 +159,7 @@ def test_cli_runs_and_writes_outputs(tmp_path, capsys):
     trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n"
                      + "".join(f"{i * 0.05},{100 + i},{5 + i % 7}\n" for i in range(40)))
     out, js = tmp_path / "out", tmp_path / "s.json"
-    rc = main(["simulate", "cfg.json", "--workload", str(trace), "--num-blocks", "64",
+    rc = main(["simulate", CFG, "--workload", str(trace), "--num-blocks", "64",
                "--max-num-seqs", "16", "--out", str(out), "--json", str(js), *STEP])
     assert rc == 0
     data = json.loads(js.read_text())
@@ -157,16 +171,16 @@ def test_cli_runs_and_writes_outputs(tmp_path, capsys):
 
 
 def test_cli_synthetic_and_kv_too_small(tmp_path, capsys):
-    assert main(["simulate", "cfg.json", "--rate", "50", "--num-requests", "100",
+    assert main(["simulate", CFG, "--rate", "50", "--num-requests", "100",
                  "--seed", "1", *STEP]) == 0
     capsys.readouterr()
-    rc = main(["simulate", "cfg.json", "--rate", "5", "--num-requests", "20",
+    rc = main(["simulate", CFG, "--rate", "5", "--num-requests", "20",
                "--prompt-len", "4000", "--num-blocks", "8", *STEP])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "num_blocks" in err
 
 
 def test_cli_without_latency_model_is_clear(capsys):
-    rc = main(["simulate", "cfg.json", "--rate", "5", "--num-requests", "5"])
+    rc = main(["simulate", CFG, "--rate", "5", "--num-requests", "5"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--db" in err

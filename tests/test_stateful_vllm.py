@@ -1,11 +1,8 @@
-"""vLLM's real attention + KV-cache write through vLLM's own setup (CPU_ATTN here)."""
-import os
-
+"""vLLM's real attention + KV-cache write through vLLM's own setup (CPU_ATTN here).
+vLLM's environment is set by conftest (dooly.engines.set_vllm_environ)."""
 import pytest
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ["VLLM_USE_AOT_COMPILE"] = "0"
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm")
 torch = pytest.importorskip("torch")
 

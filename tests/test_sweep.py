@@ -9,6 +9,8 @@ from dooly.db import Store
 from dooly.profile.grid import GridLimits
 from dooly.profile.sweep import sweep
 
+# every test here sweeps SmolLM2 for real, or uses the module's sweep: tens of seconds each
+pytestmark = pytest.mark.slow
 LIM = GridLimits(max_tokens=16, max_batch=2, max_context=32)
 SMOL = config("HuggingFaceTB__SmolLM2-135M-Instruct")
 
@@ -86,7 +88,7 @@ def test_predict_after_sweep_gives_positive_breakdown(swept):
     db, _ = swept
     p = Predictor.load(SMOL, db, "transformers")
     r = p.predict([(8, 0), (4, 0)])
-    assert r.total_ms > 0 and len(r.breakdown) == len(p.counts)
+    assert r.units_ms > 0 and len(r.breakdown) == len(p.counts)
 
 
 def _sweep_into(db):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 
 from dooly.errors import DoolyInputError, MissingDataError
@@ -14,20 +15,54 @@ COMMAND_MODULES = ("dooly.cli.analyze", "dooly.cli.sweep", "dooly.cli.db", "dool
                    "dooly.cli.sim", "dooly.cli.export")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A flag error is one line, like every other input error (argparse prints its usage
+    block first); subparsers are made of this class too."""
+
+    def error(self, message: str):
+        text = " ".join(message.split())
+        if len(text) > 300:  # e.g. a 5,000-digit number quoted back
+            text = text[:297] + "..."
+        self.exit(2, f"dooly: error: {text} (see {self.prog} --help)\n")
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dooly", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="dooly", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show vLLM's, torch's and transformers' own log lines (stderr)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for p in list(_parsers(parser))[1:]:  # `dooly analyze ... --verbose` works too
+        p.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # a flag error (2) or --help (0), already printed
+        return done.code if isinstance(done.code, int) else 2
+    from dooly.engines import library_logging
+    library_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (DoolyInputError, MissingDataError) as err:
         print(f"dooly: error: {err}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as err:  # one the Store did not name (it names every one it sees)
+        from dooly.db.schema import database_error
+        print(f"dooly: error: {database_error(getattr(args, 'db', None) or 'database', err)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dooly: interrupted", file=sys.stderr)

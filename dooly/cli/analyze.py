@@ -16,8 +16,9 @@ def register(sub) -> None:
     p.add_argument("--json", dest="json_path", help="write the analysis as JSON here")
     p.add_argument("--hardware", choices=["h100", "a100", "cpu"], default="h100",
                    help="device for the profiling-cost estimate")
-    p.add_argument("--db", help="latency DB: mark units already measured and the cost left")
-    p.add_argument("--env", help="environment key in --db (default: the newest matching engine)")
+    p.add_argument("--db", help="an existing latency DB: record the models' inventories in it, "
+                                "mark units already measured and the cost left")
+    p.add_argument("--env", help="environment key in --db (default: the engine's best-covered)")
     p.add_argument("--quiet", action="store_true", help="no per-model tables")
     p.set_defaults(func=run)
 
@@ -25,6 +26,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from dooly.analyze import analyze, reuse_summary, to_json
     from dooly.cli.report import print_analysis
+    if args.db:  # a missing, empty or damaged DB before the capture; --db is never created
+        from dooly.db import Store
+        Store.open(args.db, create=False).close()
     t0 = time.perf_counter()
     analysis = analyze(args.configs, args.engine)
     reuse = reuse_summary(analysis, args.hardware)

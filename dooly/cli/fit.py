@@ -2,67 +2,92 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
 
 
 def register(sub) -> None:
-    p = sub.add_parser("fit", help="fit one regression per (unit, environment); print CV MAPE")
+    p = sub.add_parser("fit", help="fit one regression per (unit, environment) and store it in the DB; "
+                                   "print CV MAPE")
     p.add_argument("--db", required=True)
-    p.add_argument("--env", default=None, help="environment key (default: all)")
+    p.add_argument("--env", default=None, help="environment key (default: every environment)")
     p.add_argument("--json", dest="json_path")
     p.set_defaults(func=run_fit)
     p = sub.add_parser("predict", help="forward-step latency of one batch, with a per-unit breakdown")
     p.add_argument("config")
     p.add_argument("--db", required=True)
-    p.add_argument("--batch", required=True, help='e.g. "prefill:512x2,decode:32@1024" or a JSON file')
+    p.add_argument("--batch", required=True, help='e.g. "prefill:512x2,decode:32@1024", or @FILE.json')
     p.add_argument("--engine", default=None)
-    p.add_argument("--env", default=None)
+    p.add_argument("--env", default=None, help="environment key (default: the engine's best-covered)")
     p.add_argument("--json", dest="json_path")
     p.set_defaults(func=run_predict)
 
 
 def run_fit(args) -> int:
     from dooly.db import Store
-    from dooly.fit.select import fit_units
+    from dooly.db.envs import choose_environment
+    from dooly.fit.stored import fit_environment
     with Store.open(args.db, create=False) as store:
+        envs = ([choose_environment(store, env_key=args.env, db_path=args.db)] if args.env
+                else store.environments())
+        fits = [fit_environment(store, e.key) for e in envs]
         units = {u.key: u for u in store.units()}
-        meas = store.measurements(env_key=args.env)
-    models = fit_units(units, meas)
-    rows = [{"key": uk, "env": ek, "op": units[uk].op, "model": m.name,
+    rows = [{"key": uk, "env": f.env_key, "op": units[uk].op, "model": m.name,
              "cv_mape_pct": None if m.cv_mape_pct is None else round(m.cv_mape_pct, 2),
-             "points": m.points} for (uk, ek), m in sorted(models.items())]
-    t = Table(title=f"fitted {len(rows)} (unit, environment) models")
-    for col in ("unit", "op", "model", "CV MAPE %", "points"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["key"], r["op"][:32], r["model"], "-" if r["cv_mape_pct"] is None
-                  else f"{r['cv_mape_pct']:.2f}", str(r["points"]))
-    Console().print(t)
+             "points": m.points, "fitted": uk in f.refitted}
+            for f in fits for uk, m in sorted(f.models.items())]
+    families = [{"env": f.env_key, "holdout_mape_pct": f.family.error_pct, "fitted": f.family.refitted}
+                for f in fits if f.family is not None]
+    _print_fits(rows, families)
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"units": rows}, f, indent=1)
+            json.dump({"units": rows, "gemm_family": families}, f, indent=1)
     return 0
+
+
+def _print_fits(rows: list[dict], families: list[dict]) -> None:
+    new = sum(r["fitted"] for r in rows)
+    t = Table(title=f"{len(rows)} (unit, environment) models stored: {new} fitted now, "
+                    f"{len(rows) - new} unchanged since the last fit")
+    for col in ("unit", "env", "op", "model", "CV MAPE %", "points"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["key"] + ("" if r["fitted"] else " (kept)"), r["env"][:8], r["op"][:32], r["model"],
+                  "-" if r["cv_mape_pct"] is None else f"{r['cv_mape_pct']:.2f}", str(r["points"]))
+    console = Console()
+    console.print(t)
+    for fam in families:
+        err = fam["holdout_mape_pct"]
+        console.print(f"GEMM family for unmeasured shapes in {fam['env'][:8]}: "
+                      + ("one shape measured, no held-out error" if err is None
+                         else f"{err:.1f}% MAPE on held-out shapes")
+                      + ("" if fam["fitted"] else " (kept)"))
 
 
 def run_predict(args) -> int:
     from dooly.cli.batchspec import parse_batch
-    from dooly.predict import Predictor
-    batch = parse_batch(args.batch)
+    from dooly.predict import Predictor, refit_note
+    from dooly.config import load_config
+    cfg = load_config(args.config)  # the config, then the batch against its length, then the DB
+    batch = parse_batch(args.batch, cfg.max_length()[0])
     pred = Predictor.load(args.config, args.db, args.engine, args.env)
+    if pred.refitted:
+        print(refit_note(pred.refitted, args.db), file=sys.stderr)
     res = pred.predict(batch)
-    t = Table(title=f"{len(batch)} sequences, {sum(q for q, _ in batch)} tokens: "
-                    f"{res.total_ms:.3f} ms ({pred.env.label()})")
+    t = Table(title=f"{len(batch)} sequences, {sum(q for q, _ in batch)} tokens: units "
+                    f"{res.units_ms:.3f} ms, engine step {res.step_ms:.3f} ms ({pred.env.label()})")
     for col in ("unit", "op", "count", "ms", "%"):
         t.add_column(col)
     for key, ms in sorted(res.breakdown.items(), key=lambda kv: -kv[1]):
         note = (f" (GEMM family, ±{pred.models[key].cv_mape_pct:.0f}% on held-out shapes)"
                 if key in pred.fallback else "")
         t.add_row(key, pred.units[key].op[:32] + note, str(pred.counts[key]), f"{ms:.3f}",
-                  f"{100 * ms / res.total_ms:.1f}" if res.total_ms else "-")
+                  f"{100 * ms / res.units_ms:.1f}" if res.units_ms else "-")
     Console().print(t)
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"total_ms": res.total_ms, "breakdown": res.breakdown, "env": pred.env.key}, f)
+            json.dump({"units_ms": res.units_ms, "engine_ms": res.engine_ms, "step_ms": res.step_ms,
+                       "breakdown": res.breakdown, "env": pred.env.key, "refitted": pred.refitted}, f)
     return 0

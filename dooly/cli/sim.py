@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from dooly.cli.flags import int_range, positive_float
 from dooly.errors import DoolyInputError
 
 
@@ -41,26 +42,6 @@ def _step_model(text: str) -> LinearStepModel:
             f"expected linear:A,B,C with A,B,C >= 0, got {text!r}") from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def _length(text: str):
     from dooly.sim.workload import LengthDist
     try:
@@ -71,33 +52,38 @@ def _length(text: str):
 
 def register(subparsers) -> None:
     from dooly.sim.scheduler import SchedulerConfig
+    from dooly.sim.workload import MAX_REQUESTS
 
     d = SchedulerConfig()
     p = subparsers.add_parser("simulate", help="simulate vLLM serving of a workload",
                               description=__doc__.splitlines()[0])
     p.add_argument("config", help="model config.json")
     p.add_argument("--db", help="profile database for the latency predictor")
+    p.add_argument("--env", help="environment key in --db (default: the best-covered one)")
     p.add_argument("--workload", default="synthetic",
                    help="ShareGPT .json, trace .csv, or 'synthetic' (default)")
-    p.add_argument("--rate", type=_positive_float, help="requests/s for poisson/gamma arrivals")
-    p.add_argument("--num-requests", type=_positive_int)
+    p.add_argument("--rate", type=positive_float, help="requests/s for poisson/gamma arrivals")
+    p.add_argument("--num-requests", type=int_range(1, MAX_REQUESTS),
+                   help=f"requests to simulate (synthetic default 1000; at most {MAX_REQUESTS:,})")
     p.add_argument("--arrival", choices=("poisson", "gamma", "trace"),
                    help="default: poisson with --rate, else the trace's own times")
-    p.add_argument("--cv", type=_positive_float, default=1.0,
+    p.add_argument("--cv", type=positive_float, default=1.0,
                    help="gamma inter-arrival coefficient of variation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range(0), default=0)
     p.add_argument("--prompt-len", type=_length, default="lognormal:512,0.8",
                    help="synthetic prompt lengths: N | uniform:A,B | lognormal:MEAN,SIGMA")
     p.add_argument("--output-len", type=_length, default="lognormal:128,0.8",
                    help="synthetic output lengths, same forms as --prompt-len")
-    p.add_argument("--max-model-len", type=_positive_int)
-    p.add_argument("--max-num-batched-tokens", type=_positive_int,
+    p.add_argument("--max-model-len", type=int_range(2),
+                   help="vLLM's max_model_len (default: the model's, as vLLM derives it); "
+                        "longer prompts are rejected, longer outputs stop there")
+    p.add_argument("--max-num-batched-tokens", type=int_range(1),
                    default=d.max_num_batched_tokens)
-    p.add_argument("--max-num-seqs", type=_positive_int, default=d.max_num_seqs)
-    p.add_argument("--block-size", type=_positive_int, default=d.block_size)
-    p.add_argument("--num-blocks", type=_positive_int,
+    p.add_argument("--max-num-seqs", type=int_range(1), default=d.max_num_seqs)
+    p.add_argument("--block-size", type=int_range(1), default=d.block_size)
+    p.add_argument("--num-blocks", type=int_range(1),
                    help="KV-cache blocks (default: unlimited, never preempts)")
-    p.add_argument("--long-prefill-token-threshold", type=int, default=0)
+    p.add_argument("--long-prefill-token-threshold", type=int_range(0), default=0)
     p.add_argument("--out", type=Path, help="directory for summary.json, requests.csv, cdf.png")
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
     p.add_argument("--step-model", type=_step_model, metavar="linear:A,B,C",
@@ -110,17 +96,29 @@ def _latency_model(args):
         return args.step_model.step_ms
     if not args.db:
         raise DoolyInputError(args.config, "no latency model: pass --db PATH", field="--db")
-    from dooly.predict import Predictor
-    return Predictor.load(args.config, args.db).step_ms
+    from dooly.predict import Predictor, refit_note
+    pred = Predictor.load(args.config, args.db, env_key=args.env)
+    if pred.refitted:
+        print(refit_note(pred.refitted, args.db), file=sys.stderr)
+    return pred.step_ms
 
 
 def run(args) -> int:
+    from dooly.config import load_config
     from dooly.sim.metrics import request_metrics, summarize
-    from dooly.sim.report import plot_cdfs, print_summary, write_csv, write_json
+    from dooly.sim.report import print_summary
     from dooly.sim.scheduler import SchedulerConfig
     from dooly.sim.simulator import simulate
-    from dooly.sim.workload import WorkloadSpec, build_workload
+    from dooly.sim.workload import WorkloadSpec, load_workload
 
+    cfg = load_config(args.config)  # config and flags first, then the workload, then the DB
+    if args.max_model_len is None:
+        args.max_model_len = cfg.default_max_model_len()  # vLLM's default
+    cfg.check_length("--max-model-len", args.max_model_len)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise DoolyInputError(args.out, "exists and is not a directory", "--out")
+    if args.json is not None and args.json.is_dir():
+        raise DoolyInputError(args.json, "is a directory", "--json")
     arrival = args.arrival or ("poisson" if args.rate is not None else "trace")
     try:
         sched = SchedulerConfig(args.max_num_batched_tokens, args.max_num_seqs,
@@ -131,23 +129,61 @@ def run(args) -> int:
                             args.output_len)
     except ValueError as err:
         raise DoolyInputError("dooly simulate", str(err)) from None
-    requests = build_workload(spec)
+    workload = load_workload(spec)
+    if not workload.requests:
+        raise DoolyInputError(args.workload, f"every request is rejected, as vLLM would: "
+                              f"{_reasons(workload.rejected)} (max_model_len {args.max_model_len})")
     step_ms = _latency_model(args)
     try:
-        result = simulate(requests, step_ms, sched)
+        result = simulate(workload.requests, step_ms, sched)
     except ValueError as err:  # a request that can never fit the configured KV cache
         raise DoolyInputError(args.workload, str(err)) from None
     per = [request_metrics(r) for r in result.requests]
     summary = summarize(result, per)
     extra = {"scheduler": dataclasses.asdict(sched),
              "workload": {"source": args.workload, "arrival": arrival, "rate": args.rate,
-                          "cv": args.cv, "seed": args.seed}}
+                          "cv": args.cv, "seed": args.seed},
+             "rejected": _rejected_json(workload.rejected),
+             "length_capped": workload.length_capped}
     print_summary(summary, title=f"dooly simulate: {Path(args.config).name}")
-    if args.out:
-        write_json(summary, args.out / "summary.json", extra)
-        write_csv(per, args.out / "requests.csv")
-        plot_cdfs(per, args.out / "cdf.png", title=Path(args.config).name)
-        print(f"wrote {args.out}/summary.json, requests.csv, cdf.png", file=sys.stderr)
-    if args.json:
-        write_json(summary, args.json, extra)
+    if workload.rejected:
+        print(f"rejected, as vLLM would (HTTP 400), not simulated: {_reasons(workload.rejected)}; "
+              f"max_model_len {args.max_model_len}")
+    if workload.length_capped:
+        print(f"{workload.length_capped} output(s) stop at max_model_len {args.max_model_len}, "
+              "as vLLM stops them (finish reason 'length')")
+    _write(args, summary, per, extra)
     return 0
+
+
+def _reasons(rejected) -> str:
+    from collections import Counter
+
+    from dooly.sim.workload import REJECT_REASONS
+    counts = Counter(r.reason for r in rejected)
+    first = ", ".join(str(r.rid) for r in sorted(rejected, key=lambda r: r.rid)[:5])
+    more = ", ..." if len(rejected) > 5 else ""
+    return (", ".join(f"{n} {REJECT_REASONS[k]}" for k, n in counts.most_common())
+            + f" (request {first}{more})")
+
+
+def _rejected_json(rejected, listed: int = 1000) -> dict:
+    from collections import Counter
+    return {"count": len(rejected), "by_reason": dict(Counter(r.reason for r in rejected)),
+            "requests": [dataclasses.asdict(r) for r in rejected[:listed]]}
+
+
+def _write(args, summary, per, extra) -> None:
+    from dooly.sim.report import plot_cdfs, write_csv, write_json
+    path = args.out
+    try:
+        if args.out:
+            write_json(summary, args.out / "summary.json", extra)
+            write_csv(per, args.out / "requests.csv")
+            plot_cdfs(per, args.out / "cdf.png", title=Path(args.config).name)
+            print(f"wrote {args.out}/summary.json, requests.csv, cdf.png", file=sys.stderr)
+        if args.json:
+            path = args.json
+            write_json(summary, args.json, extra)
+    except OSError as err:
+        raise DoolyInputError(path, f"cannot write ({err.strerror or err})") from None

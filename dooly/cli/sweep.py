@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+from dooly.cli.batchspec import MAX_SEQS
+from dooly.cli.flags import MAX_THREADS, int_range
 from dooly.errors import DoolyInputError
 
 
@@ -14,10 +16,12 @@ def register(sub) -> None:
     p.add_argument("--db", required=True, help="SQLite latency DB (created if missing)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--backend", default=None, help="attention backend (default: the engine's)")
-    p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-context", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    p.add_argument("--max-tokens", type=int_range(1), default=1024,
+                   help="largest token count swept (at most the model's maximum length)")
+    p.add_argument("--max-batch", type=int_range(1, MAX_SEQS), default=32)
+    p.add_argument("--max-context", type=int_range(1), default=1024,
+                   help="longest context swept (at most the model's maximum length)")
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=None, help="torch threads (CPU)")
     p.add_argument("--json", dest="json_path", help="write the summary here")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-recheck", action="store_true",
@@ -29,8 +33,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from dooly.config import load_config
     from dooly.profile.grid import GridLimits
     from dooly.profile.sweep import sweep
+    for cfg in map(load_config, args.configs):  # every config and flag before the DB or an engine
+        cfg.check_length("--max-context", args.max_context)
+        cfg.check_length("--max-tokens", args.max_tokens)
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -61,29 +69,37 @@ def run(args) -> int:
 
 
 def register_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="time real engine steps: the step beyond the units, for predict and simulate")
-    p.add_argument("config")
+    p = sub.add_parser("calibrate", help="time real engine steps of each model into the environment's "
+                       "engine-step pool, for predict and simulate of any model")
+    p.add_argument("configs", nargs="+", metavar="config")
     p.add_argument("--db", required=True)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=None)
     # the serving settings to calibrate under: the engine compiles its graph for them
-    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--max-num-batched-tokens", type=int_range(1), default=8192)
+    p.add_argument("--max-num-seqs", type=int_range(1, MAX_SEQS), default=128)
     p.set_defaults(func=run_calibrate)
 
 
 def run_calibrate(args) -> int:
     from dooly.config import load_config
-    from dooly.profile.calibrate import calibrate
-    load_config(args.config)  # one-line error for a bad config before starting an engine
+    from dooly.profile.calibrate import calibrate, stored_structure
+    cfgs = [load_config(c) for c in args.configs]  # one-line error for a bad config before an engine
     for flag in ("max_num_batched_tokens", "max_num_seqs"):
         if getattr(args, flag) < 1:
             raise DoolyInputError("command line", f"expected a positive count, got {getattr(args, flag)}",
                                   "--" + flag.replace("_", "-"))
-    try:
-        r = calibrate(args.config, args.db, args.threads, args.max_num_batched_tokens,
-                      args.max_num_seqs)
-    except RuntimeError as err:  # the real engine refused the model (e.g. an unknown architecture)
-        raise DoolyInputError(args.config, str(err), "architectures") from None
-    print(f"calibrated: {r['points']} distinct batches from {r['steps']} real vLLM steps "
-          f"(worker threads {r['worker_threads']}) into env {r['env_key']}")
+    from dooly.db import Store
+    Store.ensure_writable(args.db)  # a damaged or read-only DB before the engine run, not after
+    with Store.open(args.db) as store:  # every model's inventory before the first engine run
+        for cfg in cfgs:
+            stored_structure(store, cfg, "vllm")
+    for cfg in cfgs:
+        try:
+            r = calibrate(cfg.path, args.db, args.threads, args.max_num_batched_tokens,
+                          args.max_num_seqs)
+        except RuntimeError as err:  # the real engine refused the model (e.g. an unknown architecture)
+            raise DoolyInputError(cfg.path, str(err), "architectures") from None
+        print(f"calibrated {cfg.name}: {r['points']} distinct batches from {r['steps']} real vLLM steps "
+              f"(worker threads {r['worker_threads']}) into env {r['env_key']}; the pool now holds "
+              f"{r['pool_models']} model(s)")
     return 0

@@ -1,7 +1,8 @@
 """DB: the measurement database (SQLite). `Store.open(path)` is the only entry point
 callers need: environments, units, measurements, inventories and fitted models, all
-stored as data (JSON), never as code. May import: dooly.env, dooly.errors, dooly.unit,
-dooly.symbolic."""
+stored as data (JSON), never as code; `check` reads every row back the way a command
+would (`dooly db check`, `db merge`), and the `leases` table lets sweepers share the
+work. May import: dooly.env, dooly.errors, dooly.unit, dooly.symbolic."""
 from dooly.db.schema import SCHEMA_VERSION
 from dooly.db.store import Store, point_json
 

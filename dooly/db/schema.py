@@ -5,13 +5,17 @@ The version lives in `PRAGMA user_version` and the file is tagged with
 without guessing from table names."""
 from __future__ import annotations
 
+import functools
 import sqlite3
+import types
 from typing import Callable
 
 from dooly.errors import DoolyInputError
 
 # "DOOL" in ASCII: marks the file as ours in the SQLite header.
 APPLICATION_ID = 0x444F4F4C
+# how long a writer waits for another process's write to finish
+BUSY_S = 30.0
 
 ENV_COLUMNS = ("device_name", "device_kind", "engine", "engine_version", "backend", "dtype",
                "kv_dtype", "block_size", "torch_version", "execution", "threads", "cache")
@@ -105,28 +109,93 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2, _to_v3
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def prepare(conn: sqlite3.Connection, path: str) -> None:
-    """Check that `conn` holds a Dooly database (or an empty file) and bring it to
-    SCHEMA_VERSION. Runs inside BEGIN IMMEDIATE so two processes opening a fresh
-    file at once do not both create the tables."""
+MODES = ("create", "write", "read")
+
+
+def database_error(path: str, err: sqlite3.Error) -> DoolyInputError:
+    """One line for an SQLite error on the file at `path`: what the user can do about it."""
+    msg = str(err)
+    low = msg.lower()
+    if "readonly" in low or "read-only" in low:
+        return DoolyInputError(path, f"read-only file or directory: cannot write to it ({msg})")
+    if "locked" in low or "busy" in low:
+        return DoolyInputError(path, f"locked by another process for more than {BUSY_S:.0f} s ({msg})")
+    if "full" in low:
+        return DoolyInputError(path, f"disk full ({msg})")
+    if "file is not a database" in low:
+        return DoolyInputError(path, f"not a Dooly database ({msg})")
+    if isinstance(err, sqlite3.OperationalError) and "malformed" not in low and "corrupt" not in low:
+        return DoolyInputError(path, f"cannot open or access the database ({msg})")
+    return DoolyInputError(path, f"damaged: {msg}; run `dooly db check {path}`")
+
+
+def guarded(cls):
+    """Every method of `cls` turns an SQLite error into one DoolyInputError naming the
+    file (a damaged page met halfway through a read, a read-only file on a write).
+    IntegrityError is left to the methods that expect it."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def method(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as err:
+                raise database_error(self.path, err) from None
+        return method
+    for name, fn in list(vars(cls).items()):
+        if isinstance(fn, types.FunctionType) and not name.startswith("__"):
+            setattr(cls, name, wrap(fn))
+    return cls
+
+
+def prepare(conn: sqlite3.Connection, path: str, mode: str = "create") -> None:
+    """Check that `conn` holds a healthy Dooly database and, with mode "create", make or
+    upgrade it (an empty file becomes a new database; an older one is migrated). Modes
+    "write" and "read" never change the schema: an empty file or an older version is a
+    one-line error. Creation and migration run inside BEGIN IMMEDIATE, so two processes
+    opening a fresh file at once do not both create the tables; in "create" mode that
+    also proves up front that the file can be written."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            _check_and_migrate(conn, path)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        # WAL lets readers and one writer work at once; it is persistent, so this is a
-        # no-op after the first open. Set only once the file is known to be ours.
-        conn.execute("PRAGMA journal_mode = WAL")
-    except sqlite3.OperationalError as err:
-        raise DoolyInputError(path, f"cannot open database ({err})") from err
-    except sqlite3.DatabaseError as err:
-        raise DoolyInputError(path, f"not a Dooly database ({err})") from err
+        version = _check(conn, path)
+        if version:
+            _quick_check(conn, path)
+        if mode == "create":
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _migrate(conn, path, _check(conn, path))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            # WAL lets readers and one writer work at once; it is persistent, so this is
+            # set once, and only once the file is known to be ours.
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+        elif version == 0:
+            raise DoolyInputError(path, "empty database, not a Dooly database yet (only sweep, "
+                                        "calibrate, db import-vidur and a db merge target create one)")
+        elif version < SCHEMA_VERSION:
+            raise DoolyInputError(path, f"database schema version {version} is older than this "
+                                        f"dooly's ({SCHEMA_VERSION}); upgrade it with "
+                                        f"`dooly db migrate {path}`")
+    except sqlite3.Error as err:
+        raise database_error(path, err) from None
 
 
-def _check_and_migrate(conn: sqlite3.Connection, path: str) -> None:
+def _quick_check(conn: sqlite3.Connection, path: str) -> None:
+    # every page's structure, in one linear pass: a damaged page is found when the file
+    # is opened, not halfway through a command that happens to read it
+    rows = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+    if rows != ["ok"]:
+        raise DoolyInputError(path, f"damaged: {'; '.join(rows)[:200]}; run `dooly db check {path}`")
+
+
+def _check(conn: sqlite3.Connection, path: str) -> int:
+    """The file's schema version (0: empty); an error if it is not a Dooly database we
+    can read."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     if version == 0:
@@ -135,18 +204,30 @@ def _check_and_migrate(conn: sqlite3.Connection, path: str) -> None:
         if names:
             raise DoolyInputError(path, "not a Dooly database (SQLite file with other "
                                         f"tables: {', '.join(sorted(names)[:5])})")
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    elif app_id != APPLICATION_ID:
+        return 0
+    if app_id != APPLICATION_ID:
         raise DoolyInputError(path, f"not a Dooly database (application_id {app_id:#x})")
     if version > SCHEMA_VERSION:
         raise DoolyInputError(path, f"database schema version {version} is newer than this "
                                     f"dooly supports ({SCHEMA_VERSION}); upgrade dooly")
-    for step in range(version, SCHEMA_VERSION):
-        MIGRATIONS[step](conn)
-    if version < SCHEMA_VERSION:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    if version == SCHEMA_VERSION:
+        _check_tables(conn, path)
+    return version
+
+
+def _check_tables(conn: sqlite3.Connection, path: str) -> None:
     missing = set(TABLES) - {r[0] for r in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     if missing:
         raise DoolyInputError(path, f"not a Dooly database (missing tables: "
                                     f"{', '.join(sorted(missing))})")
+
+
+def _migrate(conn: sqlite3.Connection, path: str, version: int) -> None:
+    if version == 0:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    for step in range(version, SCHEMA_VERSION):
+        MIGRATIONS[step](conn)
+    if version < SCHEMA_VERSION:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        _check_tables(conn, path)

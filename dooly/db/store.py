@@ -1,35 +1,60 @@
 """Measurement store: environments, units, measured points and model inventories,
-in one SQLite file. Callers get one from `Store.open(path)`."""
+in one SQLite file. Callers get one from `Store.open(path)`.
+
+Three ways to open: `create=True` (sweep, calibrate, import-vidur, a merge target) may
+create the file or upgrade an older schema and must be able to write; `create=False`
+(fit, analyze --db, predict) needs an existing Dooly DB at this version and writes only
+what the command writes; `readonly=True` (db stats/list/export, a merge source) never
+writes. Every SQLite error is one DoolyInputError naming the file."""
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from dooly.db import schema
+from dooly.db import check, schema
+from dooly.db.leases import Leases
 from dooly.db.schema import ENV_COLUMNS, MEASUREMENT_COLUMNS
 from dooly.env import Environment, Measurement
 from dooly.errors import DoolyInputError
 from dooly.unit import Unit
 
-BUSY_TIMEOUT_S = 30.0
-
-
+BUSY_TIMEOUT_S = schema.BUSY_S
 def point_json(point: dict) -> str:
     """The exact text a point is stored under (same as Measurement.point_json)."""
     return Measurement("", "", point).point_json
 
 
-class Store:
+@schema.guarded
+class Store(Leases):
     """A Dooly database in one SQLite file: what sweep, fit and simulate may ask of it."""
 
     @classmethod
-    def open(cls, path: str | os.PathLike, create: bool = True) -> "Store":
-        """Open (and with `create`, make) the database at `path`."""
-        return cls(path, create=create)
+    def open(cls, path: str | os.PathLike, create: bool = True, readonly: bool = False) -> "Store":
+        """Open (and with `create`, make or upgrade) the database at `path`; `readonly`
+        opens an existing one that is never written."""
+        return cls(path, create=create and not readonly, readonly=readonly)
+
+    @classmethod
+    def ensure_writable(cls, path: str | os.PathLike) -> None:
+        """Check before long work (a sweep's capture, a calibration's engine run) that
+        `path` is, or can become, a Dooly database this process can write. A missing
+        file is not created here: only its directory is checked."""
+        p = Path(path)
+        if p.exists():
+            cls(p, create=True).close()
+            return
+        parent = p.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise DoolyInputError(path, f"cannot create the database: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DoolyInputError(path, f"cannot create the database: {parent} is not writable")
 
     def __enter__(self) -> "Store":
         return self
@@ -37,25 +62,61 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __init__(self, path: str | os.PathLike, create: bool = True):
+    def __init__(self, path: str | os.PathLike, create: bool = True, readonly: bool = False):
         self.path = str(path)
-        if not create and not Path(path).is_file():
-            raise DoolyInputError(path, "no such database file")
-        if create:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        create = create and not readonly
+        p = Path(path)
+        if not create:
+            # checked before SQLite sees the file: a missing path would be created and
+            # an empty file silently initialised, and neither is a read's business
+            if not p.exists():
+                raise DoolyInputError(path, "no such database file")
+            if not p.is_file():
+                raise DoolyInputError(path, "not a regular file")
+            if p.stat().st_size == 0:
+                raise DoolyInputError(path, "empty file, not a Dooly database (only sweep, "
+                                            "calibrate, db import-vidur and a db merge target create one)")
+        else:
+            if p.exists() and not os.access(p, os.W_OK):  # chmod, chattr +i, a read-only mount
+                raise DoolyInputError(path, "read-only file: cannot write to it")
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DoolyInputError(path, f"cannot create its directory ({err.strerror})") from None
         try:
             # Autocommit: every write below is its own committed transaction, so an
             # interrupted sweep keeps every point it wrote.
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self._conn = sqlite3.connect(self._target(create), timeout=BUSY_TIMEOUT_S,
+                                         isolation_level=None, uri=not create)
         except sqlite3.Error as err:
-            raise DoolyInputError(path, f"cannot open database ({err})") from err
+            raise DoolyInputError(path, f"cannot open database ({err})") from None
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            schema.prepare(self._conn, self.path)
+            if readonly:
+                self._conn.execute("PRAGMA query_only = ON")
+            schema.prepare(self._conn, self.path, "create" if create else "read" if readonly
+                           else "write")
             self._conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as err:
+            self._conn.close()
+            raise schema.database_error(self.path, err) from None
         except BaseException:
             self._conn.close()
             raise
+
+    def _target(self, create: bool) -> str:
+        """What to connect to. mode=rw never creates the file; a read-only open is
+        query_only rather than mode=ro, so that SQLite still removes its WAL side files
+        on close instead of leaving them behind. A file nobody may write (as SQLite
+        cannot remove side files it made there either) is read as immutable unless a
+        writer's WAL is present."""
+        if create:
+            return self.path
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path))
+        if os.access(self.path, os.W_OK):
+            return uri + "?mode=rw"
+        return uri + ("?mode=ro" if Path(f"{self.path}-wal").exists() else "?mode=ro&immutable=1")
 
     @contextmanager
     def _write(self):
@@ -92,22 +153,38 @@ class Store:
         where = " AND ".join(f"{k} = ?" for k in fields) or "1"
         rows = self._rows(f"SELECT * FROM environments WHERE {where} ORDER BY env_key",
                           tuple(fields.values()))
-        return [Environment.from_json(r) for r in rows]
+        try:
+            return [check.env_from_row(r) for r in rows]
+        except ValueError as err:
+            raise DoolyInputError(self.path, str(err), "environments") from None
 
     # -- units --------------------------------------------------------------------
     def add_unit(self, unit: Unit) -> None:
-        # A unit key is a content hash: a second writer of the same key has the same unit.
-        self._conn.execute("INSERT OR IGNORE INTO units (unit_key, op, signature_json) "
-                           "VALUES (?, ?, ?)", (unit.key, unit.op, json.dumps(unit.to_json())))
+        # A unit key is a content hash: a second writer of one key must bring the same
+        # unit (compared canonically), never a different graph kept or lost in silence.
+        cur = self._conn.execute("INSERT OR IGNORE INTO units (unit_key, op, signature_json) "
+                                 "VALUES (?, ?, ?)", (unit.key, unit.op, json.dumps(unit.to_json())))
+        stored = self.get_unit(unit.key) if cur.rowcount == 0 else None
+        if stored is not None and stored.identity() != unit.identity():
+            raise DoolyInputError(self.path, f"unit {unit.key} is stored with a different "
+                                  f"signature or graph than the one being added", "units")
 
     def get_unit(self, key: str) -> Unit | None:
-        row = self._conn.execute("SELECT signature_json FROM units WHERE unit_key = ?",
+        row = self._conn.execute("SELECT unit_key, op, signature_json FROM units WHERE unit_key = ?",
                                  (key,)).fetchone()
-        return Unit.from_json(json.loads(row[0])) if row else None
+        return self._unit(*row) if row else None
 
     def units(self) -> list[Unit]:
-        return [Unit.from_json(json.loads(r[0])) for r in
-                self._conn.execute("SELECT signature_json FROM units ORDER BY unit_key")]
+        return [self._unit(*r) for r in self._conn.execute(
+            "SELECT unit_key, op, signature_json FROM units ORDER BY unit_key").fetchall()]
+
+    def _unit(self, key: str, op: str, signature_json: str) -> Unit:
+        # every request dim parsed by the bounded parser: a stored dim is data, and one
+        # that is not a small request expression stops the command here, naming the unit
+        try:
+            return check.unit_from_row(key, op, signature_json)
+        except ValueError as err:
+            raise DoolyInputError(self.path, str(err), "units.signature_json") from None
 
     def units_measured(self, env_key: str) -> set[str]:
         return {r[0] for r in self._conn.execute(
@@ -169,9 +246,15 @@ class Store:
         where = " AND ".join(f"{k} = ?" for k in filters) or "1"
         rows = self._rows(f"SELECT {', '.join(MEASUREMENT_COLUMNS)} FROM measurements "
                           f"WHERE {where} ORDER BY id", tuple(filters.values()))
+        out = []
         for r in rows:
-            r["point"] = json.loads(r.pop("point_json"))
-        return [Measurement(**r) for r in rows]
+            try:
+                r["point"] = json.loads(r.pop("point_json"))
+                out.append(Measurement(**r))
+            except (ValueError, TypeError, RecursionError) as err:
+                raise DoolyInputError(self.path, f"measurement of unit {str(r['unit_key'])[:60]}: "
+                                      f"{str(err)[:120]}", "measurements") from None
+        return out
 
     # -- inventories --------------------------------------------------------------
     def set_inventory(self, config_hash: str, engine: str, model_name: str,
@@ -217,20 +300,47 @@ class Store:
         the newer timestamp wins. Returns measurement rows inserted or replaced."""
         if Path(other_path).resolve() == Path(self.path).resolve():
             return 0
-        with Store(other_path, create=False) as other, self._write() as c:
-            for env in other.environments():
-                cols = ("env_key",) + ENV_COLUMNS
-                c.execute(f"INSERT OR IGNORE INTO environments ({', '.join(cols)}) VALUES "
-                          f"({', '.join('?' * len(cols))})",
-                          (env.key,) + tuple(getattr(env, k) for k in ENV_COLUMNS))
-            c.executemany("INSERT OR IGNORE INTO units VALUES (?, ?, ?)",
-                          other._conn.execute("SELECT unit_key, op, signature_json FROM units"))
-            c.executemany("INSERT OR REPLACE INTO inventories VALUES (?, ?, ?, ?, ?)",
-                          other._conn.execute("SELECT config_hash, engine, model_name, "
-                                              "unit_key, count FROM inventories"))
+        with Store(other_path, readonly=True) as other:
+            return self.merge([other])[0]
+
+    def problems(self):
+        """Dooly's own checks of every row (`dooly.db.check`), one line each, lazily."""
+        return check.problems(self._conn)
+
+    def merge(self, sources: list["Store"], checked: bool = False) -> list[int]:
+        """Copy every row of each source (opened read-only) in, all in one transaction,
+        after checking every row of every source: a source with a unit whose signature
+        does not parse or hash to its key, or a measurement with no unit or a number
+        that is not finite, is refused whole (naming the row) and nothing is merged.
+        For the same (unit, env, point) the newer timestamp wins. Returns, per source,
+        the measurement rows inserted or replaced. `checked`: the caller has already
+        checked the sources (`problems()`)."""
+        own = Path(self.path).resolve()
+        others = [s for s in sources if Path(s.path).resolve() != own]
+        for src in [] if checked else others:
+            problem = next(check.problems(src._conn), None)
+            if problem:
+                raise DoolyInputError(src.path, problem)
+        with self._write() as c:
+            # a source named twice, or the target itself, adds nothing the second time
+            return [self._copy_from(c, s) if s in others else 0 for s in sources]
+
+    def _copy_from(self, c: sqlite3.Connection, other: "Store") -> int:
+        cols = ("env_key",) + ENV_COLUMNS
+        try:
+            envs = other._conn.execute(f"SELECT {', '.join(cols)} FROM environments").fetchall()
+            units = other._conn.execute("SELECT unit_key, op, signature_json FROM units").fetchall()
+            inventories = other._conn.execute("SELECT config_hash, engine, model_name, unit_key, "
+                                              "count FROM inventories").fetchall()
             rows = other._conn.execute(
                 f"SELECT {', '.join(MEASUREMENT_COLUMNS)} FROM measurements").fetchall()
-            return self._upsert(c, rows, newer_only=True)
+        except sqlite3.Error as err:
+            raise schema.database_error(other.path, err) from None
+        c.executemany(f"INSERT OR IGNORE INTO environments ({', '.join(cols)}) VALUES "
+                      f"({', '.join('?' * len(cols))})", envs)
+        c.executemany("INSERT OR IGNORE INTO units VALUES (?, ?, ?)", units)
+        c.executemany("INSERT OR REPLACE INTO inventories VALUES (?, ?, ?, ?, ?)", inventories)
+        return self._upsert(c, rows, newer_only=True)
 
     def export_json(self, path: str | os.PathLike) -> None:
         data = {"schema_version": schema.SCHEMA_VERSION,
@@ -245,3 +355,40 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
+
+    # -- fits ---------------------------------------------------------------------
+    def put_fits(self, fits: list[dict]) -> None:
+        """Store fitted models as data, each {"unit_key", "env_key", "fingerprint",
+        "model": JSON-able dict}, replacing the earlier fit of the same (unit, environment);
+        all in one transaction. A fit is valid while its fingerprint matches the rows."""
+        import time
+        now = time.time()
+        rows = []
+        for f in fits:
+            for name in ("unit_key", "env_key", "fingerprint", "model"):
+                if not f.get(name):
+                    raise ValueError(f"{name}: every fit needs one (got {sorted(f)})")
+            rows.append((f["unit_key"], f["env_key"], f["fingerprint"],
+                         json.dumps(f["model"], sort_keys=True), now))
+        with self._write() as c:
+            c.executemany("INSERT OR REPLACE INTO fits (unit_key, env_key, fingerprint, model_json, "
+                          "timestamp) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def fits(self, env_key: str, unit_keys=None) -> dict[str, dict]:
+        """unit_key -> {"fingerprint", "model", "timestamp"} of the fits stored for
+        `env_key` (only `unit_keys` when given)."""
+        rows = self._rows("SELECT unit_key, fingerprint, model_json, timestamp FROM fits "
+                          "WHERE env_key = ? ORDER BY unit_key", (env_key,))
+        wanted = None if unit_keys is None else set(unit_keys)
+        out = {}
+        for r in rows:
+            if wanted is not None and r["unit_key"] not in wanted:
+                continue
+            try:
+                model = json.loads(r["model_json"])
+            except json.JSONDecodeError as err:
+                raise DoolyInputError(self.path, f"stored fit of {r['unit_key']} is not JSON ({err})",
+                                      "fits.model_json") from None
+            out[r["unit_key"]] = {"fingerprint": r["fingerprint"], "model": model,
+                                  "timestamp": r["timestamp"]}
+        return out

@@ -18,17 +18,40 @@ ENGINES = ("vllm", "transformers")
 # What vLLM must see before it is imported, in this process or a child's: one process
 # (no engine-core subprocess), no AOT compile cache, its logging kept off stdout.
 VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_AOT_COMPILE": "0",
-            "VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1"}
+            "VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1",
+            "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
 
 
 def vllm_environ(base: dict | None = None) -> dict:
     """`base` (default os.environ) with vLLM's settings; a user's own value wins,
-    except the AOT cache, which would replay another model's graph."""
+    except the AOT cache, which would replay another model's graph, and the log
+    stream: Dooly's stdout carries its tables and JSON."""
     env = dict(os.environ if base is None else base)
     for k, v in VLLM_ENV.items():
         env.setdefault(k, v)
     env["VLLM_USE_AOT_COMPILE"] = "0"
+    env["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"
     return env
+
+
+def library_logging(verbose: bool) -> None:
+    """The libraries' own log lines (vLLM, torch, transformers, Python warnings) go to
+    stderr, and only when asked (`dooly --verbose`): Dooly reports what matters itself.
+    vLLM reads its level from the environment each time it sets up logging, and logs
+    through Python's last-resort stderr handler before that (vLLM's "Triton is
+    installed, but doesn't include CPU backend"), so both are set; children inherit
+    the environment."""
+    import logging
+    import warnings
+    levels = ({"vllm": "INFO", "torch": "WARNING", "transformers": "WARNING"} if verbose
+              else dict.fromkeys(("vllm", "torch", "transformers"), "CRITICAL"))
+    os.environ["VLLM_LOGGING_LEVEL"] = levels["vllm"]
+    os.environ["TRANSFORMERS_VERBOSITY"] = levels["transformers"].lower()  # its INFO dumps configs
+    if not verbose:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # read when torch starts
+        warnings.simplefilter("ignore")
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def set_vllm_environ() -> None:

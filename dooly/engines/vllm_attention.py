@@ -44,6 +44,7 @@ import torch
 
 from dooly.engines import set_vllm_environ
 from dooly.engines.vllm_capture import _init_distributed
+from dooly.env import cache_bytes, copies_to_span
 
 LAYER_NAME = "model.layers.0.self_attn.attn"
 MAX_KV_BYTES = 2 << 30  # cap on the KV cache allocation
@@ -74,18 +75,6 @@ class VllmAttentionRunner:
                  seed: int = 0, cold_kv: bool = False):
         set_vllm_environ()
         from vllm.config import set_current_vllm_config
-        from vllm.engine.arg_utils import EngineArgs
-        from vllm.model_executor.layers.attention import Attention
-        from vllm.utils.torch_utils import set_default_torch_dtype
-        from vllm.distributed.kv_transfer.kv_connector.utils import get_current_attn_backends
-        from vllm.v1.attention.backends.utils import (get_supported_kv_cache_layouts,
-                                                      record_kv_cache_layout,
-                                                      resolve_kv_cache_layout)
-        from vllm.v1.core.kv_cache_utils import get_kv_cache_configs
-        from vllm.v1.worker.utils import (AttentionGroup, allocate_kv_cache, bind_kv_cache,
-                                          customize_attention_spec,
-                                          map_kv_caches_to_kernel_blocks,
-                                          prepare_kernel_block_sizes)
 
         self.num_heads, self.num_kv_heads, self.head_size = num_heads, num_kv_heads, head_size
         self.sliding_window = int(sliding_window or 0)
@@ -93,10 +82,28 @@ class VllmAttentionRunner:
         self._gen = torch.Generator().manual_seed(seed)
         self._seed = seed
         self.cold_kv = cold_kv
+        vc = self._engine_config(dtype, block_size, kv_cache_dtype)
+        self.vllm_config = vc
+        self.dtype = vc.model_config.dtype
+        self.device = torch.device("cpu")
+        with set_current_vllm_config(vc):
+            _init_distributed()
+            backend = self._make_layer(vc)
+            group = self._bind_kv_cache(vc, backend)
+        self.kv_cache = self.layer.kv_cache
+        # Block ids the block table addresses (kernel blocks when vLLM splits them).
+        self.block_size = group.kernel_block_size or self.spec.block_size
+        self.num_blocks = int(self.kv_cache.shape[0])
+        self._fill_kv_cache()
+
+    def _engine_config(self, dtype: str, block_size: int | None, kv_cache_dtype: str):
+        """vLLM's config for a one-layer Llama with this layer's heads (no weights)."""
+        from vllm.engine.arg_utils import EngineArgs
+        heads, size = self.num_heads, self.head_size
         hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-              "hidden_size": num_heads * head_size, "head_dim": head_size,
-              "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads,
-              "intermediate_size": 4 * num_heads * head_size, "num_hidden_layers": 1,
+              "hidden_size": heads * size, "head_dim": size,
+              "num_attention_heads": heads, "num_key_value_heads": self.num_kv_heads,
+              "intermediate_size": 4 * heads * size, "num_hidden_layers": 1,
               "vocab_size": 256, "max_position_embeddings": self.max_context,
               "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": dtype,
               "tie_word_embeddings": False}
@@ -105,63 +112,78 @@ class VllmAttentionRunner:
         kw = {"block_size": block_size} if block_size else {}
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "config.json").write_text(json.dumps(hf))
-            vc = EngineArgs(model=tmp, load_format="dummy", skip_tokenizer_init=True,
-                            hf_overrides={"num_hidden_layers": 1},
-                            max_model_len=self.max_context, dtype=dtype,
-                            kv_cache_dtype=kv_cache_dtype, enforce_eager=True,
-                            **kw).create_engine_config()
-        self.vllm_config = vc
-        self.dtype = vc.model_config.dtype
-        self.device = torch.device("cpu")
-        with set_current_vllm_config(vc):
-            _init_distributed()
-            with set_default_torch_dtype(self.dtype):
-                # As LlamaAttention builds it (per-layer window passed explicitly).
-                self.layer = Attention(num_heads, head_size, head_size ** -0.5,
-                                       num_kv_heads=num_kv_heads, cache_config=vc.cache_config,
-                                       quant_config=None,
-                                       per_layer_sliding_window=self.sliding_window or None,
-                                       prefix=LAYER_NAME)
-            self.layer_name = self.layer.layer_name
-            backend = self.layer.get_attn_backend()
-            spec = self.layer.get_kv_cache_spec(vc)
-            spec = customize_attention_spec(backend, spec)
-            self.spec = spec
-            # The KV-cache layout, resolved as EngineCore._initialize_kv_caches does it
-            # (worker.get_supported_kv_cache_layouts -> resolve_kv_cache_layout) and
-            # recorded as worker.set_kv_cache_layout records it.
-            layouts = [lay.name for lay in get_supported_kv_cache_layouts(
-                get_current_attn_backends(vc, [self.layer_name]))]
-            layout = resolve_kv_cache_layout(vc, [layouts], [spec])
-            record_kv_cache_layout(vc.cache_config, layout.name)
-            # Enough blocks for max_batch sequences of max_context tokens, capped.
-            per_seq = -(-self.max_context // spec.block_size) + 1
-            want = max(self.max_batch * per_seq, per_seq) * spec.page_size_bytes
-            floor = per_seq * spec.page_size_bytes  # one max_model_len request
-            mem = max(min(want, MAX_KV_BYTES), floor)
-            if cold_kv:   # room for block sets that together overflow the last-level cache
-                from dooly.profile.runners import last_level_cache_bytes
-                mem = max(mem, min(4 * last_level_cache_bytes(), MAX_KV_BYTES))
-            kv_cfg = get_kv_cache_configs(vc, [{self.layer_name: spec}], [mem])[0]
-            self.kv_cache_config = kv_cfg
-            group = AttentionGroup(backend, [self.layer_name], spec, 0)
-            kernel_sizes = prepare_kernel_block_sizes(kv_cfg, [[group]])
-            group.create_metadata_builders(vc, self.device, kernel_sizes[0])
-            self.group = group
-            self.builder = group.get_metadata_builder()
-            kv_caches = allocate_kv_cache(kv_cfg, self.device,
-                                          vc.cache_config.get_resolved_kv_cache_layout(),
-                                          kernel_sizes)
-            self._runner_kv_caches: list[torch.Tensor] = []
-            bind_kv_cache(kv_caches, vc.compilation_config.static_forward_context,
-                          self._runner_kv_caches, 1, kv_cache_groups=kv_cfg.kv_cache_groups,
-                          layer_kv_caches=map_kv_caches_to_kernel_blocks(kv_caches, [group]))
-        self.kv_cache = self.layer.kv_cache
-        # Block ids the block table addresses (kernel blocks when vLLM splits them).
-        self.block_size = group.kernel_block_size or spec.block_size
-        self.num_blocks = int(self.kv_cache.shape[0])
-        # Fill the cache with random values so attention reads non-trivial data.
-        # Chunked, so the float32 temporary stays small for a large cache.
+            return EngineArgs(model=tmp, load_format="dummy", skip_tokenizer_init=True,
+                              hf_overrides={"num_hidden_layers": 1},
+                              max_model_len=self.max_context, dtype=dtype,
+                              kv_cache_dtype=kv_cache_dtype, enforce_eager=True,
+                              **kw).create_engine_config()
+
+    def _make_layer(self, vc):
+        """The Attention layer as LlamaAttention builds it (per-layer window passed
+        explicitly), its KV-cache spec, and the KV-cache layout resolved as
+        EngineCore._initialize_kv_caches does it (worker.get_supported_kv_cache_layouts ->
+        resolve_kv_cache_layout) and recorded as worker.set_kv_cache_layout records it.
+        Returns the layer's backend."""
+        from vllm.distributed.kv_transfer.kv_connector.utils import get_current_attn_backends
+        from vllm.model_executor.layers.attention import Attention
+        from vllm.utils.torch_utils import set_default_torch_dtype
+        from vllm.v1.attention.backends.utils import (get_supported_kv_cache_layouts,
+                                                      record_kv_cache_layout,
+                                                      resolve_kv_cache_layout)
+        from vllm.v1.worker.utils import customize_attention_spec
+        with set_default_torch_dtype(self.dtype):
+            self.layer = Attention(self.num_heads, self.head_size, self.head_size ** -0.5,
+                                   num_kv_heads=self.num_kv_heads, cache_config=vc.cache_config,
+                                   quant_config=None,
+                                   per_layer_sliding_window=self.sliding_window or None,
+                                   prefix=LAYER_NAME)
+        self.layer_name = self.layer.layer_name
+        backend = self.layer.get_attn_backend()
+        self.spec = customize_attention_spec(backend, self.layer.get_kv_cache_spec(vc))
+        layouts = [lay.name for lay in get_supported_kv_cache_layouts(
+            get_current_attn_backends(vc, [self.layer_name]))]
+        layout = resolve_kv_cache_layout(vc, [layouts], [self.spec])
+        record_kv_cache_layout(vc.cache_config, layout.name)
+        return backend
+
+    def _kv_budget(self) -> int:
+        """Bytes for max_batch sequences of max_context tokens, capped (at least one
+        max_model_len request); with cold KV, room for block sets that together overflow
+        the last-level cache."""
+        spec = self.spec
+        per_seq = -(-self.max_context // spec.block_size) + 1
+        want = max(self.max_batch * per_seq, per_seq) * spec.page_size_bytes
+        mem = max(min(want, MAX_KV_BYTES), per_seq * spec.page_size_bytes)
+        if self.cold_kv:
+            mem = max(mem, min(4 * cache_bytes(self.device.type), MAX_KV_BYTES))
+        return mem
+
+    def _bind_kv_cache(self, vc, backend):
+        """Allocate and bind the layer's KV cache as GPUModelRunner.initialize_kv_cache
+        does; returns the attention group (its metadata builder is `self.builder`)."""
+        from vllm.v1.core.kv_cache_utils import get_kv_cache_configs
+        from vllm.v1.worker.utils import (AttentionGroup, allocate_kv_cache, bind_kv_cache,
+                                          map_kv_caches_to_kernel_blocks,
+                                          prepare_kernel_block_sizes)
+        kv_cfg = get_kv_cache_configs(vc, [{self.layer_name: self.spec}], [self._kv_budget()])[0]
+        self.kv_cache_config = kv_cfg
+        group = AttentionGroup(backend, [self.layer_name], self.spec, 0)
+        kernel_sizes = prepare_kernel_block_sizes(kv_cfg, [[group]])
+        group.create_metadata_builders(vc, self.device, kernel_sizes[0])
+        self.group = group
+        self.builder = group.get_metadata_builder()
+        kv_caches = allocate_kv_cache(kv_cfg, self.device,
+                                      vc.cache_config.get_resolved_kv_cache_layout(),
+                                      kernel_sizes)
+        self._runner_kv_caches: list[torch.Tensor] = []
+        bind_kv_cache(kv_caches, vc.compilation_config.static_forward_context,
+                      self._runner_kv_caches, 1, kv_cache_groups=kv_cfg.kv_cache_groups,
+                      layer_kv_caches=map_kv_caches_to_kernel_blocks(kv_caches, [group]))
+        return group
+
+    def _fill_kv_cache(self) -> None:
+        """Random values, so attention reads non-trivial data; chunked, so the float32
+        temporary stays small for a large cache."""
         with torch.no_grad():
             for lo in range(0, self.num_blocks, 64):
                 part = self.kv_cache[lo:lo + 64]
@@ -275,7 +297,6 @@ class VllmAttentionRunner:
         last-level cache over a rotation (1 when the KV is warm by choice)."""
         if not self.cold_kv:
             return 1
-        from dooly.profile.runners import copies_to_span
         per_token = self.kv_cache[0].numel() * self.kv_cache.element_size() // self.block_size
         return copies_to_span(sum(q + c for q, c in seqs) * per_token, self.device.type, MAX_KV_COPIES)
 

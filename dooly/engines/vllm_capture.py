@@ -5,13 +5,11 @@ one-process distributed init, its default dtype), and its forward is run once: t
 `support_torch_compile` wrapper hands Dynamo's graph, with the flattened token count
 symbolic, to our backend (named by qualified name in `compilation_config`). The
 backend keeps the graph and stops the run, since meta tensors cannot execute vLLM's
-CPU kernels. `capture_with_engine` is the slow cross-check: the same hook in a
-started engine with dummy weights."""
+CPU kernels."""
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -85,19 +83,13 @@ def _window(w) -> int:
     return max(int(w or 0), 0)
 
 
-def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
-    set_vllm_environ()
-    from vllm.config import set_current_vllm_config
-    from vllm.forward_context import set_forward_context
-    from vllm.model_executor.model_loader.utils import initialize_model
-    from vllm.utils.torch_utils import set_default_torch_dtype
-
-    full = layers is None
-    layers = layers or cfg.traced_layers()
+def _vllm_config(cfg: ModelConfig, layers: int):
+    """vLLM's config for this model at `layers` layers; a config vLLM refuses is a
+    one-line input error (an unknown architecture names the `architectures` field)."""
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "config.json").write_text(json.dumps(cfg.raw))
         try:
-            vc = _engine_args(cfg, tmp, layers, None).create_engine_config()
+            return _engine_args(cfg, tmp, layers, None).create_engine_config()
         except Exception as err:  # vLLM reports unknown architectures as ValueError
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
             hit = [ln for ln in lines if "architecture" in ln.lower() or "not supported" in ln.lower()]
@@ -106,38 +98,60 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
                 raise DoolyInputError(cfg.path, f"{cfg.architecture} is not supported by the vllm "
                                       f"engine ({msg})", "architectures") from None
             raise DoolyInputError(cfg.path, f"vLLM rejected the config: {msg}") from None
+
+
+def _process_meta_weights(model) -> None:
+    """On meta weights vLLM's CPU GEMM dispatch picks F.linear: the graph shows a plain
+    GEMM; the sweeper runs vLLM's real CPU dispatch per shape."""
+    for mod in model.modules():
+        method = getattr(mod, "quant_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            try:
+                method.process_weights_after_loading(mod)
+            except (NotImplementedError, RuntimeError):
+                # e.g. the CPU MoE weight prepack has no meta kernel; the op stays
+                # in the graph with its unpacked shapes
+                pass
+
+
+def _run_forward(model, vc) -> None:
+    """One forward on meta tensors; the compile wrapper hands Dynamo's graph to
+    `capture_backend`, which leaves it in _SLOT."""
+    from vllm.forward_context import set_forward_context
+    n = 37  # any size: the token dim is marked dynamic by vLLM
+    ids = torch.zeros(n, dtype=torch.long, device="meta")
+    pos = torch.zeros(n, dtype=torch.long, device="meta")
+    with set_forward_context(None, vc, num_tokens=n):
+        try:
+            model(input_ids=ids, positions=pos)
+        except Exception as err:  # expected: meta tensors cannot run vLLM's kernels
+            _SLOT.setdefault("error", err)
+        if "gm" not in _SLOT:
+            # a model class vLLM does not compile: trace its forward the same way
+            torch._dynamo.mark_dynamic(ids, 0)
+            torch._dynamo.mark_dynamic(pos, 0)
+            traced = torch.compile(model, backend=capture_backend, fullgraph=False, dynamic=True)
+            with contextlib.suppress(Exception):
+                traced(input_ids=ids, positions=pos)
+
+
+def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
+    set_vllm_environ()
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader.utils import initialize_model
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    full = layers is None
+    layers = layers or cfg.traced_layers()
+    vc = _vllm_config(cfg, layers)
     torch._dynamo.reset()
     _SLOT.clear()
     with set_current_vllm_config(vc):
         _init_distributed()
         with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
             model = initialize_model(vc)
-        for mod in model.modules():
-            method = getattr(mod, "quant_method", None)
-            if method is not None and hasattr(method, "process_weights_after_loading"):
-                # On meta weights vLLM's CPU GEMM dispatch picks F.linear: the graph
-                # shows a plain GEMM; the sweeper runs vLLM's real CPU dispatch per shape.
-                try:
-                    method.process_weights_after_loading(mod)
-                except (NotImplementedError, RuntimeError):
-                    # e.g. the CPU MoE weight prepack has no meta kernel; the op stays
-                    # in the graph with its unpacked shapes
-                    pass
-        n = 37  # any size: the token dim is marked dynamic by vLLM
-        ids = torch.zeros(n, dtype=torch.long, device="meta")
-        pos = torch.zeros(n, dtype=torch.long, device="meta")
-        with set_forward_context(None, vc, num_tokens=n):
-            try:
-                model(input_ids=ids, positions=pos)
-            except Exception as err:  # expected: meta tensors cannot run vLLM's kernels
-                _SLOT.setdefault("error", err)
-            if "gm" not in _SLOT:
-                # a model class vLLM does not compile: trace its forward the same way
-                torch._dynamo.mark_dynamic(ids, 0)
-                torch._dynamo.mark_dynamic(pos, 0)
-                traced = torch.compile(model, backend=capture_backend, fullgraph=False, dynamic=True)
-                with contextlib.suppress(Exception):
-                    traced(input_ids=ids, positions=pos)
+        _process_meta_weights(model)
+        _run_forward(model, vc)
         attention = _attention_attrs(model)
     if "gm" not in _SLOT:
         err = _SLOT.pop("error", None)

@@ -1,7 +1,9 @@
 """Fit: latency models from measurements. Per-unit models chosen by cross-validated
 error (`select`), their features and estimators, the GEMM family model across shapes
 (`gemm_family`) and the engine-step model (`step_model`). Every fitted model follows
-scikit-learn's contract and is stored as data. May import: numpy, scikit-learn,
+scikit-learn's contract and is stored as data: `stored` keeps the fits in the DB's `fits`
+table, valid while the fingerprint of their measurements matches (it takes a Store as
+an argument and does not import dooly.db). May import: numpy, scikit-learn,
 dooly.env, dooly.unit, dooly.symbolic, dooly.profile.grid (request points)."""
 from dooly.fit.estimators import (ConstantRegressor, InterpolatingRegressor, IsotonicInterp,
                                   LogTargetTrees, PolyLinear, estimator_from_json)

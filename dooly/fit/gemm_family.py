@@ -16,31 +16,25 @@ One sub-model per device; dtype enters through the itemsize.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import sympy
 from scipy.optimize import nnls
 from sklearn.ensemble import GradientBoostingRegressor
 
-from dooly.env import Environment, Measurement
+from dooly.env import Environment, Measurement, itemsize
 from dooly.symbolic.labels import Label
-from dooly.unit import Unit
+from dooly.symbolic.symbols import MAX_EXPR_INT, parse_request_expr
+from dooly.unit import GEMM_OPS as MATRIX_PRODUCTS, Unit
 
-GEMM_OPS = {"linear", "aten.linear.default", "aten.mm.default", "aten.addmm.default", "_C.onednn_mm",
-            "gemm", "mm", "addmm"}
+# one [M, K] x [K, N] product per call, also under raw torch and engine op names
+GEMM_OPS = (MATRIX_PRODUCTS - {"bmm", "baddbmm"}) | {
+    "aten.linear.default", "aten.mm.default", "aten.addmm.default", "_C.onednn_mm", "gemm"}
 _WEIGHT_KN = {"mm", "addmm", "aten.mm.default", "aten.addmm.default"}  # weight stored [K, N]
-ITEMSIZE = {"float16": 2, "half": 2, "bfloat16": 2, "float32": 4, "float": 4, "float64": 8,
-            "int8": 1, "uint8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "fp8": 1}
-
-
-def itemsize(dtype: str) -> int:
-    d = str(dtype).replace("torch.", "")
-    if d not in ITEMSIZE:
-        raise ValueError(f"dtype: no itemsize known for {dtype!r}")
-    return ITEMSIZE[d]
 
 
 @dataclass(frozen=True)
@@ -94,14 +88,19 @@ def gemm_shape(unit: Unit) -> tuple[str, int, int] | None:
 
 
 @lru_cache(maxsize=256)
-def _expr(text: str) -> sympy.Expr:
-    return sympy.sympify(text)
+def _expr(text: str):
+    # stored dims come from DB files: the bounded AST parser, never sympify (eval)
+    return parse_request_expr(text)
 
 
 def eval_request(expr: str, point: dict) -> int:
-    """Value of a request expression ("T", "2*B") at a measured point."""
+    """Value of a request expression ("T", "2*B") at a measured point. A ValueError
+    for text that is not a bounded request expression, or a point without its symbols."""
     e = _expr(expr)
     subs = {s: point[str(s)] for s in e.free_symbols if str(s) in point}
+    for name, v in subs.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not abs(v) <= MAX_EXPR_INT:
+            raise ValueError(f"point: {name} = {v!r} is not a request size")
     v = e.subs(subs)
     if v.free_symbols:
         raise ValueError(f"point: no value for {sorted(map(str, v.free_symbols))} in {point!r}")
@@ -129,7 +128,11 @@ def rows_from_units(units: Iterable[Unit] | Mapping[str, Unit], measurements: It
         expr, K, N = s
         unit = by_key[m.unit_key]
         env = env_by_key.get(m.env_key)
-        rows.append(GemmRow(M=eval_request(expr, m.point), K=K, N=N, dtype=unit.inputs[0].dtype,
+        try:
+            M = eval_request(expr, m.point)
+        except ValueError as err:
+            raise ValueError(f"unit {m.unit_key}: {err}") from None
+        rows.append(GemmRow(M=M, K=K, N=N, dtype=unit.inputs[0].dtype,
                             latency_ms=float(m.median_ms),
                             device=env.device_name if env else m.env_key, unit_key=m.unit_key,
                             group=(group_of or {}).get(m.unit_key, "")))
@@ -187,7 +190,8 @@ class GemmFamily:
 
     fit(rows) -> self; predict(M, K, N, dtype="float16", device=None) -> ms (array
     when any argument is an array); holdout_error(rows, holdout_shapes) -> MAPE %.
-    Stored by parameters only (`to_json`); refit from the DB's GEMM rows on load."""
+    Stored as data (`to_json`): the roofline by its coefficients, boosted models by
+    their parameters only (refit from the DB's GEMM rows on load)."""
 
     MODELS = ("roofline+gbr", "gbr", "roofline")
 
@@ -240,13 +244,34 @@ class GemmFamily:
     def holdout_error(self, rows: Iterable[GemmRow], holdout_shapes: Iterable[tuple[int, int]]) -> float:
         return holdout_error(rows, holdout_shapes, **self.params)
 
+    @property
+    def needs_refit(self) -> bool:
+        return not self.devices
+
     def to_json(self) -> dict:
-        return {"kind": "gemm_family", "params": self.params, "state": {"refit": True}}
+        """Parameters, plus the roofline coefficients of each device when the model is
+        the roofline alone; boosted models keep only their parameters (refit on load)."""
+        state: dict = {"refit": True}
+        if self.params["model"] == "roofline" and self.devices:
+            state = {"devices": {d: [float(c) for c in m.coef] for d, m in self.devices.items()}}
+        return {"kind": "gemm_family", "params": dict(self.params), "state": state}
 
     @classmethod
     def from_json(cls, obj: dict, rows: Iterable[GemmRow] | None = None) -> "GemmFamily":
+        """Rebuild from `to_json()` data; a model stored by parameters only is fitted on
+        `rows` when given, else it comes back unfitted (`needs_refit`)."""
+        if obj.get("kind") != "gemm_family":
+            raise ValueError(f"kind: expected 'gemm_family', got {obj.get('kind')!r}")
         fam = cls(**obj.get("params", {}))
-        return fam.fit(rows) if rows is not None else fam
+        devices = (obj.get("state") or {}).get("devices")
+        if devices is None:
+            return fam.fit(rows) if rows is not None else fam
+        for dev, coef in devices.items():
+            if len(coef) != 3:
+                raise ValueError(f"state.devices.{dev}: expected 3 roofline coefficients, got {len(coef)}")
+            fam.devices[dev] = _DeviceModel(**fam.params)
+            fam.devices[dev].coef = np.asarray(coef, dtype=float)
+        return fam
 
 
 def holdout_error(rows: Iterable[GemmRow], holdout_shapes: Iterable[tuple[int, int]], **params) -> float:
@@ -261,3 +286,25 @@ def holdout_error(rows: Iterable[GemmRow], holdout_shapes: Iterable[tuple[int, i
     pred = fam.predict_rows(test)
     y = np.array([r.latency_ms for r in test])
     return float(np.mean(np.abs(pred - y) / y) * 100.0)
+
+
+def shape_holdout_error(rows: Iterable[GemmRow], **params) -> float | None:
+    """Mean MAPE (%) with each measured (K, N) shape held out of training in turn: the
+    error to expect on a shape never measured. None with fewer than two shapes."""
+    rows = [r for r in rows if r.latency_ms > 0 and r.M > 0]
+    shapes = sorted({r.shape for r in rows})
+    if len(shapes) < 2:
+        return None
+    return float(np.mean([holdout_error(rows, [s], **params) for s in shapes]))
+
+
+# Bump when the family's features or fitting change: stored families then go stale.
+FAMILY_VERSION = "gemm-family-1"
+
+
+def rows_fingerprint(rows: Iterable[GemmRow], params: Mapping) -> str:
+    """Hash of the training rows and model parameters: a stored family is fresh while
+    the DB's GEMM measurements (and the parameters) are what it was fitted on."""
+    data = sorted((r.M, r.K, r.N, r.dtype, r.device, repr(float(r.latency_ms))) for r in rows)
+    blob = json.dumps([FAMILY_VERSION, dict(sorted(params.items())), data], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -7,7 +7,8 @@
 `fit_units(units, measurements, previous)` does that for every (unit_key, env_key)
 with ok measurements, keyed by a fingerprint of the measurement rows: an entry of
 `previous` whose fingerprint matches is reused as is, so only units whose data
-changed are refitted.
+changed are refitted. `dooly.fit.stored` passes the fits stored in the DB as
+`previous`, so a prediction after `dooly fit` selects no model.
 
 Fitted models are stored as JSON data (never pickle): `FittedUnitModel.to_json()` /
 `FittedUnitModel.from_json(obj, measurements=None)`. Tree ensembles keep only their

@@ -1,95 +1,278 @@
-"""The engine's step time beyond the model's units, calibrated on real engine steps.
+"""The engine's step time beyond the model's units: one model per environment, fitted on
+the whole engine steps of every calibrated model and applied to any model.
 
 A unit timed alone misses what the engine spends around it: the scheduler and output
-processing, input preparation and attention metadata, the Python call of each piecewise
-graph and attention layer, sampling bookkeeping. `dooly calibrate` runs a short mixed
-workload on the real engine and stores each whole step (`LLMEngine.step`, what a
-simulated step stands for) as a measurement of the pseudo-unit `engine.step`, its point
-being the batch. The predictor fits the residual `step - sum(units)` at load time, so the
-correction always matches the unit fits it corrects, and a re-sweep never leaves a stale
-offset behind.
+processing, input preparation and attention metadata, the Python call of each compiled
+piece and each attention layer, sampling bookkeeping. That time depends on the engine and
+the host (the environment), on the model's structure (layers, attention layers, vocabulary,
+KV width) and on the batch; not on the model's name. `dooly calibrate` stores each real
+`LLMEngine.step` as a measurement of the pseudo-unit `engine.step` whose attributes are the
+model's structure (`model_structure`; the config hash rides along as provenance only and
+enters no feature), its point the batch. `EngineStepModel` fits
 
-The residual is linear in per-step, per-decode-sequence, per-prefill-sequence,
-decode-context and chunk-attention (query x context) terms. It has no per-token term on
-purpose: per-token work is the units' GEMMs, measured point by point in the sweep, and a
-per-token coefficient fitted on a few prefill steps only scales the prefill time by the
-noise of the minute the calibration ran in. It is fitted with a Huber loss on relative
-error (decode steps are milliseconds, long prefills seconds, and one step slowed by
-another process must not pull the line)."""
+    residual(step) = step - units = sum_k coef_k * batch_term_k(seqs) * structure_term_k
+
+over the pool of every calibrated model's steps, each model's `units` predicted from its own
+inventory and the stored unit fits at load time (so the correction always matches the unit
+fits it corrects). The loss is Huber on relative error (decode steps are milliseconds, long
+prefills seconds, and one step slowed by another process must not pull the line); each model
+weighs the same. There is no per-token term: per-token work is the units' GEMMs, measured
+point by point in the sweep."""
 from __future__ import annotations
 
-from typing import Callable
+import json
+from typing import Callable, Iterable
 
 import numpy as np
 
 from dooly.env import Environment, Measurement
+from dooly.fit.cudagraph import FULL
 from dooly.unit import Unit
 
-FEATURES = ("step", "decodes_10", "prefills", "decode_context_10k", "prefill_attention_m")
+STEP_OP = "engine.step"
+STRUCTURE = ("layers", "attention_full", "attention_sliding", "pieces", "hidden", "vocab",
+             "kv_width", "q_width", "unit_calls")
+# (feature name, batch term, structure term): see batch_terms and structure_terms
+FEATURES = (
+    ("step", "one", "one"),                       # scheduler, output processing, input prep
+    ("step_layer", "eager", "pieces"),            # a Python call per piece and attention layer
+    ("seq", "seqs", "one"),                       # per-request bookkeeping, sampling
+    ("seq_layer", "seqs", "layers"),              # per-request metadata in every attention call
+    ("prefill", "prefills", "one"),               # a chunk's input and metadata preparation
+    ("prefill_layer", "prefills", "layers"),
+    ("decode_kv", "decode_ctx", "kv_layers"),     # KV read by decodes beyond the attention unit
+    ("seq_vocab", "seqs", "vocab"),               # logits and sampler beyond their units
+)
+MIN_ROWS = len(FEATURES) + 1
 
 
-def engine_step_unit(config_hash: str) -> Unit:
-    """One per model: per-step costs grow with the model's layers (one piecewise graph
-    and one attention call per layer), so they are not shared across models."""
-    return Unit(op="engine.step", inputs=(), outputs=(),
-                attrs=(("driver", "attention"), ("model", config_hash)))
+def model_structure(cfg, inventory_counts: dict[str, int], units: dict[str, Unit]) -> dict[str, int]:
+    """The structure terms of a model from its config (may be None) and inventory: layers,
+    attention layers by kind, compiled pieces (the graph is split at every attention op),
+    hidden size, vocabulary, KV and query width per layer, unit calls per step."""
+    att = {"full": 0, "sliding": 0}
+    kv_width = q_width = vocab = hidden = calls = 0
+    for key, n in inventory_counts.items():
+        u = units[key]
+        a = u.attr
+        if u.stateful and "attention" in u.op and "kv_cache" not in u.op:
+            kind = "sliding" if (a.get("sliding_window") or "sliding" in str(a.get("layer_type", ""))) else "full"
+            att[kind] += int(n)
+            heads, kv_heads, size = a.get("num_heads"), a.get("num_kv_heads"), a.get("head_size")
+            if heads and kv_heads and size:
+                kv_width, q_width = max(kv_width, int(kv_heads) * int(size)), max(q_width, int(heads) * int(size))
+        elif a.get("role") == "lm_head" or u.op == "sampler":
+            dims = [d.value_or_expr for t in u.inputs for d in t.dims if isinstance(d.value_or_expr, int)]
+            vocab = max([vocab] + dims)
+            if a.get("role") == "lm_head":
+                hidden = min(d for d in dims) if dims else hidden
+        else:
+            calls += int(n)
+    raw = getattr(cfg, "raw", None) or {}
+    layers = int(raw.get("num_hidden_layers") or (att["full"] + att["sliding"]))
+    n_att = att["full"] + att["sliding"]
+    return {"layers": layers, "attention_full": att["full"], "attention_sliding": att["sliding"],
+            "pieces": n_att + 1, "hidden": int(raw.get("hidden_size") or hidden),
+            "vocab": int(raw.get("vocab_size") or vocab), "kv_width": kv_width, "q_width": q_width,
+            "unit_calls": calls}
 
 
-def record_steps(store, env: Environment, steps: list[dict], config_hash: str) -> int:
-    """steps: {"batch": [[q, c], ...], "ms": the whole engine step}. They replace the
-    model's earlier calibration in this environment; repeated batches keep their median."""
-    unit = engine_step_unit(config_hash)
+def structure_terms(s: dict) -> dict[str, float]:
+    layers = float(s["attention_full"] + s["attention_sliding"]) or float(s["layers"])
+    return {"one": 1.0, "layers": layers, "pieces": float(s["pieces"]),
+            "kv_layers": layers * s["kv_width"] / 1e3, "vocab": s["vocab"] / 1e5}
+
+
+def batch_terms(seqs, graph: str | None = None) -> dict[str, float]:
+    """`graph`: how the engine ran the step's forward (dooly.fit.cudagraph): a FULL graph
+    replay makes no per-layer Python calls."""
+    dec = [int(c) for q, c in seqs if int(q) == 1]
+    n_pre = sum(1 for q, _ in seqs if int(q) > 1)
+    return {"one": 1.0, "eager": 0.0 if graph == FULL else 1.0, "seqs": float(len(seqs)),
+            "prefills": float(n_pre), "decode_ctx": sum(dec) / 1e4}
+
+
+def features(seqs, structure: dict, graph: str | None = None) -> np.ndarray:
+    b, s = batch_terms(seqs, graph), structure_terms(structure)
+    return np.array([b[bt] * s[st] for _, bt, st in FEATURES])
+
+
+def engine_step_unit(structure: dict, config_hash: str) -> Unit:
+    """The pseudo-unit a calibrated model's steps are stored under: its attributes are the
+    model's structure; `model` (the config hash) is provenance, so a recalibration replaces
+    that model's steps only, and it enters no feature."""
+    attrs = {k: int(structure[k]) for k in STRUCTURE}
+    attrs.update(driver="attention", model=config_hash)
+    return Unit(op=STEP_OP, inputs=(), outputs=(), attrs=tuple(sorted(attrs.items())))
+
+
+def record_steps(store, env: Environment, steps: list[dict], structure: dict, config_hash: str) -> int:
+    """steps: {"batch": [[q, c], ...], "ms": the whole engine step, "graph": optional}. They
+    replace the model's earlier calibration in this environment; repeated batches keep
+    their median."""
+    unit = engine_step_unit(structure, config_hash)
     store.add_environment(env)
     store.add_unit(unit)
-    by_batch: dict[str, tuple[list, list[float]]] = {}
+    by_point: dict[str, tuple[dict, list[float]]] = {}
     for s in steps:
         batch = [[int(q), int(c)] for q, c in s["batch"]]
         if batch and float(s["ms"]) > 0:
-            by_batch.setdefault(str(batch), (batch, []))[1].append(float(s["ms"]))
-    rows = [Measurement(unit.key, env.key, {"seqs": batch}, float(np.median(ms)), min(ms), max(ms),
+            point = {"seqs": batch}
+            if s.get("graph") and s["graph"] != "none":
+                point["graph"] = str(s["graph"])
+            by_point.setdefault(json.dumps(point, sort_keys=True), (point, []))[1].append(float(s["ms"]))
+    rows = [Measurement(unit.key, env.key, point, float(np.median(ms)), min(ms), max(ms),
                         float(np.mean(ms)), float(np.std(ms)), len(ms))
-            for batch, ms in by_batch.values()]
+            for point, ms in by_point.values()]
+    # the model's earlier steps, under this structure's key or an older one
+    old = [u.key for u in store.units() if u.op == STEP_OP and u.attr.get("model") == config_hash]
+    for key in old:
+        if key != unit.key:
+            store.replace_measurements(key, env.key, [])
     store.replace_measurements(unit.key, env.key, rows)
     return len(rows)
 
 
-def features(seqs) -> list[float]:
-    """Decodes and prefill chunks apart (per-sequence costs: sampling, metadata, output
-    processing); the KV a step's decodes read; a chunk's attention over its context,
-    which grows with query x context."""
-    dec = [c for q, c in seqs if q == 1]
-    pre = [(q, c) for q, c in seqs if q > 1]
-    return [1.0, len(dec) / 10, len(pre), sum(dec) / 1e4, sum(q * c for q, c in pre) / 1e6]
+class EngineStepModel:
+    """residual = step - units, linear in FEATURES (scikit-learn contract)."""
 
-
-class StepResidual:
-    """residual(batch) = step - units, linear in FEATURES."""
-
-    def fit(self, batches: list, steps_ms: list[float], units_ms: list[float]) -> "StepResidual":
+    def fit(self, rows: list[dict]) -> "EngineStepModel":
+        """rows: {"seqs", "structure", "step_ms", "units_ms", "model" (weighting group),
+        "graph" (optional)}. Each model's rows weigh the same in total."""
+        if len(rows) < MIN_ROWS:
+            raise ValueError(f"rows: need at least {MIN_ROWS} steps, got {len(rows)}")
         from sklearn.linear_model import HuberRegressor
-        x = np.array([features(b) for b in batches])
-        y = np.asarray(steps_ms) - np.asarray(units_ms)
-        w = 1.0 / np.asarray(steps_ms)
-        # a feature the calibration never varied (say no step held two prefills) gets no weight
-        keep = np.ptp(x, axis=0) > 0
-        keep[0] = True
-        reg = HuberRegressor(fit_intercept=False, alpha=1e-4, max_iter=2000)
-        reg.fit(x[:, keep], y, sample_weight=w / w.mean())
-        self.coef_ = np.zeros(x.shape[1])
-        self.coef_[keep] = reg.coef_
-        rel = np.abs(x @ self.coef_ - y) / np.asarray(steps_ms)
-        self.in_sample_mape_pct_ = float(100 * rel.mean())
+        step = np.array([r["step_ms"] for r in rows], dtype=float)
+        x = np.array([features(r["seqs"], r["structure"], r.get("graph")) for r in rows]) / step[:, None]
+        y = (step - np.array([r["units_ms"] for r in rows], dtype=float)) / step
+        groups = [r.get("model", "") for r in rows]
+        per = {g: groups.count(g) for g in set(groups)}
+        w = np.array([1.0 / per[g] for g in groups])
+        scale = np.abs(x).max(axis=0)
+        keep = _independent(x, scale)
+        reg = HuberRegressor(fit_intercept=False, alpha=1e-4, max_iter=5000)
+        reg.fit(x[:, keep] / scale[keep], y, sample_weight=w * len(w) / w.sum())
+        self.coef_ = np.zeros(len(FEATURES))
+        self.coef_[keep] = reg.coef_ / scale[keep]
+        self.models_ = sorted(per)
+        self.n_rows_ = len(rows)
+        self.in_sample_mape_pct_ = float(100 * np.mean(np.abs(x @ self.coef_ - y)))
         return self
 
+    def predict_one(self, seqs, structure: dict, graph: str | None = None) -> float:
+        return float(features(seqs, structure, graph) @ self.coef_)
+
+    def bind(self, structure: dict, graphs=None) -> "BoundStepModel":
+        return BoundStepModel(self, structure, graphs)
+
+    def to_json(self) -> dict:
+        return {"kind": "engine_step", "features": [list(f) for f in FEATURES],
+                "coef": [float(c) for c in self.coef_], "models": list(self.models_),
+                "n_rows": self.n_rows_, "in_sample_mape_pct": self.in_sample_mape_pct_}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "EngineStepModel":
+        if obj.get("kind") != "engine_step" or [tuple(f) for f in obj.get("features", [])] != list(FEATURES):
+            raise ValueError("features: a stored engine-step model with other features")
+        m = cls()
+        m.coef_ = np.array([float(c) for c in obj["coef"]])
+        m.models_, m.n_rows_ = list(obj["models"]), int(obj["n_rows"])
+        m.in_sample_mape_pct_ = float(obj["in_sample_mape_pct"])
+        return m
+
+
+def _independent(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Columns kept in FEATURES order, each only if it is not (nearly) a combination of the
+    kept ones: a term the calibration never varied apart from another (one model alone
+    cannot tell per-step from per-layer) gets no weight rather than an arbitrary one."""
+    keep = np.zeros(x.shape[1], dtype=bool)
+    cols = []
+    for j in range(x.shape[1]):
+        if scale[j] <= 0:
+            continue
+        trial = np.column_stack(cols + [x[:, j] / scale[j]])
+        sv = np.linalg.svd(trial, compute_uv=False)
+        if sv[-1] > 1e-6 * sv[0]:
+            cols.append(x[:, j] / scale[j])
+            keep[j] = True
+    return keep
+
+
+class BoundStepModel:
+    """A fitted model applied to one model's structure: the structure terms folded into
+    per-batch-term weights, so a prediction is a few multiplications (the simulator calls
+    it every step). `graphs` (a dooly.fit.cudagraph.GraphPolicy) marks FULL replays."""
+
+    def __init__(self, model: EngineStepModel, structure: dict, graphs=None):
+        self.model, self.structure, self.graphs = model, dict(structure), graphs
+        s = structure_terms(structure)
+        self.weights: dict[str, float] = {}
+        for (_, bt, st), c in zip(FEATURES, model.coef_):
+            self.weights[bt] = self.weights.get(bt, 0.0) + float(c) * s[st]
+
     def predict_one(self, seqs) -> float:
-        return float(np.dot(self.coef_, features(seqs)))
+        graph = self.graphs.mode(seqs) if self.graphs is not None else None
+        b = batch_terms(seqs, graph)
+        return sum(w * b[k] for k, w in self.weights.items())
 
 
-def fit_residual(store, env_key: str, config_hash: str,
-                 units_ms: Callable[[list], float]) -> StepResidual | None:
-    meas = store.measurements(unit_key=engine_step_unit(config_hash).key, env_key=env_key)
-    if len(meas) < len(FEATURES) + 1:
+# -- the pool: every calibrated model's steps in one environment ---------------------------
+def pool_rows(store, env_key: str, structure_of: Callable[[str], dict | None] | None = None) -> list[dict]:
+    """Every stored engine step of `env_key`: {"model": config hash, "structure", "seqs",
+    "step_ms", "graph"}. Steps stored before structure attributes existed get theirs from
+    `structure_of(config_hash)` (None: left out)."""
+    rows = []
+    for u in store.units():
+        if u.op != STEP_OP:
+            continue
+        a = u.attr
+        structure = {k: int(a[k]) for k in STRUCTURE} if all(k in a for k in STRUCTURE) else None
+        if structure is None and structure_of is not None:
+            structure = structure_of(a.get("model", ""))
+        if structure is None:
+            continue
+        for m in store.measurements(unit_key=u.key, env_key=env_key):
+            rows.append({"model": a.get("model", u.key), "structure": structure,
+                         "seqs": m.point["seqs"], "graph": m.point.get("graph"), "step_ms": m.median_ms})
+    return rows
+
+
+def load_step_model(store, env, cfg, structure: dict, units_ms_for: Callable[[str], Callable | None],
+                    exclude: Iterable[str] = (), prefer: str = "pool", structure_of=None, graphs=None):
+    """(BoundStepModel or None, source). `prefer`: "pool" (every calibrated model's steps
+    but those in `exclude`, a list of config hashes), "model" (this model's own steps only,
+    when it was calibrated; else the pool) or "none". `units_ms_for(config_hash)` gives a
+    function seqs -> the units' ms of that model, or None when it cannot be predicted here.
+    source: "pool(N models)", "model" or "none"."""
+    if prefer not in ("pool", "model", "none"):
+        raise ValueError(f"prefer: expected pool, model or none, got {prefer!r}")
+    if prefer == "none":
+        return None, "none"
+    excluded = set(exclude)
+    rows = [r for r in pool_rows(store, env.key, structure_of) if r["model"] not in excluded]
+    own_hash = getattr(cfg, "hash", None)
+    if prefer == "model":
+        own = [r for r in rows if r["model"] == own_hash]
+        fitted = _fit_rows(own, units_ms_for)
+        if fitted is not None:
+            return fitted.bind(structure, graphs), "model"
+    fitted = _fit_rows(rows, units_ms_for)
+    if fitted is None:
+        return None, "none"
+    return fitted.bind(structure, graphs), f"pool({len(fitted.models_)} models)"
+
+
+def _fit_rows(rows: list[dict], units_ms_for) -> EngineStepModel | None:
+    """The model fitted on `rows`, each model's units predicted by `units_ms_for` (a model
+    it cannot predict is left out); None with too few usable steps."""
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    usable = []
+    for h, rs in by_model.items():
+        fn = units_ms_for(h)
+        if fn is not None:
+            usable += [dict(r, units_ms=float(fn(r["seqs"]))) for r in rs]
+    if len(usable) < MIN_ROWS:
         return None
-    batches = [m.point["seqs"] for m in meas]
-    return StepResidual().fit(batches, [m.median_ms for m in meas],
-                              [units_ms(b) for b in batches])
+    return EngineStepModel().fit(usable)

@@ -15,6 +15,7 @@ from dooly.unit import TensorSig
 
 def dim_expr(d) -> sympy.Expr:
     if isinstance(d, torch.SymInt):
+        # a SymInt of the live capture: its expr is already SymPy, never text from a file
         return sympy.sympify(d.node.expr)
     return sympy.Integer(int(d))
 

@@ -11,7 +11,7 @@ import operator
 import torch
 import torch.fx
 
-GEMM_OPS = {"linear", "mm", "addmm", "matmul", "bmm", "baddbmm"}
+from dooly.unit import GEMM_OPS
 ATTENTION_OPS = {"scaled_dot_product_attention", "vllm.unified_attention_with_output",
                  "vllm.unified_attention"}
 KV_WRITE_OPS = {"vllm.unified_kv_cache_update"}

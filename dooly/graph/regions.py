@@ -1,16 +1,15 @@
 """Fused regions: connected pointwise/reduction ops between anchors, as an engine
 compiler (Inductor) would fuse them. Each region is kept as plain data (ops, args,
-shapes) so a sweeper can rebuild and run it, and is keyed by a WL hash with op labels,
-confirmed by an isomorphism check inside the hash bucket."""
+shapes) so a sweeper can rebuild and run it, and is keyed by a hash of its canonical
+form (graph/canon.py): isomorphic regions share a key in any model, order or run."""
 from __future__ import annotations
 
 import operator
-import warnings
 
-import networkx as nx
 import torch
 import torch.fx
 
+from dooly.graph.canon import CanonicalRegion, canonical_region
 from dooly.graph.label_pass import dim_expr
 from dooly.symbolic.labels import canonical
 
@@ -167,6 +166,8 @@ def _rename_syms(obj, sym_map: dict) -> None:
     import sympy
     if isinstance(obj, dict):
         if "sym" in obj and isinstance(obj["sym"], str):
+            # sympify is safe here: obj["sym"] was just written by _encode from a live
+            # capture's SymInt (str of a SymPy expression), never read from a file
             expr = sympy.sympify(obj["sym"], locals={str(k): k for k in sym_map})
             obj["sym"] = canonical(expr.xreplace(sym_map))
             return
@@ -177,38 +178,19 @@ def _rename_syms(obj, sym_map: dict) -> None:
             _rename_syms(v, sym_map)
 
 
-def nx_graph(data: dict, in_labels: list[str]) -> nx.DiGraph:
-    g = nx.DiGraph()
-    for i, lab in enumerate(in_labels):
-        g.add_node(f"in{i}", label=f"in|{lab}")
-    for i, row in enumerate(data["nodes"]):
-        # float constants (eps, scales) are labelled by kind only, as in anchor keys
-        consts = ["float" if isinstance(a, float) else a for a in row["args"]
-                  if not (isinstance(a, dict) and ("ref" in a or "in" in a))]
-        g.add_node(i, label=f"{row['op']}|{consts}|{sorted(row['kwargs'].items())}")
-        for pos, a in enumerate(row["args"]):
-            if isinstance(a, dict) and "ref" in a:
-                g.add_edge(a["ref"], i, pos=str(pos))
-            elif isinstance(a, dict) and "in" in a:
-                g.add_edge(f"in{a['in']}", i, pos=str(pos))
-    return g
-
-
 class RegionRegistry:
-    """WL hash buckets; a new region joins a key only if it is isomorphic to it."""
+    """Canonical regions of one run. A key is a pure function of the region's canonical
+    form; the registry only guards the run against two forms that share a (truncated)
+    hash, which would otherwise merge two different regions into one unit."""
 
     def __init__(self):
-        self._buckets: dict[str, list[nx.DiGraph]] = {}
+        self._forms: dict[str, str] = {}
 
-    def key(self, g: nx.DiGraph) -> str:
-        with warnings.catch_warnings():  # networkx notes its 3.5 digraph-hash change
-            warnings.simplefilter("ignore")
-            h = nx.weisfeiler_lehman_graph_hash(g, node_attr="label", edge_attr="pos", iterations=3)
-        bucket = self._buckets.setdefault(h, [])
-        match = lambda a, b: a == b  # noqa: E731
-        for i, other in enumerate(bucket):
-            if nx.is_isomorphic(g, other, node_match=lambda a, b: a["label"] == b["label"],
-                                edge_match=lambda a, b: match(a.get("pos"), b.get("pos"))):
-                return h if i == 0 else f"{h}-{i}"
-        bucket.append(g)
-        return h if len(bucket) == 1 else f"{h}-{len(bucket) - 1}"
+    def canonical(self, data: dict, in_labels: list) -> CanonicalRegion:
+        canon = canonical_region(data, in_labels)
+        if self._forms.setdefault(canon.key, canon.form) != canon.form:
+            raise ValueError(f"graph_hash: two different regions hash to {canon.key}")
+        return canon
+
+    def key(self, data: dict, in_labels: list) -> str:
+        return self.canonical(data, in_labels).key

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import torch.fx
 
 from dooly.graph.capture import Captured, layer_index
-from dooly.graph.normalize import ATTENTION_OPS, GEMM_OPS, KV_WRITE_OPS
-from dooly.graph.regions import RegionRegistry, nx_graph, region_data, regions
+from dooly.graph.normalize import ATTENTION_OPS, KV_WRITE_OPS
+from dooly.graph.regions import RegionRegistry, region_data, regions
 from dooly.symbolic.labels import DimLabel, Label
-from dooly.unit import TensorSig, Unit
+from dooly.unit import GEMM_OPS, TensorSig, Unit
 
 
 @dataclass
@@ -169,14 +169,17 @@ def build_inventory(cap: Captured, sym_map: dict, registry: RegionRegistry | Non
         data, ext, outs = region_data(nodes, sym_map)
         in_sigs = [s for n in ext for s in n.meta.get("dooly", {}).get("out", [])[:1]]
         out_sigs = [s for n in outs for s in n.meta["dooly"].get("out", [])[:1]]
-        labels = [f"{s.dtype}{s.shape()}" for s in in_sigs]
-        g = nx_graph(data, labels)
-        ghash = registry.key(g)
-        counts = [_count(cap, n) for n in nodes]
-        count, layer = counts[0]
+        if len(in_sigs) != len(ext) or len(out_sigs) != len(outs):
+            raise ValueError(f"graph: region {rid} has an input or output without a tensor "
+                             f"signature")
+        # rows, inputs and outputs in canonical order: isomorphic regions make one unit
+        canon = registry.canonical(data, [s.to_json() for s in in_sigs])
+        in_sigs = [in_sigs[k] for k in canon.in_perm]
+        out_sigs = [out_sigs[k] for k in canon.out_perm]
+        count, layer = _count(cap, nodes[0])
         unit = Unit(op="fused", inputs=tuple(in_sigs), outputs=tuple(out_sigs),
-                    graph=dict(data, input_shapes=[s.to_json() for s in in_sigs]),
-                    graph_hash=ghash)
+                    graph=dict(canon.data, input_shapes=[s.to_json() for s in in_sigs]),
+                    graph_hash=canon.key)
         ops = "+".join(sorted({r["op"] for r in data["nodes"] if r["op"] not in ("getitem", "view")}))
         inv.add(unit, count, f"{'model' if layer is None else f'layer{layer}'}:{ops}")
     for unit in extra_units:

@@ -151,82 +151,99 @@ def _token_unit(u) -> bool:
 
 def map_units(pred, dims: ModelDims) -> dict[str, OpSource]:
     """Vidur op (mlp and attention) -> OpSource, from a Predictor's units."""
-    units = pred.units
-    d, hd, ff = dims.n_embd, dims.head_dim, dims.n_expanded_embd
-    q_out = dims.n_head * hd
-
-    def linear(K: int, N: int) -> list[str]:
-        out = []
-        for k, u in units.items():
-            if u.op.split(".")[-1] != "linear" and u.op not in ("linear", "aten.linear.default"):
-                continue
-            if u.attr.get("role") == "lm_head" or len(u.inputs) < 2 or not _token_unit(u):
-                continue
-            if _shape(u.inputs[0]) == ["T", K] and _shape(u.inputs[1]) == [N, K]:
-                out.append(k)
-        return out
-
     src: dict[str, OpSource] = {}
+    up = _map_gemms(pred, dims, src)
+    tok = {k: u for k, u in pred.units.items() if _token_unit(u)}
+    _map_token_ops(pred, dims, tok, up, src)
+    _map_attention(pred, tok, src)
+    for op in ("attn_input_reshape", "attn_output_reshape"):
+        src[op] = OpSource(op, None, "a view in vLLM (no kernel), written as 0")
+    return src
 
-    def put(op: str, keys: list[str], how: str, missing: str):
-        k = _pick(pred, keys)
-        note = how if k else missing
-        if k and len(keys) > 1:
-            note += f" ({len(keys)} candidates; used the most frequent)"
-        src[op] = OpSource(op, k, note)
 
-    put("attn_pre_proj", linear(d, (dims.n_head + 2 * dims.n_kv_head) * hd),
-        "QKV linear", "no QKV linear of this shape; written as 0")
-    put("attn_post_proj", linear(q_out, d), "o_proj linear", "no o_proj linear; written as 0")
-    up_gated, up_plain = linear(d, 2 * ff), linear(d, ff)
+def _put(src: dict, pred, op: str, keys: list[str], how: str, missing: str) -> None:
+    """src[op] from the most frequent of `keys`, or 0 with `missing` as the reason."""
+    k = _pick(pred, keys)
+    note = how if k else missing
+    if k and len(keys) > 1:
+        note += f" ({len(keys)} candidates; used the most frequent)"
+    src[op] = OpSource(op, k, note)
+
+
+def _linears(units: Mapping, K: int, N: int) -> list[str]:
+    """Token-driven linear units [T, K] x [N, K], the LM head excluded."""
+    out = []
+    for k, u in units.items():
+        if u.op.split(".")[-1] != "linear" and u.op not in ("linear", "aten.linear.default"):
+            continue
+        if u.attr.get("role") == "lm_head" or len(u.inputs) < 2 or not _token_unit(u):
+            continue
+        if _shape(u.inputs[0]) == ["T", K] and _shape(u.inputs[1]) == [N, K]:
+            out.append(k)
+    return out
+
+
+def _map_gemms(pred, dims: ModelDims, src: dict) -> list[str]:
+    """The four GEMMs by shape; sets dims.use_gated_mlp; returns the up-projection keys."""
+    units, d, hd, ff = pred.units, dims.n_embd, dims.head_dim, dims.n_expanded_embd
+    _put(src, pred, "attn_pre_proj", _linears(units, d, (dims.n_head + 2 * dims.n_kv_head) * hd),
+         "QKV linear", "no QKV linear of this shape; written as 0")
+    _put(src, pred, "attn_post_proj", _linears(units, dims.n_head * hd, d), "o_proj linear",
+         "no o_proj linear; written as 0")
+    up_gated, up_plain = _linears(units, d, 2 * ff), _linears(units, d, ff)
     dims.use_gated_mlp = bool(up_gated) or not up_plain
-    put("mlp_up_proj", up_gated or up_plain, "gate_up linear" if up_gated else "up linear",
-        "no up/gate_up linear; written as 0")
-    put("mlp_down_proj", linear(ff, d), "down linear", "no down linear; written as 0")
+    _put(src, pred, "mlp_up_proj", up_gated or up_plain, "gate_up linear" if up_gated else "up linear",
+         "no up/gate_up linear; written as 0")
+    _put(src, pred, "mlp_down_proj", _linears(units, ff, d), "down linear",
+         "no down linear; written as 0")
+    return up_gated + up_plain
 
-    tok = {k: u for k, u in units.items() if _token_unit(u)}
+
+def _map_token_ops(pred, dims: ModelDims, tok: dict, up: list[str], src: dict) -> None:
+    """Embedding, norms, residual add, rope and the MLP activation."""
+    d, ff = dims.n_embd, dims.n_expanded_embd
     emb = [k for k, u in tok.items() if u.op.split(".")[-1] == "embedding" or u.op == "embedding"]
-    put("emb", emb, "embedding", "no embedding unit; written as 0")
-
+    _put(src, pred, "emb", emb, "embedding", "no embedding unit; written as 0")
     on_hidden = {k: u for k, u in tok.items() if _shape(u.inputs[0]) == ["T", d]}
     fused_norm = [k for k, u in on_hidden.items() if "fused_add_rms_norm" in u.op]
     plain_norm = [k for k, u in on_hidden.items() if "norm" in u.op and k not in fused_norm]
     norms = fused_norm or plain_norm
     how = "fused_add_rms_norm (per call)" if fused_norm else "norm (per call)"
-    put("input_layernorm", norms, how, "no norm unit; written as 0")
-    put("post_attention_layernorm", norms, how, "no norm unit; written as 0")
+    _put(src, pred, "input_layernorm", norms, how, "no norm unit; written as 0")
+    _put(src, pred, "post_attention_layernorm", norms, how, "no norm unit; written as 0")
     if fused_norm:
         src["add"] = OpSource("add", None, "fused into fused_add_rms_norm, written as 0")
     else:
         adds = [k for k, u in on_hidden.items() if u.op.split(".")[-1] in ("add", "add.Tensor")
                 or u.op == "aten.add.Tensor"]
-        put("add", adds, "residual add", "no residual add unit; written as 0")
-
+        _put(src, pred, "add", adds, "residual add", "no residual add unit; written as 0")
     rope = [k for k, u in tok.items() if "rotary" in u.op or "rope" in u.op]
-    put("attn_rope", rope, "rotary_embedding", "no rotary-embedding unit; written as 0")
-
+    _put(src, pred, "attn_rope", rope, "rotary_embedding", "no rotary-embedding unit; written as 0")
     up_n = 2 * ff if dims.use_gated_mlp else ff
-    act = [k for k, u in tok.items() if k not in up_gated + up_plain and u.outputs
+    act = [k for k, u in tok.items() if k not in up and u.outputs
            and _shape(u.inputs[0]) == ["T", up_n] and _shape(u.outputs[0]) == ["T", ff]]
-    put("mlp_act", act, "silu*mul region" if dims.use_gated_mlp else "activation",
-        "no activation unit; written as 0")
+    _put(src, pred, "mlp_act", act, "silu*mul region" if dims.use_gated_mlp else "activation",
+         "no activation unit; written as 0")
 
+
+def _map_attention(pred, tok: dict, src: dict) -> None:
+    """Attention (full-attention layers first) and the KV-cache write of the same layer type."""
+    units = pred.units
     attn = {k: u for k, u in units.items() if u.driver == "attention" and "attention" in u.op
             and "kv_cache" not in u.op}
     full = [k for k, u in attn.items() if not u.attr.get("sliding_window")]
     attn_keys = full or list(attn)
-    put("attn_prefill", attn_keys, "attention unit at [[chunk, kv]]", "no attention unit; written as 0")
-    put("attn_decode", attn_keys, "attention unit at [[1, kv]] * batch", "no attention unit; written as 0")
+    _put(src, pred, "attn_prefill", attn_keys, "attention unit at [[chunk, kv]]",
+         "no attention unit; written as 0")
+    _put(src, pred, "attn_decode", attn_keys, "attention unit at [[1, kv]] * batch",
+         "no attention unit; written as 0")
     kvu = [k for k, u in tok.items() if "kv_cache_update" in u.op or "reshape_and_cache" in u.op]
     akey = src["attn_decode"].unit_key
     if akey and kvu:  # the KV write of the same layer type as the attention unit
         same = [k for k in kvu if units[k].attr.get("layer_type") == units[akey].attr.get("layer_type")]
         kvu = same or kvu
-    put("attn_kv_cache_save", kvu, "KV-cache update at T = chunk / batch",
-        "no separate KV-cache write (inside the attention op?); written as 0")
-    for op in ("attn_input_reshape", "attn_output_reshape"):
-        src[op] = OpSource(op, None, "a view in vLLM (no kernel), written as 0")
-    return src
+    _put(src, pred, "attn_kv_cache_save", kvu, "KV-cache update at T = chunk / batch",
+         "no separate KV-cache write (inside the attention op?); written as 0")
 
 
 # ---------------------------------------------------------------- predictions
@@ -258,6 +275,7 @@ class VidurExport:
     unexported: list[str] = field(default_factory=list)   # Dooly units Vidur has no column for
     extrapolated: dict[str, str] = field(default_factory=dict)  # op -> "grid to X, measured to Y"
     clamped: dict[str, int] = field(default_factory=dict)       # op -> rows whose fit gave <= 0 (written 0)
+    refitted: list[str] = field(default_factory=list)  # stored fits missing or stale, fitted at load
 
     def zero_ops(self) -> list[OpSource]:
         return [s for s in self.sources.values() if s.unit_key is None]
@@ -275,18 +293,107 @@ def _extrapolation_note(model, points: list[dict], what: str) -> str | None:
     return f"{n} of {len(points)} rows outside the measured range{seen}"
 
 
-def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_model_len: int = 4096,
-                 engine: str | None = None, env: str | None = None, max_batch_size: int = 128,
-                 block_size: int = DEFAULT_BLOCK_SIZE, predictor=None,
-                 progress: Callable[[str], None] | None = None) -> VidurExport:
-    """Write <out>/mlp.csv and <out>/attention.csv for `config` from the DB `db`."""
-    for name, v, lo in (("--max-tokens", max_tokens, 1), ("--max-model-len", max_model_len, 64),
-                        ("--max-batch-size", max_batch_size, 1), ("--block-size", block_size, 1)):
+class _Columns:
+    """Predictions for one CSV's columns, with what they needed: rows a fit drove to 0 or
+    below (Vidur gets 0 there, as Predictor.predict does; a fit can reach 0 outside its
+    data and some estimators clip at 0 themselves), and grids past the measured range."""
+
+    def __init__(self, models: Mapping):
+        self.models = models
+        self.notes: dict[str, str] = {}
+        self.clamped: dict[str, int] = {}
+
+    def predict(self, op: str, key: str, points: list[dict], what: str) -> np.ndarray:
+        y = _predict_many(self.models[key], points)
+        if (y <= 0).any():
+            self.clamped[op] = self.clamped.get(op, 0) + int((y <= 0).sum())
+        n = _extrapolation_note(self.models[key], points, what)
+        if n:
+            self.notes[op] = n
+        return np.clip(y, 0.0, None)
+
+
+def _mlp_rows(src: dict, dims: ModelDims, cols: _Columns, max_tokens: int) -> list[dict]:
+    grid = vidur_token_grid(max_tokens)
+    pts = [{"T": t} for t in grid]
+    vals = {op: np.zeros(len(grid)) if src[op].unit_key is None
+            else cols.predict(op, src[op].unit_key, pts, "T") for op in VIDUR_MLP_OPS}
+    cfg_cols = {"n_head": dims.n_head, "n_kv_head": dims.n_kv_head, "n_embd": dims.n_embd,
+                "n_expanded_embd": dims.n_expanded_embd, "vocab_size": dims.vocab_size,
+                "use_gated_mlp": dims.use_gated_mlp, "num_tensor_parallel_workers": 1}
+    rows = []
+    for i, t in enumerate(grid):
+        row = {}
+        for op in VIDUR_MLP_OPS:
+            row.update(_stats(op, vals[op][i]))
+        row.update(cfg_cols, num_tokens=t)
+        rows.append(row)
+    return rows
+
+
+def _attention_values(src: dict, agrid: list, cols: _Columns) -> dict[str, np.ndarray]:
+    """Per attention op, its prediction on every grid row: attention on the batch of
+    (query, kv) pairs, the KV write at T = chunk (prefill) / batch (decode)."""
+    attn_pts = [{"seqs": [[c, kv]]} if pre else {"seqs": [[1, kv]] * b} for c, kv, b, pre in agrid]
+    kv_pts = [{"T": c if pre else b} for c, kv, b, pre in agrid]
+    is_pre = np.array([r[3] for r in agrid], dtype=bool)
+    vals: dict[str, np.ndarray] = {}
+    for op in VIDUR_ATTENTION_OPS:
+        k = src[op].unit_key
+        if k is None:
+            vals[op] = np.zeros(len(agrid))
+        elif op == "attn_kv_cache_save":
+            vals[op] = cols.predict(op, k, kv_pts, "T")
+        else:
+            sel = is_pre if op == "attn_prefill" else ~is_pre
+            v = np.zeros(len(agrid))
+            v[sel] = cols.predict(op, k, [pt for pt, s in zip(attn_pts, sel) if s], "")
+            vals[op] = v
+    return vals
+
+
+def _attention_rows(p, src: dict, dims: ModelDims, cols: _Columns, max_model_len: int,
+                    max_batch_size: int, block_size: int) -> list[dict]:
+    agrid = vidur_attention_grid(max_model_len, max_batch_size)
+    vals = _attention_values(src, agrid, cols)
+    akey = src["attn_decode"].unit_key
+    backend = (p.units[akey].attr.get("backend") if akey else None) or getattr(p.env, "backend", "") or "unknown"
+    rows = []
+    for i, (c, kv, b, pre) in enumerate(agrid):
+        row = {}
+        for op in VIDUR_ATTENTION_OPS:
+            # attn_prefill only on prefill rows, attn_decode only on decode rows (as Vidur)
+            ms = vals[op][i]
+            if (op == "attn_prefill" and not pre) or (op == "attn_decode" and pre):
+                ms = 0.0
+            row.update(_stats(op, ms))
+        row.update(n_embd=dims.n_embd, n_q_head=dims.n_head, n_kv_head=dims.n_kv_head,
+                   block_size=block_size, num_tensor_parallel_workers=1, max_model_len=max_model_len,
+                   batch_size=b, prefill_chunk_size=c, kv_cache_size=kv, is_prefill=pre,
+                   attention_backend=f"AttentionBackend.{str(backend).upper()}")
+        rows.append(row)
+    return rows
+
+
+def _checked_out_dir(out: str, **limits: tuple[int, int]) -> Path:
+    """The output folder, after checking every integer option against its floor."""
+    for name, (v, lo) in limits.items():
         if not isinstance(v, int) or v < lo:
             raise DoolyInputError(name, f"expected an integer >= {lo}, got {v!r}")
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise DoolyInputError(out_dir, "exists and is not a directory", "--out")
+    return out_dir
+
+
+def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_model_len: int = 4096,
+                 engine: str | None = None, env: str | None = None, max_batch_size: int = 128,
+                 block_size: int = DEFAULT_BLOCK_SIZE, predictor=None,
+                 progress: Callable[[str], None] | None = None) -> VidurExport:
+    """Write <out>/mlp.csv and <out>/attention.csv for `config` from the DB `db`."""
+    out_dir = _checked_out_dir(out, **{
+        "--max-tokens": (max_tokens, 1), "--max-model-len": (max_model_len, 64),
+        "--max-batch-size": (max_batch_size, 1), "--block-size": (block_size, 1)})
     from dooly.config import load_config
     cfg = load_config(config)
     dims = model_dims(cfg.raw, cfg.path)
@@ -301,87 +408,17 @@ def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_mod
     if not mapped:
         raise DoolyInputError(db, f"no unit of {cfg.name} in environment {p.env.label()} maps to a "
                                   "Vidur op (export needs a vLLM-engine sweep: dooly sweep --engine vllm)")
-    notes: dict[str, str] = {}
-    clamped: dict[str, int] = {}
-
-    def clamp(op: str, y: np.ndarray) -> np.ndarray:
-        # a fit can reach 0 or below outside its data (some estimators clip at 0 themselves);
-        # Vidur gets 0 there, as Predictor.predict does, and the rows are reported
-        if (y <= 0).any():
-            clamped[op] = clamped.get(op, 0) + int((y <= 0).sum())
-        return np.clip(y, 0.0, None)
-
-    def note(op: str, model, pts: list[dict], what: str) -> None:
-        n = _extrapolation_note(model, pts, what)
-        if n:
-            notes[op] = n
-
-    # ---- mlp.csv
-    grid = vidur_token_grid(max_tokens)
-    cols: dict[str, np.ndarray] = {}
-    for op in VIDUR_MLP_OPS:
-        k = src[op].unit_key
-        if k is None:
-            cols[op] = np.zeros(len(grid))
-            continue
-        pts = [{"T": t} for t in grid]
-        cols[op] = clamp(op, _predict_many(p.models[k], pts))
-        note(op, p.models[k], pts, "T")
-    cfg_cols = {"n_head": dims.n_head, "n_kv_head": dims.n_kv_head, "n_embd": dims.n_embd,
-                "n_expanded_embd": dims.n_expanded_embd, "vocab_size": dims.vocab_size,
-                "use_gated_mlp": dims.use_gated_mlp, "num_tensor_parallel_workers": 1}
-    mlp_rows = []
-    for i, t in enumerate(grid):
-        row = {}
-        for op in VIDUR_MLP_OPS:
-            row.update(_stats(op, cols[op][i]))
-        row.update(cfg_cols, num_tokens=t)
-        mlp_rows.append(row)
+    cols = _Columns(p.models)
+    mlp_rows = _mlp_rows(src, dims, cols, max_tokens)
     mlp_path = write_vidur_csv(out_dir / "mlp.csv", mlp_header(), mlp_rows)
     if progress:
         progress(f"mlp.csv: {len(mlp_rows)} rows")
-
-    # ---- attention.csv
-    agrid = vidur_attention_grid(max_model_len, max_batch_size)
-    attn_pts = [{"seqs": [[c, kv]]} if pre else {"seqs": [[1, kv]] * b} for c, kv, b, pre in agrid]
-    kv_pts = [{"T": c if pre else b} for c, kv, b, pre in agrid]
-    vals: dict[str, np.ndarray] = {}
-    is_pre = np.array([r[3] for r in agrid], dtype=bool)
-    for op in VIDUR_ATTENTION_OPS:
-        k = src[op].unit_key
-        if k is None:
-            vals[op] = np.zeros(len(agrid))
-        elif op == "attn_kv_cache_save":
-            vals[op] = clamp(op, _predict_many(p.models[k], kv_pts))
-            note(op, p.models[k], kv_pts, "T")
-        else:
-            sel = is_pre if op == "attn_prefill" else ~is_pre
-            v = np.zeros(len(agrid))
-            pts = [pt for pt, s in zip(attn_pts, sel) if s]
-            v[sel] = clamp(op, _predict_many(p.models[k], pts))
-            note(op, p.models[k], pts, "")
-            vals[op] = v
-    akey = src["attn_decode"].unit_key
-    backend = (p.units[akey].attr.get("backend") if akey else None) or getattr(p.env, "backend", "") or "unknown"
-    attn_rows = []
-    for i, (c, kv, b, pre) in enumerate(agrid):
-        row = {}
-        for op in VIDUR_ATTENTION_OPS:
-            # attn_prefill only on prefill rows, attn_decode only on decode rows (as Vidur)
-            ms = vals[op][i]
-            if (op == "attn_prefill" and not pre) or (op == "attn_decode" and pre):
-                ms = 0.0
-            row.update(_stats(op, ms))
-        row.update(n_embd=dims.n_embd, n_q_head=dims.n_head, n_kv_head=dims.n_kv_head,
-                   block_size=block_size, num_tensor_parallel_workers=1, max_model_len=max_model_len,
-                   batch_size=b, prefill_chunk_size=c, kv_cache_size=kv, is_prefill=pre,
-                   attention_backend=f"AttentionBackend.{str(backend).upper()}")
-        attn_rows.append(row)
+    attn_rows = _attention_rows(p, src, dims, cols, max_model_len, max_batch_size, block_size)
     attn_path = write_vidur_csv(out_dir / "attention.csv", attention_header(), attn_rows)
     if progress:
         progress(f"attention.csv: {len(attn_rows)} rows")
-
     unexported = sorted(f"{k} ({u.op}{', ' + u.attr['role'] if u.attr.get('role') else ''})"
                         for k, u in p.units.items() if k not in mapped)
     return VidurExport(mlp_path, attn_path, len(mlp_rows), len(attn_rows), dims, src,
-                       p.env.label(), unexported, notes, clamped)
+                       p.env.label(), unexported, cols.notes, cols.clamped,
+                       list(getattr(p, "refitted", [])))

@@ -23,6 +23,9 @@ Environment, the canonical Units of its ops, one Measurement per (row, op).
     execution "imported".
   * An op whose columns are all absent is one the model lacks (phi-2 has no
     post_attention_layernorm) and is skipped; a partly present op is an error.
+  * `import_vidur(root, store)` reads and checks every mlp.csv under root first
+    (`read_vidur_dir`: a binary or non-UTF-8 file is a one-line error), then stores
+    them (`store_vidur`), so a bad file leaves the store untouched.
 
 Export helpers: `VIDUR_MLP_OPS`, `VIDUR_ATTENTION_OPS`, `mlp_header()`,
 `attention_header()` (Vidur's column order) and `write_vidur_csv(path, header, rows)`.
@@ -30,6 +33,7 @@ Export helpers: `VIDUR_MLP_OPS`, `VIDUR_ATTENTION_OPS`, `mlp_header()`,
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -174,30 +178,45 @@ def read_vidur_mlp(csv_path: str | os.PathLike, tp: int = 1, device_name: str | 
     path = Path(csv_path)
     device = device_name or device_from_path(path)
     if not device:
-        raise DoolyInputError(path, f"cannot tell the device from the path (expected a directory "
-                                    f"named one of {sorted(DEVICE_DIRS)}); pass device_name")
+        raise DoolyInputError(path, "cannot tell the device from the path (no directory named "
+                                    f"{', '.join(sorted(DEVICE_DIRS))}); pass --device "
+                                    f"{'|'.join(sorted(DEVICE_DIRS))}")
     env = vidur_environment(device)
     try:
-        f = open(path, newline="")
+        f = open(path, newline="", encoding="utf-8")
     except OSError as e:
         raise DoolyInputError(path, f"cannot read: {e.strerror or e}") from None
-    with f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames
-        if not header:
-            raise DoolyInputError(path, "empty file: no header row")
-        for col in MLP_CONFIG_COLUMNS:
-            if col not in header:
-                raise DoolyInputError(path, "missing column", field=col)
-        # An op a model lacks has no columns at all (phi-2: no post_attention_layernorm);
-        # an op with some of its columns must have all five.
-        ops = [op for op in VIDUR_MLP_OPS if any(c in header for c in _time_columns([op]))]
-        if not ops:
-            raise DoolyInputError(path, "missing column", field=_time_columns(VIDUR_MLP_OPS[:1])[0])
-        for col in _time_columns(ops):
-            if col not in header:
-                raise DoolyInputError(path, "missing column", field=col)
-        rows = list(reader)
+    try:
+        with f:
+            ops, rows = _read_mlp_rows(path, f)
+    except (UnicodeDecodeError, csv.Error) as e:  # a binary file, another encoding, NUL bytes
+        raise DoolyInputError(path, f"not a UTF-8 CSV file ({e.__class__.__name__}: {e})") from None
+    return _mlp_data(path, env, ops, rows, tp)
+
+
+def _read_mlp_rows(path: Path, f) -> tuple[list[str], list[dict]]:
+    """The ops present and the rows of an open mlp.csv; a file whose op
+    columns are missing is a one-line error naming the column."""
+    reader = csv.DictReader(f)
+    header = reader.fieldnames
+    if not header:
+        raise DoolyInputError(path, "empty file: no header row")
+    for col in MLP_CONFIG_COLUMNS:
+        if col not in header:
+            raise DoolyInputError(path, "missing column", field=col)
+    # An op a model lacks has no columns at all (phi-2: no post_attention_layernorm);
+    # an op with some of its columns must have all five.
+    ops = [op for op in VIDUR_MLP_OPS if any(c in header for c in _time_columns([op]))]
+    if not ops:
+        raise DoolyInputError(path, "missing column", field=_time_columns(VIDUR_MLP_OPS[:1])[0])
+    for col in _time_columns(ops):
+        if col not in header:
+            raise DoolyInputError(path, "missing column", field=col)
+    return ops, list(reader)
+
+
+def _mlp_data(path: Path, env: Environment, ops: list[str], rows: list[dict], tp: int
+              ) -> tuple[Environment, list[Unit], list[Measurement]]:
     stamp = path.stat().st_mtime
     units: dict[str, Unit] = {}
     measurements: list[Measurement] = []
@@ -208,10 +227,14 @@ def read_vidur_mlp(csv_path: str | os.PathLike, tp: int = 1, device_name: str | 
             try:
                 return cast(v) if cast is not bool else _bool(v)
             except (TypeError, ValueError):
-                raise DoolyInputError(path, f"line {lineno}: not a {cast.__name__}: {v!r}", field=col) from None
+                raise DoolyInputError(path, f"line {lineno}: not a {cast.__name__}: {_short(v)}",
+                                      field=col) from None
         if num("num_tensor_parallel_workers", int) != tp:
             continue
         cfg = tuple(num(c, bool if c == "use_gated_mlp" else int) for c in MLP_CONFIG_COLUMNS[:6])
+        for col, v in zip(MLP_CONFIG_COLUMNS[:5], cfg):
+            if v <= 0:
+                raise DoolyInputError(path, f"line {lineno}: must be positive, got {v}", field=col)
         if cfg not in cache:
             cache[cfg] = vidur_units(dict(zip(MLP_CONFIG_COLUMNS[:6], cfg)), tp)
         T = num("num_tokens", int)
@@ -222,9 +245,9 @@ def read_vidur_mlp(csv_path: str | os.PathLike, tp: int = 1, device_name: str | 
             unit = cache[cfg][op]
             units.setdefault(unit.key, unit)
             st = {s: num(f"time_stats.{op}.{s}") for s in STATS}
-            if not st["median"] >= 0:
-                raise DoolyInputError(path, f"line {lineno}: negative latency {st['median']!r}",
-                                      field=f"time_stats.{op}.median")
+            if not (math.isfinite(st["median"]) and st["median"] >= 0):
+                raise DoolyInputError(path, f"line {lineno}: not a latency (finite, >= 0): "
+                                      f"{st['median']!r}", field=f"time_stats.{op}.median")
             measurements.append(Measurement(unit_key=unit.key, env_key=env.key, point={"T": T},
                                             median_ms=st["median"], p10_ms=st["min"], p90_ms=st["max"],
                                             mean_ms=st["mean"], std_ms=st["std"], samples=0,
@@ -232,20 +255,31 @@ def read_vidur_mlp(csv_path: str | os.PathLike, tp: int = 1, device_name: str | 
     return env, list(units.values()), measurements
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def find_vidur_mlp(root: str | os.PathLike) -> list[Path]:
     return sorted(Path(root).rglob("mlp.csv"))
 
 
-def import_vidur(root: str | os.PathLike, store, tp: int = 1) -> dict:
-    """Read every mlp.csv under `root` into a store-like object (duck-typed:
-    add_environment(env), add_unit(unit), add_measurement(m)). Returns counts."""
+def read_vidur_dir(root: str | os.PathLike, tp: int = 1, device_name: str | None = None
+                   ) -> list[tuple[Environment, list[Unit], list[Measurement]]]:
+    """Every mlp.csv under `root`, read and checked: one bad file is a one-line error
+    before anything is stored."""
     files = find_vidur_mlp(root)
     if not files:
         raise DoolyInputError(root, "no mlp.csv found under this directory")
+    return [read_vidur_mlp(p, tp=tp, device_name=device_name) for p in files]
+
+
+def store_vidur(parsed: list[tuple[Environment, list[Unit], list[Measurement]]], store) -> dict:
+    """Write read_vidur_dir's result into a store-like object (duck-typed:
+    add_environment(env), add_unit(unit), add_measurement(m)). Returns counts."""
     n_units = n_meas = 0
     seen_env, seen_unit = set(), set()
-    for p in files:
-        env, units, meas = read_vidur_mlp(p, tp=tp)
+    for env, units, meas in parsed:
         if env.key not in seen_env:
             store.add_environment(env)
             seen_env.add(env.key)
@@ -257,4 +291,9 @@ def import_vidur(root: str | os.PathLike, store, tp: int = 1) -> dict:
         for m in meas:
             store.add_measurement(m)
         n_meas += len(meas)
-    return {"files": len(files), "environments": len(seen_env), "units": n_units, "measurements": n_meas}
+    return {"files": len(parsed), "environments": len(seen_env), "units": n_units, "measurements": n_meas}
+
+
+def import_vidur(root: str | os.PathLike, store, tp: int = 1, device_name: str | None = None) -> dict:
+    """Read every mlp.csv under `root` (all checked first), then store them. Returns counts."""
+    return store_vidur(read_vidur_dir(root, tp, device_name), store)

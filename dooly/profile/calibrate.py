@@ -1,20 +1,52 @@
-"""`calibrate`: whole engine steps timed on the real engine, stored as data for the
-engine-step model (`dooly.fit.step_model`)."""
+"""`calibrate`: whole engine steps timed on the real engine, added to the environment's
+engine-step pool (`dooly.fit.step_model`): calibrating a second or third model improves
+every model's prediction, calibrated or not. The pooled model is fitted when a predictor
+loads (its validity depends on every pooled model's unit fits), not stored."""
 from __future__ import annotations
+
+from dooly.errors import DoolyInputError
+
+
+def stored_structure(store, cfg, engine: str) -> dict:
+    """The model's structure from the inventory the DB holds (`dooly sweep` and `dooly
+    analyze --db` store it)."""
+    from dooly.fit.step_model import model_structure
+    counts = store.inventory(cfg.hash, engine)
+    units = {k: store.get_unit(k) for k in counts}
+    if not counts or any(u is None for u in units.values()):
+        raise DoolyInputError(store.path, f"no inventory of {cfg.name} for engine {engine}: run "
+                                          f"`dooly sweep {cfg.path} --db {store.path}` or "
+                                          f"`dooly analyze {cfg.path} --db {store.path}` first")
+    return model_structure(cfg, counts, units)
 
 
 def calibrate(config: str, db_path: str, threads: int | None = None, budget: int = 8192,
-              max_num_seqs: int = 128) -> dict:
-    """Time whole real engine steps under these serving settings and store them in the
-    DB (`engine.step`) for the environment a default `dooly sweep` of this engine uses."""
+              max_num_seqs: int = 128, items: list[dict] | None = None) -> dict:
+    """Time real engine steps of one model under these serving settings (the engine
+    compiles its graph for them) and store them in the DB as that model's share of the
+    pool, for the environment a default `dooly sweep` of this engine uses. `items`
+    (dooly.engines.vllm_probe.item) replaces the default calibration workload."""
     from dooly.config import load_config
     from dooly.db import Store
-    from dooly.fit.step_model import record_steps
     from dooly.engines import environment
-    from dooly.engines.vllm_probe import run_child
-    res = run_child(["calibrate", str(config), str(budget), str(max_num_seqs)])
+    from dooly.engines.vllm_probe import calibration_items, run_child
+    from dooly.fit.step_model import record_steps
+    cfg = load_config(config)
     env = environment("vllm", "cpu", threads=threads)
     with Store.open(db_path) as store:
-        n = record_steps(store, env, res["steps"], load_config(config).hash)
+        structure = stored_structure(store, cfg, env.engine)
+    res = run_child({"mode": "steps", "config": str(config), "budget": budget,
+                     "max_num_seqs": max_num_seqs, "items": items or calibration_items()})
+    with Store.open(db_path) as store:
+        n = record_steps(store, env, res["steps"], structure, cfg.hash)
+        pooled = calibrated_models(store, env.key)
     return {"env_key": env.key, "steps": len(res["steps"]), "points": n,
-            "worker_threads": res["threads"]}
+            "worker_threads": res["threads"], "worker": res.get("worker", {}),
+            "pool_models": len(pooled)}
+
+
+def calibrated_models(store, env_key: str) -> set[str]:
+    """Config hashes of the models whose engine steps the DB holds in this environment."""
+    from dooly.fit.step_model import STEP_OP
+    return {u.attr.get("model", u.key) for u in store.units()
+            if u.op == STEP_OP and store.measurements(unit_key=u.key, env_key=env_key)}

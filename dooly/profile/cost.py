@@ -6,12 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+from dooly.env import itemsize
 from dooly.profile.grid import GridLimits, point_values, points_for
 from dooly.symbolic.symbols import evaluate
-from dooly.unit import TensorSig, Unit
-
-ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int64": 8, "int32": 4,
-            "bool": 1, "int8": 1, "uint8": 1, "float8_e4m3fn": 1}
+from dooly.unit import GEMM_OPS, TensorSig, Unit
 
 
 @dataclass(frozen=True)
@@ -36,16 +34,33 @@ def numel(sig: TensorSig, values: dict) -> int:
     return prod(max(evaluate(d.value_or_expr, **values), 0) for d in sig.dims)
 
 
+def nbytes(sig: TensorSig, values: dict) -> int:
+    try:
+        size = itemsize(sig.dtype)
+    except ValueError:
+        size = 2  # an estimate: an unknown dtype counts as a 16-bit one
+    return numel(sig, values) * size
+
+
+def gemm_flops(unit: Unit, values: dict) -> float | None:
+    """2*M*N*K of a matrix product (times its batch), or None when it has no operands."""
+    first = 1 if unit.op in ("addmm", "baddbmm") else 0  # the bias comes first
+    if len(unit.inputs) < first + 2:
+        return None
+    x, w = unit.inputs[first], unit.inputs[first + 1]
+    k = max(evaluate(x.dims[-1].value_or_expr, **values), 1)
+    batch = max(prod(evaluate(d.value_or_expr, **values) for d in w.dims[:-2]), 1)
+    m = numel(x, values) // k           # rows of every batch
+    n = numel(w, values) // (k * batch)
+    return 2.0 * m * n * k
+
+
 def flops_bytes(unit: Unit, point: dict) -> tuple[float, float]:
     v = point_values(point)
-    size = lambda s: ITEMSIZE.get(s.dtype, 2)  # noqa: E731
-    io_bytes = sum(numel(s, v) * size(s) for s in unit.inputs + unit.outputs)
-    if unit.op in ("linear", "mm", "addmm", "matmul") and len(unit.inputs) >= 2:
-        x, w = unit.inputs[0], unit.inputs[1]
-        k = evaluate(x.dims[-1].value_or_expr, **v)
-        m = numel(x, v) // max(k, 1)
-        n = numel(w, v) // max(k, 1)
-        return 2.0 * m * n * k, float(io_bytes)
+    io_bytes = sum(nbytes(s, v) for s in unit.inputs + unit.outputs)
+    flops = gemm_flops(unit, v) if unit.op in GEMM_OPS else None
+    if flops is not None:
+        return flops, float(io_bytes)
     if unit.driver == "attention" and "seqs" in point:
         a = unit.attr
         heads, kv, d = a.get("num_heads", 8), a.get("num_kv_heads", 8), a.get("head_size", 128)
@@ -54,9 +69,9 @@ def flops_bytes(unit: Unit, point: dict) -> tuple[float, float]:
         return flops, float(kv_bytes + io_bytes)
     if unit.op in ("embedding", "_C.rotary_embedding"):
         # a gather reads only the rows it needs, not the whole table
-        io_bytes = sum(numel(s, v) * size(s) for s in unit.outputs + unit.inputs[:1])
+        io_bytes = sum(nbytes(s, v) for s in unit.outputs + unit.inputs[:1])
         if unit.op == "_C.rotary_embedding":
-            io_bytes = 2 * sum(numel(s, v) * size(s) for s in unit.inputs[1:3])
+            io_bytes = 2 * sum(nbytes(s, v) for s in unit.inputs[1:3])
     out = sum(numel(s, v) for s in unit.outputs) or sum(numel(s, v) for s in unit.inputs)
     ops = len((unit.graph or {}).get("nodes", [])) or 1
     return float(out * ops), float(io_bytes)

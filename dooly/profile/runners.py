@@ -4,7 +4,6 @@ executed from stored code: op names resolve by attribute lookup in allowed
 namespaces, and fused regions are replayed by a small interpreter over their data."""
 from __future__ import annotations
 
-import functools
 import operator
 from typing import Callable
 
@@ -12,11 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from dooly.engines import gemm_call, ir_body
+from dooly.env import copies_to_span
 from dooly.graph.regions import eval_name
+from dooly.profile.cost import nbytes
 from dooly.profile.grid import point_values
 from dooly.symbolic.labels import Label
 from dooly.symbolic.symbols import evaluate
-from dooly.unit import TensorSig, Unit, call_args
+from dooly.unit import GEMM_OPS, TensorSig, Unit, call_args
 
 OP_NAMESPACES = ("vllm_ir", "_C", "vllm", "aten")
 _TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfloat16", "long",
@@ -122,15 +123,6 @@ def compiles(unit: Unit, execution: str) -> bool:
     return execution == "compiled" and (unit.op == "fused" or unit.op.startswith("vllm_ir."))
 
 
-@functools.lru_cache(maxsize=1)
-def last_level_cache_bytes() -> int:
-    try:
-        text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
-        return int(text[:-1]) * {"K": 2**10, "M": 2**20}.get(text[-1], 1)
-    except (OSError, ValueError):
-        return 32 * 2**20
-
-
 def is_weight(sig: TensorSig) -> bool:
     """An input fixed by the config alone (a weight, a norm scale, a table)."""
     return bool(sig.dims) and all(d.label is Label.CONFIG for d in sig.dims)
@@ -141,17 +133,17 @@ def cold_copies(unit: Unit, values: dict, device: str) -> int:
     still cached by the previous one: together they span twice the last-level cache,
     as a real forward streams every layer's weights. Activations stay shared: in a real
     forward they were just written by the previous op and are cache-hot."""
-    from dooly.profile.cost import ITEMSIZE, numel
-    nbytes = sum(numel(s, values) * ITEMSIZE.get(s.dtype, 2) for s in unit.inputs if is_weight(s))
-    return copies_to_span(nbytes, device, 16) if nbytes else 1
+    weights = sum(nbytes(s, values) for s in unit.inputs if is_weight(s))
+    return copies_to_span(weights, device, 16) if weights else 1
 
 
-def copies_to_span(nbytes: int, device: str, most: int) -> int:
-    """How many distinct sets of `nbytes` a timing loop cycles through so that together
-    they span twice the last-level cache (L3 on a CPU, L2 on a GPU): a set is never
-    still cached when its turn comes again."""
-    cache = 2 * last_level_cache_bytes() if device == "cpu" else 100 * 2**20
-    return max(1, min(most, -(-cache // max(1, nbytes))))
+def gemm(engine: str, device: str, op: str, ins: list) -> Callable[[], object]:
+    """A matrix product as the engine runs it: `linear` through the engine's own GEMM
+    (it may prepack the weight), the others as torch's op of that name."""
+    if op == "linear":
+        return gemm_call(engine, device, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
+    fn = getattr(torch, op)
+    return lambda: fn(*ins)
 
 
 class StatelessRunner:
@@ -179,7 +171,7 @@ class StatelessRunner:
             return None  # built per point: ids must index the table
         if u.op == "sampler":
             return lambda logits: torch.argmax(logits.float(), dim=-1)
-        if u.op in ("linear", "mm", "matmul", "addmm", "bmm"):
+        if u.op in GEMM_OPS:
             return None  # built per point: the engine may prepack the weight
         op = resolve_op(u.op)
         call = u.attr.get("call")
@@ -217,9 +209,7 @@ class StatelessRunner:
             cache = ins[-1]
             ins[0].random_(0, cache.shape[0])  # positions index the cos/sin cache
         if self._body is None:
-            x, w = ins[0], ins[1]
-            bias = ins[2] if len(ins) > 2 else None
-            return gemm_call(self.engine, self.device, x, w, bias)
+            return gemm(self.engine, self.device, u.op, ins)
         if self._compiled is not None:
             if not self._compiled.ready:
                 # request dims at distinct odd sizes: no 0/1 specialization, no two request

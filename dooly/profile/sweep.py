@@ -1,6 +1,11 @@
 """`sweep`: measure only what the DB lacks for this environment. Every measurement is
 committed as it is taken, so an interrupted sweep resumes where it stopped; a point
-that fails is stored as failed with its reason and the sweep goes on."""
+that fails is stored as failed with its reason and the sweep goes on.
+
+Several sweepers (processes, hosts) may fill one DB at once: each claims a unit (a
+lease row: host:pid and an expiry it renews while measuring) before measuring it, skips
+units another live sweeper holds, and comes back to them at the end: by then their
+points exist, or the other sweeper's lease has lapsed and this one measures them."""
 from __future__ import annotations
 
 import time
@@ -9,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dooly.analyze import analyze
+from dooly.db.leases import LEASE_S, lease_owner
 from dooly.engines import attention_runner, environment
 from dooly.env import Environment, Measurement
 from dooly.profile.grid import GridLimits, points_for
@@ -22,6 +28,7 @@ class SweepSummary:
     units_measured: list[str] = field(default_factory=list)
     units_reused: list[str] = field(default_factory=list)
     units_failed: list[str] = field(default_factory=list)
+    units_by_others: list[str] = field(default_factory=list)  # measured by another sweeper meanwhile
     points_measured: int = 0
     points_failed: int = 0
     seconds: float = 0.0
@@ -33,6 +40,7 @@ class SweepSummary:
     def to_json(self) -> dict:
         return {"env_key": self.env_key, "units_measured": len(self.units_measured),
                 "units_reused": len(self.units_reused), "units_failed": len(self.units_failed),
+                "units_by_others": len(self.units_by_others),
                 "points_measured": self.points_measured, "points_failed": self.points_failed,
                 "points_rechecked_faster": self.points_rechecked_faster,
                 "seconds": round(self.seconds, 2), "recheck_seconds": round(self.recheck_seconds, 2),
@@ -97,13 +105,12 @@ def sweep(config_paths: list[str], db_path: str, engine: str | None = None, devi
     after the first pass and keeps the faster median."""
     recheck = device == "cpu" if recheck is None else recheck
     from dooly.db import Store
+    Store.ensure_writable(db_path)  # a bad DB is one line now, not after the capture
     analysis = analysis or analyze(config_paths, engine)
     env = environment(analysis.engine, device, backend, threads=threads)
     torch.set_num_threads(env.threads)
     summary = SweepSummary(env.key)
     t0 = time.perf_counter()
-    timer = timer_for(device)
-    runners = Runners(env, lim)
     with Store.open(db_path) as store:
         store.add_environment(env)
         units: dict[str, Unit] = {}
@@ -112,30 +119,73 @@ def sweep(config_paths: list[str], db_path: str, engine: str | None = None, devi
                 store.add_unit(e.unit)
                 units.setdefault(key, e.unit)
             store.set_inventory(inv.config_hash, inv.engine, inv.model, inv.counts())
+        job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress)
         try:
-            for key, unit in units.items():
-                todo = [p for p in grid_for(unit, lim) if not store.has_point(key, env.key, p)]
-                if not todo:
-                    summary.units_reused.append(key)
-                    continue
-                summary.units_measured.append(key)
-                t_unit = time.perf_counter()
-                for i, point in enumerate(todo):
-                    m = _measure(runners, timer, unit, point, env)
-                    store.add_measurement(m)
-                    summary.points_failed += m.status == "failed"
-                    summary.points_measured += m.status == "ok"
-                    if progress:
-                        progress(unit, i + 1, len(todo))
-                summary.unit_seconds[key] = time.perf_counter() - t_unit
-                if not store.units_measured(env.key) >= {key}:
-                    summary.units_failed.append(key)
+            waiting = [key for key, unit in units.items() if not job.unit(key, unit)]
+            while waiting:  # units other sweepers held: theirs to finish, or ours once lapsed
+                time.sleep(POLL_S)
+                waiting = [key for key in waiting if not job.unit(key, units[key], waited=True)]
             if recheck:
-                _recheck(store, runners, timer, [units[k] for k in summary.units_measured], env, summary)
+                _recheck(store, job.runners, job.timer, [units[k] for k in summary.units_measured],
+                         env, summary)
         except KeyboardInterrupt:
             summary.interrupted = True
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+# how often a sweeper left with only units others hold looks at them again
+POLL_S = 1.0
+
+
+@dataclass
+class _Job:
+    store: object
+    env: Environment
+    lim: GridLimits
+    runners: Runners
+    timer: object
+    summary: SweepSummary
+    progress: object = None
+
+    def todo(self, key: str, unit: Unit) -> list[dict]:
+        return [p for p in grid_for(unit, self.lim) if not self.store.has_point(key, self.env.key, p)]
+
+    def unit(self, key: str, unit: Unit, waited: bool = False) -> bool:
+        """Measure the unit's missing points under a lease. True when none is left
+        missing; False when another live sweeper holds the unit (come back later)."""
+        s, store, env = self.summary, self.store, self.env
+        if not self.todo(key, unit):
+            (s.units_by_others if waited else s.units_reused).append(key)
+            return True
+        owner = lease_owner()
+        if not store.claim(key, env.key, owner):
+            return False
+        try:
+            todo = self.todo(key, unit)  # another sweeper may have finished it meanwhile
+            if not todo:
+                (s.units_by_others if waited else s.units_reused).append(key)
+                return True
+            if key not in s.units_measured:  # back after a lapsed lease: counted once
+                s.units_measured.append(key)
+            t_unit, renewed = time.perf_counter(), time.monotonic()
+            for i, point in enumerate(todo):
+                if time.monotonic() - renewed > LEASE_S / 4:
+                    if not store.renew(key, env.key, owner):
+                        return False  # our lease lapsed and was taken over: theirs now
+                    renewed = time.monotonic()
+                m = _measure(self.runners, self.timer, unit, point, env)
+                store.add_measurement(m)
+                s.points_failed += m.status == "failed"
+                s.points_measured += m.status == "ok"
+                if self.progress:
+                    self.progress(unit, i + 1, len(todo))
+            s.unit_seconds[key] = time.perf_counter() - t_unit
+            if key not in store.units_measured(env.key):
+                s.units_failed.append(key)
+            return True
+        finally:
+            store.release(key, env.key, owner)
 
 
 def _recheck(store, runners: Runners, timer, units: list[Unit], env: Environment, summary) -> None:

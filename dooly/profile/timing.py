@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from dooly.env import cache_bytes
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -67,7 +69,9 @@ def time_cuda(fn: Callable[[], object], warmup: int = 3, repeats: int = 20,
     with torch.cuda.graph(graph):
         for _ in range(calls_per_replay):
             fn()
-    flush = _L2_FLUSH.setdefault("buf", torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda"))
+    if "buf" not in _L2_FLUSH:  # twice the L2, the span every cold timing overflows
+        _L2_FLUSH["buf"] = torch.empty(2 * cache_bytes("cuda"), dtype=torch.uint8, device="cuda")
+    flush = _L2_FLUSH["buf"]
     samples = []
     for _ in range(repeats):
         flush.zero_()  # the same cold-L2 start for every sample

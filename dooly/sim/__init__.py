@@ -1,8 +1,8 @@
 """Sim: discrete-event simulation of vLLM V1 serving: workloads, the scheduler, the
 event loop, metrics and reports. `simulate(requests, step_time_fn, SchedulerConfig())` is
 the entry; latencies come from any `step_ms(batch)` (a `dooly.predict.Predictor`). May
-import: numpy, dooly.errors; nothing else of Dooly (it takes the step model as a
-function)."""
+import: numpy, matplotlib and rich (reports), dooly.errors; nothing else of Dooly (it
+takes the step model as a function)."""
 from dooly.sim.metrics import RequestMetrics, Summary, request_metrics, summarize
 from dooly.sim.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from dooly.sim.simulator import RequestRecord, SimResult, simulate

@@ -1,5 +1,10 @@
 """Workloads for the serving simulator: requests with an arrival time and token lengths,
-read from ShareGPT JSON or CSV traces, or drawn synthetically, with seeded arrivals."""
+read from ShareGPT JSON or CSV traces, or drawn synthetically, with seeded arrivals.
+
+Requests pass vLLM's admission rules before they reach the scheduler (`admit`): vLLM
+rejects an empty prompt, max_tokens < 1 and a prompt that leaves no room for one output
+token within max_model_len (the server answers 400), and stops an output at
+max_model_len. Rejected requests are counted and listed, never simulated."""
 from __future__ import annotations
 
 import csv
@@ -15,6 +20,11 @@ from dooly.errors import DoolyInputError
 # ShareGPT text is not tokenized here; ~1.3 tokens per whitespace word is the usual
 # rule of thumb for BPE tokenizers on English chat text.
 TOKENS_PER_WORD = 1.3
+# Per run: 100,000 requests (128-token outputs, 20 req/s) took 100 s and 1.3 GB here;
+# memory grows with every token's time, so 10**9 would never end.
+MAX_REQUESTS = 200_000
+MAX_LENGTH = 1 << 27       # tokens: config.py's bound on any model's length
+MAX_SIGMA = 10.0           # lognormal: exp(10) already spans 22,000x
 ARRIVALS = ("poisson", "gamma", "trace")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal")
 
@@ -46,12 +56,12 @@ class LengthDist:
     def __post_init__(self):
         if self.kind not in LENGTH_KINDS:
             raise ValueError(f"kind must be one of {LENGTH_KINDS}, got {self.kind!r}")
-        if self.a < 1:
-            raise ValueError(f"a must be >= 1, got {self.a}")
-        if self.kind == "uniform" and self.b < self.a:
-            raise ValueError(f"b must be >= a for uniform, got {self.b} < {self.a}")
-        if self.kind == "lognormal" and self.b < 0:
-            raise ValueError(f"b (sigma) must be >= 0, got {self.b}")
+        if not 1 <= self.a <= MAX_LENGTH:  # also refuses nan
+            raise ValueError(f"a must be from 1 to {MAX_LENGTH}, got {self.a}")
+        if self.kind == "uniform" and not self.a <= self.b <= MAX_LENGTH:
+            raise ValueError(f"b must be from a to {MAX_LENGTH} for uniform, got {self.b}")
+        if self.kind == "lognormal" and not 0 <= self.b <= MAX_SIGMA:
+            raise ValueError(f"b (sigma) must be from 0 to {MAX_SIGMA}, got {self.b}")
 
     @classmethod
     def parse(cls, text: str) -> "LengthDist":
@@ -71,7 +81,7 @@ class LengthDist:
         else:  # mean-preserving: E[exp(N(mu, s^2))] = exp(mu + s^2/2)
             mu = math.log(self.a) - self.b ** 2 / 2
             out = np.rint(rng.lognormal(mu, self.b, size=n))
-        return np.maximum(out, 1).astype(np.int64)
+        return np.clip(out, 1, MAX_LENGTH).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -89,14 +99,53 @@ class WorkloadSpec:
     def __post_init__(self):
         if self.arrival not in ARRIVALS:
             raise ValueError(f"arrival must be one of {ARRIVALS}, got {self.arrival!r}")
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError(f"rate must be > 0, got {self.rate}")
-        if not self.cv > 0:
-            raise ValueError(f"cv must be > 0, got {self.cv}")
-        if self.num_requests is not None and self.num_requests < 1:
-            raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise ValueError(f"rate must be finite and > 0, got {self.rate}")
+        if not 1e-3 <= self.cv <= 1e3:
+            raise ValueError(f"cv must be from 0.001 to 1000, got {self.cv}")
+        if self.num_requests is not None and not 1 <= self.num_requests <= MAX_REQUESTS:
+            raise ValueError(f"num_requests must be from 1 to {MAX_REQUESTS}, got {self.num_requests}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A request vLLM would refuse (the server answers 400): never simulated."""
+    rid: int
+    arrival_s: float
+    prompt_len: int
+    output_len: int
+    reason: str          # one of REJECT_REASONS
+
+
+REJECT_REASONS = {"empty_prompt": "empty prompt",
+                  "zero_output": "output length 0 (vLLM's max_tokens must be >= 1)",
+                  "prompt_too_long": "prompt >= max_model_len"}
+
+
+@dataclass(frozen=True)
+class Workload:
+    requests: list[Request]      # admitted, sorted by arrival
+    rejected: list[Rejected]     # sorted by arrival
+    length_capped: int = 0       # outputs vLLM stops at max_model_len
+
+
+def admit(prompt_len: int, output_len: int, max_model_len: int | None) -> tuple[int, str]:
+    """vLLM's admission of a request: (the output length it generates, "") or (0, the
+    key of REJECT_REASONS). vLLM rejects an empty prompt, max_tokens < 1 (SamplingParams)
+    and a prompt of max_model_len tokens or more (its input processor: the prompt plus at
+    least one output token must fit); it stops a longer output at max_model_len."""
+    limit = max_model_len or MAX_LENGTH
+    if prompt_len < 1:
+        return 0, "empty_prompt"
+    if output_len < 1:
+        return 0, "zero_output"
+    if prompt_len >= limit:
+        return 0, "prompt_too_long"
+    return min(output_len, limit - prompt_len), ""
 
 
 def arrival_times(n: int, rate: float, kind: str, cv: float,
@@ -115,13 +164,18 @@ def _length(path: Path, raw: object, field: str, where: str) -> int:
     """A token count from a file: a non-negative integer (12 and 12.0 are fine, 12.5 not)."""
     try:
         value = float(raw)
-    except (TypeError, ValueError):
-        raise DoolyInputError(path, f"{where}: not a number: {raw!r}", field=field) from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past 1e308
+        raise DoolyInputError(path, f"{where}: not a number: {_short(raw)}", field=field) from None
     if isinstance(raw, bool) or not value.is_integer():
-        raise DoolyInputError(path, f"{where}: not an integer: {raw!r}", field=field)
+        raise DoolyInputError(path, f"{where}: not an integer: {_short(raw)}", field=field)
     if value < 0:
-        raise DoolyInputError(path, f"{where}: negative length {raw!r}", field=field)
-    return int(value)
+        raise DoolyInputError(path, f"{where}: negative length {_short(raw)}", field=field)
+    return int(min(value, 2 * MAX_LENGTH))  # any longer is as impossible a request
+
+
+def _short(raw: object) -> str:
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_sharegpt(path: str | Path) -> list[tuple[int, int]]:
@@ -136,6 +190,8 @@ def load_sharegpt(path: str | Path) -> list[tuple[int, int]]:
         raise DoolyInputError(path, f"cannot read: {err}") from None
     except json.JSONDecodeError as err:
         raise DoolyInputError(path, f"invalid JSON at line {err.lineno}: {err.msg}") from None
+    except (ValueError, RecursionError) as err:  # a 5,000-digit number, deep nesting
+        raise DoolyInputError(path, f"invalid JSON: {str(err)[:80]}") from None
     if not isinstance(data, list):
         raise DoolyInputError(path, "expected a JSON list of conversations")
     out = []
@@ -165,8 +221,9 @@ def load_sharegpt(path: str | Path) -> list[tuple[int, int]]:
     return out
 
 
-def load_trace_csv(path: str | Path) -> list[tuple[float | None, int, int]]:
-    """(arrived_at or None, prefill, decode) per row; `arrived_at` is optional."""
+def load_trace_csv(path: str | Path, limit: int | None = None) -> list[tuple[float | None, int, int]]:
+    """(arrived_at or None, prefill, decode) per row; `arrived_at` is optional. Reads at
+    most `limit` rows."""
     path = Path(path)
     try:
         with path.open(newline="") as fh:
@@ -174,23 +231,13 @@ def load_trace_csv(path: str | Path) -> list[tuple[float | None, int, int]]:
             header = reader.fieldnames or []
             for col in ("num_prefill_tokens", "num_decode_tokens"):
                 if col not in header:
-                    raise DoolyInputError(path, f"missing column (header: {header})", field=col)
+                    raise DoolyInputError(path, f"missing column (header: {_short(header)})", field=col)
             timed = "arrived_at" in header
             rows = []
             for line, row in enumerate(reader, start=2):
-                where = f"row {line}"
-                t = None
-                if timed:
-                    try:
-                        t = float(row["arrived_at"])
-                    except (TypeError, ValueError):
-                        t = math.nan
-                    if not math.isfinite(t) or t < 0:
-                        raise DoolyInputError(path, f"{where}: bad time {row['arrived_at']!r}",
-                                              field="arrived_at")
-                rows.append((t, _length(path, row["num_prefill_tokens"], "num_prefill_tokens",
-                                        where),
-                             _length(path, row["num_decode_tokens"], "num_decode_tokens", where)))
+                if limit is not None and len(rows) >= limit:
+                    break
+                rows.append(_trace_row(path, row, f"row {line}", timed))
     except FileNotFoundError:
         raise DoolyInputError(path, "file not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
@@ -198,9 +245,52 @@ def load_trace_csv(path: str | Path) -> list[tuple[float | None, int, int]]:
     return rows
 
 
-def build_workload(spec: WorkloadSpec) -> list[Request]:
-    """Requests sorted by arrival. File workloads keep file order and take the first
-    `num_requests`; lengths are clamped to at least 1 and to `max_model_len`."""
+def _trace_row(path: Path, row: dict, where: str, timed: bool) -> tuple[float | None, int, int]:
+    t = None
+    if timed:
+        try:
+            t = float(row["arrived_at"])
+        except (TypeError, ValueError):
+            t = math.nan
+        if not math.isfinite(t) or t < 0:
+            raise DoolyInputError(path, f"{where}: bad time {_short(row['arrived_at'])}",
+                                  field="arrived_at")
+    return (t, _length(path, row["num_prefill_tokens"], "num_prefill_tokens", where),
+            _length(path, row["num_decode_tokens"], "num_decode_tokens", where))
+
+
+def _file_lengths(spec: WorkloadSpec) -> tuple[list[tuple[int, int]], np.ndarray | None]:
+    """(prompt, output) per request of a file workload, and its arrival times when the
+    spec replays the trace's own clock."""
+    path = Path(spec.source)
+    cap = spec.num_requests or MAX_REQUESTS + 1
+    times = None
+    if path.suffix.lower() == ".csv":
+        rows = load_trace_csv(path, cap)
+        lengths = [(p, d) for _, p, d in rows]
+        if rows and spec.arrival == "trace":
+            if rows[0][0] is None:
+                raise DoolyInputError(path, "no arrival times in this trace; use "
+                                      "--arrival poisson|gamma --rate R", field="arrived_at")
+            times = np.array([t for t, _, _ in rows], dtype=float)
+            times -= times.min()  # the trace's clock starts at its first request
+    else:
+        if spec.arrival == "trace":
+            raise DoolyInputError(path, "ShareGPT files have no arrival times; use "
+                                  "--arrival poisson|gamma --rate R", field="arrival")
+        lengths = load_sharegpt(path)[:cap]
+    if not lengths:
+        raise DoolyInputError(path, "no requests in file")
+    if len(lengths) > MAX_REQUESTS:
+        raise DoolyInputError(path, f"more than {MAX_REQUESTS:,} requests; simulate the first N "
+                              f"with --num-requests N (at most {MAX_REQUESTS:,})")
+    return lengths, times
+
+
+def load_workload(spec: WorkloadSpec) -> Workload:
+    """The spec's requests, sorted by arrival, split by vLLM's admission rules (`admit`).
+    File workloads keep file order and take the first `num_requests`; arrival times are
+    drawn for every request, rejected ones included, as a client sends them all."""
     rng = np.random.default_rng(spec.seed)
     times = None
     if spec.source == "synthetic":
@@ -211,37 +301,25 @@ def build_workload(spec: WorkloadSpec) -> list[Request]:
         lengths = list(zip(spec.prompt.sample(n, rng).tolist(),
                            spec.output.sample(n, rng).tolist()))
     else:
-        path = Path(spec.source)
-        if path.suffix.lower() == ".csv":
-            rows = load_trace_csv(path)[: spec.num_requests]
-            lengths = [(p, d) for _, p, d in rows]
-            if not rows:
-                raise DoolyInputError(path, "no requests in file")
-            if spec.arrival == "trace":
-                if rows[0][0] is None:
-                    raise DoolyInputError(path, "no arrival times in this trace; use "
-                                          "--arrival poisson|gamma --rate R", field="arrived_at")
-                times = np.array([t for t, _, _ in rows], dtype=float)
-                times -= times.min()  # the trace's clock starts at its first request
-        else:
-            if spec.arrival == "trace":
-                raise DoolyInputError(path, "ShareGPT files have no arrival times; use "
-                                      "--arrival poisson|gamma --rate R", field="arrival")
-            lengths = load_sharegpt(path)[: spec.num_requests]
-        if not lengths:
-            raise DoolyInputError(path, "no requests in file")
+        lengths, times = _file_lengths(spec)
     if times is None:
         if spec.rate is None:
             raise DoolyInputError(spec.source, f"{spec.arrival} arrivals need a rate",
                                   field="rate")
         times = arrival_times(len(lengths), spec.rate, spec.arrival, spec.cv, rng)
     order = np.argsort(times, kind="stable")
-    cap = spec.max_model_len
-    out = []
+    admitted, rejected, capped = [], [], 0
     for i in order.tolist():  # rid is the position in the source, not in arrival order
-        p, o = max(1, lengths[i][0]), max(1, lengths[i][1])
-        if cap is not None:  # leave room for at least one generated token
-            p = min(p, cap - 1)
-            o = min(o, cap - p)
-        out.append(Request(i, float(times[i]), p, o))
-    return out
+        p, o = lengths[i]
+        out, why = admit(p, o, spec.max_model_len)
+        if why:
+            rejected.append(Rejected(i, float(times[i]), p, o, why))
+            continue
+        capped += out < o
+        admitted.append(Request(i, float(times[i]), p, out))
+    return Workload(admitted, rejected, capped)
+
+
+def build_workload(spec: WorkloadSpec) -> list[Request]:
+    """The requests vLLM admits, sorted by arrival (`load_workload` also lists the rest)."""
+    return load_workload(spec).requests

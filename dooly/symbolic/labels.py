@@ -48,6 +48,8 @@ def label_dim(expr: sympy.Expr | int, hints: dict[sympy.Symbol, int] | None = No
     """Label one dim. `hints` gives each config symbol's value in this model;
     `fields_of_constant` names the config fields a plain integer came from, when a
     second (perturbed) capture told us."""
+    # an int or SymPy expression from a live capture (label_pass), never text from a
+    # file: stored dims are parsed by symbols.parse_request_expr
     expr = sympy.sympify(expr)
     hints = hints or {}
     syms = expr.free_symbols

@@ -71,6 +71,7 @@ class FieldMatcher:
         sp = {_sym(f): v for f, v in self.pert.items()}
         self._table: dict[tuple[int, int], tuple[str, ...]] = {}
         for e in exprs:
+            # SymPy expressions built here from config symbols and ints, never text from a file
             vo, vp = sympy.sympify(e.xreplace(so)), sympy.sympify(e.xreplace(sp))
             if not (vo.is_integer and vp.is_integer):
                 continue

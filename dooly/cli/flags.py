@@ -1,0 +1,39 @@
+"""Flag value types with their ranges: a value outside them is argparse's one-line
+error naming the flag (`dooly sweep: error: argument --threads: ...`), never silently a
+default. Limits that depend on the model (a length beyond its max_position_embeddings)
+are checked by the command once the config is read (`ModelConfig.check_length`)."""
+from __future__ import annotations
+
+import argparse
+import math
+
+MAX_THREADS = 4096      # torch would try to start them all
+MAX_DIGITS = 18         # longer is never a count; int() of 5,000 digits is itself slow
+
+
+def int_range(lo: int, hi: int | None = None, unit: str = ""):
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        digits = text.strip().lstrip("+-")
+        value = int(text) if digits.isdigit() and len(digits) <= MAX_DIGITS else None
+        if value is None or value < lo or (hi is not None and value > hi):
+            bound = f"from {lo:,} to {hi:,}" if hi is not None else f">= {lo:,}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}{unit}, got {_quote(text)}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (not nan, not inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {_quote(text)}")
+    return value
+
+
+def _quote(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")

@@ -1,0 +1,38 @@
+"""Which environment a command reads its measurements from: the one rule that predict,
+simulate, export, fit and analyze --db share, so they never disagree about it."""
+from __future__ import annotations
+
+from dooly.env import Environment
+from dooly.errors import DoolyInputError
+
+
+def measured_points(store, env_key: str) -> int:
+    return sum(int(r["ok"]) for r in store.summary(env_key=env_key))
+
+
+def choose_environment(store, engine: str | None = None, env_key: str | None = None,
+                       db_path: str | None = None) -> Environment:
+    """`env_key` when given (it must be in the DB, and run `engine` when that is given);
+    else, among the environments of `engine` (any engine when None), the one with the
+    most ok measurements, the first key on a tie. A DB without one is a DoolyInputError
+    naming `db_path` (default: the store's own path)."""
+    where = db_path or getattr(store, "path", "--db")
+    envs = store.environments()
+    if env_key:
+        match = [e for e in envs if e.key == env_key]
+        if not match:
+            have = ", ".join(e.key for e in envs[:5]) or "none"
+            raise DoolyInputError(where, f"no environment {env_key} in the DB (it has: {have})", "--env")
+        if engine and match[0].engine != engine:
+            raise DoolyInputError(where, f"environment {env_key} runs engine {match[0].engine}, "
+                                         f"not {engine}", "--env")
+        return match[0]
+    if engine:
+        envs = [e for e in envs if e.engine == engine]
+    if not envs:
+        raise DoolyInputError(where, f"the DB holds no environment for engine {engine or 'any'}: "
+                                     "run `dooly sweep` into it first")
+    if len(envs) == 1:
+        return envs[0]
+    counts = {e.key: measured_points(store, e.key) for e in envs}
+    return max(envs, key=lambda e: counts[e.key])  # max keeps the first of equals

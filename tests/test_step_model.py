@@ -1,0 +1,270 @@
+"""The engine-step model: whole real steps stored per calibrated model under its structure,
+one model per environment fitted on the pool and applied to a model never calibrated."""
+import random
+
+import pytest
+
+from dooly.db import Store
+from dooly.env import Environment
+from dooly.fit.step_model import (STRUCTURE, EngineStepModel, engine_step_unit, load_step_model,
+                                  model_structure, pool_rows, record_steps)
+
+ENV = Environment("cpu0", "cpu", "vllm", "0.32", "CPU_ATTN", "bfloat16", threads=2)
+
+
+def _structure(layers, vocab, kv_width, hidden=1024):
+    s = dict.fromkeys(STRUCTURE, 0)
+    s.update(layers=layers, attention_full=layers, pieces=layers + 1, hidden=hidden, vocab=vocab,
+             kv_width=kv_width, q_width=4 * kv_width, unit_calls=6 * layers)
+    return s
+
+
+# three calibrated models and one held out, each with a structure of its own
+POOL = {"m1": _structure(30, 49152, 192), "m2": _structure(24, 151936, 128),
+        "m3": _structure(16, 128256, 512)}
+HELD_OUT = _structure(28, 100000, 1024)
+
+
+def _units_ms(structure):
+    return lambda seqs: 0.02 * structure["layers"] * sum(q for q, _ in seqs) ** 0.9 + 1.0
+
+
+def _engine_ms(structure, seqs):
+    """The engine's real step beyond the units: per step, per piece, per sequence per layer,
+    per prefill chunk (what the pooled model must learn and transfer)."""
+    n_pre = sum(1 for q, _ in seqs if q > 1)
+    return (3.0 + 0.08 * structure["pieces"] + 0.004 * len(seqs) * structure["layers"]
+            + 1.5 * n_pre)
+
+
+def _batches(n, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.45:
+            out.append([[1, rng.randint(10, 900)] for _ in range(rng.randint(1, 40))])
+        elif r < 0.75:
+            out.append([[rng.randint(16, 1024), 0] for _ in range(rng.randint(1, 3))])
+        else:
+            out.append([[rng.randint(64, 256), rng.randint(0, 512)]] + [[1, 300]] * rng.randint(1, 12))
+    return out
+
+
+def _rows(model, structure, n=40, seed=0, noise=0.0):
+    rng = random.Random(seed + 100)
+    units = _units_ms(structure)
+    rows = []
+    for b in _batches(n, seed):
+        step = (units(b) + _engine_ms(structure, b)) * (1 + noise * rng.uniform(-1, 1))
+        rows.append({"model": model, "structure": structure, "seqs": b, "step_ms": step,
+                     "units_ms": units(b)})
+    return rows
+
+
+def _pool_db(tmp_path, models=POOL):
+    db = str(tmp_path / "pool.db")
+    with Store.open(db) as s:
+        for i, (h, st) in enumerate(models.items()):
+            units = _units_ms(st)
+            steps = [{"batch": b, "ms": units(b) + _engine_ms(st, b)} for b in _batches(30, seed=i)]
+            record_steps(s, ENV, steps, st, h)
+    return db
+
+
+def _units_for(models):
+    return lambda h: _units_ms(models[h]) if h in models else None
+
+
+def test_pooled_model_predicts_a_model_it_never_saw():
+    rows = [r for i, (h, st) in enumerate(POOL.items()) for r in _rows(h, st, seed=i, noise=0.02)]
+    model = EngineStepModel().fit(rows)
+    bound = model.bind(HELD_OUT)
+    for b in _batches(50, seed=9):
+        truth = _engine_ms(HELD_OUT, b)
+        assert abs(bound.predict_one(b) - truth) / (truth + _units_ms(HELD_OUT)(b)) < 0.03
+        assert bound.predict_one(b) == pytest.approx(model.predict_one(b, HELD_OUT))
+
+
+def test_one_models_steps_do_not_split_per_step_from_per_layer_arbitrarily():
+    """With one structure in the pool, per-step and per-layer terms cannot be told apart:
+    the dependent ones get no weight, and the model still fits its own steps."""
+    rows = _rows("m1", POOL["m1"], n=60)
+    model = EngineStepModel().fit(rows)
+    assert model.in_sample_mape_pct_ < 1.0
+    names = [f[0] for f in __import__("dooly.fit.step_model", fromlist=["FEATURES"]).FEATURES]
+    assert model.coef_[names.index("step_layer")] == 0.0   # collinear with "step" here
+
+
+def test_outlier_step_does_not_pull_the_fit():
+    rows = [r for i, (h, st) in enumerate(POOL.items()) for r in _rows(h, st, seed=i)]
+    clean = EngineStepModel().fit(rows)
+    rows[5] = dict(rows[5], step_ms=rows[5]["step_ms"] * 3)   # stalled by another process
+    noisy = EngineStepModel().fit(rows)
+    b = [[1, 300]] * 8
+    assert noisy.predict_one(b, HELD_OUT) == pytest.approx(clean.predict_one(b, HELD_OUT), rel=0.05)
+
+
+def test_model_round_trips_as_data_and_rejects_other_features():
+    rows = [r for i, (h, st) in enumerate(POOL.items()) for r in _rows(h, st, seed=i)]
+    model = EngineStepModel().fit(rows)
+    again = EngineStepModel.from_json(model.to_json())
+    assert again.predict_one([[1, 128]] * 4, HELD_OUT) == pytest.approx(model.predict_one([[1, 128]] * 4, HELD_OUT))
+    obj = model.to_json()
+    obj["features"] = obj["features"][:-1]
+    with pytest.raises(ValueError, match="features"):
+        EngineStepModel.from_json(obj)
+
+
+def test_pool_reports_its_models_and_exclude_leaves_a_model_out(tmp_path):
+    db = _pool_db(tmp_path)
+    with Store.open(db) as s:
+        model, source = load_step_model(s, ENV, None, HELD_OUT, _units_for(POOL))
+        assert source == "pool(3 models)" and model.model.models_ == ["m1", "m2", "m3"]
+        model, source = load_step_model(s, ENV, None, HELD_OUT, _units_for(POOL), exclude=["m3"])
+        assert source == "pool(2 models)" and "m3" not in model.model.models_
+
+
+def test_uncalibrated_units_leave_a_model_out_of_the_pool(tmp_path):
+    db = _pool_db(tmp_path)
+    with Store.open(db) as s:
+        only = {k: v for k, v in POOL.items() if k != "m2"}   # m2 was never swept here
+        _, source = load_step_model(s, ENV, None, HELD_OUT, _units_for(only))
+    assert source == "pool(2 models)"
+
+
+class _Cfg:
+    def __init__(self, h):
+        self.hash = h
+
+
+def test_per_model_refinement_uses_only_that_models_steps(tmp_path):
+    db = _pool_db(tmp_path)
+    with Store.open(db) as s:
+        model, source = load_step_model(s, ENV, _Cfg("m2"), POOL["m2"], _units_for(POOL), prefer="model")
+        assert source == "model" and model.model.models_ == ["m2"]
+        # a model never calibrated falls back to the pool
+        _, source = load_step_model(s, ENV, _Cfg("new"), HELD_OUT, _units_for(POOL), prefer="model")
+        assert source == "pool(3 models)"
+        # excluded from its own refinement, it gets the others' pool
+        _, source = load_step_model(s, ENV, _Cfg("m2"), POOL["m2"], _units_for(POOL), exclude=["m2"],
+                                    prefer="model")
+        assert source == "pool(2 models)"
+        assert load_step_model(s, ENV, None, HELD_OUT, _units_for(POOL), prefer="none") == (None, "none")
+
+
+def test_an_empty_pool_gives_no_model(tmp_path):
+    with Store.open(str(tmp_path / "e.db")) as s:
+        s.add_environment(ENV)
+        assert load_step_model(s, ENV, None, HELD_OUT, _units_for(POOL)) == (None, "none")
+
+
+def test_steps_are_keyed_by_structure_with_the_hash_as_provenance():
+    a, b = engine_step_unit(POOL["m1"], "h1"), engine_step_unit(POOL["m1"], "h2")
+    assert a.attr["layers"] == 30 and a.attr["model"] == "h1" and a.key != b.key
+    assert engine_step_unit(POOL["m2"], "h1").key != a.key
+
+
+def test_repeated_batches_keep_their_median(tmp_path):
+    steps = [{"batch": [[1, 128]], "ms": ms} for ms in (20.0, 21.0, 90.0)]
+    steps += [{"batch": [[64, 0]], "ms": 50.0}, {"batch": [], "ms": 1.0}]
+    with Store.open(str(tmp_path / "c.db")) as s:
+        assert record_steps(s, ENV, steps, POOL["m1"], "m1") == 2
+        rows = {str(r["seqs"]): r for r in pool_rows(s, ENV.key)}
+    assert rows[str([[1, 128]])]["step_ms"] == 21.0
+
+
+def test_recalibration_replaces_that_models_steps_only(tmp_path):
+    with Store.open(str(tmp_path / "r.db")) as s:
+        record_steps(s, ENV, [{"batch": [[1, 10 * i]], "ms": 20.0} for i in range(1, 9)], POOL["m1"], "m1")
+        record_steps(s, ENV, [{"batch": [[1, 10]], "ms": 30.0}], POOL["m2"], "m2")
+        record_steps(s, ENV, [{"batch": [[64, 0]], "ms": 50.0}], POOL["m1"], "m1")
+        rows = pool_rows(s, ENV.key)
+    assert sorted((r["model"], str(r["seqs"])) for r in rows) == [("m1", "[[64, 0]]"), ("m2", "[[1, 10]]")]
+
+
+def test_interrupted_recalibration_keeps_the_old_steps(tmp_path, monkeypatch):
+    db = str(tmp_path / "i.db")
+    with Store.open(db) as s:
+        record_steps(s, ENV, [{"batch": [[1, 10 * i]], "ms": 20.0} for i in range(1, 9)], POOL["m1"], "m1")
+
+    def boom(conn, rows, newer_only):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Store, "_upsert", staticmethod(boom))
+    with Store.open(db) as s, pytest.raises(KeyboardInterrupt):
+        record_steps(s, ENV, [{"batch": [[64, 0]], "ms": 50.0}], POOL["m1"], "m1")
+    monkeypatch.undo()
+    with Store.open(db) as s:
+        assert len(pool_rows(s, ENV.key)) == 8
+
+
+def test_steps_stored_before_structure_attrs_get_it_from_the_inventory(tmp_path):
+    from dooly.unit import Unit
+    old = Unit(op="engine.step", inputs=(), outputs=(), attrs=(("driver", "attention"), ("model", "m1")))
+    from dooly.env import Measurement
+    with Store.open(str(tmp_path / "o.db")) as s:
+        s.add_environment(ENV)
+        s.add_unit(old)
+        s.add_measurement(Measurement(old.key, ENV.key, {"seqs": [[1, 100]]}, 20.0, 20.0, 20.0, 20.0, 0.0, 1))
+        assert pool_rows(s, ENV.key) == []
+        rows = pool_rows(s, ENV.key, structure_of=lambda h: POOL.get(h))
+    assert rows[0]["structure"] == POOL["m1"] and rows[0]["model"] == "m1"
+
+
+def _sig(*dims):
+    from dooly.symbolic.labels import DimLabel, Label
+    from dooly.unit import TensorSig
+    return TensorSig(tuple(DimLabel(x, Label.REQUEST) if isinstance(x, str) else DimLabel(x, Label.CONFIG)
+                           for x in dims), "bfloat16")
+
+
+def test_structure_comes_from_the_inventory():
+    from dooly.unit import Unit
+    att = lambda window: Unit("vllm.unified_attention_with_output", (_sig("T", 8, 64),), (), stateful=True,  # noqa: E731
+                              attrs=(("head_size", 64), ("num_heads", 8), ("num_kv_heads", 2),
+                                     ("sliding_window", window)))
+    kv = Unit("vllm.unified_kv_cache_update", (_sig("T", 2, 64),), (), stateful=True)
+    head = Unit("linear", (_sig("B", 512), _sig(32000, 512)), (_sig("B", 32000),),
+                attrs=(("bias", False), ("role", "lm_head")))
+    gemm = Unit("linear", (_sig("T", 512), _sig(1536, 512)), (_sig("T", 1536),))
+    units = {u.key: u for u in (att(0), att(4096), kv, head, gemm)}
+    counts = {att(0).key: 6, att(4096).key: 6, kv.key: 12, head.key: 1, gemm.key: 12}
+    s = model_structure(None, counts, units)
+    assert (s["layers"], s["attention_full"], s["attention_sliding"], s["pieces"]) == (12, 6, 6, 13)
+    assert (s["vocab"], s["hidden"], s["kv_width"], s["q_width"]) == (32000, 512, 128, 512)
+    assert s["unit_calls"] == 24   # the KV writes and the GEMMs; not the attention or the head
+
+
+def test_predictor_uses_the_pool_for_a_model_never_calibrated(tmp_path):
+    """Predictor.load: the pool of the other models' steps, each model's units from its own
+    inventory; the held-out model's own steps are left out on request; the source is said."""
+    from conftest import config
+    from dooly.config import load_config
+    from dooly.env import Measurement
+    from dooly.predict import Predictor
+    from dooly.unit import Unit
+    smol = config("HuggingFaceTB__SmolLM2-135M-Instruct")
+    me = load_config(smol).hash
+    db = str(tmp_path / "p.db")
+    gemm = {h: Unit("linear", (_sig("T", 64 * (i + 1)), _sig(128, 64 * (i + 1))), (_sig("T", 128),))
+            for i, h in enumerate(["m1", "m2", "m3", me])}
+    structures = dict(POOL, **{me: HELD_OUT})
+    truth = lambda h, b: 30 * 0.01 * sum(q for q, _ in b) + _engine_ms(structures[h], b)  # noqa: E731
+    with Store.open(db) as s:
+        s.add_environment(ENV)
+        for h, u in gemm.items():
+            s.add_unit(u)
+            s.set_inventory(h, "vllm", h, {u.key: 30})
+            for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048):
+                s.add_measurement(Measurement(u.key, ENV.key, {"T": t}, 0.01 * t, 0.01 * t, 0.01 * t, 0.01 * t, 0.0, 5))
+        for i, h in enumerate(["m1", "m2", "m3", me]):
+            record_steps(s, ENV, [{"batch": b, "ms": truth(h, b) * (3.0 if h == me else 1.0)}   # me: way off
+                                  for b in _batches(30, seed=i)], structures[h], h)
+    out = Predictor.load(smol, db, "vllm", exclude=[me])
+    assert out.step_model_source == "pool(3 models)"
+    b = [[1, 300]] * 8 + [[128, 0]]
+    assert out.predict(b).step_ms == pytest.approx(0.3 * 136 + _engine_ms(out.structure, b), rel=0.05)
+    own = Predictor.load(smol, db, "vllm", step_model="model")
+    assert own.step_model_source == "model" and own.predict(b).step_ms > 2 * out.predict(b).step_ms
+    none = Predictor.load(smol, db, "vllm", step_model="none")
+    assert none.step_model_source == "none" and none.predict(b).engine_ms == 0.0
