@@ -263,6 +263,9 @@ BREAKDOWN = (("GEMM kernels", ("k_gemm_ms",), ("gemm",)),
              ("whole step", ("ms",), ("gemm", "norm", "rope", "act", "attn", "kv", "logits", "sampler")))
 
 
+QUIET_SHARE = 0.9
+
+
 def _measured(step: dict, fields) -> float:
     return sum(-step.get(f[1:], 0.0) if f.startswith("-") else step.get(f, 0.0) for f in fields)
 
@@ -278,11 +281,19 @@ def breakdown(name: str, its: list[dict], args) -> dict:
                          "items": its, "repeats": args.repeats, "layers": True})
         saved[name] = {"items": its, "run": res}
         raw.write_text(json.dumps(saved))
-    steps = [s for s in saved[name]["run"]["steps"] if keep(s["set"][0], s["batch"])]
+    run = saved[name]["run"]
+    threads = max(run.get("threads") or [1])
+    steps = [s for s in run["steps"] if keep(s["set"][0], s["batch"])]
+    # a step during which another process held a core is slowed by whole time slices in
+    # every OpenMP region: that is the host's noise, not the engine's work
+    quiet = [s for s in steps if s.get("cpu_ms", 0.0) >= QUIET_SHARE * threads * s["ms"]]
     pred = model_out_predictor(name, args.db)
-    out: dict = {}
+    out: dict = {f"breakdown.{name}.steps": len(steps), f"breakdown.{name}.quiet_steps": len(quiet)}
     print(f"\n[{name}] per-layer breakdown on the real engine (median per step, ms; units: what the "
-          f"sweep's units predict for the same batch)")
+          f"sweep's units predict for the same batch); {len(quiet)} of {len(steps)} steps ran with their "
+          f"threads on a CPU >= {100 * QUIET_SHARE:.0f}% of the time and are shown"
+          + ("" if quiet else " (none did: all steps shown)"))
+    steps = quiet or steps
     for set_name in SETS:
         rows = [s for s in steps if s["set"][0] == set_name]
         if not rows:

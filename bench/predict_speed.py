@@ -25,10 +25,11 @@ from dooly.sim.metrics import stats  # noqa: E402
 def swept_db(config: Path, folder: str, lim) -> str:
     """A DB holding `config`'s units on this host, swept and fitted."""
     from dooly.cli import main as dooly
+    from dooly.analyze import analyze
     from dooly.profile.sweep import sweep
     db = f"{folder}/predict_speed.db"
     t0 = time.perf_counter()
-    s = sweep([str(config)], db, lim=lim)
+    s = sweep(analyze([str(config)]), db, lim=lim)
     if dooly(["fit", "--db", db]) != 0:
         raise SystemExit("dooly fit failed")
     print(f"swept {len(s.units_measured)} units ({s.points_measured} points) into {db} and "

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from dooly.engines import ENGINES, default_engine  # noqa: E402
 from dooly.profile.grid import GridLimits  # noqa: E402
+from dooly.analyze import analyze
 from dooly.profile.sweep import sweep  # noqa: E402
 
 CONFIGS = ROOT / "fixtures" / "configs"
@@ -31,7 +32,7 @@ def run_sweeps(first: Path, second: Path, engine: str, lim: GridLimits, out: dic
         runs = [("first", first, shared), ("first_again", first, shared),
                 ("second_after_first", second, shared), ("second_alone", second, alone)]
         for name, cfg, db in runs:
-            s = summaries[name] = sweep([str(cfg)], db, engine, lim=lim)
+            s = summaries[name] = sweep(analyze([str(cfg)], engine), db, lim=lim)
             out[f"{name}.units_measured"] = len(s.units_measured)
             out[f"{name}.units_reused"] = len(s.units_reused)
             out[f"{name}.points_measured"] = s.points_measured

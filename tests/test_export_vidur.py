@@ -24,10 +24,11 @@ def _read(path):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from dooly.profile.grid import GridLimits
+    from dooly.analyze import analyze
     from dooly.profile.sweep import sweep
     d = tmp_path_factory.mktemp("vidur_export")
     db, out = str(d / "s.db"), d / "out"
-    sweep([SMOL], db, "vllm", lim=GridLimits(max_tokens=32, max_batch=4, max_context=128))
+    sweep(analyze([SMOL], "vllm"), db, lim=GridLimits(max_tokens=32, max_batch=4, max_context=128))
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = main(["export", "vidur", SMOL, "--db", db, "--out", str(out),

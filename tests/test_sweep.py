@@ -7,6 +7,7 @@ from conftest import config
 from dooly.cli import main
 from dooly.db import Store
 from dooly.profile.grid import GridLimits
+from dooly.analyze import analyze
 from dooly.profile.sweep import sweep
 
 # every test here sweeps SmolLM2 for real, or uses the module's sweep: tens of seconds each
@@ -23,14 +24,14 @@ def _rows(db):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     db = str(tmp_path_factory.mktemp("sweep") / "a.db")
-    first = sweep([SMOL], db, "transformers", lim=LIM)
+    first = sweep(analyze([SMOL], "transformers"), db, lim=LIM)
     return db, first
 
 
 def test_sweep_measures_every_unit_then_nothing(swept):
     db, first = swept
     assert first.units_measured and first.points_measured > 0
-    again = sweep([SMOL], db, "transformers", lim=LIM)
+    again = sweep(analyze([SMOL], "transformers"), db, lim=LIM)
     assert again.units_measured == [] and len(again.units_reused) == len(first.units_measured)
 
 
@@ -46,10 +47,10 @@ def test_interrupted_sweep_resumes_to_the_same_rows(swept, tmp_path, monkeypatch
             raise KeyboardInterrupt  # Ctrl-C in the middle of the sweep
         return real(*a, **k)
     monkeypatch.setattr(sw, "_measure", flaky)
-    s = sweep([SMOL], db, "transformers", lim=LIM)
+    s = sweep(analyze([SMOL], "transformers"), db, lim=LIM)
     assert s.interrupted
     monkeypatch.setattr(sw, "_measure", real)
-    sweep([SMOL], db, "transformers", lim=LIM)
+    sweep(analyze([SMOL], "transformers"), db, lim=LIM)
     strip = lambda rows: sorted((k, p) for k, p, _ in rows)  # noqa: E731
     assert strip(_rows(db)) == strip(_rows(db_full))
 
@@ -64,7 +65,7 @@ def test_failing_point_is_stored_as_failed_and_sweep_goes_on(tmp_path, monkeypat
         return real(self, point)
     monkeypatch.setattr(mat.StatelessRunner, "prepare", boom)
     db = str(tmp_path / "c.db")
-    s = sweep([SMOL], db, "transformers", lim=LIM)
+    s = sweep(analyze([SMOL], "transformers"), db, lim=LIM)
     assert s.points_failed > 0 and s.points_measured > 0
     failed = [r for r in _rows(db) if r[2] == "failed"]
     assert failed
@@ -95,8 +96,9 @@ def _sweep_into(db):
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from dooly.profile.grid import GridLimits as GL
+    from dooly.analyze import analyze as an
     from dooly.profile.sweep import sweep as sw
-    s = sw([SMOL], db, "transformers", lim=GL(max_tokens=16, max_batch=2, max_context=32))
+    s = sw(an([SMOL], "transformers"), db, lim=GL(max_tokens=16, max_batch=2, max_context=32))
     return s.points_measured + s.points_failed
 
 
@@ -156,7 +158,7 @@ def test_second_pass_keeps_each_points_faster_median(tmp_path, monkeypatch):
             return dataclasses.replace(m, median_ms=m.median_ms + 1000.0)
         return m
     monkeypatch.setattr(sw, "_measure", burst_then_quiet)
-    s = sweep([SMOL], db, "transformers", lim=LIM, recheck=True)
+    s = sweep(analyze([SMOL], "transformers"), db, lim=LIM, recheck=True)
     assert s.points_rechecked_faster == s.points_measured > 0
     with Store.open(db) as st:
         assert all(m.median_ms < 1000.0 for m in st.measurements())

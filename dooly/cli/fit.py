@@ -77,7 +77,8 @@ def run_predict(args) -> int:
         print(refit_note(pred.refitted, args.db), file=sys.stderr)
     res = pred.predict(batch)
     t = Table(title=f"{len(batch)} sequences, {sum(q for q, _ in batch)} tokens: units "
-                    f"{res.units_ms:.3f} ms, engine step {res.step_ms:.3f} ms ({pred.env.label()})")
+                    f"{res.units_ms:.3f} ms, engine step {res.step_ms:.3f} ms ({pred.env.label()}; "
+                    f"engine-step model: {pred.step_model_source})")
     for col in ("unit", "op", "count", "ms", "%"):
         t.add_column(col)
     for key, ms in sorted(res.breakdown.items(), key=lambda kv: -kv[1]):
@@ -89,5 +90,6 @@ def run_predict(args) -> int:
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({"units_ms": res.units_ms, "engine_ms": res.engine_ms, "step_ms": res.step_ms,
-                       "breakdown": res.breakdown, "env": pred.env.key, "refitted": pred.refitted}, f)
+                       "breakdown": res.breakdown, "env": pred.env.key, "refitted": pred.refitted,
+                       "step_model": pred.step_model_source}, f)
     return 0

