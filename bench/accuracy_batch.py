@@ -6,16 +6,17 @@ calibration steps only, against the real `LLMEngine.step`.
         [--models smollm2,qwen0.5b,qwen3-0.6b,llama3.2-1b] [--quick] [--real-runs 2]
         [--real-from out/acc.raw.json] [--resume] [--breakdown]
 
-Given an empty --db it sweeps every model (limits below, documented: --max-tokens 2048
---max-batch 64 --max-context 2048, the real batches stay inside them), stores the unit fits
+Given an empty --db it sweeps every model (`LIMITS`: --max-tokens 1024 --max-batch 64
+--max-context 2048; --quick 512/32/1024; the real batches stay inside them), stores the unit fits
 (`dooly fit`) and calibrates every model (`dooly calibrate`); a model's own calibration
 steps are never used to score it. The real side runs --real-runs times (each a fresh
 engine in a child process, dooly.engines.vllm_probe); the difference between two real runs
 of the same batches is printed beside each sim-vs-real error (this machine's noise floor).
 Raw real runs are written to --raw (default: beside --json) as each one ends; --resume
 reuses the complete ones found there, --real-from replays them without starting vLLM.
-Sets: prefill (1-4 prompts, 32-2048 tokens), decode (1-64 sequences at context 128-2048),
-mixed (decodes running while a long prompt is chunk-prefilled under a small budget).
+Sets (`items`): prefill, decode, mixed. Every real step also records the CPU share of its
+threads and its preemptions (another process holding a core slows every OpenMP region by
+whole time slices): the median share is printed per model.
 --json: flat `mape_{prefill,decode,mixed}_pct` (the worst model), `noise_*_pct`, and
 `<model>.*` per model; in-sample figures (per-model calibration) only under `in_sample.`.
 --breakdown: one more real run timing every compiled piece and attention call inside the
@@ -38,17 +39,25 @@ MODELS = {"smollm2": CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json",
           "qwen0.5b": CONFIGS / "Qwen__Qwen2.5-0.5B.json",
           "qwen3-0.6b": CONFIGS / "Qwen__Qwen3-0.6B.json",
           "llama3.2-1b": CONFIGS / "meta-llama__Llama-3.2-1B-Instruct.json"}
-LIMITS = {"full": (2048, 64, 2048), "quick": (512, 32, 1024)}   # sweep: tokens, batch, context
+# sweep limits (tokens, batch, context): the real batches stay inside them. Sized for a
+# 2-core CPU host whose bf16 GEMMs cost ~15 ms per token for SmolLM2-135M and ~140 ms for
+# Llama-3.2-1B (no AVX-512): a full run prefills ~16k tokens per model and repeat.
+LIMITS = {"full": (1024, 64, 2048), "quick": (512, 32, 1024)}
 SETS = ("prefill", "decode", "mixed")
+BUDGET, MAX_SEQS = 8192, 128   # the real engine's serving settings (as `dooly calibrate`'s defaults)
 
 
 def items(quick: bool) -> list[dict]:
+    """The real batches: prefill (1-4 prompts of 32-1024 tokens), decode (1-64 sequences at
+    context 32-1024), mixed (decodes running while a long prompt is chunk-prefilled under a
+    small token budget). A decode set's prompts are prefilled first (those steps are not
+    scored), so B x context is kept to 2048 tokens."""
     from dooly.engines.vllm_probe import item
     pre = [("1x32", [32]), ("1x128", [128]), ("1x512", [512]), ("2x256", [256] * 2), ("4x128", [128] * 4),
-           ("1x2048", [2048])]
-    dec = [("1@128", [128], 8), ("8@256", [256] * 8, 6), ("32@128", [128] * 32, 5),
-           ("64@128", [128] * 64, 4), ("2@2048", [2048] * 2, 6)]
-    mix = [("4dec@256+1536/256", [256] * 4, 20, 1536, 256), ("16dec@128+1024/384", [128] * 16, 10, 1024, 384)]
+           ("1x1024", [1024])]
+    dec = [("1@128", [128], 8), ("8@256", [256] * 8, 6), ("32@64", [64] * 32, 5),
+           ("64@32", [32] * 64, 4), ("2@1024", [1024] * 2, 6)]
+    mix = [("4dec@256+1024/256", [256] * 4, 20, 1024, 256), ("16dec@64+1024/384", [64] * 16, 10, 1024, 384)]
     if quick:   # inside the quick sweep's limits
         pre, dec, mix = pre[:4], dec[:3], [("4dec@256+768/256", [256] * 4, 12, 768, 256)]
     out = [item("prefill", lbl, lens, 1) for lbl, lens in pre]
@@ -130,8 +139,8 @@ def real_runs(names, its, args, log=print) -> dict:
         runs = saved.get(n, {}).get("runs", []) if saved.get(n, {}).get("items") == its else []
         while len(runs) < args.real_runs:
             t0 = time.perf_counter()
-            res = run_child({"mode": "steps", "config": str(MODELS[n]), "budget": 8192, "max_num_seqs": 128,
-                             "items": its, "repeats": args.repeats})
+            res = run_child({"mode": "steps", "config": str(MODELS[n]), "budget": BUDGET,
+                             "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats})
             runs.append(dict(res, started=time.strftime("%H:%M:%S")))
             saved[n] = {"items": its, "runs": runs}
             raw_path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,8 +181,10 @@ def cpu_share(runs) -> float | None:
 def score(name, runs, pred) -> dict:
     """Per set: whole-step MAPE (units + engine) over every run's steps, the units alone
     against the model's execution, and the real-vs-real noise."""
+    from dooly.fit.step_model import quiet_steps
     fig: dict = {}
     steps = [s for r in runs for s in r["steps"] if keep(s["set"][0], s["batch"])]
+    quiet = {id(s) for r in runs for s in quiet_steps(r["steps"], max(r.get("threads") or [1]))}
     cache = {}
     for s in steps:
         k = json.dumps(s["batch"])
@@ -192,6 +203,9 @@ def score(name, runs, pred) -> dict:
         noise = [x for x in noise if x is not None]
         fig[f"noise_{set_name}_pct"] = max(noise) if noise else None
         fig[f"n_{set_name}"] = len(rows)
+        # the steps no other process slowed: model error without this host's contention
+        fig[f"mape_quiet_{set_name}_pct"] = mape((s["pred"].step_ms, s["ms"]) for s in rows if id(s) in quiet)
+        fig[f"n_quiet_{set_name}"] = sum(id(s) in quiet for s in rows)
     return fig
 
 
@@ -200,14 +214,15 @@ def print_model(name, fig, source, labels) -> None:
     print(f"[{name}] engine-step model: {source}; real steps ran on a CPU for "
           f"{'-' if share is None else f'{100 * share:.0f}%'} of their threads' time (median)")
     print(f"  {'set':8s} {'n':>4s} {'MAPE %':>8s} {'real-vs-real %':>15s} {'median pred/real':>17s} "
-          f"{'units vs forward %':>19s}")
+          f"{'units vs forward %':>19s} {'quiet steps: n, MAPE %':>23s}")
     for set_name in SETS:
         if f"mape_{set_name}_pct" not in fig:
             continue
         noise = fig[f"noise_{set_name}_pct"]
         print(f"  {set_name:8s} {fig[f'n_{set_name}']:4d} {fig[f'mape_{set_name}_pct']:8.1f} "
               f"{'-' if noise is None else f'{noise:.1f}':>15s} {1 + fig[f'bias_{set_name}_pct'] / 100:17.2f} "
-              f"{fig[f'units_vs_forward_{set_name}_pct']:19.1f}")
+              f"{fig[f'units_vs_forward_{set_name}_pct']:19.1f} {fig[f'n_quiet_{set_name}']:13d}, "
+              f"{'-' if fig[f'mape_quiet_{set_name}_pct'] is None else f'{fig[f'mape_quiet_{set_name}_pct']:.1f}':>7s}")
     for lbl, (real, pred) in labels.items():
         print(f"      {lbl:26s} real {real:8.2f} ms  pred {pred:8.2f} ms  {100 * (pred - real) / real:+6.1f}%")
 
@@ -277,8 +292,8 @@ def breakdown(name: str, its: list[dict], args) -> dict:
     raw = Path(args.raw).with_suffix(".layers.json")
     saved = json.loads(raw.read_text()) if raw.exists() and (args.resume or args.real_from) else {}
     if saved.get(name, {}).get("items") != its:
-        res = run_child({"mode": "steps", "config": str(MODELS[name]), "budget": 8192, "max_num_seqs": 128,
-                         "items": its, "repeats": args.repeats, "layers": True})
+        res = run_child({"mode": "steps", "config": str(MODELS[name]), "budget": BUDGET,
+                         "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats, "layers": True})
         saved[name] = {"items": its, "run": res}
         raw.write_text(json.dumps(saved))
     run = saved[name]["run"]
@@ -348,6 +363,7 @@ def main(argv=None) -> int:
     result: dict = {"models": names, "protocol": "leave-one-model-out", "real_runs": args.real_runs}
     for n in names:
         pred = model_out_predictor(n, args.db)
+        pred.set_serving(BUDGET, MAX_SEQS)   # CUDA-graph sizes, on a GPU host
         fig = score(n, runs[n], pred)
         print_model(n, fig, pred.step_model_source, per_label(runs[n], pred))
         result.update({f"{n}.{k}": v for k, v in fig.items()}, **{f"{n}.step_model_source": pred.step_model_source})

@@ -2,10 +2,10 @@
 (CPU) at a low and a high load, for a model it predicts with the OTHER models' engine steps?
 
     python bench/winner_inversion.py --db out/acc.db [--model smollm2]
-        [--configs 2048x64,64x64] [--rates 1,4] [--requests 60] [--metric mean_e2e]
+        [--configs 2048x64,64x64] [--rates 0.4x,1.3x] [--requests 60] [--metric mean_e2e]
         [--real-from PATH] [--json PATH]
     python bench/winner_inversion.py --db out/acc.db --sim-only --configs 2048x64,512x64,64x64 \
-        --rates 0.5,1,2,4      # the simulator alone: choose a pair before any real run
+        --rates 0.2x,0.5x,1x,2x      # the simulator alone: choose a pair before any real run
 
 Each configuration (max_num_batched_tokens x max_num_seqs) is one real engine serving every
 load in turn (dooly.engines.vllm_serve); the workload is accuracy_e2e's (Splitwise lengths,
@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db  # noqa: E402
-from accuracy_e2e import DEFAULT_TRACE, as_jobs, pct, real_latencies, sim_latencies, workload  # noqa: E402
+from accuracy_e2e import (DEFAULT_TRACE, as_jobs, capacity, pct, real_latencies, sim_latencies,  # noqa: E402
+                          workload)
 
 
 def metric_value(lat: dict, metric: str) -> float:
@@ -40,7 +41,10 @@ def real_table(name, confs, wls, args) -> dict:
     """(budget, seqs, load) -> real latencies; one engine per configuration."""
     from dooly.engines.vllm_probe import run_child
     saved = json.loads(Path(args.real_from).read_text()) if args.real_from else {}
-    out, raw = {}, {}
+    jobs = [[w, as_jobs(r)] for w, r in wls]
+    if args.real_from and saved.get("_workloads") != jobs:
+        raise SystemExit(f"--real-from {args.real_from}: saved runs served other workloads (rates, requests)")
+    out, raw = {}, {"_workloads": jobs}
     for b, s in confs:
         tag = f"b{b}s{s}"
         if args.real_from:
@@ -87,12 +91,50 @@ def verdict(confs, wls, real, sim, metric) -> dict:
     return out
 
 
+def parse_rates(args, pred) -> list[float]:
+    """req/s, each given as is or as a multiple ("0.4x") of the simulated capacity."""
+    cap, rates = None, []
+    for x in args.rates.split(","):
+        if x.strip().endswith("x"):
+            cap = cap or capacity(workload(args.trace, args.requests, 1.0, args.seed), pred)
+            rates.append(float(f"{float(x.strip()[:-1]) * cap:.3g}"))
+        else:
+            rates.append(float(x))
+    return rates
+
+
+def sim_settings(pred, b: int, s: int) -> dict:
+    return {"max_num_batched_tokens": b, "max_num_seqs": s, "block_size": pred.env.block_size,
+            "num_gpu_blocks": None}
+
+
+def simulate_all(pred, confs, wls, settings_for) -> dict:
+    sim = {}
+    for b, s in confs:
+        pred.set_serving(b, s)   # CUDA-graph sizes, on a GPU host
+        sim.update({(b, s, w): sim_lat(reqs, pred, settings_for(b, s, w)) for w, reqs in wls})
+    return sim
+
+
+def print_verdict(result: dict, confs, wls) -> None:
+    print(f"[winner] {result['model']} (engine-step model {result['step_model_source']}), metric {result['metric']}")
+    for w, _ in wls:
+        print(f"  {w}: " + "  ".join(f"b{b}s{s} real {result[f'{w}.b{b}s{s}.real_ms']:.0f} / sim "
+                                     f"{result[f'{w}.b{b}s{s}.sim_ms']:.0f} ms" for b, s in confs)
+              + f"  -> real winner {result[f'{w}.real_winner']} ({result[f'{w}.real_margin_pct']:.1f}%), sim "
+              f"{result[f'{w}.sim_winner']} ({result[f'{w}.sim_margin_pct']:.1f}%): "
+              f"{'same' if result[f'{w}.same_winner'] else 'DIFFERENT'}")
+    print(f"  inversion: real {result['real_inversion']}, sim {result['sim_inversion']}; "
+          f"same winner at every load: {result['same_winner_all_loads']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2", choices=list(MODELS))
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
     ap.add_argument("--configs", default="2048x64,64x64", help="BUDGETxSEQS,...")
-    ap.add_argument("--rates", default="1,4")
+    ap.add_argument("--rates", default="0.4x,1.3x", help="req/s, or multiples of the capacity the "
+                    "simulator predicts (all requests at once, 2048 tokens x 64 sequences): 0.4x,1.3x")
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--metric", default="mean_e2e", help="p50|p90|p99|mean _ ttft|tpot|e2e")
     ap.add_argument("--trace", default=str(DEFAULT_TRACE))
@@ -105,7 +147,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     confs = [(int(b), int(s)) for b, _, s in (c.partition("x") for c in args.configs.split(","))]
-    rates = [float(x) for x in args.rates.split(",")]
     stat, _, name = args.metric.partition("_")
     if stat not in ("p50", "p90", "p99", "mean") or name not in ("ttft", "tpot", "e2e") or len(confs) < 2:
         ap.error("--metric: e.g. p90_ttft or mean_e2e; --configs: at least two")
@@ -114,28 +155,19 @@ def main(argv=None) -> int:
         ap.error(f"--pool: choose from {', '.join(MODELS)}")
     prepare_db(list(dict.fromkeys([args.model] + pool)), args.db, LIMITS["quick" if args.quick else "full"])
     pred = model_out_predictor(args.model, args.db)
-    wls = [(f"rate{r:g}", workload(args.trace, args.requests, r, args.seed)) for r in rates]
-    settings = lambda b, s: {"max_num_batched_tokens": b, "max_num_seqs": s, "block_size": pred.env.block_size,  # noqa: E731
-                             "num_gpu_blocks": None}
+    wls = [(f"rate{r:g}", workload(args.trace, args.requests, r, args.seed)) for r in parse_rates(args, pred)]
     if args.sim_only:
-        for w, reqs in wls:
-            print(f"{w}: " + " | ".join(f"b{b}s{s} {metric_value(sim_lat(reqs, pred, settings(b, s)), args.metric):9.1f}"
-                                      for b, s in confs))
+        sim = simulate_all(pred, confs, wls, lambda b, s, w: sim_settings(pred, b, s))
+        for w, _ in wls:
+            print(f"{w}: " + " | ".join(f"b{b}s{s} {metric_value(sim[(b, s, w)], args.metric):9.1f}"
+                                        for b, s in confs))
         return 0
     real_full = real_table(args.model, confs, wls, args)
-    real = {k: v[0] for k, v in real_full.items()}
-    sim = {(b, s, w): sim_lat(reqs, pred, real_full[(b, s, w)][1]) for b, s in confs for w, reqs in wls}
+    sim = simulate_all(pred, confs, wls, lambda b, s, w: real_full[(b, s, w)][1])
     result = {"model": args.model, "metric": args.metric, "requests": args.requests,
-              "step_model_source": pred.step_model_source, **verdict(confs, wls, real, sim, args.metric)}
-    print(f"[winner] {args.model} (engine-step model {pred.step_model_source}), metric {args.metric}")
-    for w, _ in wls:
-        print(f"  {w}: " + "  ".join(f"b{b}s{s} real {result[f'{w}.b{b}s{s}.real_ms']:.0f} / sim "
-                                     f"{result[f'{w}.b{b}s{s}.sim_ms']:.0f} ms" for b, s in confs)
-              + f"  -> real winner {result[f'{w}.real_winner']} ({result[f'{w}.real_margin_pct']:.1f}%), sim "
-              f"{result[f'{w}.sim_winner']} ({result[f'{w}.sim_margin_pct']:.1f}%): "
-              f"{'same' if result[f'{w}.same_winner'] else 'DIFFERENT'}")
-    print(f"  inversion: real {result['real_inversion']}, sim {result['sim_inversion']}; "
-          f"same winner at every load: {result['same_winner_all_loads']}")
+              "step_model_source": pred.step_model_source,
+              **verdict(confs, wls, {k: v[0] for k, v in real_full.items()}, sim, args.metric)}
+    print_verdict(result, confs, wls)
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)

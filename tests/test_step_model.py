@@ -268,3 +268,13 @@ def test_predictor_uses_the_pool_for_a_model_never_calibrated(tmp_path):
     assert own.step_model_source == "model" and own.predict(b).step_ms > 1.5 * out.predict(b).step_ms
     none = Predictor.load(smol, db, "vllm", step_model="none")
     assert none.step_model_source == "none" and none.predict(b).engine_ms == 0.0
+
+
+def test_steps_slowed_by_another_process_are_left_out(tmp_path):
+    """A step whose threads were off their cores for part of it (low CPU share) is the
+    host's noise: with enough quiet steps, calibration keeps only those."""
+    steps = [{"batch": [[1, 10 * i]], "ms": 20.0, "cpu_ms": 39.0} for i in range(1, 13)]
+    steps += [{"batch": [[1, 500]], "ms": 90.0, "cpu_ms": 90.0}]   # half its time off the cores
+    with Store.open(str(tmp_path / "q.db")) as s:
+        assert record_steps(s, ENV, steps, POOL["m1"], "m1", threads=2) == 12
+        assert record_steps(s, ENV, steps[-4:], POOL["m1"], "m1", threads=2) == 4   # too few: all kept

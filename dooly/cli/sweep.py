@@ -103,7 +103,10 @@ def run_calibrate(args) -> int:
                           args.max_num_seqs)
         except RuntimeError as err:  # the real engine refused the model (e.g. an unknown architecture)
             raise DoolyInputError(cfg.path, str(err), "architectures") from None
-        print(f"calibrated {cfg.name}: {r['points']} distinct batches from {r['steps']} real vLLM steps "
-              f"(worker threads {r['worker_threads']}) into env {r['env_key']}; the pool now holds "
-              f"{r['pool_models']} model(s)")
+        print(f"calibrated {cfg.name}: {r['points']} distinct batches from {r['steps']} real vLLM steps, "
+              f"{r['quiet_steps']} of them with no other process on their cores (worker threads "
+              f"{r['worker_threads']}) into env {r['env_key']}; the pool now holds {r['pool_models']} model(s)")
+        if r["quiet_steps"] < r["steps"] / 2:
+            print(f"dooly: most of {cfg.name}'s steps shared their cores with another process; "
+                  "calibrate again on an idle host", file=sys.stderr)
     return 0

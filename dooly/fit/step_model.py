@@ -113,13 +113,42 @@ def engine_step_unit(structure: dict, config_hash: str) -> Unit:
     return Unit(op=STEP_OP, inputs=(), outputs=(), attrs=tuple(sorted(attrs.items())))
 
 
-def record_steps(store, env: Environment, steps: list[dict], structure: dict, config_hash: str) -> int:
-    """steps: {"batch": [[q, c], ...], "ms": the whole engine step, "graph": optional}. They
-    replace the model's earlier calibration in this environment; repeated batches keep
-    their median."""
+QUIET_SHARE = 0.8   # a step whose threads ran less of its time shared the host's cores
+
+
+def quiet_steps(steps: list[dict], threads: int) -> list[dict]:
+    """The steps that ran with their threads on a CPU (`cpu_ms` >= QUIET_SHARE x threads x
+    wall): units are timed with no thread preempted (dooly.profile.timing), so the engine's
+    own work must be fitted on steps that were not slowed by another process either (on a
+    2-core host a preempted step's small kernels run 100x slower). Steps recorded without
+    `cpu_ms` count as quiet."""
+    return [s for s in steps if s.get("cpu_ms") is None
+            or float(s["cpu_ms"]) >= QUIET_SHARE * max(threads, 1) * float(s["ms"])]
+
+
+def record_steps(store, env: Environment, steps: list[dict], structure: dict, config_hash: str,
+                 threads: int | None = None) -> int:
+    """steps: {"batch": [[q, c], ...], "ms": the whole engine step, "cpu_ms" and "graph":
+    optional}. With `threads`, only the quiet steps (`quiet_steps`) are kept, unless too
+    few distinct batches would remain. They replace the model's earlier calibration in
+    this environment; repeated batches keep their median."""
     unit = engine_step_unit(structure, config_hash)
     store.add_environment(env)
     store.add_unit(unit)
+    quiet = quiet_steps(steps, threads) if threads else steps
+    rows = _step_rows(unit.key, env.key, quiet)
+    if len(rows) < MIN_ROWS:
+        rows = _step_rows(unit.key, env.key, steps)
+    # the model's earlier steps, under this structure's key or an older one
+    old = [u.key for u in store.units() if u.op == STEP_OP and u.attr.get("model") == config_hash]
+    for key in old:
+        if key != unit.key:
+            store.replace_measurements(key, env.key, [])
+    store.replace_measurements(unit.key, env.key, rows)
+    return len(rows)
+
+
+def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measurement]:
     by_point: dict[str, tuple[dict, list[float]]] = {}
     for s in steps:
         batch = [[int(q), int(c)] for q, c in s["batch"]]
@@ -128,16 +157,9 @@ def record_steps(store, env: Environment, steps: list[dict], structure: dict, co
             if s.get("graph") and s["graph"] != "none":
                 point["graph"] = str(s["graph"])
             by_point.setdefault(json.dumps(point, sort_keys=True), (point, []))[1].append(float(s["ms"]))
-    rows = [Measurement(unit.key, env.key, point, float(np.median(ms)), min(ms), max(ms),
+    return [Measurement(unit_key, env_key, point, float(np.median(ms)), min(ms), max(ms),
                         float(np.mean(ms)), float(np.std(ms)), len(ms))
             for point, ms in by_point.values()]
-    # the model's earlier steps, under this structure's key or an older one
-    old = [u.key for u in store.units() if u.op == STEP_OP and u.attr.get("model") == config_hash]
-    for key in old:
-        if key != unit.key:
-            store.replace_measurements(key, env.key, [])
-    store.replace_measurements(unit.key, env.key, rows)
-    return len(rows)
 
 
 class EngineStepModel:

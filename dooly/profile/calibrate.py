@@ -30,17 +30,19 @@ def calibrate(config: str, db_path: str, threads: int | None = None, budget: int
     from dooly.db import Store
     from dooly.engines import environment
     from dooly.engines.vllm_probe import calibration_items, run_child
-    from dooly.fit.step_model import record_steps
+    from dooly.fit.step_model import quiet_steps, record_steps
     cfg = load_config(config)
     env = environment("vllm", "cpu", threads=threads)
     with Store.open(db_path) as store:
         structure = stored_structure(store, cfg, env.engine)
     res = run_child({"mode": "steps", "config": str(config), "budget": budget,
                      "max_num_seqs": max_num_seqs, "items": items or calibration_items()})
+    threads = max(res["threads"] or [env.threads])
     with Store.open(db_path) as store:
-        n = record_steps(store, env, res["steps"], structure, cfg.hash)
+        n = record_steps(store, env, res["steps"], structure, cfg.hash, threads)
         pooled = calibrated_models(store, env.key)
     return {"env_key": env.key, "steps": len(res["steps"]), "points": n,
+            "quiet_steps": len(quiet_steps(res["steps"], threads)),
             "worker_threads": res["threads"], "worker": res.get("worker", {}),
             "pool_models": len(pooled)}
 
