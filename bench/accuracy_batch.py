@@ -209,6 +209,10 @@ def score(name, runs, pred) -> dict:
     return fig
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def print_model(name, fig, source, labels) -> None:
     share = fig.get("cpu_share_median")
     print(f"[{name}] engine-step model: {source}; real steps ran on a CPU for "
@@ -222,7 +226,7 @@ def print_model(name, fig, source, labels) -> None:
         print(f"  {set_name:8s} {fig[f'n_{set_name}']:4d} {fig[f'mape_{set_name}_pct']:8.1f} "
               f"{'-' if noise is None else f'{noise:.1f}':>15s} {1 + fig[f'bias_{set_name}_pct'] / 100:17.2f} "
               f"{fig[f'units_vs_forward_{set_name}_pct']:19.1f} {fig[f'n_quiet_{set_name}']:13d}, "
-              f"{'-' if fig[f'mape_quiet_{set_name}_pct'] is None else f'{fig[f'mape_quiet_{set_name}_pct']:.1f}':>7s}")
+              f"{_pct(fig[f'mape_quiet_{set_name}_pct']):>7s}")
     for lbl, (real, pred) in labels.items():
         print(f"      {lbl:26s} real {real:8.2f} ms  pred {pred:8.2f} ms  {100 * (pred - real) / real:+6.1f}%")
 

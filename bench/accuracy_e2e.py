@@ -141,12 +141,18 @@ def score_load(reqs, real_runs: list[dict], pred) -> dict:
         fig[f"noise_{metric}_mape_pct"] = statistics.fmean(noise) if None not in noise else None
     steps = [s for r in real_runs for s in r["steps"]]
     fig["step_median_real_over_pred"] = statistics.median(s["ms"] / pred.step_ms(s["batch"]) for s in steps)
+    # how much of their time the real steps' threads had a CPU (1: no other process ran)
+    threads = max(real_runs[0]["settings"].get("torch_threads") or 1, 1)
+    shares = [s["cpu_ms"] / (threads * s["ms"]) for s in steps if s.get("cpu_ms") is not None and s["ms"] > 0]
+    fig["cpu_share_median"] = statistics.median(shares) if shares else None
     return fig
 
 
 def print_load(name, load, rate, fig) -> None:
+    share = fig.get("cpu_share_median")
     print(f"[{name}] {load} load ({rate:g} req/s): {fig['real_steps']:.0f} real steps, {fig['sim_steps']} simulated; "
-          f"real/pred step median {fig['step_median_real_over_pred']:.2f}")
+          f"real/pred step median {fig['step_median_real_over_pred']:.2f}; real steps had a CPU "
+          f"{'-' if share is None else f'{100 * share:.0f}%'} of their threads' time (median)")
     print(f"  {'':5s} {'pct':4s} {'real ms':>10s} {'sim ms':>10s} {'|err| %':>8s} {'real-vs-real %':>15s}")
     for metric in ("ttft", "tpot"):
         for p in PCTS:
