@@ -21,6 +21,10 @@ whole time slices): the median share is printed per model.
 `<model>.*` per model; in-sample figures (per-model calibration) only under `in_sample.`.
 --breakdown: one more real run timing every compiled piece and attention call inside the
 worker, compared part by part with the units (dooly.engines.vllm_layers).
+--families [MODELS]: each model (or those named) also scored family-served: a copy of --db
+without the units only it runs, swept with `dooly sweep --families --tolerance T` (its
+check points timed for real, families trained on the other models only), printed beside
+its fully swept figures per set (`families.<model>.*` in the JSON).
 """
 from __future__ import annotations
 
@@ -128,9 +132,12 @@ def real_runs(names, its, args, log=print) -> dict:
     from dooly.engines.vllm_probe import run_child
     if args.real_from:
         saved = json.loads(Path(args.real_from).read_text())
-        missing = [n for n in names if n not in saved or saved[n]["items"] != its]
+        missing = [n for n in names if n not in saved or not saved[n].get("runs")]
         if missing:
-            raise SystemExit(f"--real-from {args.real_from}: no runs of these items for {', '.join(missing)}")
+            raise SystemExit(f"--real-from {args.real_from}: no runs for {', '.join(missing)}")
+        for n in names:   # scored on the steps the runs hold, whatever batches made them
+            if saved[n]["items"] != its:
+                log(f"[{n}] the saved runs used other batches than this version's: scored on theirs")
         return {n: saved[n]["runs"] for n in names}
     raw_path = Path(args.raw)
     saved = json.loads(raw_path.read_text()) if args.resume and raw_path.exists() else {}
@@ -146,7 +153,7 @@ def real_runs(names, its, args, log=print) -> dict:
             raw_path.parent.mkdir(parents=True, exist_ok=True)
             raw_path.write_text(json.dumps(saved))
             log(f"[{n}] real run {len(runs)}: {len(res['steps'])} steps in {time.perf_counter() - t0:.0f} s")
-        out[n] = runs[:args.real_runs]
+        out[n] = runs   # every complete saved run: more runs, a firmer noise floor
     return out
 
 
@@ -339,6 +346,48 @@ def breakdown(name: str, its: list[dict], args) -> dict:
     return out
 
 
+# -- family-served side by side (--families) ---------------------------------------------------
+def family_db(name: str, names: list[str], db: str, limits, tolerance: float, log=print) -> str:
+    """A DB where `name` is family-served: a copy of the fully swept `db` without the
+    measurements of the units only `name` runs, then `dooly sweep --families` of `name`
+    (its check points measured for real; a unit whose check fails is swept in full) and
+    `dooly fit`. Families are trained only on the other models' units. Resumable."""
+    from dooly.cli import main as dooly
+    from dooly.config import load_config
+    from dooly.db import Store
+    from dooly.engines import environment
+    out = str(Path(db).with_suffix(f".families-{name}.db"))
+    env = environment("vllm", "cpu").key
+    if not Path(out).exists():
+        with Store.open(out) as fam:
+            fam.merge_from(db)
+            mine = set(fam.inventory(load_config(MODELS[name]).hash, "vllm"))
+            for other in names:
+                if other != name:
+                    mine -= set(fam.inventory(load_config(MODELS[other]).hash, "vllm"))
+            for key in mine:  # only this model runs them: measured anew, from check points
+                fam.replace_measurements(key, env, [])
+        log(f"  [{name}] {len(mine)} units of its own left to its families")
+    tok, batch, ctx = limits
+    rc = dooly(["sweep", str(MODELS[name]), "--db", out, "--engine", "vllm", "--max-tokens", str(tok),
+                "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress", "--families",
+                "--tolerance", str(tolerance)])
+    if rc != 0 or dooly(["fit", "--db", out]) != 0:
+        raise SystemExit(f"family sweep or fit of {name} failed (rc {rc})")
+    return out
+
+
+def print_side_by_side(name: str, full: dict, fam: dict, pred) -> None:
+    served = {k: m.cv_mape_pct for k, m in pred.models.items() if pred.fallback.get(k) == "family"}
+    worst = f", largest check error {max(served.values()):.1f}%" if served else ""
+    print(f"[{name}] family-served vs fully swept: {len(served)} of {len(pred.counts)} units family-served{worst}")
+    print(f"  {'set':8s} {'fully swept MAPE %':>19s} {'family-served MAPE %':>21s} {'difference pp':>14s}")
+    for s in SETS:
+        a, b = full.get(f"mape_{s}_pct"), fam.get(f"mape_{s}_pct")
+        if a is not None and b is not None:
+            print(f"  {s:8s} {a:19.1f} {b:21.1f} {b - a:+14.1f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -348,9 +397,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="passes over the batches within one real run")
     ap.add_argument("--real-from", help="replay the real runs saved in this raw file (no vLLM run)")
     ap.add_argument("--raw", help="where real runs are saved (default: beside --json)")
-    ap.add_argument("--resume", action="store_true", help="reuse complete real runs found in --raw")
+    ap.add_argument("--resume", action="store_true", help="reuse complete real runs found in --raw (all of them, at least --real-runs)")
     ap.add_argument("--breakdown", action="store_true", help="per-layer breakdown on the real engine")
     ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--families", nargs="?", const="all", default=None, metavar="MODELS",
+                    help="also score each model (or these) family-served, trained on the other "
+                         "models' units, beside its fully swept figures (a DB per model beside --db)")
+    ap.add_argument("--tolerance", type=float, default=3.0, help="check-point tolerance %% (--families)")
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [n for n in names if n not in MODELS]
@@ -382,6 +435,19 @@ def main(argv=None) -> int:
     print("\nleave-one-model-out, worst model per set: " + ", ".join(
         f"{s} {result[f'mape_{s}_pct']:.1f}% (real-vs-real {result[f'noise_{s}_pct'] or 0:.1f}%)"
         for s in SETS if result[f"mape_{s}_pct"] is not None))
+    if args.families:
+        fam_names = names if args.families == "all" else [m.strip() for m in args.families.split(",")]
+        if any(n not in names for n in fam_names) or not 0 < args.tolerance < 100:
+            ap.error(f"--families: models from --models ({', '.join(names)}); --tolerance in (0, 100)")
+        for n in fam_names:
+            fdb = family_db(n, names, args.db, LIMITS["quick" if args.quick else "full"], args.tolerance)
+            pred = model_out_predictor(n, fdb)
+            pred.set_serving(BUDGET, MAX_SEQS)
+            fig = score(n, runs[n], pred)
+            print_side_by_side(n, {k.split(".", 1)[1]: v for k, v in result.items() if k.startswith(f"{n}.")},
+                               fig, pred)
+            result.update({f"families.{n}.{k}": v for k, v in fig.items()})
+            result[f"families.{n}.units_family_served"] = sum(v == "family" for v in pred.fallback.values())
     if args.breakdown:
         for n in names:
             result.update(breakdown(n, its, args))

@@ -1,10 +1,26 @@
-"""Profiling-cost reduction from dedup over the 12-model benchmark set, per engine.
+"""Profiling-cost reduction over the 12-model benchmark set, per engine and set: exact-key
+dedup (comparable to the paper's 56.4%) and unit families with check points.
 
-    python bench/reuse_bench.py [--list FILE] [--configs DIR] [--engines vllm,transformers]
-                                [--hardware h100] [--json PATH]
+    python bench/reuse_bench.py [--list FILE [FILE ...]] [--configs DIR] [--engines vllm,transformers]
+                                [--hardware h100|a100|cpu] [--calibrate DB [DB ...]] [--json PATH]
+                                [--tp 1,2,4,8]
 
 --list names one config file per line (default: fixtures/benchmarks/reuse12.txt, the
-public 12-model set); names are looked up in --configs (default: fixtures/configs)."""
+public 12-model set); names are looked up in --configs (default: fixtures/configs).
+--tp counts each model at each tensor-parallel size as a variant, as the paper counts
+variants: one rank's shards (a TP=2 shard equal to another model's TP=1 GEMM is one unit)
+plus the collectives. A variant vLLM refuses (heads the size does not divide) is left out
+and listed; engines without tensor parallelism (transformers) count TP=1 only.
+
+Every point that must be measured is counted (dooly.profile.plan.reuse_with_families):
+exact-key dedup sweeps each distinct unit's grid once; with families the first unit of
+each family (in list order, as `dooly sweep --families` goes) is swept in full and
+every later one measures its check points, assuming each check passes; the break-even
+pass rate is the share of checks that must pass for the families' figure to reach 75%.
+The cost model is named in the output: GPUs (h100, a100) are a roofline plus an assumed
+per-point overhead; `cpu` has its per-point overhead calibrated from the seconds real
+sweeps took (dooly.profile.cost.calibrate_cpu; --calibrate recalibrates from DBs, each
+copied to a temporary directory first and opened read-only)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dooly.analyze import analyze, reuse_summary  # noqa: E402
+from dooly.analyze import Analysis, analyze, reuse_summary  # noqa: E402
+from dooly.config import load_config  # noqa: E402
+from dooly.errors import DoolyInputError  # noqa: E402
 
 PAPER_REDUCTION_PCT = 56.4
 FIGURES = ("reduction_pct", "unique_units", "total_units", "independent_cost_s", "dedup_cost_s")
@@ -28,30 +46,168 @@ def model_list(list_file: Path, configs: Path) -> list[Path]:
     return [configs / n for n in names]
 
 
+def analyze_variants(paths: list[str], engine: str, tps: list[int]) -> tuple[Analysis, list[str]]:
+    """Every (model, TP size) variant the engine builds, in one analysis; the variants
+    left out, as model@tpN."""
+    from dooly.parallel import check_tp
+    out, skipped = Analysis(engine), []
+    for tp in tps:
+        ok = []
+        for p in paths:
+            try:
+                check_tp(load_config(p), tp, engine)
+                ok.append(p)
+            except DoolyInputError:
+                skipped.append(f"{Path(p).stem}@tp{tp}")
+        if ok:
+            a = analyze(ok, engine, tp=tp)
+            out.inventories += a.inventories
+            out.failed += getattr(a, "failed", [])
+    return out, skipped
+
+
+TARGET_PCT = 75.0
+
+
+def calibrated_cpu(dbs: list[Path], tolerance: float = 3.0):
+    """(HARDWARE["cpu"] recalibrated from copies of `dbs` (a DB in use is never opened),
+    (checks passed, checks made) on their swept units)."""
+    import shutil
+    import tempfile
+    from dooly.db import Store
+    from dooly.profile.cost import calibrate_cpu
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = []
+        for i, db in enumerate(dbs):
+            dst = Path(tmp) / f"{i}-{db.name}"
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{db}{suffix}").exists():
+                    shutil.copyfile(f"{db}{suffix}", f"{dst}{suffix}")
+            stores.append(Store.open(dst, readonly=True))
+        try:
+            return calibrate_cpu(stores)[0], check_pass_rate(stores, tolerance)
+        finally:
+            for st in stores:
+                st.close()
+
+
+def check_pass_rate(stores, tolerance: float) -> tuple[int, int]:
+    """How many swept units would have passed their check points: each unit of a family
+    with another swept member, judged at its three check points by the family trained
+    on the other members only (leave-one-unit-out, as `dooly sweep --families` would)."""
+    from collections import defaultdict
+    from dooly.db import point_json
+    from dooly.fit.checks import judge
+    from dooly.fit.families import family_data, select_family
+    from dooly.graph.family import family_key
+    from dooly.profile.checkpoints import check_points
+    passed = total = 0
+    for store in stores:
+        units = {u.key: u for u in store.units() if u.op != "engine.step"}
+        for env in store.find_environment(device_kind="cpu"):
+            meas = [m for m in store.measurements(env_key=env.key) if m.unit_key in units]
+            by = defaultdict(list)
+            for m in meas:
+                by[m.unit_key].append(m)
+            for key, rows in by.items():
+                data = family_data(units, meas, exclude=[key]).get((family_key(units[key]), env.key))
+                if data is None or len(rows) < 4:
+                    continue
+                cps = {point_json(p) for p in check_points(units[key], [m.point for m in rows])}
+                v = judge(units[key], select_family(data), [m for m in rows if point_json(m.point) in cps],
+                          tolerance)
+                passed, total = passed + v.served, total + 1
+    return passed, total
+
+
+def print_families(engine: str, f: dict) -> None:
+    be = f["break_even_pass_pct"]
+    print(f"{'':13s} exact-key dedup {f['dedup_reduction_pct']:5.1f}% ({f['dedup_points']} points); "
+          f"families + check points {f['families_reduction_pct']:5.1f}% ({f['families_points']} points, "
+          f"{f['check_points']} of them check points; {f['families']} families, {f['checked_units']} "
+          f"units checked; {TARGET_PCT:.0f}% needs "
+          + ("more than every check to pass" if be is None or be > 100 else f"{be:.0f}% of checks to pass")
+          + ")", flush=True)
+    if "expected_reduction_pct" in f:
+        print(f"{'':13s} at the pass rate measured on the calibration sweeps: families + check points "
+              f"{f['expected_reduction_pct']:5.1f}%", flush=True)
+
+
 def main(argv=None) -> int:
+    from dooly.profile.cost import get_hardware
+    from dooly.profile.plan import reuse_with_families
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--list", type=Path, default=ROOT / "fixtures" / "benchmarks" / "reuse12.txt")
+    ap.add_argument("--list", type=Path, nargs="+",
+                    default=[ROOT / "fixtures" / "benchmarks" / "reuse12.txt"],
+                    help="one file per set of models (default: the public 12-model set)")
+    ap.add_argument("--calibrate", type=Path, nargs="+",
+                    help="--hardware cpu: recalibrate the per-point overhead from these DBs' sweeps")
     ap.add_argument("--configs", type=Path, default=ROOT / "fixtures" / "configs")
     ap.add_argument("--engines", default="vllm,transformers")
     ap.add_argument("--hardware", default="h100")
     ap.add_argument("--json", type=Path, help="write the figures as one flat JSON object here")
+    ap.add_argument("--tp", default="1", help="tensor-parallel sizes, each a variant (e.g. 1,2,4,8)")
     args = ap.parse_args(argv)
-    paths = [str(p) for p in model_list(args.list, args.configs)]
-    out: dict = {"models": len(paths), "hardware": args.hardware}
-    for engine in args.engines.split(","):
-        t0 = time.perf_counter()
-        r = reuse_summary(analyze(paths, engine), args.hardware)
-        secs = time.perf_counter() - t0
-        out.update({f"{engine}.{k}": r[k] for k in FIGURES})
-        out[f"{engine}.analyze_seconds"] = round(secs, 2)
-        print(f"{engine:13s} reduction {r['reduction_pct']:5.1f}% (paper: {PAPER_REDUCTION_PCT}%)  "
-              f"unique {r['unique_units']} of {r['total_units']} units  "
-              f"cost {r['independent_cost_s']:.1f} s -> {r['dedup_cost_s']:.1f} s on {args.hardware}  "
-              f"[{len(paths)} models, {secs:.1f} s]", flush=True)
+    args.pass_rate = None
+    try:
+        tps = sorted({int(t) for t in args.tp.split(",") if t.strip()}) or [1]
+    except ValueError:
+        ap.error(f"--tp: expected sizes like 1,2,4,8, got {args.tp!r}")
+    if min(tps) < 1:
+        ap.error(f"--tp: sizes must be at least 1, got {args.tp!r}")
+    try:
+        hw = get_hardware(args.hardware)
+    except ValueError as err:
+        ap.error(str(err))
+    if args.calibrate:
+        missing = [str(p) for p in args.calibrate if not p.is_file()]
+        if missing or args.hardware != "cpu":
+            ap.error("--calibrate: needs --hardware cpu and existing DB files"
+                     + (f" (missing: {', '.join(missing)})" if missing else ""))
+        hw, (passed, checked) = calibrated_cpu(args.calibrate)
+        args.pass_rate = passed / checked if checked else None
+        print(f"check points on those sweeps: {passed} of {checked} swept units would pass at 3% "
+              f"(leave-one-unit-out within their families)", flush=True)
+    print(f"cost model on {args.hardware}: {hw.source} ({hw.point_overhead_s:g} s per point, "
+          f"{hw.passes} pass(es) x {hw.repeats} runs)", flush=True)
+    out: dict = {"hardware": args.hardware, "tp": tps, "cost_model": hw.source,
+                 "point_overhead_s": hw.point_overhead_s, "measured_pass_rate": args.pass_rate}
+    for list_file in args.list:
+        tag = "" if len(args.list) == 1 else f"{list_file.stem}."
+        paths = [str(p) for p in model_list(list_file, args.configs)]
+        out[f"{tag}models"] = len(paths)
+        if len(args.list) > 1:
+            print(f"set {list_file.stem} ({len(paths)} models)", flush=True)
+        run_set(paths, args, tps, hw, tag, out, reuse_with_families)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def run_set(paths, args, tps, hw, tag, out, reuse_with_families) -> None:
+    for engine in args.engines.split(","):
+        t0 = time.perf_counter()
+        variants, skipped = analyze_variants(paths, engine, tps if engine == "vllm" else [1])
+        r = reuse_summary(variants, args.hardware)
+        secs = time.perf_counter() - t0
+        e = f"{tag}{engine}"
+        out[f"{e}.variants"] = len(variants.inventories)
+        out[f"{e}.skipped_variants"] = skipped
+        if skipped:
+            print(f"{engine}: variants vLLM refuses, left out: {', '.join(skipped)}", flush=True)
+        out.update({f"{e}.{k}": r[k] for k in FIGURES})
+        out[f"{e}.analyze_seconds"] = round(secs, 2)
+        print(f"{engine:13s} reduction {r['reduction_pct']:5.1f}% (paper: {PAPER_REDUCTION_PCT}%)  "
+              f"unique {r['unique_units']} of {r['total_units']} units  "
+              f"cost {r['independent_cost_s']:.1f} s -> {r['dedup_cost_s']:.1f} s on {args.hardware}  "
+              f"[{len(variants.inventories)} variants of {len(paths)} models, {secs:.1f} s]", flush=True)
+        f = reuse_with_families(variants.inventories, hw, target_pct=TARGET_PCT)
+        if args.pass_rate is not None:  # a failed check costs the rest of the unit's grid
+            cost = f["families_cost_s"] + (1 - args.pass_rate) * f["check_savings_s"]
+            f["expected_reduction_pct"] = round(100.0 * (1 - cost / f["independent_cost_s"]), 2)
+        out.update({f"{e}.{k}": v for k, v in f.items() if k not in ("hardware", "cost_model")})
+        print_families(engine, f)
 
 
 if __name__ == "__main__":

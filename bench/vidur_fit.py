@@ -99,6 +99,74 @@ def gemm_holdout(units, meas, envs, op_units, model: str, out: dict) -> None:
         print(f"  {'mean':40s} {np.mean(errs):7.2f}   ({time.time() - t0:.1f}s)")
 
 
+def family_holdout(units, meas, op_units, tolerance: float, out: dict) -> None:
+    """Unit families (dooly.fit.families) leave-one-model-out: each model's ops predicted
+    by families trained on the other models' units only (a unit of the same shape held out
+    too), pooled per Vidur op: median and p90 of the per-point error; and the share of
+    held-out units whose three check points pass at `tolerance` (dooly.fit.checks), with
+    the served units' error over all their points."""
+    from dooly.fit.checks import judge
+    from dooly.fit.families import design, family_data, select_family
+    from dooly.graph.family import family_key
+    from dooly.profile.checkpoints import check_points
+    t0 = time.time()
+    data = family_data(units, meas)
+    by_unit = defaultdict(list)
+    for m in meas:
+        by_unit[m.unit_key].append(m)
+    errs, checks = defaultdict(list), defaultdict(list)
+    for name, ops in sorted(op_units.items()):
+        held = set(ops.values())
+        fams = {}
+        for (fkey, ekey), d in data.items():
+            keep = ~np.isin(d.groups, list(held))
+            if keep.any():
+                sub = type(d)(fkey, ekey, d.columns, d.X[keep], d.y[keep], d.groups[keep], "")
+                fams[fkey] = select_family(sub)
+        for op, key in ops.items():
+            unit, rows = units[key], by_unit[key]
+            fam = fams.get(family_key(unit))
+            if fam is None:
+                continue
+            y = np.array([m.median_ms for m in rows])
+            pred = fam.estimator.predict(design(unit, [m.point for m in rows], fam.columns))
+            errs[op] += list(np.abs(pred - y) / y * 100.0)
+            pts = {json.dumps(p, sort_keys=True) for p in check_points(unit, [m.point for m in rows])}
+            v = judge(unit, fam, [m for m in rows if json.dumps(m.point, sort_keys=True) in pts], tolerance)
+            served_err = float(np.mean(np.abs(v.scale * pred - y) / y * 100.0))
+            checks[op].append((v.served, served_err))
+    print(f"\nunit families, leave-one-model-out (trained on the other models' units; "
+          f"{time.time() - t0:.1f}s); per-point error %, check points at {tolerance:g}%:")
+    family_table(errs, checks, out)
+
+
+def family_table(errs: dict, checks: dict, out: dict) -> None:
+    """Per op: median and p90 point error, checks passed, served units' MAPE, into `out`."""
+    print(f"{'op':26s} {'median':>7s} {'p90':>7s} {'points':>7s}  {'checks passed':>13s} "
+          f"{'served units MAPE':>17s}")
+    for op in VIDUR_MLP_OPS:
+        if not errs.get(op):
+            continue
+        e = np.array(errs[op])
+        served = [err for ok, err in checks[op] if ok]
+        out[f"family.{op}.median_pct"] = round(float(np.median(e)), 3)
+        out[f"family.{op}.p90_pct"] = round(float(np.percentile(e, 90)), 3)
+        out[f"family.{op}.checks_passed"] = f"{len(served)}/{len(checks[op])}"
+        if served:
+            out[f"family.{op}.served_mape_pct"] = round(float(np.mean(served)), 3)
+        print(f"{op:26s} {np.median(e):7.2f} {np.percentile(e, 90):7.2f} {len(e):7d}  "
+              f"{len(served):6d} of {len(checks[op]):3d} "
+              f"{(f'{np.mean(served):.2f}' if served else '-'):>17s}")
+    every = np.concatenate([np.array(v) for v in errs.values()])
+    passed = sum(ok for v in checks.values() for ok, _ in v)
+    total = sum(len(v) for v in checks.values())
+    out["family.all_ops.median_pct"] = round(float(np.median(every)), 3)
+    out["family.all_ops.p90_pct"] = round(float(np.percentile(every, 90)), 3)
+    out["family.check_pass_pct"] = round(100.0 * passed / max(total, 1), 1)
+    print(f"{'(all ops)':26s} {np.median(every):7.2f} {np.percentile(every, 90):7.2f} {len(every):7d}  "
+          f"{passed:6d} of {total:3d}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
@@ -106,6 +174,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the rows used")
     ap.add_argument("--gemm-model", default="roofline+gbr", choices=GemmFamily.MODELS)
     ap.add_argument("--json", type=Path, help="write the figures as one flat JSON object here")
+    ap.add_argument("--no-families", action="store_true", help="skip the unit-family figures")
+    ap.add_argument("--no-unit-fits", action="store_true", help="skip the per-unit CV figures")
+    ap.add_argument("--tolerance", type=float, default=3.0, help="check-point tolerance %% (default 3)")
     args = ap.parse_args(argv)
 
     files = find_vidur_mlp(args.root)
@@ -115,13 +186,16 @@ def main(argv=None) -> int:
     t0 = time.time()
     units, meas, envs, op_units = load(files, args.tp)
     t_import, t0 = time.time() - t0, time.time()
-    fits = fit_units(units, meas)
+    fits = {} if args.no_unit_fits else fit_units(units, meas)
     t_fit = time.time() - t0
     out: dict[str, float] = {"files": len(files), "units": len(units), "measurements": len(meas)}
     print(f"{len(files)} files, {len(units)} units, {len(meas)} measurements "
           f"(import {t_import:.1f}s, fit {t_fit:.1f}s)\n")
-    unit_cv_mape(fits, meas, op_units, out)
+    if fits:
+        unit_cv_mape(fits, meas, op_units, out)
     gemm_holdout(units, meas, envs, op_units, args.gemm_model, out)
+    if not args.no_families:
+        family_holdout(units, meas, op_units, args.tolerance, out)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")

@@ -1,34 +1,49 @@
 """`analyze`: config(s) -> captured graph -> labels -> canonical units -> inventories,
-plus the reuse summary across models. The Python API behind `dooly analyze`."""
+plus the reuse summary across models. The Python API behind `dooly analyze`.
+
+Two classes of failure. Bad input (what `load_config` checks: a missing file, not
+JSON, a missing or bad field) stops the run before any capture: one line, nothing
+written. A model the engine cannot capture (an architecture it refuses, a type it
+does not know, a forward that fails on meta tensors, any error while capturing or
+labelling it) is skipped: the other models are analysed and reported, and the skipped
+one is listed in `Analysis.failed` with its one-line error."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dooly import cache
 from dooly.config import ModelConfig, load_config
 from dooly.engines import capture, check_engine, default_engine
-from dooly.graph.label_pass import label_pass
-from dooly.graph.normalize import normalize_pass
-from dooly.graph.regions import RegionRegistry, region_pass
-from dooly.graph.units import Inventory, build_inventory
+from dooly.inventory import Inventory
 
-def _labelled(cfg: ModelConfig, engine: str):
-    cap, sym_map, extra = capture(cfg, engine)
+# The capture machinery (torch, the graph passes) is imported on the first capture only,
+# so a run served from the capture cache starts in about a second.
+
+
+def _labelled(cfg: ModelConfig, engine: str, tp: int = 1):
+    from dooly.graph.label_pass import label_pass
+    from dooly.graph.normalize import normalize_pass
+    cap, sym_map, extra = capture(cfg, engine, tp)
     return cap, sym_map, extra, label_pass(normalize_pass(cap.gm), sym_map)
 
 
-def analyze_config(cfg: ModelConfig, engine: str, registry: RegionRegistry,
-                   fields: bool = True) -> Inventory:
-    cap, sym_map, extra, gm = _labelled(cfg, engine)
+def analyze_config(cfg: ModelConfig, engine: str, registry=None,
+                   fields: bool = True, tp: int = 1) -> Inventory:
+    """`tp` > 1: the units one rank of a tensor-parallel group of that size runs (its
+    shards and collectives); the inventory is stored apart from the TP=1 one."""
+    cap, sym_map, extra, gm = _labelled(cfg, engine, tp)
     if fields:
         # a second capture at perturbed config values names each constant's fields
         from dooly.graph.label_pass import fields_pass
         from dooly.symbolic.perturb import FieldMatcher, perturbed
         try:
             pcfg = ModelConfig(cfg.path, perturbed(cfg.raw), cfg.architecture, cfg.model_type)
-            pgm = _labelled(pcfg, engine)[3]
-            gm = fields_pass(gm, pgm, FieldMatcher(cfg.raw))
+            pgm = _labelled(pcfg, engine, tp)[3]
+            gm = fields_pass(gm, pgm, FieldMatcher(cfg.raw, tp))
         except Exception as err:  # the dims keep their values; only the field names are lost
             cap.notes.append(f"config fields unknown: perturbed capture failed ({type(err).__name__})")
+    from dooly.graph.regions import region_pass
+    from dooly.graph.units import build_inventory
     gm = region_pass(gm)
     return build_inventory(cap, sym_map, registry, extra)
 
@@ -37,6 +52,7 @@ def analyze_config(cfg: ModelConfig, engine: str, registry: RegionRegistry,
 class Analysis:
     engine: str
     inventories: list[Inventory] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # [{"config", "error"}], run order
 
     def shared_keys(self) -> set[str]:
         seen: dict[str, int] = {}
@@ -46,11 +62,48 @@ class Analysis:
         return {k for k, n in seen.items() if n > 1}
 
 
-def analyze(paths: list[str], engine: str | None = None, fields: bool = True) -> Analysis:
+def analyze(paths: list[str], engine: str | None = None, fields: bool = True,
+            tp: int = 1, use_cache: bool = True) -> Analysis:
+    """`use_cache`: serve a model captured before (same config, engine and version, Dooly
+    version, TP) from the capture cache, and cache each fresh capture (`dooly.cache`)."""
     engine = check_engine(engine or default_engine())
     cfgs = [load_config(p) for p in paths]  # validate every file before any capture
-    registry = RegionRegistry()
-    return Analysis(engine, [analyze_config(c, engine, registry, fields) for c in cfgs])
+    if tp != 1:
+        from dooly.parallel import check_tp
+        for c in cfgs:
+            check_tp(c, tp, engine)
+    analysis = Analysis(engine)
+    for c in cfgs:
+        try:
+            analysis.inventories.append(_inventory(c, engine, fields, tp, use_cache))
+        except Exception as err:
+            analysis.failed.append({"config": c.path, "error": capture_failure(c, engine, err)})
+    return analysis
+
+
+def _inventory(cfg: ModelConfig, engine: str, fields: bool, tp: int, use_cache: bool) -> Inventory:
+    # region keys are exact canonical forms (graph/canon.py), the same in any run, so an
+    # inventory cached by one run joins another run's inventories unchanged
+    key = cache.capture_key(cfg.hash, engine, tp, fields)
+    inv = cache.load(key) if use_cache else None
+    if inv is None:
+        inv = analyze_config(cfg, engine, None, fields, tp)
+        cache.save(key, inv)
+    inv.config_path, inv.model = cfg.path, cfg.name   # the same config under another name
+    return inv
+
+
+def capture_failure(cfg: ModelConfig, engine: str, err: Exception) -> str:
+    """The one line that names a model Dooly skips; re-raises an input error about
+    anything but this model's config (a flag, a DB): that one stops the whole run."""
+    from dooly.errors import DoolyInputError
+    if isinstance(err, DoolyInputError):
+        if err.path != cfg.path:
+            raise err
+        return str(err)
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return str(DoolyInputError(cfg.path, f"the {engine} engine could not capture "
+                               f"{cfg.architecture} ({type(err).__name__}: {first})"))
 
 
 def reuse_summary(analysis: Analysis, hw_name: str = "h100", lim=None) -> dict:
@@ -71,7 +124,9 @@ def reuse_summary(analysis: Analysis, hw_name: str = "h100", lim=None) -> dict:
     return {"hardware": hw_name, "independent_cost_s": round(independent, 3),
             "dedup_cost_s": round(dedup, 3),
             "reduction_pct": round(100.0 * (1 - dedup / independent), 2) if independent else 0.0,
-            "unique_units": len(cost), "total_units": total}
+            "unique_units": len(cost), "total_units": total,
+            "models": len(analysis.inventories),
+            "skipped": [f["config"] for f in analysis.failed]}
 
 
 def to_json(analysis: Analysis, reuse: dict) -> dict:
@@ -88,5 +143,6 @@ def to_json(analysis: Analysis, reuse: dict) -> dict:
                           "attrs": u.attr, "where": sorted(e.where)})
         models.append({"config": inv.config_path, "model": inv.model,
                        "architecture": inv.architecture, "config_hash": inv.config_hash,
-                       "units": units, "notes": inv.notes})
-    return {"engine": analysis.engine, "models": models, "reuse": reuse}
+                       "units": units, "notes": inv.notes, "tp": inv.tp})
+    return {"engine": analysis.engine, "models": models, "reuse": reuse,
+            "failed": list(analysis.failed)}

@@ -126,10 +126,10 @@ SIZE_FIELDS = (
     ("hidden_size", ("n_embd", "d_model"), True, 1 << 20),
     ("num_hidden_layers", ("n_layer", "n_layers", "num_layers"), True, 1024),
     ("num_attention_heads", ("n_head", "n_heads", "num_heads"), True, 1 << 16),
-    ("vocab_size", (), True, 1 << 24),
-    ("intermediate_size", ("n_inner", "ffn_dim"), False, 1 << 22),
+    ("vocab_size", ("padded_vocab_size",), True, 1 << 24),  # ChatGLM: padded_vocab_size
+    ("intermediate_size", ("n_inner", "ffn_dim", "ffn_hidden_size"), False, 1 << 22),
     ("num_key_value_heads", ("num_kv_heads", "n_head_kv"), False, 1 << 16),
-    ("head_dim", (), False, 1 << 16),
+    ("head_dim", ("kv_channels",), False, 1 << 16),
     ("max_position_embeddings", ("n_positions",), False, 1 << 27),
     ("sliding_window", (), False, 1 << 27),
     ("num_local_experts", ("num_experts", "n_routed_experts"), False, 1 << 16),

@@ -17,12 +17,19 @@ CACHE_STATES = ("cold", "cold-weights", "warm")
 _DTYPE_ALIASES = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 
 
+_ITEMSIZES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8,
+              "double": 8, "int8": 1, "uint8": 1, "bool": 1, "int16": 2, "short": 2,
+              "int32": 4, "int": 4, "int64": 8, "long": 8, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
 @functools.lru_cache(maxsize=64)
 def itemsize(dtype: str) -> int:
     """Bytes per element of a dtype named as torch names it ("bfloat16", "torch.half"),
     from torch.dtype.itemsize."""
-    import torch  # here, so that importing the environment types stays cheap
     name = str(dtype).removeprefix("torch.")
+    if name in _ITEMSIZES:   # the common ones without importing torch (a cached analysis)
+        return _ITEMSIZES[name]
+    import torch  # here, so that importing the environment types stays cheap
     dt = getattr(torch, _DTYPE_ALIASES.get(name, name), None)
     if not isinstance(dt, torch.dtype):
         raise ValueError(f"dtype: no itemsize known for {dtype!r}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dooly.errors import DoolyInputError, MissingDataError
-from dooly.unit import Unit
+from dooly.unit import COLLECTIVE_OPS, Unit
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Predictor:
     """`refitted`: the unit keys (and "family:gemm") whose stored fit was missing or
     stale at load, so were fitted anew; `dooly fit` stores them."""
     step_model_source = "none"   # which engine-step model the load found (dooly.fit.step_model)
+    tp = 1                       # tensor-parallel size: the units are one rank's, with collectives
+    collective_env = None        # where the collectives were measured (dooly.parallel), when tp > 1
     graphs = None                # captured CUDA-graph sizes, on a cudagraph host (dooly.fit.cudagraph)
 
     def __init__(self, units: dict[str, Unit], counts: dict[str, int], models: dict, env,
@@ -52,7 +54,10 @@ class Predictor:
     @classmethod
     def load(cls, config_path: str, db_path: str, engine: str | None = None,
              env_key: str | None = None, store=None, step_model: str = "pool",
-             exclude=()) -> "Predictor":
+             exclude=(), tp: int = 1) -> "Predictor":
+        """`tp` > 1: the model's tensor-parallel inventory (`dooly sweep --tp N`): one rank's
+        shard units in the environment that measured most of them (or `env_key`), plus its
+        collectives from that environment's collective environment."""
         from dooly.config import load_config
         from dooly.db import Store
         from dooly.db.envs import choose_environment
@@ -60,15 +65,20 @@ class Predictor:
         own = store is None
         store = store or Store.open(db_path, create=False)
         try:
-            env = choose_environment(store, engine, env_key, db_path)
-            counts = store.inventory(cfg.hash, env.engine)
+            if tp == 1:
+                env = choose_environment(store, engine, env_key, db_path)
+                counts = store.inventory(cfg.hash, env.engine)
+            else:
+                env, counts = _tp_inventory(store, cfg, engine, env_key, db_path, tp)
             if not counts:
-                cmd = f"{config_path} --engine {env.engine} --db {db_path}"
-                raise DoolyInputError(db_path, f"no inventory of {cfg.name} for engine {env.engine}: run "
+                cmd = f"{config_path} --engine {env.engine} --db {db_path}" + (f" --tp {tp}" if tp > 1 else "")
+                raise DoolyInputError(db_path, f"no inventory of {cfg.name} for engine {env.engine}"
+                                      f"{f' at --tp {tp}' if tp > 1 else ''}: run "
                                       f"`dooly sweep {cmd}` or `dooly analyze {cmd}`")
             units = {k: _stored_unit(store, k, db_path) for k in counts}
-            models, fallback, refitted = _load_models(store, env, units)
+            models, fallback, refitted, cenv = _models_with_collectives(store, env, units)
             pred = cls(units, counts, models, env, fallback, refitted=refitted)
+            pred.tp, pred.collective_env = tp, cenv
             pred.engine_step = pred._load_engine_step(store, env, cfg, step_model, exclude)
         finally:
             if own:
@@ -86,7 +96,10 @@ class Predictor:
         if env.execution == "cudagraph" and self.graphs is None:
             from dooly.fit.cudagraph import GraphPolicy
             self.graphs = GraphPolicy.for_serving()   # vLLM's defaults; set_serving() to change
-        others: dict = {cfg.hash: self}
+        # the engine-step pool names a model by its inventory key (`dooly calibrate --tp N`
+        # stores TP steps under the TP inventory's)
+        from dooly.graph.units import inventory_key
+        others: dict = {inventory_key(cfg.hash, self.tp): self}
 
         def other(h):
             if h not in others:
@@ -102,8 +115,9 @@ class Predictor:
             return None if p is None else model_structure(None, p.counts, p.units)
 
         self.structure = model_structure(cfg, self.counts, self.units)
-        model, self.step_model_source = load_step_model(store, env, cfg, self.structure, units_ms_for,
-                                                        exclude, prefer, structure_of, self.graphs)
+        model, self.step_model_source = load_step_model(store, env, _own(cfg, self.tp), self.structure,
+                                                        units_ms_for, exclude, prefer, structure_of,
+                                                        self.graphs)
         return model
 
     def set_serving(self, max_num_batched_tokens: int, max_num_seqs: int) -> None:
@@ -147,12 +161,35 @@ def _units_only(store, env, config_hash: str, graphs=None) -> "Predictor | None"
     if not counts or any(u is None for u in units.values()):
         return None
     try:
-        models, fallback, _ = _load_models(store, env, units)
+        models, fallback, _, _ = _models_with_collectives(store, env, units)
     except MissingDataError:
         return None
     pred = Predictor(units, counts, models, env, fallback)
     pred.graphs = graphs
     return pred
+
+
+def _own(cfg, tp: int):
+    """The model as the engine-step pool names it: by its inventory key."""
+    if tp == 1:
+        return cfg
+    from types import SimpleNamespace
+
+    from dooly.graph.units import inventory_key
+    return SimpleNamespace(hash=inventory_key(cfg.hash, tp), raw=cfg.raw, path=cfg.path, name=cfg.name)
+
+
+def _models_with_collectives(store, env, units: dict[str, Unit]):
+    """(models, fallback, refitted, collective environment or None): `_load_models` for
+    the compute units, the collective environment's fits for the collectives."""
+    coll = {k: u for k, u in units.items() if u.op in COLLECTIVE_OPS}
+    models, fallback, refitted = _load_models(store, env, {k: u for k, u in units.items()
+                                                           if k not in coll})
+    if not coll:
+        return models, fallback, refitted, None
+    cmodels, crefit, cenv = _collective_models(store, env, coll)
+    models.update(cmodels)
+    return models, fallback, refitted + crefit, cenv
 
 
 def refit_note(refitted: list[str], db_path: str) -> str:
@@ -226,6 +263,37 @@ def _gemm_fallback(stored, unit: Unit) -> _GemmModel | None:
     return _GemmModel(stored.family, k, n, unit.inputs[0].dtype, str(m_expr), stored.error_pct)
 
 
+def _tp_inventory(store, cfg, engine: str | None, env_key: str | None, db_path: str, tp: int):
+    """(environment, counts) of a tensor-parallel inventory."""
+    from dooly.db.envs import choose_environment
+    from dooly.graph.units import inventory_key
+    from dooly.parallel import tp_environment
+    engine = engine or "vllm"   # the one engine with tensor parallelism
+    counts = store.inventory(inventory_key(cfg.hash, tp), engine)
+    if env_key or not counts:
+        return choose_environment(store, engine, env_key, db_path), counts
+    units = {k: _stored_unit(store, k, db_path) for k in counts}
+    return tp_environment(store, engine, units, db_path), counts
+
+
+def _collective_models(store, env, units: dict[str, Unit]):
+    """(models, refitted, environment) of the collective units, from the collective
+    environment of `env` that measured them (dooly.parallel.collective_env_for)."""
+    from dooly.fit.stored import unit_models
+    from dooly.parallel import collective_env_for
+    cenv = collective_env_for(store, env, units)
+    tp = max(int(u.attr.get("group_size", 1)) for u in units.values())
+    hint = f"a collective; run `dooly sweep --tp {tp}` on a host with {tp} ranks"
+    if cenv is None:
+        raise MissingDataError(next(iter(units)), env.label(), hint)
+    meas = [m for k in units for m in store.measurements(unit_key=k, env_key=cenv.key)]
+    fits = unit_models(store, cenv.key, units, meas)
+    missing = [k for k in units if k not in fits.models]
+    if missing:
+        raise MissingDataError(missing[0], cenv.label(), hint)
+    return dict(fits.models), list(fits.refitted), cenv
+
+
 def _stored_unit(store, key: str, db_path: str) -> Unit:
     unit = store.get_unit(key)
     if unit is None:
@@ -242,6 +310,12 @@ def _load_models(store, env, units: dict[str, Unit]):
     meas = [m for k in units for m in store.measurements(unit_key=k, env_key=env.key)]
     fits = unit_models(store, env.key, units, meas)
     models, fallback, refitted = dict(fits.models), {}, list(fits.refitted)
+    # a unit measured at check points only: its family serves it while they agree
+    from dooly.fit.family_store import served_models
+    served, fam_fitted = served_models(store, env.key, units, meas)
+    for key, model in served.items():
+        models[key], fallback[key] = model, "family"
+    refitted += [f"family:{k}" for k in fam_fitted]
     missing = [k for k in units if k not in models]
     family = None
     if any(gemm_shape(units[k]) is not None for k in missing):

@@ -20,3 +20,10 @@ def needs_vllm(obj):
 
 def config(name: str) -> str:
     return str(CONFIGS / f"{name}.json")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_capture_cache(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty capture cache of its own: a test about capturing
+    never gets an inventory an earlier test (or the user's own runs) cached."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -12,7 +12,7 @@ import sys
 from dooly.errors import DoolyInputError, MissingDataError
 
 COMMAND_MODULES = ("dooly.cli.analyze", "dooly.cli.sweep", "dooly.cli.db", "dooly.cli.fit",
-                   "dooly.cli.sim", "dooly.cli.export")
+                   "dooly.cli.sim", "dooly.cli.search", "dooly.cli.export")
 
 
 class OneLineParser(argparse.ArgumentParser):

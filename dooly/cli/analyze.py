@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from dooly.cli.flags import MAX_TP, TP_HELP, int_range
 from dooly.errors import DoolyInputError
 
 
@@ -20,17 +21,24 @@ def register(sub) -> None:
                                 "mark units already measured and the cost left")
     p.add_argument("--env", help="environment key in --db (default: the engine's best-covered)")
     p.add_argument("--quiet", action="store_true", help="no per-model tables")
+    p.add_argument("--tp", type=int_range(1, MAX_TP), default=1, help=TP_HELP)
+    p.add_argument("--no-cache", action="store_true",
+                   help="capture again even when the capture cache holds this model "
+                        "($XDG_CACHE_HOME/dooly/captures)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from dooly.analyze import analyze, reuse_summary, to_json
-    from dooly.cli.report import print_analysis
+    from dooly.cli.report import print_analysis, print_failures
     if args.db:  # a missing, empty or damaged DB before the capture; --db is never created
         from dooly.db import Store
         Store.open(args.db, create=False).close()
     t0 = time.perf_counter()
-    analysis = analyze(args.configs, args.engine)
+    analysis = analyze(args.configs, args.engine, tp=args.tp, use_cache=not args.no_cache)
+    print_failures(analysis.failed)  # a model the engine cannot capture is skipped
+    if not analysis.inventories:
+        return 2  # nothing analysed: nothing written, as for one bad config
     reuse = reuse_summary(analysis, args.hardware)
     plan = None
     if args.db:
@@ -46,4 +54,4 @@ def run(args) -> int:
         except OSError as err:
             raise DoolyInputError(args.json_path, f"cannot write ({err.strerror})") from None
     print_analysis(analysis, reuse, plan, quiet=args.quiet, seconds=time.perf_counter() - t0)
-    return 0
+    return 2 if analysis.failed else 0

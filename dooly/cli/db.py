@@ -1,5 +1,6 @@
-"""`dooly db ...`: look into, check, export and merge measurement databases. Only
-`merge` (its target), `migrate` and `import-vidur` write; the rest open read-only."""
+"""`dooly db ...`: look into, check, export, import and merge measurement databases
+(SQLite files or `postgresql://` URLs). Only `merge` and `import` (their target),
+`migrate` and `import-vidur` write; the rest open read-only."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dooly.cli.flags import int_range
-from dooly.db import Store
+from dooly.db import Store, postgres
+from dooly.db.store import db_identity
 from dooly.errors import DoolyInputError
 
 MAX_PROBLEMS_SHOWN = 50
@@ -31,10 +33,17 @@ def register(subparsers) -> None:
     p.add_argument("--unit", help="only this unit key")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("export", help="write every table as plain JSON")
-    p.add_argument("--db", required=True, help="database file")
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p = sub.add_parser("export", help="write every table as plain JSON, or as Parquet files")
+    p.add_argument("--db", required=True, help="database file or postgresql:// URL")
+    p.add_argument("--format", choices=("json", "parquet"), default="json",
+                   help="json: one file; parquet: a folder with one file per table and provenance.json")
+    p.add_argument("--out", required=True, help="JSON file (--format json) or folder (--format parquet)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="copy a Parquet export's rows into --db, checked as merge checks them")
+    p.add_argument("dir", help="a folder written by `dooly db export --format parquet`")
+    p.add_argument("--db", required=True, help="database to import into (created if missing)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("merge", help="copy other databases' rows into --db")
     p.add_argument("--db", required=True, help="database file to merge into (created if missing)")
@@ -89,8 +98,32 @@ def cmd_list(args) -> int:
 
 def cmd_export(args) -> int:
     with Store.open(args.db, readonly=True) as store:
+        if args.format == "parquet":
+            from dooly.db.parquet import export_parquet
+            prov = export_parquet(store, args.out)
+            rows = ", ".join(f"{t} {e['rows']}" for t, e in prov["tables"].items())
+            print(f"wrote {args.out}: {rows} rows (schema version {prov['schema_version']})")
+            return 0
         store.export_json(args.out)
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    """Every file is read and every row checked before the target is opened (or
+    created): a bad export leaves the target exactly as it was."""
+    from dooly.db.parquet import import_parquet, load_export
+    target_existed = postgres.is_url(args.db) or Path(args.db).exists()
+    try:
+        load_export(args.dir)[0].close()  # a bad export is refused before the target is opened
+        with Store.open(args.db) as store:
+            counts = import_parquet(store, args.dir)
+    except DoolyInputError as err:
+        untouched = "unchanged" if target_existed else "not created"
+        raise DoolyInputError(err.path, f"{err.problem}; nothing imported, {args.db} {untouched}",
+                              err.field) from None
+    print(f"{args.dir}: {counts['measurements']} measurement rows and {counts['fits']} fits added "
+          f"to {args.db} ({counts['environments']} environment(s))")
     return 0
 
 
@@ -98,11 +131,11 @@ def cmd_merge(args) -> int:
     """Every source is opened read-only and checked before the target is opened (or
     created): a bad source leaves the target exactly as it was, and the error says so."""
     sources: list[Store | None] = []  # None: the target itself, named as a source
-    target_existed = Path(args.db).exists()
+    target_existed = postgres.is_url(args.db) or Path(args.db).exists()
     try:
-        own = Path(args.db).resolve()
+        own = db_identity(args.db)
         for other in args.others:
-            if Path(other).resolve() == own:
+            if db_identity(other) == own:
                 sources.append(None)
                 continue
             src = Store.open(other, readonly=True)
@@ -149,6 +182,8 @@ def check_file(path: str) -> list[str]:
     """SQLite's full integrity check, then Dooly's own row checks, on a connection that
     never writes (the Store itself refuses a damaged file, so this one goes around it)."""
     from dooly.db import check, schema
+    if postgres.is_url(path):
+        return postgres.check_database(path)
     p = Path(path)
     if not p.is_file():
         raise DoolyInputError(path, "no such database file" if not p.exists() else "not a regular file")
@@ -182,6 +217,10 @@ def check_file(path: str) -> list[str]:
 
 def cmd_migrate(args) -> int:
     from dooly.db import SCHEMA_VERSION
+    if postgres.is_url(args.path):
+        postgres.migrate(args.path)
+        print(f"{postgres.redact(args.path)}: schema version {SCHEMA_VERSION}")
+        return 0
     p = Path(args.path)
     if not p.is_file() or p.stat().st_size == 0:
         raise DoolyInputError(args.path, "no such database file" if not p.exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from dooly.cli.batchspec import MAX_SEQS
-from dooly.cli.flags import int_range
+from dooly.cli.flags import MAX_TP, TP_HELP, int_range
 
 
 def register(sub) -> None:
@@ -24,6 +24,8 @@ def register(sub) -> None:
                    help="block_size column; Vidur keeps rows equal to its scheduler's block size (16)")
     v.add_argument("--engine", default=None, help="environment engine (default: the best-covered one)")
     v.add_argument("--env", default=None, help="environment key")
+    v.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
+                   help=TP_HELP + "; rows for num_tensor_parallel_workers = N, and all_reduce.csv")
     v.set_defaults(func=run_export_vidur)
 
 
@@ -31,13 +33,16 @@ def run_export_vidur(args) -> int:
     from dooly.config import load_config
     from dooly.interop.vidur_export import export_vidur
     cfg = load_config(args.config)  # the config and the flags against it before the DB
+    if args.tp > 1:
+        from dooly.parallel import check_tp
+        check_tp(cfg, args.tp)
     for flag in ("max_model_len", "max_tokens"):
         if getattr(args, flag) is None:
             setattr(args, flag, min(4096, cfg.max_length()[0]))
         cfg.check_length("--" + flag.replace("_", "-"), getattr(args, flag))
     res = export_vidur(args.config, args.db, args.out, max_tokens=args.max_tokens,
                        max_model_len=args.max_model_len, engine=args.engine, env=args.env,
-                       max_batch_size=args.max_batch_size, block_size=args.block_size)
+                       max_batch_size=args.max_batch_size, block_size=args.block_size, tp=args.tp)
     d = res.dims
     if res.refitted:
         from dooly.predict import refit_note
@@ -47,6 +52,11 @@ def run_export_vidur(args) -> int:
           f"n_expanded_embd={d.n_expanded_embd} vocab_size={d.vocab_size} use_gated_mlp={d.use_gated_mlp}")
     print(f"wrote {res.mlp_path} ({res.mlp_rows} rows)")
     print(f"wrote {res.attention_path} ({res.attention_rows} rows)")
+    if res.network_path:
+        print(f"wrote {res.network_path} ({res.network_rows} rows; Vidur reads it from "
+              "data/profiling/network/<network_device>/all_reduce.csv)")
+    elif args.tp > 1:
+        print("no all_reduce unit of [T, n_embd]: all_reduce.csv not written", file=sys.stderr)
     print("times in ms; min = max = mean = median = Dooly's prediction, std = 0 (predictions carry no spread)")
     print("mapped:")
     for s in res.sources.values():

@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--db", required=True)
     p.add_argument("--batch", required=True, help='e.g. "prefill:512x2,decode:32@1024", or @FILE.json')
     p.add_argument("--engine", default=None)
+    from dooly.cli.flags import MAX_TP, TP_HELP, int_range
+    p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
+                   help=TP_HELP + "; the inventory of `dooly sweep --tp N`")
     p.add_argument("--env", default=None, help="environment key (default: the engine's best-covered)")
     p.add_argument("--json", dest="json_path")
     p.set_defaults(func=run_predict)
@@ -34,6 +37,8 @@ def run_fit(args) -> int:
                 else store.environments())
         fits = [fit_environment(store, e.key) for e in envs]
         units = {u.key: u for u in store.units()}
+        from dooly.fit.family_store import fit_env_families
+        fams = {e.key: fit_env_families(store, e.key, units) for e in envs}
     rows = [{"key": uk, "env": f.env_key, "op": units[uk].op, "model": m.name,
              "cv_mape_pct": None if m.cv_mape_pct is None else round(m.cv_mape_pct, 2),
              "points": m.points, "fitted": uk in f.refitted}
@@ -41,10 +46,27 @@ def run_fit(args) -> int:
     families = [{"env": f.env_key, "holdout_mape_pct": f.family.error_pct, "fitted": f.family.refitted}
                 for f in fits if f.family is not None]
     _print_fits(rows, families)
+    unit_families = _family_rows(fams)
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"units": rows, "gemm_family": families}, f, indent=1)
+            json.dump({"units": rows, "gemm_family": families, "unit_families": unit_families}, f, indent=1)
     return 0
+
+
+def _family_rows(fams: dict) -> list[dict]:
+    """One line per environment: its unit families and the units they serve."""
+    out = []
+    for env, (models, verdicts, fitted) in fams.items():
+        served = {k: v.error_pct for k, v in verdicts.items() if v.served}
+        out.append({"env": env, "families": len(models), "fitted": len(fitted),
+                    "louo_mape_pct": {k: m.louo_mape_pct for k, m in sorted(models.items())},
+                    "served": served, "failed_checks": sorted(set(verdicts) - set(served))})
+        if models:
+            worst = f", largest check error {max(served.values()):.1f}%" if served else ""
+            Console().print(f"unit families in {env[:8]}: {len(models)} stored ({len(fitted)} fitted now); "
+                            f"{len(served)} units family-served{worst}, "
+                            f"{len(verdicts) - len(served)} failed their check points")
+    return out
 
 
 def _print_fits(rows: list[dict], families: list[dict]) -> None:
@@ -66,23 +88,37 @@ def _print_fits(rows: list[dict], families: list[dict]) -> None:
                       + ("" if fam["fitted"] else " (kept)"))
 
 
+def _escape(text: str) -> str:
+    """A collective environment's label holds its topology in brackets, which rich would
+    read as markup."""
+    from rich.markup import escape
+    return escape(text)
+
+
 def run_predict(args) -> int:
     from dooly.cli.batchspec import parse_batch
     from dooly.predict import Predictor, refit_note
     from dooly.config import load_config
     cfg = load_config(args.config)  # the config, then the batch against its length, then the DB
     batch = parse_batch(args.batch, cfg.max_length()[0])
-    pred = Predictor.load(args.config, args.db, args.engine, args.env)
+    if args.tp > 1:
+        from dooly.parallel import check_tp
+        check_tp(cfg, args.tp, args.engine or "vllm")
+    pred = Predictor.load(args.config, args.db, args.engine, args.env, tp=args.tp)
     if pred.refitted:
         print(refit_note(pred.refitted, args.db), file=sys.stderr)
     res = pred.predict(batch)
     t = Table(title=f"{len(batch)} sequences, {sum(q for q, _ in batch)} tokens: units "
                     f"{res.units_ms:.3f} ms, engine step {res.step_ms:.3f} ms ({pred.env.label()}; "
-                    f"engine-step model: {pred.step_model_source})")
+                    f"engine-step model: {pred.step_model_source}"
+                    + (f"; TP={pred.tp}, collectives from {_escape(pred.collective_env.label())}"
+                       if pred.collective_env else "") + ")")
     for col in ("unit", "op", "count", "ms", "%"):
         t.add_column(col)
     for key, ms in sorted(res.breakdown.items(), key=lambda kv: -kv[1]):
-        note = (f" (GEMM family, ±{pred.models[key].cv_mape_pct:.0f}% on held-out shapes)"
+        note = (f" (family-served, check error {pred.models[key].cv_mape_pct:.1f}%)"
+                if pred.fallback.get(key) == "family" else
+                f" (GEMM family, ±{pred.models[key].cv_mape_pct:.0f}% on held-out shapes)"
                 if key in pred.fallback else "")
         t.add_row(key, pred.units[key].op[:32] + note, str(pred.counts[key]), f"{ms:.3f}",
                   f"{100 * ms / res.units_ms:.1f}" if res.units_ms else "-")
@@ -91,5 +127,6 @@ def run_predict(args) -> int:
         with open(args.json_path, "w") as f:
             json.dump({"units_ms": res.units_ms, "engine_ms": res.engine_ms, "step_ms": res.step_ms,
                        "breakdown": res.breakdown, "env": pred.env.key, "refitted": pred.refitted,
-                       "step_model": pred.step_model_source}, f)
+                       "step_model": pred.step_model_source, "tp": pred.tp,
+                       "collective_env": pred.collective_env.key if pred.collective_env else None}, f)
     return 0

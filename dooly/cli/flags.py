@@ -9,6 +9,9 @@ import math
 
 MAX_THREADS = 4096      # torch would try to start them all
 MAX_DIGITS = 18         # longer is never a count; int() of 5,000 digits is itself slow
+MAX_TP = 512            # tensor-parallel group sizes (dooly.parallel.MAX_TP)
+TP_HELP = ("tensor-parallel size: one rank of a group of N (shard shapes, collectives); "
+           "default 1")
 
 
 def int_range(lo: int, hi: int | None = None, unit: str = ""):
@@ -32,6 +35,14 @@ def positive_float(text: str) -> float:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {_quote(text)}")
+    return value
+
+
+def percent(text: str) -> float:
+    """An argparse type: a tolerance in percent, a finite number in (0, 100)."""
+    value = positive_float(text)
+    if value >= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage below 100, got {_quote(text)}")
     return value
 
 

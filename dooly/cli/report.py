@@ -1,7 +1,10 @@
 """Rich tables for `dooly analyze`."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dooly.symbolic.labels import Label
@@ -23,6 +26,22 @@ def dims_text(unit) -> tuple[str, str]:
     return shape, ", ".join(sorted(req)) or "-"
 
 
+def unit_state(plan: dict, key: str, hits: set) -> str:
+    """A unit's state in the DB: measured, family (check error), check points, to sweep."""
+    st = (plan.get("units") or {}).get(key)
+    if st is None:
+        return "hit" if key in hits else "miss"
+    if st["status"] == "family-served":
+        return f"family ({st['check_error_pct']:.1f}%)"
+    return {"measured": "measured", "check": "check points", "sweep": "to sweep"}[st["status"]]
+
+
+def print_failures(failed: list[dict]) -> None:
+    """One stderr line per model Dooly skipped, as `main` prints an input error."""
+    for f in failed:
+        print(f"dooly: error: {f['error']}", file=sys.stderr)
+
+
 def print_analysis(analysis, reuse: dict, plan: dict | None = None, quiet=False,
                    seconds: float | None = None, console: Console | None = None) -> None:
     console = console or Console()
@@ -35,7 +54,7 @@ def print_analysis(analysis, reuse: dict, plan: dict | None = None, quiet=False,
             for col in ("op", "shapes (config dims as ints)", "request dims", "count", "shared"):
                 t.add_column(col)
             if plan:
-                t.add_column("in DB")
+                t.add_column("in DB")  # measured, family (check error), check points or to sweep
             for key, e in sorted(inv.entries.items(), key=lambda kv: (kv[1].unit.op, kv[0])):
                 shape, req = dims_text(e.unit)
                 label = e.unit.op + (" (stateful)" if e.unit.stateful else "")
@@ -43,7 +62,7 @@ def print_analysis(analysis, reuse: dict, plan: dict | None = None, quiet=False,
                     label = "fused:" + ",".join(sorted(w.split(":", 1)[-1] for w in e.where))[:40]
                 row = [label, shape, req, str(e.count), "yes" if key in shared else "-"]
                 if plan:
-                    row.append("hit" if key in hits else "miss")
+                    row.append(unit_state(plan, key, hits))
                 t.add_row(*row)
             console.print(t)
     r = reuse
@@ -51,9 +70,20 @@ def print_analysis(analysis, reuse: dict, plan: dict | None = None, quiet=False,
                   f"{r['unique_units']} unique of {r['total_units']} units; profiling cost "
                   f"{r['independent_cost_s']:.1f} s independent vs {r['dedup_cost_s']:.1f} s with "
                   f"dedup: [bold]{r['reduction_pct']:.1f}%[/bold] less")
+    if analysis.failed:
+        console.print(f"[bold]Skipped[/bold] {len(analysis.failed)} model(s) the engine could not "
+                      f"capture (errors on stderr): "
+                      + escape(", ".join(f["config"] for f in analysis.failed)))
     if plan:
         console.print(f"[bold]Plan[/bold] against {plan['db']}: {len(plan['measured_units'])} units "
                       f"measured, {len(plan['missing_units'])} to measure, estimated "
                       f"{plan['remaining_cost_s']:.1f} s left")
+        if "units" in plan:
+            n = {s: sum(v["status"] == s for v in plan["units"].values())
+                 for s in ("family-served", "check", "sweep")}
+            console.print(f"  with `dooly sweep --families`: {n['family-served']} family-served, "
+                          f"{n['check']} to check ({plan['check_points']} check points), {n['sweep']} to "
+                          f"sweep; estimated {plan['remaining_cost_families_s']:.1f} s left, check points "
+                          f"counted")
     if seconds is not None:
         console.print(f"analysed in {seconds:.1f} s")

@@ -83,9 +83,18 @@ def register(subparsers) -> None:
     p.add_argument("--block-size", type=int_range(1), default=d.block_size)
     p.add_argument("--num-blocks", type=int_range(1),
                    help="KV-cache blocks (default: unlimited, never preempts)")
+    from dooly.cli.flags import MAX_TP, TP_HELP
+    p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
+                   help=TP_HELP + "; steps from `dooly sweep --tp N`'s shards and collectives")
+    p.add_argument("--kv-cache-gib", type=positive_float, default=None, metavar="GIB",
+                   help="KV-cache memory of each device (instead of --num-blocks): blocks as vLLM "
+                        "allocates them, N devices holding N times one's under --tp N")
     p.add_argument("--long-prefill-token-threshold", type=int_range(0), default=0)
     p.add_argument("--out", type=Path, help="directory for summary.json, requests.csv, cdf.png")
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
+    p.add_argument("--intervals", type=int_range(0, 1000), default=0, metavar="N",
+                   help="also N runs with step times drawn within the predictor's stated error: "
+                        "each metric with its 90%% band")
     p.add_argument("--step-model", type=_step_model, metavar="linear:A,B,C",
                    help=argparse.SUPPRESS)  # testing aid: bypasses the profile DB
     p.set_defaults(func=run)
@@ -97,10 +106,25 @@ def _latency_model(args):
     if not args.db:
         raise DoolyInputError(args.config, "no latency model: pass --db PATH", field="--db")
     from dooly.predict import Predictor, refit_note
-    pred = Predictor.load(args.config, args.db, env_key=args.env)
+    pred = Predictor.load(args.config, args.db, env_key=args.env, tp=args.tp)
     if pred.refitted:
         print(refit_note(pred.refitted, args.db), file=sys.stderr)
+    if args.kv_cache_gib is not None:
+        from dooly.parallel import kv_cache_blocks
+        args.num_blocks = kv_cache_blocks(pred.units, pred.counts, args.kv_cache_gib, args.block_size)
+        print(f"KV cache: {args.num_blocks} blocks of {args.block_size} tokens ({args.kv_cache_gib:g} GiB "
+              f"on each of {args.tp} device{'s' if args.tp > 1 else ''})")
     return pred.step_ms
+
+
+def _check_tp_flags(args, cfg) -> None:
+    if args.tp > 1:
+        from dooly.parallel import check_tp
+        check_tp(cfg, args.tp)
+    if args.kv_cache_gib is not None and args.num_blocks is not None:
+        raise DoolyInputError("--kv-cache-gib", "give either --kv-cache-gib or --num-blocks, not both")
+    if args.kv_cache_gib is not None and args.step_model is not None:
+        raise DoolyInputError("--kv-cache-gib", "sizes the cache from the model's units: needs --db")
 
 
 def run(args) -> int:
@@ -115,6 +139,7 @@ def run(args) -> int:
     if args.max_model_len is None:
         args.max_model_len = cfg.default_max_model_len()  # vLLM's default
     cfg.check_length("--max-model-len", args.max_model_len)
+    _check_tp_flags(args, cfg)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise DoolyInputError(args.out, "exists and is not a directory", "--out")
     if args.json is not None and args.json.is_dir():
@@ -134,18 +159,23 @@ def run(args) -> int:
         raise DoolyInputError(args.workload, f"every request is rejected, as vLLM would: "
                               f"{_reasons(workload.rejected)} (max_model_len {args.max_model_len})")
     step_ms = _latency_model(args)
+    if args.kv_cache_gib is not None:  # sized from the model's (shard) attention units
+        sched = dataclasses.replace(sched, num_blocks=args.num_blocks)
     try:
         result = simulate(workload.requests, step_ms, sched)
     except ValueError as err:  # a request that can never fit the configured KV cache
         raise DoolyInputError(args.workload, str(err)) from None
     per = [request_metrics(r) for r in result.requests]
     summary = summarize(result, per)
-    extra = {"scheduler": dataclasses.asdict(sched),
+    extra = {"scheduler": dataclasses.asdict(sched), "tp": args.tp,
              "workload": {"source": args.workload, "arrival": arrival, "rate": args.rate,
                           "cv": args.cv, "seed": args.seed},
              "rejected": _rejected_json(workload.rejected),
              "length_capped": workload.length_capped}
     print_summary(summary, title=f"dooly simulate: {Path(args.config).name}")
+    if args.intervals:
+        from dooly.cli.intervals import simulate_intervals
+        extra["intervals"] = simulate_intervals(args, workload.requests, step_ms, sched, summary)
     if workload.rejected:
         print(f"rejected, as vLLM would (HTTP 400), not simulated: {_reasons(workload.rejected)}; "
               f"max_model_len {args.max_model_len}")

@@ -5,7 +5,7 @@ import json
 import sys
 
 from dooly.cli.batchspec import MAX_SEQS
-from dooly.cli.flags import MAX_THREADS, int_range
+from dooly.cli.flags import MAX_THREADS, MAX_TP, TP_HELP, int_range, percent
 from dooly.errors import DoolyInputError
 
 
@@ -21,11 +21,23 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int_range(1, MAX_SEQS), default=32)
     p.add_argument("--max-context", type=int_range(1), default=1024,
                    help="longest context swept (at most the model's maximum length)")
-    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=None, help="torch threads (CPU)")
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=None,
+                   help="torch threads (CPU; with --tp N, default: one rank's share of the cores)")
+    p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
+                   help=TP_HELP + "; the collectives are timed across N processes on this host")
     p.add_argument("--json", dest="json_path", help="write the summary here")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-recheck", action="store_true",
                    help="one timing pass (default on CPU: a second pass keeps each point's faster median)")
+    p.add_argument("--families", action="store_true",
+                   help="measure only check points of a unit whose family (same computation, other "
+                        "config dims) is measured here; the family serves it if they agree")
+    p.add_argument("--adaptive", action="store_true",
+                   help="sweep one-axis units coarse first, refining only where interpolation misses")
+    p.add_argument("--tolerance", type=percent, default=3.0,
+                   help="%% a check point or an interpolated point may miss by (default 3)")
+    from dooly.cli.sweep_ray import add_flags
+    add_flags(p)  # --ray [ADDRESS], --ray-workers N
     p.set_defaults(func=run)
     register_calibrate(sub)
 
@@ -50,26 +62,56 @@ def run(args) -> int:
     except ValueError as err:
         raise DoolyInputError("command line", str(err)) from None
     Store.ensure_writable(args.db)  # a bad DB is one line now, not after the capture
-    analysis = analyze(args.configs, args.engine)
+    if args.tp > 1 and args.device == "cuda":
+        _check_devices(args.tp)
+    analysis = analyze(args.configs, args.engine, tp=args.tp)
+    from dooly.cli.report import print_failures
+    print_failures(analysis.failed)  # a model the engine cannot capture is skipped
+    if not analysis.inventories:
+        return 2
+    if args.ray is not None:
+        from dooly.cli.sweep_ray import run_ray
+        s = run_ray(args, analysis, lim)
     bars: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), disable=args.no_progress or not sys.stderr.isatty(),
-                  transient=False) as prog:
+                  TimeRemainingColumn(), disable=args.ray is not None or args.no_progress
+                  or not sys.stderr.isatty(), transient=False) as prog:
         def progress(unit, done, total):
             if unit.key not in bars:
                 bars[unit.key] = prog.add_task(f"{unit.op[:28]:28s} {unit.key[-12:]}", total=total)
             prog.update(bars[unit.key], completed=done)
-        s = sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
-                  recheck=False if args.no_recheck else None)
+        if args.ray is None:  # else measured on Ray above
+            s = sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
+                      recheck=False if args.no_recheck else None, families=args.families,
+                      adaptive=args.adaptive, tolerance_pct=args.tolerance)
     out = s.to_json()
+    out["failed"] = list(analysis.failed)
     print(f"sweep {'interrupted' if s.interrupted else 'done'}: {out['units_measured']} units measured, "
           f"{out['units_reused']} reused, {out['units_failed']} failed; {out['points_measured']} points "
           f"ok, {out['points_failed']} failed; {out['seconds']:.1f} s, of which the second pass "
           f"{out['recheck_seconds']:.1f} s ({out['points_rechecked_faster']} points faster) (env {s.env_key})")
+    if analysis.failed:
+        print(f"skipped {len(analysis.failed)} model(s) the engine could not capture (errors on "
+              f"stderr): {', '.join(f['config'] for f in analysis.failed)}")
+    for size, key in s.collective_envs.items():
+        print(f"collectives of the {size}-rank group timed across {size} processes on this host "
+              f"(env {key})")
+    served = getattr(s, "family_served", {})
+    if served:
+        print(f"{len(served)} units served by their family from check points (largest check error "
+              f"{max(served.values()):.1f}%, tolerance {args.tolerance:g}%)")
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(out, f)
-    return 130 if s.interrupted else 0
+    return 130 if s.interrupted else 2 if analysis.failed else 0
+
+
+def _check_devices(tp: int) -> None:
+    """On CUDA every rank of the group has its own device."""
+    import torch
+    if torch.cuda.device_count() < tp:
+        raise DoolyInputError("--tp", f"{tp} ranks need {tp} CUDA devices, this host has "
+                              f"{torch.cuda.device_count()}")
 
 
 def register_calibrate(sub) -> None:
@@ -81,6 +123,9 @@ def register_calibrate(sub) -> None:
     # the serving settings to calibrate under: the engine compiles its graph for them
     p.add_argument("--max-num-batched-tokens", type=int_range(1), default=8192)
     p.add_argument("--max-num-seqs", type=int_range(1, MAX_SEQS), default=128)
+    p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
+                   help="real engine at tensor-parallel size N, each rank on its share of the cores, "
+                        "for the inventory of `dooly sweep --tp N` (CPU)")
     p.set_defaults(func=run_calibrate)
 
 
@@ -94,6 +139,8 @@ def run_calibrate(args) -> int:
                                   "--" + flag.replace("_", "-"))
     from dooly.db import Store
     Store.ensure_writable(args.db)  # a damaged or read-only DB before the engine run, not after
+    if args.tp > 1:
+        return _calibrate_tp(cfgs, args)
     with Store.open(args.db) as store:  # every model's inventory before the first engine run
         for cfg in cfgs:
             stored_structure(store, cfg, "vllm")
@@ -109,4 +156,20 @@ def run_calibrate(args) -> int:
         if r["quiet_steps"] < r["steps"] / 2:
             print(f"dooly: most of {cfg.name}'s steps shared their cores with another process; "
                   "calibrate again on an idle host", file=sys.stderr)
+    return 0
+
+
+def _calibrate_tp(cfgs, args) -> int:
+    from dooly.parallel import check_tp
+    from dooly.profile.calibrate_tp import calibrate_tp
+    for cfg in cfgs:
+        check_tp(cfg, args.tp)
+    for cfg in cfgs:
+        try:
+            r = calibrate_tp(cfg.path, args.db, args.tp, args.max_num_batched_tokens, args.max_num_seqs)
+        except RuntimeError as err:  # the real engine refused the model or the group
+            raise DoolyInputError(cfg.path, str(err), "architectures") from None
+        print(f"calibrated {cfg.name} at TP={args.tp} (ranks bound to cores {r['bind']}): {r['points']} "
+              f"distinct batches from {r['steps']} real vLLM steps into env {r['env_key']}; the pool "
+              f"now holds {r['pool_models']} model(s)")
     return 0

@@ -1,8 +1,11 @@
-"""DB: the measurement database (SQLite). `Store.open(path)` is the only entry point
+"""DB: the measurement database, an SQLite file or a PostgreSQL database
+(`postgresql://...`, `postgres`: psycopg behind sqlite3's interface, same schema and
+migrations); `parquet` exports and imports it as Parquet files. `Store.open(path)` is the only entry point
 callers need: environments, units, measurements, inventories and fitted models, all
 stored as data (JSON), never as code; `check` reads every row back the way a command
 would (`dooly db check`, `db merge`), and the `leases` table lets sweepers share the
-work. May import: dooly.env, dooly.errors, dooly.unit, dooly.symbolic."""
+work. May import: dooly.env, dooly.errors, dooly.unit, dooly.symbolic, and the optional
+psycopg and pyarrow (only where a URL or Parquet is asked for)."""
 from dooly.db.schema import SCHEMA_VERSION
 from dooly.db.store import Store, point_json
 

@@ -50,8 +50,9 @@ class Leases:
                             (unit_key, env_key)).fetchone()
             if row and row[0] != owner and row[1] > now and _owner_alive(row[0]):
                 return False
-            c.execute("INSERT OR REPLACE INTO leases (unit_key, env_key, owner, expires) "
-                      "VALUES (?, ?, ?, ?)", (unit_key, env_key, owner, now + ttl_s))
+            c.execute("INSERT INTO leases (unit_key, env_key, owner, expires) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT (unit_key, env_key) DO UPDATE SET owner = excluded.owner, "
+                      "expires = excluded.expires", (unit_key, env_key, owner, now + ttl_s))
         return True
 
     def renew(self, unit_key: str, env_key: str, owner: str | None = None,

@@ -1,4 +1,5 @@
-"""SQLite schema of a Dooly database, its version, and the migrations between versions.
+"""SQLite schema of a Dooly database, its version, and the migrations between versions
+(the PostgreSQL backend, `dooly.db.postgres`, replays the same migrations).
 
 The version lives in `PRAGMA user_version` and the file is tagged with
 `PRAGMA application_id`, so an unrelated SQLite file is told apart from ours
@@ -114,6 +115,9 @@ MODES = ("create", "write", "read")
 
 def database_error(path: str, err: sqlite3.Error) -> DoolyInputError:
     """One line for an SQLite error on the file at `path`: what the user can do about it."""
+    if str(path).startswith(("postgresql://", "postgres://")):
+        from dooly.db import postgres  # here: postgres imports this module
+        return postgres.database_error(path, err)
     msg = str(err)
     low = msg.lower()
     if "readonly" in low or "read-only" in low:

@@ -1,11 +1,13 @@
 """Measurement store: environments, units, measured points and model inventories,
-in one SQLite file. Callers get one from `Store.open(path)`.
+in one SQLite file or a PostgreSQL database (`postgresql://...`, `dooly.db.postgres`).
+Callers get one from `Store.open(path)`; the SQL here is what both backends understand.
 
 Three ways to open: `create=True` (sweep, calibrate, import-vidur, a merge target) may
 create the file or upgrade an older schema and must be able to write; `create=False`
 (fit, analyze --db, predict) needs an existing Dooly DB at this version and writes only
 what the command writes; `readonly=True` (db stats/list/export, a merge source) never
-writes. Every SQLite error is one DoolyInputError naming the file."""
+writes. Every database error is one DoolyInputError naming the file (or the URL, its
+password hidden)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from dooly.db import check, schema
+from dooly.db import check, postgres, schema
 from dooly.db.leases import Leases
 from dooly.db.schema import ENV_COLUMNS, MEASUREMENT_COLUMNS
 from dooly.env import Environment, Measurement
@@ -24,6 +26,15 @@ from dooly.errors import DoolyInputError
 from dooly.unit import Unit
 
 BUSY_TIMEOUT_S = schema.BUSY_S
+
+
+def db_identity(path) -> str:
+    """What tells two names of one database apart from two databases."""
+    if postgres.is_url(path):
+        return postgres.redact(str(path))
+    return str(Path(path).resolve())
+
+
 def point_json(point: dict) -> str:
     """The exact text a point is stored under (same as Measurement.point_json)."""
     return Measurement("", "", point).point_json
@@ -31,7 +42,8 @@ def point_json(point: dict) -> str:
 
 @schema.guarded
 class Store(Leases):
-    """A Dooly database in one SQLite file: what sweep, fit and simulate may ask of it."""
+    """A Dooly database (an SQLite file or a PostgreSQL database): what sweep, fit and
+    simulate may ask of it."""
 
     @classmethod
     def open(cls, path: str | os.PathLike, create: bool = True, readonly: bool = False) -> "Store":
@@ -44,6 +56,9 @@ class Store(Leases):
         """Check before long work (a sweep's capture, a calibration's engine run) that
         `path` is, or can become, a Dooly database this process can write. A missing
         file is not created here: only its directory is checked."""
+        if postgres.is_url(path):
+            cls(path, create=True).close()
+            return
         p = Path(path)
         if p.exists():
             cls(p, create=True).close()
@@ -63,9 +78,14 @@ class Store(Leases):
         self.close()
 
     def __init__(self, path: str | os.PathLike, create: bool = True, readonly: bool = False):
-        self.path = str(path)
         self.readonly = readonly
         create = create and not readonly
+        if postgres.is_url(path):
+            self.path = postgres.redact(str(path))
+            self._conn = postgres.open_database(str(path), "create" if create else
+                                                "read" if readonly else "write")
+            return
+        self.path = str(path)
         p = Path(path)
         if not create:
             # checked before SQLite sees the file: a missing path would be created and
@@ -139,8 +159,8 @@ class Store(Leases):
     def add_environment(self, env: Environment) -> str:
         cols = ("env_key",) + ENV_COLUMNS
         values = (env.key,) + tuple(getattr(env, c) for c in ENV_COLUMNS)
-        self._conn.execute(f"INSERT OR IGNORE INTO environments ({', '.join(cols)}) "
-                           f"VALUES ({', '.join('?' * len(cols))})", values)
+        self._conn.execute(f"INSERT INTO environments ({', '.join(cols)}) "
+                           f"VALUES ({', '.join('?' * len(cols))}) ON CONFLICT DO NOTHING", values)
         return env.key
 
     def environments(self) -> list[Environment]:
@@ -150,7 +170,7 @@ class Store(Leases):
         unknown = set(fields) - set(ENV_COLUMNS) - {"env_key"}
         if unknown:
             raise ValueError(f"find_environment: unknown fields {sorted(unknown)}")
-        where = " AND ".join(f"{k} = ?" for k in fields) or "1"
+        where = " AND ".join(f"{k} = ?" for k in fields) or "1 = 1"
         rows = self._rows(f"SELECT * FROM environments WHERE {where} ORDER BY env_key",
                           tuple(fields.values()))
         try:
@@ -162,8 +182,8 @@ class Store(Leases):
     def add_unit(self, unit: Unit) -> None:
         # A unit key is a content hash: a second writer of one key must bring the same
         # unit (compared canonically), never a different graph kept or lost in silence.
-        cur = self._conn.execute("INSERT OR IGNORE INTO units (unit_key, op, signature_json) "
-                                 "VALUES (?, ?, ?)", (unit.key, unit.op, json.dumps(unit.to_json())))
+        cur = self._conn.execute("INSERT INTO units (unit_key, op, signature_json) "
+                                 "VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (unit.key, unit.op, json.dumps(unit.to_json())))
         stored = self.get_unit(unit.key) if cur.rowcount == 0 else None
         if stored is not None and stored.identity() != unit.identity():
             raise DoolyInputError(self.path, f"unit {unit.key} is stored with a different "
@@ -206,15 +226,14 @@ class Store(Leases):
                      for c in MEASUREMENT_COLUMNS)
 
     @staticmethod
-    def _upsert(conn: sqlite3.Connection, rows: list[tuple], newer_only: bool) -> int:
+    def _upsert(conn, rows: list[tuple], newer_only: bool) -> int:
         cols = ", ".join(MEASUREMENT_COLUMNS)
         update = ", ".join(f"{c} = excluded.{c}" for c in MEASUREMENT_COLUMNS[3:])
         cond = " WHERE excluded.timestamp > measurements.timestamp" if newer_only else ""
-        before = conn.total_changes
-        conn.executemany(
+        cur = conn.executemany(
             f"INSERT INTO measurements ({cols}) VALUES ({', '.join('?' * len(MEASUREMENT_COLUMNS))}) "
             f"ON CONFLICT (unit_key, env_key, point_json) DO UPDATE SET {update}{cond}", rows)
-        return conn.total_changes - before
+        return max(cur.rowcount, 0) if rows else 0  # both backends sum rowcount over the rows
 
     def replace_measurements(self, unit_key: str, env_key: str,
                              measurements: list[Measurement]) -> None:
@@ -243,7 +262,7 @@ class Store(Leases):
         """status=None returns ok and failed rows."""
         filters = {"unit_key": unit_key, "env_key": env_key, "status": status}
         filters = {k: v for k, v in filters.items() if v is not None}
-        where = " AND ".join(f"{k} = ?" for k in filters) or "1"
+        where = " AND ".join(f"{k} = ?" for k in filters) or "1 = 1"
         rows = self._rows(f"SELECT {', '.join(MEASUREMENT_COLUMNS)} FROM measurements "
                           f"WHERE {where} ORDER BY id", tuple(filters.values()))
         out = []
@@ -284,9 +303,9 @@ class Store(Leases):
         """One row per (unit, env) with ok/failed point counts; units never measured
         appear once with env_key None unless an env filter is given."""
         sql = ("SELECT u.unit_key, u.op, m.env_key, "
-               "COALESCE(SUM(m.status = 'ok'), 0) AS ok, "
-               "COALESCE(SUM(m.status = 'failed'), 0) AS failed "
-               "FROM units u LEFT JOIN measurements m ON m.unit_key = u.unit_key WHERE 1")
+               "COALESCE(SUM(CASE WHEN m.status = 'ok' THEN 1 ELSE 0 END), 0) AS ok, "
+               "COALESCE(SUM(CASE WHEN m.status = 'failed' THEN 1 ELSE 0 END), 0) AS failed "
+               "FROM units u LEFT JOIN measurements m ON m.unit_key = u.unit_key WHERE 1 = 1")
         args: tuple = ()
         if env_key is not None:
             sql, args = sql + " AND m.env_key = ?", args + (env_key,)
@@ -298,7 +317,7 @@ class Store(Leases):
     def merge_from(self, other_path: str | os.PathLike) -> int:
         """Copy every row of another Dooly database in; for the same (unit, env, point)
         the newer timestamp wins. Returns measurement rows inserted or replaced."""
-        if Path(other_path).resolve() == Path(self.path).resolve():
+        if db_identity(other_path) == db_identity(self.path):
             return 0
         with Store(other_path, readonly=True) as other:
             return self.merge([other])[0]
@@ -315,8 +334,8 @@ class Store(Leases):
         For the same (unit, env, point) the newer timestamp wins. Returns, per source,
         the measurement rows inserted or replaced. `checked`: the caller has already
         checked the sources (`problems()`)."""
-        own = Path(self.path).resolve()
-        others = [s for s in sources if Path(s.path).resolve() != own]
+        own = db_identity(self.path)
+        others = [s for s in sources if db_identity(s.path) != own]
         for src in [] if checked else others:
             problem = next(check.problems(src._conn), None)
             if problem:
@@ -325,7 +344,7 @@ class Store(Leases):
             # a source named twice, or the target itself, adds nothing the second time
             return [self._copy_from(c, s) if s in others else 0 for s in sources]
 
-    def _copy_from(self, c: sqlite3.Connection, other: "Store") -> int:
+    def _copy_from(self, c, other: "Store") -> int:
         cols = ("env_key",) + ENV_COLUMNS
         try:
             envs = other._conn.execute(f"SELECT {', '.join(cols)} FROM environments").fetchall()
@@ -336,10 +355,13 @@ class Store(Leases):
                 f"SELECT {', '.join(MEASUREMENT_COLUMNS)} FROM measurements").fetchall()
         except sqlite3.Error as err:
             raise schema.database_error(other.path, err) from None
-        c.executemany(f"INSERT OR IGNORE INTO environments ({', '.join(cols)}) VALUES "
-                      f"({', '.join('?' * len(cols))})", envs)
-        c.executemany("INSERT OR IGNORE INTO units VALUES (?, ?, ?)", units)
-        c.executemany("INSERT OR REPLACE INTO inventories VALUES (?, ?, ?, ?, ?)", inventories)
+        c.executemany(f"INSERT INTO environments ({', '.join(cols)}) VALUES "
+                      f"({', '.join('?' * len(cols))}) ON CONFLICT DO NOTHING", envs)
+        c.executemany("INSERT INTO units (unit_key, op, signature_json) VALUES (?, ?, ?) "
+                      "ON CONFLICT DO NOTHING", units)
+        c.executemany("INSERT INTO inventories (config_hash, engine, model_name, unit_key, count) "
+                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (config_hash, engine, unit_key) DO UPDATE "
+                      "SET model_name = excluded.model_name, count = excluded.count", inventories)
         return self._upsert(c, rows, newer_only=True)
 
     def export_json(self, path: str | os.PathLike) -> None:
@@ -371,8 +393,10 @@ class Store(Leases):
             rows.append((f["unit_key"], f["env_key"], f["fingerprint"],
                          json.dumps(f["model"], sort_keys=True), now))
         with self._write() as c:
-            c.executemany("INSERT OR REPLACE INTO fits (unit_key, env_key, fingerprint, model_json, "
-                          "timestamp) VALUES (?, ?, ?, ?, ?)", rows)
+            c.executemany("INSERT INTO fits (unit_key, env_key, fingerprint, model_json, timestamp) "
+                          "VALUES (?, ?, ?, ?, ?) ON CONFLICT (unit_key, env_key) DO UPDATE SET "
+                          "fingerprint = excluded.fingerprint, model_json = excluded.model_json, "
+                          "timestamp = excluded.timestamp", rows)
 
     def fits(self, env_key: str, unit_keys=None) -> dict[str, dict]:
         """unit_key -> {"fingerprint", "model", "timestamp"} of the fits stored for

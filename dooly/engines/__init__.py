@@ -3,7 +3,8 @@
 Each engine builds its model from a HF config with no weights and hands back a captured
 fx graph (`capture`), names the environment its measurements belong to (`environment`),
 and supplies the engine's own kernels where a unit must be timed as the engine runs it
-(`gemm_call`, `ir_body`, `attention_runner`). Everything else in Dooly calls these
+(`gemm_call`, `ir_body`, `attention_runner`, and for tensor parallelism its communicator:
+`collective_label`, `collective_group`). Everything else in Dooly calls these
 functions and never branches on the engine's name. May import: dooly.config, dooly.env,
 dooly.errors, dooly.unit, dooly.graph, dooly.symbolic. Adding an engine is one module
 here plus one entry in the tables below."""
@@ -68,17 +69,21 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-def capture(cfg, engine: str):
+def capture(cfg, engine: str, tp: int = 1):
     """(Captured, symbol map capture-symbol -> Dooly symbol, units the engine runs
-    outside its graph)."""
+    outside its graph). `tp` > 1: one rank of a tensor-parallel group of that size."""
     if check_engine(engine) == "vllm":
         from dooly.engines.vllm_capture import capture_vllm
         from dooly.graph.label_pass import capture_symbols
         from dooly.graph.units import logits_units
         from dooly.symbolic.symbols import T
-        cap = capture_vllm(cfg)
+        cap = capture_vllm(cfg, tp=tp) if tp != 1 else capture_vllm(cfg)
         # every dynamic dim in vLLM's graph is the flattened token count
         return cap, {s: T for s in capture_symbols(cap.gm)}, logits_units(cap)
+    if tp != 1:
+        from dooly.errors import DoolyInputError
+        raise DoolyInputError("--tp", f"{tp}: the {engine} engine has no tensor parallelism "
+                              "(use --engine vllm)")
     from dooly.engines.hf_capture import capture_hf
     cap, sym_map = capture_hf(cfg)
     return cap, sym_map, []
@@ -141,6 +146,23 @@ def ir_body(engine: str, unit) -> Callable | None:
         return None
     from dooly.engines.vllm_ops import lowered_ir
     return lowered_ir(unit)
+
+
+def collective_label(engine: str, device: str) -> str:
+    """The communicator the engine's tensor-parallel workers use on this host."""
+    if check_engine(engine) != "vllm":
+        raise ValueError(f"engine: {engine!r} has no tensor parallelism")
+    from dooly.engines.vllm_comm import communicator_label
+    return communicator_label(device)
+
+
+def collective_group(engine: str, rank: int, size: int, init_file: str, device: str):
+    """Rank `rank` of a `size`-rank group built by the engine's own code, in a measuring
+    process (`.op(name, x, dim)`, `.barrier()`, `.label`, `.close()`)."""
+    if check_engine(engine) != "vllm":
+        raise ValueError(f"engine: {engine!r} has no tensor parallelism")
+    from dooly.engines.vllm_comm import VllmGroup
+    return VllmGroup(rank, size, init_file, device)
 
 
 def attention_runner(engine: str, **kwargs):

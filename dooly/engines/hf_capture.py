@@ -34,9 +34,12 @@ def _hf_config(cfg: ModelConfig, layers: int):
     try:
         hf = AutoConfig.for_model(cfg.model_type, **raw)
     except (ValueError, KeyError) as err:
+        # an unknown type's message goes on to list every type transformers knows
+        why = str(err).splitlines()[0].split(". Should contain")[0][:120]
+        hint = " (a type defined only by its repository's code: try --engine vllm)" \
+            if "auto_map" in cfg.raw else ""
         raise DoolyInputError(cfg.path, f"transformers does not support model_type "
-                              f"{cfg.model_type!r} ({str(err).splitlines()[0][:120]})",
-                              "model_type") from None
+                              f"{cfg.model_type!r} ({why}){hint}", "model_type") from None
     hf.use_cache = False
     return hf
 

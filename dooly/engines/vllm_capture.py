@@ -9,6 +9,7 @@ CPU kernels."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import tempfile
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 
 from dooly.config import ModelConfig
 from dooly.engines import set_vllm_environ
+from dooly.engines.vllm_compat import (REMOTE_CODE_KEYS, all_on_meta, config_class_for,
+                                       transformers_classes_restored)
 from dooly.errors import DoolyInputError
 from dooly.graph.capture import Captured
 
@@ -35,11 +38,13 @@ def capture_backend(gm, example_inputs):
     raise _CaptureDone()
 
 
-def _engine_args(cfg: ModelConfig, model_dir: str, layers: int, backend: str | None):
+def _engine_args(cfg: ModelConfig, model_dir: str, layers: int, backend: str | None, tp: int = 1):
     from vllm.engine.arg_utils import EngineArgs
     mpe = int(cfg.raw.get("max_position_embeddings") or 4096)
+    # tensor_parallel_size only fills vLLM's parallel config (what its code reads besides the
+    # group, e.g. KV heads per rank); the group itself is faked (dooly.engines.vllm_tp)
     return EngineArgs(model=model_dir, load_format="dummy", skip_tokenizer_init=True,
-                      hf_overrides={"num_hidden_layers": layers},
+                      hf_overrides={"num_hidden_layers": layers}, tensor_parallel_size=tp,
                       compilation_config={"mode": 2, "backend": backend or BACKEND},
                       max_model_len=min(mpe, 4096), dtype="bfloat16", enforce_eager=False)
 
@@ -83,17 +88,18 @@ def _window(w) -> int:
     return max(int(w or 0), 0)
 
 
-def _vllm_config(cfg: ModelConfig, layers: int):
+def _vllm_config(cfg: ModelConfig, layers: int, tp: int = 1):
     """vLLM's config for this model at `layers` layers; a config vLLM refuses is a
     one-line input error (an unknown architecture names the `architectures` field)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "config.json").write_text(json.dumps(cfg.raw))
+    raw = {k: v for k, v in cfg.raw.items() if k not in REMOTE_CODE_KEYS}
+    with config_class_for(cfg.model_type), tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "config.json").write_text(json.dumps(raw))
         try:
-            return _engine_args(cfg, tmp, layers, None).create_engine_config()
+            return _engine_args(cfg, tmp, layers, None, tp).create_engine_config()
         except Exception as err:  # vLLM reports unknown architectures as ValueError
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
             hit = [ln for ln in lines if "architecture" in ln.lower() or "not supported" in ln.lower()]
-            msg = (hit or lines or [type(err).__name__])[0][:200]
+            msg = (hit or lines or [type(err).__name__])[0].split(" [type=")[0][:200]
             if hit:
                 raise DoolyInputError(cfg.path, f"{cfg.architecture} is not supported by the vllm "
                                       f"engine ({msg})", "architectures") from None
@@ -121,9 +127,12 @@ def _run_forward(model, vc) -> None:
     n = 37  # any size: the token dim is marked dynamic by vLLM
     ids = torch.zeros(n, dtype=torch.long, device="meta")
     pos = torch.zeros(n, dtype=torch.long, device="meta")
+    kwargs = {"input_ids": ids, "positions": pos}
+    if "intermediate_tensors" in inspect.signature(model.forward).parameters:
+        kwargs["intermediate_tensors"] = None  # some classes (InternLM2) give it no default
     with set_forward_context(None, vc, num_tokens=n):
         try:
-            model(input_ids=ids, positions=pos)
+            model(**kwargs)
         except Exception as err:  # expected: meta tensors cannot run vLLM's kernels
             _SLOT.setdefault("error", err)
         if "gm" not in _SLOT:
@@ -132,10 +141,13 @@ def _run_forward(model, vc) -> None:
             torch._dynamo.mark_dynamic(pos, 0)
             traced = torch.compile(model, backend=capture_backend, fullgraph=False, dynamic=True)
             with contextlib.suppress(Exception):
-                traced(input_ids=ids, positions=pos)
+                traced(**kwargs)
 
 
-def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
+def capture_vllm(cfg: ModelConfig, layers: int | None = None, tp: int = 1) -> Captured:
+    """`tp`: build the model as rank 0 of a `tp`-rank tensor-parallel group (its shard
+    shapes, its collectives as graph nodes; dooly.engines.vllm_tp)."""
+    from dooly.engines.vllm_tp import fake_tp_group, parallel_attrs
     set_vllm_environ()
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.model_loader.utils import initialize_model
@@ -143,16 +155,19 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
 
     full = layers is None
     layers = layers or cfg.traced_layers()
-    vc = _vllm_config(cfg, layers)
+    vc = _vllm_config(cfg, layers, tp)
     torch._dynamo.reset()
     _SLOT.clear()
     with set_current_vllm_config(vc):
         _init_distributed()
-        with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
-            model = initialize_model(vc)
-        _process_meta_weights(model)
-        _run_forward(model, vc)
-        attention = _attention_attrs(model)
+        with fake_tp_group(tp), transformers_classes_restored():
+            with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
+                model = initialize_model(vc)
+            all_on_meta(model)
+            _process_meta_weights(model)
+            _run_forward(model, vc)
+            attention = _attention_attrs(model)
+            parallel = parallel_attrs(model, tp)
     if "gm" not in _SLOT:
         err = _SLOT.pop("error", None)
         why = f": {type(err).__name__}: {str(err).splitlines()[0][:150]}" if err else ""
@@ -162,4 +177,4 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None) -> Captured:
     mult = cfg.traced_multiplicity() if full else {i: 1 for i in range(layers)}
     return Captured("vllm", cfg, _SLOT.pop("gm"), "step", mult,
                     {i: types[i % len(types)] for i in range(layers)}, attention,
-                    str(vc.model_config.dtype).replace("torch.", ""))
+                    str(vc.model_config.dtype).replace("torch.", ""), tp=tp, parallel=parallel)

@@ -25,6 +25,10 @@ class Captured:
     attention: dict[int, dict] = field(default_factory=dict)
     dtype: str = "bfloat16"
     notes: list[str] = field(default_factory=list)
+    # tensor parallelism: the group size the model was built for (one rank's shards) and
+    # what its collectives record (group_size, communicator, vocab_rows of the LM head)
+    tp: int = 1
+    parallel: dict = field(default_factory=dict)
 
 
 def layer_index(node: torch.fx.Node) -> int | None:

@@ -85,7 +85,9 @@ def _target_name(node: torch.fx.Node) -> str:
 
 def eval_name(name: str, strict: bool = True):
     """Resolve an allowed dotted name by attribute lookup (never `eval`)."""
-    roots = {"torch": torch, "operator": operator}
+    # operator's C functions name their module `_operator` (operator.ge.__module__): the
+    # same functions, so the same root (a TP rank's vocabulary mask compares and ands ids)
+    roots = {"torch": torch, "operator": operator, "_operator": operator}
     head, *rest = name.split(".")
     if head not in roots:
         if strict:

@@ -2,50 +2,14 @@
 inventory: unit key -> (unit, count per forward step)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch.fx
 
 from dooly.graph.capture import Captured, layer_index
 from dooly.graph.normalize import ATTENTION_OPS, KV_WRITE_OPS
 from dooly.graph.regions import RegionRegistry, region_data, regions
+from dooly.inventory import Entry, Inventory, inventory_key  # noqa: F401  (re-exported)
 from dooly.symbolic.labels import DimLabel, Label
-from dooly.unit import GEMM_OPS, TensorSig, Unit
-
-
-@dataclass
-class Entry:
-    unit: Unit
-    count: int = 0
-    where: set = field(default_factory=set)   # module paths / roles, for display
-
-
-@dataclass
-class Inventory:
-    model: str
-    config_path: str
-    architecture: str
-    engine: str
-    config_hash: str
-    entries: dict[str, Entry] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, unit: Unit, count: int, where: str = "") -> None:
-        e = self.entries.setdefault(unit.key, Entry(unit))
-        e.count += count
-        if where:
-            e.where.add(where)
-
-    def counts(self) -> dict[str, int]:
-        return {k: e.count for k, e in self.entries.items()}
-
-    def to_json(self) -> dict:
-        return {"config": self.config_path, "model": self.model, "architecture": self.architecture,
-                "engine": self.engine, "config_hash": self.config_hash,
-                "units": [dict(e.unit.to_json(), count=e.count,
-                               dims=[d.to_json() for t in e.unit.inputs for d in t.dims],
-                               where=sorted(e.where)) for e in self.entries.values()],
-                "notes": self.notes}
+from dooly.unit import COLLECTIVE_OPS, GEMM_OPS, TensorSig, Unit
 
 
 def _sigs(args, *, tensors_only=True) -> list[TensorSig]:
@@ -94,6 +58,8 @@ def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
     stateful = False
     if op in GEMM_OPS and op == "linear":
         attrs["bias"] = len(node.args) > 2 and node.args[2] is not None
+    if op in COLLECTIVE_OPS:
+        attrs.update(_collective_attrs(cap, node))
     if op in ATTENTION_OPS or op in KV_WRITE_OPS:
         stateful = True
         layer = layer_index(node)
@@ -131,6 +97,16 @@ def _anchor_unit(cap: Captured, node: torch.fx.Node) -> Unit:
                 stateful=stateful)
 
 
+def _collective_attrs(cap: Captured, node: torch.fx.Node) -> dict:
+    """A collective's kernel depends on its group and communicator, and for gathers and
+    scatters on the dim (vLLM's ops take (tensor, dim, world_size, group_name=...))."""
+    out = {k: cap.parallel[k] for k in ("group_size", "communicator") if k in cap.parallel}
+    if node.meta["dooly"]["op"] != "vllm.all_reduce" and len(node.args) > 1 \
+            and isinstance(node.args[1], int):
+        out["dim"] = int(node.args[1])
+    return out
+
+
 def _tsig(shape: list, dtype: str) -> TensorSig:
     """shape items: a request symbol name, or (value, config field)."""
     dims = tuple(DimLabel(d, Label.REQUEST) if isinstance(d, str) else DimLabel(int(d[0]), Label.CONFIG, (d[1],))
@@ -143,20 +119,31 @@ def logits_units(cap: Captured) -> list[Unit]:
     sequence: LM head [B, hidden] x [vocab, hidden], then sampling over [B, vocab]."""
     raw = cap.config.raw
     hidden = (int(raw.get("hidden_size") or raw.get("d_model")), "hidden_size")
-    vocab = (int(raw["vocab_size"]), "vocab_size")
+    vocab = (int(raw.get("vocab_size") or raw.get("padded_vocab_size")), "vocab_size")  # ChatGLM
     dt = cap.dtype
-    head = Unit(op="linear", inputs=(_tsig(["B", hidden], dt), _tsig([vocab, hidden], dt)),
-                outputs=(_tsig(["B", vocab], dt),), attrs=(("bias", False), ("role", "lm_head")))
+    # under tensor parallelism each rank holds a vocabulary shard of the LM head, and the
+    # logits are all-gathered along the vocabulary before sampling (vLLM's LogitsProcessor)
+    rows = (int(cap.parallel.get("vocab_rows") or -(-vocab[0] // cap.tp)), "vocab_size") \
+        if cap.tp > 1 else vocab
+    head = Unit(op="linear", inputs=(_tsig(["B", hidden], dt), _tsig([rows, hidden], dt)),
+                outputs=(_tsig(["B", rows], dt),), attrs=(("bias", False), ("role", "lm_head")))
     sample = Unit(op="sampler", inputs=(_tsig(["B", vocab], dt),),
                   outputs=(_tsig(["B"], "int64"),), attrs=(("mode", "greedy"),))
-    return [head, sample]
+    if cap.tp == 1:
+        return [head, sample]
+    gathered = (rows[0] * cap.tp, "vocab_size")
+    attrs = {k: cap.parallel[k] for k in ("group_size", "communicator") if k in cap.parallel}
+    gather = Unit(op="vllm.all_gather", inputs=(_tsig(["B", rows], dt),),
+                  outputs=(_tsig(["B", gathered], dt),), attrs=tuple(sorted(dict(attrs, dim=-1).items())))
+    return [head, gather, sample]
 
 
 def build_inventory(cap: Captured, sym_map: dict, registry: RegionRegistry | None = None,
                     extra_units: list[Unit] = ()) -> Inventory:
     registry = registry or RegionRegistry()
     cfg = cap.config
-    inv = Inventory(cfg.name, cfg.path, cfg.architecture, cap.engine, cfg.hash, notes=list(cap.notes))
+    inv = Inventory(cfg.name, cfg.path, cfg.architecture, cap.engine, cfg.hash, notes=list(cap.notes),
+                    tp=cap.tp)
     gm = cap.gm
     for node in gm.graph.nodes:
         info = node.meta.get("dooly", {})

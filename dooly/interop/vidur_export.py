@@ -107,6 +107,13 @@ class ModelDims:
     n_expanded_embd: int
     vocab_size: int
     use_gated_mlp: bool = True
+    tp: int = 1   # num_tensor_parallel_workers: the units are one rank's shards
+
+    def shard(self) -> tuple[int, int, int]:
+        """(query heads, KV heads, MLP width) one rank holds: KV heads are replicated when
+        the group is larger than their number, as vLLM does."""
+        return (self.n_head // self.tp, max(1, self.n_kv_head // self.tp),
+                self.n_expanded_embd // self.tp)
 
 
 def model_dims(raw: Mapping, path: str = "config") -> ModelDims:
@@ -185,10 +192,10 @@ def _linears(units: Mapping, K: int, N: int) -> list[str]:
 
 def _map_gemms(pred, dims: ModelDims, src: dict) -> list[str]:
     """The four GEMMs by shape; sets dims.use_gated_mlp; returns the up-projection keys."""
-    units, d, hd, ff = pred.units, dims.n_embd, dims.head_dim, dims.n_expanded_embd
-    _put(src, pred, "attn_pre_proj", _linears(units, d, (dims.n_head + 2 * dims.n_kv_head) * hd),
+    (h, kv, ff), units, d, hd = dims.shard(), pred.units, dims.n_embd, dims.head_dim
+    _put(src, pred, "attn_pre_proj", _linears(units, d, (h + 2 * kv) * hd),
          "QKV linear", "no QKV linear of this shape; written as 0")
-    _put(src, pred, "attn_post_proj", _linears(units, dims.n_head * hd, d), "o_proj linear",
+    _put(src, pred, "attn_post_proj", _linears(units, h * hd, d), "o_proj linear",
          "no o_proj linear; written as 0")
     up_gated, up_plain = _linears(units, d, 2 * ff), _linears(units, d, ff)
     dims.use_gated_mlp = bool(up_gated) or not up_plain
@@ -201,7 +208,7 @@ def _map_gemms(pred, dims: ModelDims, src: dict) -> list[str]:
 
 def _map_token_ops(pred, dims: ModelDims, tok: dict, up: list[str], src: dict) -> None:
     """Embedding, norms, residual add, rope and the MLP activation."""
-    d, ff = dims.n_embd, dims.n_expanded_embd
+    d, ff = dims.n_embd, dims.shard()[2]
     emb = [k for k, u in tok.items() if u.op.split(".")[-1] == "embedding" or u.op == "embedding"]
     _put(src, pred, "emb", emb, "embedding", "no embedding unit; written as 0")
     on_hidden = {k: u for k, u in tok.items() if _shape(u.inputs[0]) == ["T", d]}
@@ -276,6 +283,8 @@ class VidurExport:
     extrapolated: dict[str, str] = field(default_factory=dict)  # op -> "grid to X, measured to Y"
     clamped: dict[str, int] = field(default_factory=dict)       # op -> rows whose fit gave <= 0 (written 0)
     refitted: list[str] = field(default_factory=list)  # stored fits missing or stale, fitted at load
+    network_path: Path | None = None   # all_reduce.csv, under --tp N
+    network_rows: int = 0
 
     def zero_ops(self) -> list[OpSource]:
         return [s for s in self.sources.values() if s.unit_key is None]
@@ -320,7 +329,7 @@ def _mlp_rows(src: dict, dims: ModelDims, cols: _Columns, max_tokens: int) -> li
             else cols.predict(op, src[op].unit_key, pts, "T") for op in VIDUR_MLP_OPS}
     cfg_cols = {"n_head": dims.n_head, "n_kv_head": dims.n_kv_head, "n_embd": dims.n_embd,
                 "n_expanded_embd": dims.n_expanded_embd, "vocab_size": dims.vocab_size,
-                "use_gated_mlp": dims.use_gated_mlp, "num_tensor_parallel_workers": 1}
+                "use_gated_mlp": dims.use_gated_mlp, "num_tensor_parallel_workers": dims.tp}
     rows = []
     for i, t in enumerate(grid):
         row = {}
@@ -368,7 +377,7 @@ def _attention_rows(p, src: dict, dims: ModelDims, cols: _Columns, max_model_len
                 ms = 0.0
             row.update(_stats(op, ms))
         row.update(n_embd=dims.n_embd, n_q_head=dims.n_head, n_kv_head=dims.n_kv_head,
-                   block_size=block_size, num_tensor_parallel_workers=1, max_model_len=max_model_len,
+                   block_size=block_size, num_tensor_parallel_workers=dims.tp, max_model_len=max_model_len,
                    batch_size=b, prefill_chunk_size=c, kv_cache_size=kv, is_prefill=pre,
                    attention_backend=f"AttentionBackend.{str(backend).upper()}")
         rows.append(row)
@@ -389,19 +398,22 @@ def _checked_out_dir(out: str, **limits: tuple[int, int]) -> Path:
 def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_model_len: int = 4096,
                  engine: str | None = None, env: str | None = None, max_batch_size: int = 128,
                  block_size: int = DEFAULT_BLOCK_SIZE, predictor=None,
-                 progress: Callable[[str], None] | None = None) -> VidurExport:
-    """Write <out>/mlp.csv and <out>/attention.csv for `config` from the DB `db`."""
+                 progress: Callable[[str], None] | None = None, tp: int = 1) -> VidurExport:
+    """Write <out>/mlp.csv and <out>/attention.csv for `config` from the DB `db`; with
+    `tp` > 1 (a `dooly sweep --tp N` inventory) the rows are num_tensor_parallel_workers = N
+    and <out>/all_reduce.csv is Vidur's network profile (dooly.interop.vidur_network)."""
     out_dir = _checked_out_dir(out, **{
         "--max-tokens": (max_tokens, 1), "--max-model-len": (max_model_len, 64),
         "--max-batch-size": (max_batch_size, 1), "--block-size": (block_size, 1)})
     from dooly.config import load_config
     cfg = load_config(config)
     dims = model_dims(cfg.raw, cfg.path)
+    dims.tp = tp
     if predictor is None:
         if not Path(db).is_file():
             raise DoolyInputError(db, "file not found", "--db")
         from dooly.predict import Predictor
-        predictor = Predictor.load(config, db, engine, env)
+        predictor = Predictor.load(config, db, engine, env, tp=tp)
     p = predictor
     src = map_units(p, dims)
     mapped = {s.unit_key for s in src.values() if s.unit_key}
@@ -417,8 +429,17 @@ def export_vidur(config: str, db: str, out: str, max_tokens: int = 4096, max_mod
     attn_path = write_vidur_csv(out_dir / "attention.csv", attention_header(), attn_rows)
     if progress:
         progress(f"attention.csv: {len(attn_rows)} rows")
+    network = None
+    if tp > 1:
+        from dooly.interop.vidur_network import write_network
+        network = write_network(p, out_dir, vidur_token_grid(max_tokens), dims.n_embd, tp)
+        if network:
+            mapped.add(network[2])
+            if network[3]:
+                cols.clamped["all_reduce"] = network[3]
     unexported = sorted(f"{k} ({u.op}{', ' + u.attr['role'] if u.attr.get('role') else ''})"
                         for k, u in p.units.items() if k not in mapped)
     return VidurExport(mlp_path, attn_path, len(mlp_rows), len(attn_rows), dims, src,
                        p.env.label(), unexported, cols.notes, cols.clamped,
-                       list(getattr(p, "refitted", [])))
+                       list(getattr(p, "refitted", [])),
+                       network[0] if network else None, network[1] if network else 0)

@@ -1,6 +1,12 @@
 """Roofline estimate of what profiling a unit costs: at every grid point, the op's
 FLOPs and bytes against the device's peak rate and bandwidth, times the repeats a
-sweep takes, plus a fixed per-point overhead (synchronisation, setup)."""
+sweep takes, plus a per-point overhead (runner setup, compiling, synchronisation,
+waiting for clean samples). Every point measured is counted, check points included.
+
+GPUs keep an assumed overhead. For `cpu` the overhead is calibrated from the seconds
+real sweeps took (`calibrate_cpu`): a DB stamps each measurement as it is committed,
+so the gaps between consecutive stamps are what the sweep spent on each point, both
+passes (the second pass re-times every point) included."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,20 +24,46 @@ class Hardware:
     peak_flops: float      # dense bf16, FLOP/s
     bandwidth: float       # bytes/s
     launch_s: float        # per-op floor
-    point_overhead_s: float
-    repeats: int           # warm-up + timed runs per point
+    point_overhead_s: float  # per point and sweep, every pass included
+    repeats: int           # warm-up + timed runs per point and pass
+    passes: int = 1        # timing passes over each point (CPU: a second, keeping the faster)
+    source: str = "roofline + an assumed per-point overhead"
+
+    def __post_init__(self):
+        for f in ("peak_flops", "bandwidth"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"{f}: expected a positive rate, got {getattr(self, f)!r}")
+        if self.point_overhead_s < 0 or self.launch_s < 0 or self.repeats < 1 or self.passes < 1:
+            raise ValueError("point_overhead_s, launch_s >= 0 and repeats, passes >= 1 expected")
 
 
+# CPU: the rates are a 2-core AVX-512-BF16 host's (the CI machine); the per-point
+# overhead is `calibrate_cpu` over the real sweeps of out/h11*.db and out/smoke.db
+# (SmolLM2-135M and Qwen2.5-0.5B, vLLM CPU, both passes): 2546 points in 3332 s.
+CPU_CALIBRATION = {"points": 2546, "active_s": 3332.1, "point_overhead_s": 1.2863}
 HARDWARE = {
     "h100": Hardware("h100", 989e12, 3.35e12, 4e-6, 5e-3, 30),
     "a100": Hardware("a100", 312e12, 2.0e12, 5e-6, 5e-3, 30),
-    # a 2-core AVX-512-BF16 host, as the CI machine
-    "cpu": Hardware("cpu", 1.5e11, 2.0e10, 1e-5, 2e-3, 12),
+    "cpu": Hardware("cpu", 1.5e11, 2.0e10, 1e-5, CPU_CALIBRATION["point_overhead_s"], 12, passes=2,
+                    source="roofline + a per-point overhead calibrated from 2546 points (3332 s) "
+                           "of real CPU sweeps"),
 }
+# what a DB's stamps count as one sweep's time: a longer gap is the host between sweeps
+SWEEP_GAP_S = 60.0
+
+
+def dim_value(v: int | str, values: dict) -> int:
+    """A dim's value at a point; a bare request symbol ("T") without SymPy, which keeps
+    a family's training design (thousands of points) cheap."""
+    if isinstance(v, int):
+        return v
+    if v in values:
+        return int(values[v])
+    return evaluate(v, **values)
 
 
 def numel(sig: TensorSig, values: dict) -> int:
-    return prod(max(evaluate(d.value_or_expr, **values), 0) for d in sig.dims)
+    return prod(max(dim_value(d.value_or_expr, values), 0) for d in sig.dims)
 
 
 def nbytes(sig: TensorSig, values: dict) -> int:
@@ -48,8 +80,8 @@ def gemm_flops(unit: Unit, values: dict) -> float | None:
     if len(unit.inputs) < first + 2:
         return None
     x, w = unit.inputs[first], unit.inputs[first + 1]
-    k = max(evaluate(x.dims[-1].value_or_expr, **values), 1)
-    batch = max(prod(evaluate(d.value_or_expr, **values) for d in w.dims[:-2]), 1)
+    k = max(dim_value(x.dims[-1].value_or_expr, values), 1)
+    batch = max(prod(dim_value(d.value_or_expr, values) for d in w.dims[:-2]), 1)
     m = numel(x, values) // k           # rows of every batch
     n = numel(w, values) // (k * batch)
     return 2.0 * m * n * k
@@ -82,11 +114,47 @@ def point_seconds(unit: Unit, point: dict, hw: Hardware) -> float:
     return max(flops / hw.peak_flops, nbytes / hw.bandwidth) + hw.launch_s
 
 
+def points_cost(unit: Unit, points: list[dict], hw: Hardware) -> float:
+    """Estimated seconds to measure these points of the unit on `hw`, every pass."""
+    return sum(hw.passes * hw.repeats * point_seconds(unit, p, hw) + hw.point_overhead_s
+               for p in points)
+
+
 def profiling_cost(unit: Unit, hw: Hardware, lim: GridLimits = GridLimits()) -> tuple[int, float]:
     """(grid points, estimated seconds) to sweep this unit on `hw`."""
     pts = points_for(unit.driver, lim, unit.request_symbols())
-    secs = sum(hw.repeats * point_seconds(unit, p, hw) + hw.point_overhead_s for p in pts)
-    return len(pts), secs
+    return len(pts), points_cost(unit, pts, hw)
+
+
+def sweep_seconds(stamps: list[float], gap_s: float = SWEEP_GAP_S) -> float:
+    """Seconds a DB's sweeps spent: the gaps between consecutive measurement stamps,
+    leaving out gaps longer than `gap_s` (the host idle between two sweeps)."""
+    ts = sorted(stamps)
+    return float(sum(b - a for a, b in zip(ts, ts[1:]) if 0 <= b - a <= gap_s))
+
+
+def calibrate_cpu(stores: list, hw: Hardware | None = None) -> tuple[Hardware, dict]:
+    """`hw` (default: HARDWARE["cpu"]) with its per-point overhead set so that the cost
+    model gives the seconds the sweeps recorded in `stores` (dooly.db Stores, opened
+    read-only) took: (active seconds - the model's timed runs) / points. Calibration
+    rows of whole engine steps are not sweep points and are left out."""
+    hw = hw or HARDWARE["cpu"]
+    points, active, timed = 0, 0.0, 0.0
+    for store in stores:
+        units = {u.key: u for u in store.units() if u.op != "engine.step"}
+        for env in store.find_environment(device_kind="cpu"):
+            rows = [m for m in store.measurements(env_key=env.key, status=None) if m.unit_key in units]
+            points += len(rows)
+            active += sweep_seconds([m.timestamp for m in rows])
+            timed += sum(hw.passes * hw.repeats * point_seconds(units[m.unit_key], m.point, hw)
+                         for m in rows)
+    if not points:
+        raise ValueError("stores: no CPU sweep points to calibrate from")
+    overhead = max((active - timed) / points, 0.0)
+    out = Hardware(hw.name, hw.peak_flops, hw.bandwidth, hw.launch_s, round(overhead, 4), hw.repeats,
+                   hw.passes, f"roofline + a per-point overhead calibrated from {points} points "
+                              f"({active:.0f} s) of real sweeps")
+    return out, {"points": points, "active_s": round(active, 1), "point_overhead_s": round(overhead, 4)}
 
 
 def get_hardware(name: str) -> Hardware:

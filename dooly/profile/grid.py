@@ -113,3 +113,65 @@ def point_values(point: dict) -> dict:
         v.update(T=1, B=1, Q=1)
     v.setdefault("C", 0)
     return v
+
+
+# -- adaptive grids -------------------------------------------------------------------
+# A unit swept in full need not be measured at every grid point: where its latency is a
+# straight line between two measured points, the points between them add nothing that
+# interpolation (what the fitted unit model does) would not give.
+COARSE_STEP = 4   # the first pass: every 4th grid point (two octaves apart) and both ends
+
+
+def adaptive_todo(xs: list[float], measured: dict, tol_pct: float,
+                  coarse_step: int = COARSE_STEP) -> list[int]:
+    """Indices into the ascending candidates `xs` to measure next, most needed first;
+    [] when the curve is resolved. `measured`: index -> latency (None for a point that
+    failed: it is never asked for again, and refines nothing).
+
+    Start coarse (every `coarse_step`-th candidate and the last); then, for each span
+    between two measured neighbours, the candidate half-way is measured and compared
+    with the straight line between them: within `tol_pct`, the span is resolved; beyond,
+    both halves are refined in turn. The spans whose parent disagreed most come first.
+    A pure function of the measurements, so a resumed sweep picks up where it stopped."""
+    if tol_pct <= 0:
+        raise ValueError(f"tol_pct: expected a positive tolerance, got {tol_pct!r}")
+    n = len(xs)
+    coarse = sorted(set(range(0, n, max(1, coarse_step))) | ({n - 1} if n else set()))
+    todo = [i for i in coarse if i not in measured]
+    if todo:
+        return todo
+    out: list[tuple[float, int]] = []
+    stack = [(a, b, float("inf")) for a, b in zip(coarse, coarse[1:])]
+    while stack:
+        i, j, parent_err = stack.pop()
+        if j - i < 2:
+            continue
+        m = (i + j) // 2
+        if m not in measured:
+            out.append((-parent_err, m))
+            continue
+        yi, yj, ym = measured.get(i), measured.get(j), measured[m]
+        if yi is None or yj is None or ym is None or ym <= 0:
+            err = float("inf")  # a failed neighbour: nothing to interpolate from
+        else:
+            line = yi + (yj - yi) * (xs[m] - xs[i]) / (xs[j] - xs[i])
+            err = abs(line - ym) / ym * 100.0
+        if err > tol_pct:
+            stack += [(i, m, err), (m, j, err)]
+    return [m for _, m in sorted(out)]
+
+
+def adaptive_points(points: list[dict], measure, tol_pct: float, key=None,
+                    coarse_step: int = COARSE_STEP) -> dict:
+    """Run `adaptive_todo` to the end over `points` ordered by `key` (default: the single
+    request value of a 1-D point): `measure(point)` -> latency (ms, or None when the point
+    failed). Returns {index into the ordered points: latency} of what was measured."""
+    key = key or (lambda p: float(next(iter(p.values()))))
+    pts = sorted(points, key=key)
+    xs = [key(p) for p in pts]
+    got: dict = {}
+    while True:
+        todo = adaptive_todo(xs, got, tol_pct, coarse_step)
+        if not todo:
+            return {i: got[i] for i in sorted(got)}
+        got[todo[0]] = measure(pts[todo[0]])

@@ -1,10 +1,46 @@
 """Plan: the units of the given models minus what the DB already holds for the
 environment, with the estimated cost of what is left. Planning against a DB also
 records each model's units and inventory in it, so `predict` can find the model
-before (or without) a sweep of it."""
+before (or without) a sweep of it.
+
+With unit families (`dooly sweep --families`) each unit is one of: measured (swept),
+family-served (its check points agree with its family; the check error is shown),
+check (a family covers it: only its check points are left to measure) or sweep (its
+grid is left). `family_plan` is the order such a sweep follows, and what the reuse
+accounting (bench/reuse_bench.py) counts: the first unit of a family that nothing
+covers yet is swept in full, every later one costs its check points."""
 from __future__ import annotations
 
-from dooly.profile.cost import get_hardware, profiling_cost
+from dooly.graph.family import family_key
+from dooly.profile.checkpoints import check_points
+from dooly.profile.cost import Hardware, get_hardware, points_cost, profiling_cost
+from dooly.profile.grid import GridLimits, points_for
+
+MODES = ("full", "check")
+
+
+def family_plan(units: list, covered=frozenset()) -> dict[str, str]:
+    """unit key -> "full" or "check", in the order given: a unit whose family is in
+    `covered` (a model exists) or has an earlier unit here (swept in full first) is
+    checked; otherwise it is swept in full."""
+    seen, out = set(covered), {}
+    for u in units:
+        fkey = family_key(u)
+        out[u.key] = "check" if fkey in seen else "full"
+        seen.add(fkey)
+    return out
+
+
+def unit_cost(unit, mode: str, hw: Hardware, lim: GridLimits = GridLimits(),
+              done=frozenset()) -> tuple[int, float]:
+    """(points, seconds) of sweeping the unit in full or measuring its check points on
+    `hw`, leaving out the points in `done` (point JSON texts already measured)."""
+    from dooly.db import point_json
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    grid = points_for(unit.driver, lim, unit.request_symbols())
+    pts = [p for p in (check_points(unit, grid) if mode == "check" else grid) if point_json(p) not in done]
+    return len(pts), points_cost(unit, pts, hw)
 
 
 def record_analysis(store, analysis) -> None:
@@ -12,7 +48,7 @@ def record_analysis(store, analysis) -> None:
     for inv in analysis.inventories:
         for e in inv.entries.values():
             store.add_unit(e.unit)
-        store.set_inventory(inv.config_hash, inv.engine, inv.model, inv.counts())
+        store.set_inventory(inv.key, inv.engine, inv.model, inv.counts())
 
 
 def plan_against_db(analysis, db_path: str, env_key: str | None, hardware: str) -> dict:
@@ -27,9 +63,81 @@ def plan_against_db(analysis, db_path: str, env_key: str | None, hardware: str) 
             env = choose_environment(store, analysis.engine, env_key, db_path)
         record_analysis(store, analysis)
         measured = store.units_measured(env.key) if env else set()
-    units = {k: e.unit for inv in analysis.inventories for k, e in inv.entries.items()}
+        units = {k: e.unit for inv in analysis.inventories for k, e in inv.entries.items()}
+        status = unit_status(store, env.key if env else None, units, hw)
     missing = sorted(k for k in units if k not in measured)
     return {"db": db_path, "env": env.key if env else None,
             "measured_units": sorted(k for k in units if k in measured),
             "missing_units": missing,
-            "remaining_cost_s": round(sum(profiling_cost(units[k], hw)[1] for k in missing), 3)}
+            "remaining_cost_s": round(sum(profiling_cost(units[k], hw)[1] for k in missing), 3),
+            "units": status,
+            "check_points": sum(v["points"] for v in status.values() if v["status"] == "check"),
+            "remaining_cost_families_s": round(sum(v["cost_s"] for v in status.values()), 3)}
+
+
+def unit_status(store, env_key: str | None, units: dict, hw: Hardware,
+                lim: GridLimits = GridLimits()) -> dict[str, dict]:
+    """Per unit, in order: {"status": measured | family-served | check | sweep, "points"
+    and "cost_s" left to measure, "check_error_pct" once judged} (see the module doc)."""
+    from dooly.db import point_json
+    from dooly.fit.family_store import check_only, load_families, stored_verdicts, verdicts
+    rows: dict[str, list] = {}
+    for m in store.measurements(env_key=env_key, status=None) if env_key else []:
+        rows.setdefault(m.unit_key, []).append(m)
+    stored = stored_verdicts(store, env_key) if env_key else {}
+    models = {}
+    if rows:
+        models, _ = load_families(store, env_key, wanted={family_key(u) for u in units.values()})
+    found = verdicts(units, rows, models, stored)
+    checked = check_only(stored, rows)
+    swept = {k for k in units if k not in checked and any(m.status == "ok" for m in rows.get(k, []))}
+    plan = family_plan([u for k, u in units.items() if k not in swept and k not in found], set(models))
+    out = {}
+    for key, unit in units.items():
+        v = found.get(key)
+        status = ("measured" if key in swept else "family-served" if v is not None and v.served
+                  else "sweep" if v is not None or plan[key] == "full" else "check")
+        n, cost = (0, 0.0) if status in ("measured", "family-served") else \
+            unit_cost(unit, "full" if status == "sweep" else "check", hw, lim,
+                      {point_json(m.point) for m in rows.get(key, [])})
+        out[key] = {"status": status, "points": n, "cost_s": round(cost, 4),
+                    "check_error_pct": None if v is None else round(v.error_pct, 3)}
+    return out
+
+
+def reuse_with_families(inventories, hw: Hardware, lim: GridLimits = GridLimits(),
+                        target_pct: float = 75.0) -> dict:
+    """Profiling cost of the inventories' models on `hw`, every point counted: each model
+    alone (`independent`), each distinct unit once (`dedup`, exact keys), and each unit
+    family swept once with its other members checked (`families`: `family_plan` over the
+    distinct units in order, as `dooly sweep --families` goes; a check that fails costs
+    the unit's whole grid, its check points included). `families_*` assume every check
+    passes; `break_even_pass_pct` is the share of checks that must pass for the
+    families' reduction to reach `target_pct`."""
+    full: dict[str, tuple[int, float]] = {}
+    units, independent, total = [], 0.0, 0
+    for inv in inventories:
+        for key, e in inv.entries.items():
+            if key not in full:
+                full[key] = unit_cost(e.unit, "full", hw, lim)
+                units.append(e.unit)
+            independent += full[key][1]
+            total += 1
+    plan = family_plan(units)
+    check = {u.key: unit_cost(u, "check", hw, lim) for u in units if plan[u.key] == "check"}
+    dedup = sum(c for _, c in full.values())
+    fam = sum(full[k][1] for k, m in plan.items() if m == "full") + sum(c for _, c in check.values())
+    gain = sum(full[k][1] - check[k][1] for k in check)   # what checks save when they pass
+    need = fam + gain - (1 - target_pct / 100) * independent   # savings the target asks of checks
+    pct = lambda x: round(100.0 * (1 - x / independent), 2) if independent else 0.0  # noqa: E731
+    return {"hardware": hw.name, "cost_model": hw.source, "total_units": total,
+            "unique_units": len(full), "families": len({family_key(u) for u in units}),
+            "checked_units": len(check), "independent_cost_s": round(independent, 3),
+            "dedup_cost_s": round(dedup, 3), "dedup_reduction_pct": pct(dedup),
+            "families_cost_s": round(fam, 3), "families_reduction_pct": pct(fam),
+            "dedup_points": sum(n for n, _ in full.values()),
+            "families_points": sum(full[k][0] for k, m in plan.items() if m == "full")
+            + sum(n for n, _ in check.values()),
+            "check_points": sum(n for n, _ in check.values()),
+            "check_savings_s": round(gain, 3),
+            "break_even_pass_pct": (round(100.0 * max(need, 0.0) / gain, 1) if gain > 0 else None)}

@@ -23,7 +23,8 @@ OP_NAMESPACES = ("vllm_ir", "_C", "vllm", "aten")
 _TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfloat16", "long",
                    "contiguous", "transpose", "permute", "unsqueeze", "squeeze", "expand", "split",
                    "chunk", "flatten", "type_as", "size", "sum", "exp", "softmax", "tanh", "sigmoid",
-                   "mul", "add", "sub", "div", "neg", "rsqrt", "sqrt", "clamp", "masked_fill", "int"}
+                   "mul", "add", "sub", "div", "neg", "rsqrt", "sqrt", "clamp", "masked_fill", "int",
+                   "masked_fill_"}  # a TP rank zeroes the rows of ids outside its vocabulary shard
 
 
 def dtype_of(name: str) -> torch.dtype:

@@ -18,7 +18,7 @@ from dooly.engines import attention_runner, environment
 from dooly.env import Environment, Measurement
 from dooly.profile.grid import GridLimits, points_for
 from dooly.profile.timing import timer_for
-from dooly.unit import Unit
+from dooly.unit import COLLECTIVE_OPS, Unit
 
 
 @dataclass
@@ -35,6 +35,8 @@ class SweepSummary:
     unit_seconds: dict[str, float] = field(default_factory=dict)
     points_rechecked_faster: int = 0
     recheck_seconds: float = 0.0
+    collective_envs: dict[int, str] = field(default_factory=dict)  # group size -> env key
+    family_served: dict[str, float] = field(default_factory=dict)  # unit key -> check error %
 
     def to_json(self) -> dict:
         return {"env_key": self.env_key, "units_measured": len(self.units_measured),
@@ -43,7 +45,9 @@ class SweepSummary:
                 "points_measured": self.points_measured, "points_failed": self.points_failed,
                 "points_rechecked_faster": self.points_rechecked_faster,
                 "seconds": round(self.seconds, 2), "recheck_seconds": round(self.recheck_seconds, 2),
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted,
+                "collective_envs": {str(k): v for k, v in self.collective_envs.items()},
+                "units_family_served": len(self.family_served)}
 
 
 def grid_for(unit: Unit, lim: GridLimits) -> list[dict]:
@@ -97,15 +101,27 @@ class Runners:
 
 def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = None,
           lim: GridLimits = GridLimits(), threads: int | None = None, progress=None,
-          recheck: bool | None = None) -> SweepSummary:
+          recheck: bool | None = None, comm: str = "engine", families: bool = False,
+          adaptive: bool = False, tolerance_pct: float = 3.0) -> SweepSummary:
     """Measure every unit of the analysed models (`analysis.engine`, `.inventories`: what
     `dooly.analyze.analyze` returns) that the DB lacks for this environment.
     `progress(unit, done, total)` is called after each point. `recheck` (default: on a
     CPU, which shares its cores with whatever else runs) times every new point again
-    after the first pass and keeps the faster median."""
+    after the first pass and keeps the faster median. Collective units (a tensor-parallel
+    analysis) are timed across a real group of processes (dooly.profile.collective_sweep;
+    `comm`: "engine" for the engine's communicator, "torch" for plain torch.distributed).
+    `families`: a unit whose family covers it is measured at check points and served by
+    the family when they agree within `tolerance_pct`; `adaptive`: a one-axis unit swept
+    in full is refined only where interpolation misses (dooly.profile.checkpoints)."""
     recheck = device == "cpu" if recheck is None else recheck
     from dooly.db import Store
     Store.ensure_writable(db_path)
+    tp = max([getattr(inv, "tp", 1) for inv in analysis.inventories] or [1])
+    if tp > 1 and threads is None and device == "cpu":
+        # a TP model's ranks share this host's cores: each computes with its share
+        from dooly.engines import default_threads
+        from dooly.parallel import rank_threads
+        threads = rank_threads(default_threads(analysis.engine, device), tp)
     env = environment(analysis.engine, device, backend, threads=threads)
     torch.set_num_threads(env.threads)
     summary = SweepSummary(env.key)
@@ -117,18 +133,29 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
             for key, e in inv.entries.items():
                 store.add_unit(e.unit)
                 units.setdefault(key, e.unit)
-            store.set_inventory(inv.config_hash, inv.engine, inv.model, inv.counts())
-        job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress)
+            store.set_inventory(inv.key, inv.engine, inv.model, inv.counts())
+        coll = {k: u for k, u in units.items() if u.op in COLLECTIVE_OPS}
+        units = {k: u for k, u in units.items() if k not in coll}
+        policy = None
+        if families or adaptive:
+            from dooly.profile.checkpoints import SweepPolicy
+            policy = SweepPolicy(store, env.key, tolerance_pct, families, adaptive)
+        job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress, policy)
         try:
             waiting = [key for key, unit in units.items() if not job.unit(key, unit)]
             while waiting:  # units other sweepers held: theirs to finish, or ours once lapsed
                 time.sleep(POLL_S)
                 waiting = [key for key in waiting if not job.unit(key, units[key], waited=True)]
+            if coll:
+                from dooly.profile.collective_sweep import sweep_collectives
+                sweep_collectives(store, coll, env, lim, summary, comm, progress)
             if recheck:
-                _recheck(store, job.runners, job.timer, [units[k] for k in summary.units_measured],
-                         env, summary)
+                _recheck(store, job.runners, job.timer,
+                         [units[k] for k in summary.units_measured if k in units], env, summary)
         except KeyboardInterrupt:
             summary.interrupted = True
+        if policy is not None:
+            summary.family_served = {k: round(v.error_pct, 3) for k, v in policy.verdicts.items() if v.served}
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -146,8 +173,11 @@ class _Job:
     timer: object
     summary: SweepSummary
     progress: object = None
+    policy: object = None   # check points and adaptive grids (dooly.profile.checkpoints)
 
     def todo(self, key: str, unit: Unit) -> list[dict]:
+        if self.policy is not None:
+            return self.policy.todo(key, unit, grid_for(unit, self.lim))
         return [p for p in grid_for(unit, self.lim) if not self.store.has_point(key, self.env.key, p)]
 
     def unit(self, key: str, unit: Unit, waited: bool = False) -> bool:
@@ -168,7 +198,10 @@ class _Job:
             if key not in s.units_measured:  # back after a lapsed lease: counted once
                 s.units_measured.append(key)
             t_unit, renewed = time.perf_counter(), time.monotonic()
-            for i, point in enumerate(todo):
+            total = len(grid_for(unit, self.lim)) if self.policy is not None else len(todo)
+            i = -1
+            while todo:  # a policy's next points depend on what was just measured
+                point, todo, i = todo[0], todo[1:], i + 1
                 if time.monotonic() - renewed > LEASE_S / 4:
                     if not store.renew(key, env.key, owner):
                         return False  # our lease lapsed and was taken over: theirs now
@@ -178,7 +211,9 @@ class _Job:
                 s.points_failed += m.status == "failed"
                 s.points_measured += m.status == "ok"
                 if self.progress:
-                    self.progress(unit, i + 1, len(todo))
+                    self.progress(unit, i + 1, max(total, i + 1))
+                if self.policy is not None:
+                    todo = self.todo(key, unit)
             s.unit_seconds[key] = time.perf_counter() - t_unit
             if key not in store.units_measured(env.key):
                 s.units_failed.append(key)

@@ -1,6 +1,9 @@
 """Sim: discrete-event simulation of vLLM V1 serving: workloads, the scheduler, the
-event loop, metrics and reports. `simulate(requests, step_time_fn, SchedulerConfig())` is
-the entry; latencies come from any `step_ms(batch)` (a `dooly.predict.Predictor`). May
+event loop, metrics and reports; for `dooly search`, SLOs and goodput by bisection
+(`slo`, `watch`, `goodput`), candidates and their `vllm serve` flags (`candidates`), step
+times drawn within stated errors (`intervals`, `steps`) and the search's reports.
+`simulate(requests, step_time_fn, SchedulerConfig())` is the entry; latencies come from
+any `step_ms(batch)` (a `dooly.predict.Predictor`). May
 import: numpy, matplotlib and rich (reports), dooly.errors; nothing else of Dooly (it
 takes the step model as a function)."""
 from dooly.sim.metrics import RequestMetrics, Summary, request_metrics, summarize

@@ -11,6 +11,7 @@ from dooly.sim.scheduler import ScheduledSeq, Scheduler, SchedulerConfig, SeqSta
 from dooly.sim.workload import Request
 
 StepTimeFn = Callable[[list[ScheduledSeq]], float]
+STOP_EVERY = 32   # steps between two questions to simulate's `stop`
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,12 @@ def _check_fits(requests: Sequence[Request], cfg: SchedulerConfig) -> None:
 
 
 def simulate(requests: Sequence[Request], step_time_fn: StepTimeFn,
-             sched_cfg: SchedulerConfig | None = None) -> SimResult:
+             sched_cfg: SchedulerConfig | None = None,
+             stop: Callable[[float, list[SeqState]], bool] | None = None) -> SimResult:
     """Run `requests` to completion. `step_time_fn(batch)` returns a whole engine step's
-    milliseconds (e.g. `Predictor.step_ms`)."""
+    milliseconds (e.g. `Predictor.step_ms`). `stop(t, states)`, asked every STOP_EVERY
+    steps, may end the run early (a search probe whose verdict is already sure); the
+    result's `info["stopped_s"]` then says when, and unfinished requests have fewer tokens."""
     cfg = sched_cfg or SchedulerConfig()
     _check_fits(requests, cfg)
     pending = sorted(requests, key=lambda r: r.arrival_s)
@@ -73,6 +77,7 @@ def simulate(requests: Sequence[Request], step_time_fn: StepTimeFn,
     sched = Scheduler(cfg)
     ends, durations, nseqs, ntoks = [], [], [], []
     t, nxt, total = 0.0, 0, len(states)
+    info: dict = {}
     while nxt < total or sched.has_work():
         while nxt < total and pending[nxt].arrival_s <= t:
             sched.add(states[nxt])
@@ -87,6 +92,9 @@ def simulate(requests: Sequence[Request], step_time_fn: StepTimeFn,
                 continue
             raise RuntimeError(f"scheduler stalled with {len(sched.waiting)} waiting and "
                                f"{len(sched.running)} running requests")
+        if stop is not None and len(ends) % STOP_EVERY == 0 and ends and stop(t, states):
+            info["stopped_s"] = t
+            break
         ms = float(step_time_fn(batch))
         if not ms >= 0:
             raise ValueError(f"step time must be >= 0 ms, got {ms} for a batch of "
@@ -103,4 +111,4 @@ def simulate(requests: Sequence[Request], step_time_fn: StepTimeFn,
     records.sort(key=lambda r: r.rid)
     return SimResult(records, np.asarray(ends), np.asarray(durations),
                      np.asarray(nseqs, dtype=np.int64), np.asarray(ntoks, dtype=np.int64),
-                     sched.num_preemptions, cfg)
+                     sched.num_preemptions, cfg, info)

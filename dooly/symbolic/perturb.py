@@ -61,9 +61,11 @@ def candidates(fields: list[str]) -> list[sympy.Expr]:
 
 
 class FieldMatcher:
-    """Maps (value in the original capture, value in the perturbed one) to fields."""
+    """Maps (value in the original capture, value in the perturbed one) to fields. With
+    `tp` > 1 (both captures one rank of a tensor-parallel group) a dim may also be an
+    expression's shard, its value divided by `tp`."""
 
-    def __init__(self, raw: dict):
+    def __init__(self, raw: dict, tp: int = 1):
         self.orig = field_values(raw)
         self.pert = {f: v * FACTORS[f] for f, v in self.orig.items()}
         exprs = candidates(sorted(self.orig))
@@ -75,9 +77,12 @@ class FieldMatcher:
             vo, vp = sympy.sympify(e.xreplace(so)), sympy.sympify(e.xreplace(sp))
             if not (vo.is_integer and vp.is_integer):
                 continue
-            key = (int(vo), int(vp))
-            if key[0] != key[1] and key not in self._table:
-                self._table[key] = tuple(sorted(config_field(x) for x in e.free_symbols))
+            names = tuple(sorted(config_field(x) for x in e.free_symbols))
+            for key in ((int(vo), int(vp)), (int(vo) // tp, int(vp) // tp)):
+                if key[0] != key[1] and key not in self._table:
+                    self._table[key] = names
+                if tp == 1 or int(vo) % tp or int(vp) % tp:
+                    break  # a shard only of what the group divides evenly
 
     def fields(self, original: int, perturbed: int) -> tuple[str, ...]:
         return self._table.get((int(original), int(perturbed)), ())

@@ -1,0 +1,270 @@
+"""Tensor-parallel accuracy against real vLLM (CPU): Dooly's TP=N prediction of whole engine
+steps, and of TTFT/TPOT on Poisson workloads, beside the same figures at TP=1, and the
+TP=1 vs TP=N winner at two loads, judged on the real engine.
+
+    python bench/accuracy_tp.py --db out/tp.db --json out/tp.json        # builds what it needs
+        [--models qwen0.5b,qwen3-0.6b] [--tp 2] [--quick] [--real-runs 1] [--no-serve]
+        [--rates qwen0.5b=0.2:0.8] [--real-from PATH] [--resume]
+
+The DB: every model swept and calibrated at TP=1 as bench/accuracy_batch.py does, then
+swept at --tp N (`dooly sweep --tp N`: one rank's shards in the ranks' environment, on a
+CPU the host's cores split between the ranks; the collectives timed across N processes
+with vLLM's own communicator), fitted, and calibrated at TP=1 in the ranks' environment
+(one rank's cores, VLLM_CPU_OMP_THREADS_BIND): that engine-step model stands for a rank's
+runner beyond its units. Leave one model out, as at TP=1: a model's own calibration steps
+never score it. The real side: vLLM with tensor_parallel_size N, dummy weights, each rank
+bound to its own cores (dooly.engines.vllm_tp_probe), the batches of accuracy_batch.py
+(prefill, decode, mixed) and, unless --no-serve, accuracy_e2e.py's Poisson workloads at a
+low and a high rate for TP=1 and TP=N. A model's attention heads must split N ways
+(SmolLM2-135M's 9 heads do not: vLLM refuses it at TP=2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, items, keep, mape,  # noqa: E402
+                            model_out_predictor, prepare_db)
+from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
+                          sim_latencies, workload)
+
+DEFAULT_MODELS = "qwen0.5b,qwen3-0.6b"
+
+
+def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=print) -> None:
+    """TP=N sweep and fit of every model, then its real TP=N calibration steps."""
+    from dooly.cli import main as dooly
+    from dooly.config import load_config
+    from dooly.db import Store
+    from dooly.engines import default_threads, environment
+    from dooly.graph.units import inventory_key
+    from dooly.parallel import rank_threads
+    from dooly.profile.calibrate import calibrated_models
+    from dooly.profile.calibrate_tp import calibrate_tp
+    tok, batch, ctx = limits
+    for n in names:
+        t0 = time.perf_counter()
+        if dooly(["sweep", str(MODELS[n]), "--db", db, "--tp", str(tp), "--max-tokens", str(tok),
+                  "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress"]) != 0:
+            raise SystemExit(f"sweep --tp {tp} of {n} failed")
+        log(f"  swept {n} at TP={tp} in {time.perf_counter() - t0:.0f} s")
+    if dooly(["fit", "--db", db]) != 0:
+        raise SystemExit("dooly fit failed")
+    env = environment("vllm", "cpu", threads=rank_threads(default_threads("vllm", "cpu"), tp))
+    with Store.open(db) as store:
+        done = calibrated_models(store, env.key)
+    for n in names:
+        if inventory_key(load_config(MODELS[n]).hash, tp) in done:
+            continue
+        t0 = time.perf_counter()
+        r = calibrate_tp(str(MODELS[n]), db, tp, BUDGET, MAX_SEQS, kv_gib=kv_gib)
+        log(f"  calibrated {n} at TP={tp}, ranks on cores {r['bind']}: {r['steps']} steps in "
+            f"{time.perf_counter() - t0:.0f} s (env {r['env_key']})")
+
+
+def tp_predictor(name: str, db: str, tp: int, names: list[str]):
+    """The TP=N predictor whose engine-step model never saw this model's steps (its own
+    steps when it is the only model calibrated)."""
+    from dooly.config import load_config
+    from dooly.predict import Predictor
+    if tp == 1:
+        return model_out_predictor(name, db, exclude_self=len(names) > 1)
+    from dooly.graph.units import inventory_key
+    own = inventory_key(load_config(MODELS[name]).hash, tp)   # how the pool names its TP steps
+    return Predictor.load(str(MODELS[name]), db, "vllm", tp=tp, exclude=[own] if len(names) > 1 else [],
+                          step_model="pool" if len(names) > 1 else "model")
+
+
+def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
+    """--real-runs results of one job (saved to --raw as each ends; --resume reuses them)."""
+    from dooly.engines.vllm_tp_probe import run_child
+    key = f"{name}@tp{tp}:{job['mode']}"
+    src = args.real_from or (args.raw if args.resume else None)
+    saved = json.loads(Path(src).read_text()) if src and Path(src).exists() else {}
+    runs = saved.get(key, {}).get("runs", []) if saved.get(key, {}).get("job") == job else []
+    if args.real_from:
+        if not runs:
+            raise SystemExit(f"--real-from {args.real_from}: no runs of {key} for this job")
+        return runs
+    while len(runs) < args.real_runs:
+        t0 = time.perf_counter()
+        runs.append(run_child(dict(job, config=str(MODELS[name]), tp=tp, kv_gib=args.kv_gib)))
+        saved[key] = {"job": job, "runs": runs}
+        Path(args.raw).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.raw).write_text(json.dumps(saved))
+        log(f"[{name}] TP={tp} real {job['mode']} run {len(runs)} in {time.perf_counter() - t0:.0f} s")
+    return runs[:args.real_runs]
+
+
+def score_steps(runs: list[dict], pred) -> dict:
+    """Per set: whole-step MAPE, the units alone, and the median predicted/real ratio."""
+    steps = [s for r in runs for s in r["steps"] if keep(s["set"][0], s["batch"])]
+    fig: dict = {}
+    for set_name in SETS:
+        rows = [s for s in steps if s["set"][0] == set_name]
+        if not rows:
+            continue
+        preds = [pred.predict(s["batch"]) for s in rows]
+        fig[f"mape_{set_name}_pct"] = mape((p.step_ms, s["ms"]) for p, s in zip(preds, rows))
+        fig[f"units_only_{set_name}_pct"] = mape((p.units_ms, s["ms"]) for p, s in zip(preds, rows))
+        fig[f"ratio_{set_name}"] = statistics.median(p.step_ms / s["ms"] for p, s in zip(preds, rows))
+        coll = [sum(ms for k, ms in p.breakdown.items() if pred.units[k].op.startswith("vllm.all_"))
+                for p in preds]
+        fig[f"collective_share_{set_name}_pct"] = 100 * statistics.median(
+            c / p.step_ms for c, p in zip(coll, preds) if p.step_ms > 0)
+        fig[f"n_{set_name}"] = len(rows)
+    return fig
+
+
+def score_serve(loads: dict, runs: list[dict], pred) -> dict:
+    """Per load: real and simulated TTFT/TPOT percentiles and mean E2E (ms)."""
+    fig: dict = {}
+    for i, (ld, reqs) in enumerate(loads.items()):
+        settings = runs[0]["settings"]
+        sim, _ = sim_latencies(reqs, pred, settings)
+        reals = [real_latencies(reqs, r["results"][i]["token_times"]) for r in runs]
+        for metric in ("ttft", "tpot"):
+            s, rs = pct(sim[metric]), [pct(r[metric]) for r in reals]
+            for p in PCTS:
+                fig[f"{ld}.{metric}_{p}_real_ms"] = statistics.fmean(r[p] for r in rs)
+                fig[f"{ld}.{metric}_{p}_sim_ms"] = s[p]
+        outs = [r.output_len for r in reqs]
+        e2e = lambda lat: statistics.fmean(t + (o - 1) * d for t, d, o in zip(  # noqa: E731
+            lat["ttft"], lat["tpot"] + [0.0] * len(outs), outs))
+        fig[f"{ld}.e2e_mean_real_ms"] = statistics.fmean(e2e(r) for r in reals)
+        fig[f"{ld}.e2e_mean_sim_ms"] = e2e(sim)
+    return fig
+
+
+def print_steps(name: str, tp: int, figs: dict) -> None:
+    print(f"[{name}] per-batch, leave one model out      " + "   ".join(f"TP={t:<28d}" for t in figs))
+    for set_name in SETS:
+        cells = []
+        for t, f in figs.items():
+            if f"mape_{set_name}_pct" not in f:
+                cells.append(f"{'-':31s}")
+                continue
+            cells.append(f"MAPE {f[f'mape_{set_name}_pct']:5.1f}% units {f[f'units_only_{set_name}_pct']:5.1f}% "
+                         f"x{f[f'ratio_{set_name}']:.2f}")
+        print(f"  {set_name:8s} " + "   ".join(cells))
+    if f"collective_share_decode_pct" in figs.get(tp, {}):
+        print(f"  collectives: {figs[tp]['collective_share_decode_pct']:.0f}% of a predicted TP={tp} decode step")
+
+
+def winner(figs: dict, loads) -> dict:
+    """Per load: the TP with the lower mean E2E, on the real engine and in Dooly."""
+    out = {}
+    for ld in loads:
+        real_w = min(figs, key=lambda t: figs[t][f"{ld}.e2e_mean_real_ms"])
+        sim_w = min(figs, key=lambda t: figs[t][f"{ld}.e2e_mean_sim_ms"])
+        out[ld] = {"real": real_w, "dooly": sim_w, "agree": real_w == sim_w}
+        print(f"  {ld} load: real vLLM faster at TP={real_w}, Dooly says TP={sim_w} "
+              f"({'agrees' if real_w == sim_w else 'DISAGREES'}); mean E2E real / sim: " + ", ".join(
+                  f"TP={t} {figs[t][f'{ld}.e2e_mean_real_ms']:.0f} / {figs[t][f'{ld}.e2e_mean_sim_ms']:.0f} ms"
+                  for t in figs))
+    return out
+
+
+def serve(name: str, tp: int, args, result: dict) -> None:
+    pred1 = tp_predictor(name, args.db, 1, args.names)
+    rates = args.rates.get(name)
+    if rates is None:   # 0.4x and 1.3x the TP=1 capacity the simulator predicts
+        cap = capacity(workload(args.trace, args.num_requests, 1.0, 0), pred1)
+        rates = (float(f"{0.4 * cap:.3g}"), float(f"{1.3 * cap:.3g}"))
+    loads = {ld: workload(args.trace, args.num_requests, r, 0) for ld, r in zip(("low", "high"), rates)}
+    job = {"mode": "serve", "budget": SERVING["budget"], "max_num_seqs": SERVING["max_num_seqs"],
+           "workloads": [{"name": k, "requests": as_jobs(v)} for k, v in loads.items()]}
+    from dooly.parallel import kv_cache_blocks
+    figs = {}
+    for t, p in ((1, pred1), (tp, tp_predictor(name, args.db, tp, args.names))):
+        runs = real(name, t, job, args)
+        figs[t] = score_serve(loads, runs, p)
+        st = runs[0]["settings"]
+        # the KV capacity of t devices: vLLM's blocks against Dooly's from the (shard) units
+        figs[t]["kv_blocks_real"] = st.get("num_gpu_blocks")
+        figs[t]["kv_blocks_dooly"] = kv_cache_blocks(p.units, p.counts, args.kv_gib, st["block_size"])
+    print(f"[{name}] serving at {rates[0]:g} and {rates[1]:g} req/s ({args.num_requests} requests):")
+    for t, f in figs.items():
+        print(f"  TP={t}: KV blocks vLLM {f['kv_blocks_real']}, Dooly {f['kv_blocks_dooly']} "
+              f"({args.kv_gib:g} GiB per rank); " + "; ".join(f"{ld} TTFT p50 real {f[f'{ld}.ttft_p50_real_ms']:.0f} sim "
+                                      f"{f[f'{ld}.ttft_p50_sim_ms']:.0f} ms, TPOT p50 real "
+                                      f"{f[f'{ld}.tpot_p50_real_ms']:.1f} sim {f[f'{ld}.tpot_p50_sim_ms']:.1f} ms"
+                                      for ld in loads))
+        result.update({f"{name}.tp{t}.serve.{k}": v for k, v in f.items()})
+    result[f"{name}.winner"] = winner(figs, loads)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=DEFAULT_MODELS)
+    ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--db", default=str(ROOT / "out" / "accuracy_tp.db"))
+    ap.add_argument("--quick", action="store_true", help="small sweep limits, fewer batches, 20 requests")
+    ap.add_argument("--real-runs", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1, help="passes over the batches within one real run")
+    ap.add_argument("--kv-gib", type=float, default=1.0, help="VLLM_CPU_KVCACHE_SPACE of each rank")
+    ap.add_argument("--no-serve", action="store_true", help="per-batch figures only")
+    ap.add_argument("--rates", default="", help="per model low:high req/s, e.g. qwen0.5b=0.2:0.8")
+    ap.add_argument("--trace", default=str(DEFAULT_TRACE))
+    ap.add_argument("--num-requests", type=int, default=40)
+    ap.add_argument("--real-from", help="replay saved real runs (no vLLM run)")
+    ap.add_argument("--raw", help="where real runs are saved (default: beside --json)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--json", dest="json_path")
+    args = ap.parse_args(argv)
+    args.names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.names or any(n not in MODELS for n in args.names):
+        ap.error(f"--models: choose from {', '.join(MODELS)}")
+    from dooly.config import load_config
+    from dooly.errors import DoolyInputError
+    from dooly.parallel import check_tp
+    for n in args.names:
+        try:
+            check_tp(load_config(MODELS[n]), args.tp)
+        except DoolyInputError as err:
+            ap.error(f"{n}: {err}")
+    args.rates = {k.strip(): tuple(float(x) for x in v.split(":")) for k, _, v in
+                  (p.partition("=") for p in args.rates.split(",") if p.strip())}
+    if args.quick:
+        args.num_requests = min(args.num_requests, 20)
+    args.raw = args.raw or str(Path(args.json_path or ROOT / "out" / "accuracy_tp.json").with_suffix(".raw.json"))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    limits = LIMITS["quick" if args.quick else "full"]
+    prepare_db(args.names, args.db, limits)
+    prepare_tp(args.names, args.db, limits, args.tp, args.kv_gib)
+    its = items(args.quick)
+    result: dict = {"models": args.names, "tp": args.tp, "protocol": "leave-one-model-out"}
+    for n in args.names:
+        job = {"mode": "steps", "budget": BUDGET, "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats}
+        figs = {t: score_steps(real(n, t, job, args), tp_predictor(n, args.db, t, args.names))
+                for t in (1, args.tp)}
+        print_steps(n, args.tp, figs)
+        for t, f in figs.items():
+            result.update({f"{n}.tp{t}.{k}": v for k, v in f.items()})
+        if not args.no_serve:
+            serve(n, args.tp, args, result)
+    for t in (1, args.tp):
+        for s in SETS:
+            vals = [result[f"{n}.tp{t}.mape_{s}_pct"] for n in args.names if f"{n}.tp{t}.mape_{s}_pct" in result]
+            result[f"tp{t}.mape_{s}_pct"] = max(vals) if vals else None
+    print("\nworst model per set: " + "; ".join(
+        f"TP={t}: " + ", ".join(f"{s} {result[f'tp{t}.mape_{s}_pct']:.1f}%" for s in SETS
+                                if result[f"tp{t}.mape_{s}_pct"] is not None) for t in (1, args.tp))
+        + " (first target at TP=2: at most 8% per set)")
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

