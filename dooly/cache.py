@@ -3,13 +3,14 @@
 A capture is the expensive part of `analyze` (engine imports, Dynamo, a second capture at
 perturbed values). What it yields, the inventory, is plain JSON, keyed here by everything
 that can change it: the config's hash, the engine and its version, Dooly's version, the
-tensor-parallel size and whether config fields were named. One file per key under
+tensor-parallel size, whether config fields were named, and a hash of the capture code. One file per key under
 $XDG_CACHE_HOME/dooly/captures (default ~/.cache/dooly/captures), written atomically; a
 file that does not parse, or whose key or units disagree with what it claims, is ignored
 and recaptured. Nothing read here is ever executed. Engine versions come from package
 metadata, so a cache hit never imports torch, vLLM or transformers."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -38,9 +39,21 @@ def installed_version(engine: str) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the code that turns a config into an inventory, so a checkout whose capture
+    code changed (the version string need not) never reads an older inventory."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted([*root.glob("graph/*.py"), *root.glob("engines/*.py"), *root.glob("symbolic/*.py"),
+                     root / "unit.py", root / "inventory.py", root / "config.py", root / "analyze.py"]):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def capture_key(config_hash: str, engine: str, tp: int = 1, fields: bool = True) -> str:
     ident = {"config": config_hash, "engine": engine, "engine_version": installed_version(engine),
-             "dooly": __version__, "tp": tp, "fields": fields}
+             "dooly": __version__, "code": code_fingerprint(), "tp": tp, "fields": fields}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 

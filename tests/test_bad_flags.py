@@ -114,7 +114,7 @@ def test_verbose_is_accepted_before_and_after_the_command(tmp_path, capsys):
 @pytest.mark.slow
 def test_normal_path_prints_no_library_noise_and_verbose_shows_it(tmp_path):
     def run(*extra):
-        return subprocess.run([sys.executable, "-m", "dooly.cli", *extra, "analyze", SMOL, "--quiet"],
+        return subprocess.run([sys.executable, "-m", "dooly.cli", *extra, "analyze", SMOL, "--quiet", "--no-cache"],
                               cwd=ROOT, capture_output=True, text=True, timeout=600)
     quiet = run()
     assert quiet.returncode == 0 and quiet.stderr == ""

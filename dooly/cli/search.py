@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from dooly.cli.flags import int_range, positive_float
-from dooly.cli.sim import _length, _reasons
+from dooly.cli.sim import _length, served_workload
 from dooly.errors import DoolyInputError
 
 FIXED = ("max_num_batched_tokens", "max_num_seqs", "block_size", "num_blocks",
@@ -103,17 +103,13 @@ def _models(args):
 
 
 def _workload(args):
-    from dooly.sim.workload import WorkloadSpec, load_workload
+    from dooly.sim.workload import WorkloadSpec
     try:
         spec = WorkloadSpec(args.workload, 1.0, args.arrival, args.cv, args.seed, args.num_requests,
                             args.max_model_len, args.prompt_len, args.output_len)
     except ValueError as err:
         raise DoolyInputError("dooly search", str(err)) from None
-    wl = load_workload(spec)
-    if not wl.requests:
-        raise DoolyInputError(args.workload, f"every request is rejected, as vLLM would: "
-                              f"{_reasons(wl.rejected)} (max_model_len {args.max_model_len})")
-    return wl
+    return served_workload(spec, args.workload, args.max_model_len)
 
 
 def _environments(args, cfgs, env_keys, tps) -> dict[str, str]:

@@ -133,7 +133,7 @@ def run(args) -> int:
     from dooly.sim.report import print_summary
     from dooly.sim.scheduler import SchedulerConfig
     from dooly.sim.simulator import simulate
-    from dooly.sim.workload import WorkloadSpec, load_workload
+    from dooly.sim.workload import WorkloadSpec
 
     cfg = load_config(args.config)  # config and flags first, then the workload, then the DB
     if args.max_model_len is None:
@@ -154,10 +154,7 @@ def run(args) -> int:
                             args.output_len)
     except ValueError as err:
         raise DoolyInputError("dooly simulate", str(err)) from None
-    workload = load_workload(spec)
-    if not workload.requests:
-        raise DoolyInputError(args.workload, f"every request is rejected, as vLLM would: "
-                              f"{_reasons(workload.rejected)} (max_model_len {args.max_model_len})")
+    workload = served_workload(spec, args.workload, args.max_model_len)
     step_ms = _latency_model(args)
     if args.kv_cache_gib is not None:  # sized from the model's (shard) attention units
         sched = dataclasses.replace(sched, num_blocks=args.num_blocks)
@@ -184,6 +181,16 @@ def run(args) -> int:
               "as vLLM stops them (finish reason 'length')")
     _write(args, summary, per, extra)
     return 0
+
+
+def served_workload(spec, path: str, max_model_len):
+    """The workload, or one line naming the file when vLLM would reject every request."""
+    from dooly.sim.workload import load_workload
+    workload = load_workload(spec)
+    if not workload.requests:
+        raise DoolyInputError(path, f"every request is rejected, as vLLM would: "
+                              f"{_reasons(workload.rejected)} (max_model_len {max_model_len})")
+    return workload
 
 
 def _reasons(rejected) -> str:

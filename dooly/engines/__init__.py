@@ -93,6 +93,9 @@ def engine_version(engine: str) -> str:
     if check_engine(engine) == "vllm":
         set_vllm_environ()
         import vllm
+        # registers torch.ops.vllm_ir.*: a sweep of an analysis served from the capture
+        # cache never imported vLLM's model code, which otherwise registers them
+        import vllm.ir  # noqa: F401
         return vllm.__version__
     import transformers
     return transformers.__version__
