@@ -99,13 +99,13 @@ def ray_sweep(analysis, db_path: str, device: str = "cpu", backend: str | None =
 def _units(store, env: Environment, analysis, summary) -> dict[str, Unit]:
     """The units to measure, recorded in the DB with the inventories as `sweep` records
     them. Collective units need a process group on one host: they are left to `sweep`."""
+    from dooly.profile.plan import record_analysis
     store.add_environment(env)
+    record_analysis(store, analysis)
     units: dict[str, Unit] = {}
     for inv in analysis.inventories:
         for key, e in inv.entries.items():
-            store.add_unit(e.unit)
             units.setdefault(key, e.unit)
-        store.set_inventory(getattr(inv, "key", inv.config_hash), inv.engine, inv.model, inv.counts())
     summary.units_collective = sorted(k for k, u in units.items() if u.op in COLLECTIVE_OPS)
     return {k: u for k, u in units.items() if u.op not in COLLECTIVE_OPS}
 

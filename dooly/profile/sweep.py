@@ -17,6 +17,7 @@ from dooly.db.leases import LEASE_S, lease_owner
 from dooly.engines import attention_runner, environment
 from dooly.env import Environment, Measurement
 from dooly.profile.grid import GridLimits, points_for
+from dooly.profile.plan import record_analysis
 from dooly.profile.timing import timer_for
 from dooly.unit import COLLECTIVE_OPS, Unit
 
@@ -128,12 +129,11 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
     t0 = time.perf_counter()
     with Store.open(db_path) as store:
         store.add_environment(env)
+        record_analysis(store, analysis)
         units: dict[str, Unit] = {}
         for inv in analysis.inventories:
             for key, e in inv.entries.items():
-                store.add_unit(e.unit)
                 units.setdefault(key, e.unit)
-            store.set_inventory(inv.key, inv.engine, inv.model, inv.counts())
         coll = {k: u for k, u in units.items() if u.op in COLLECTIVE_OPS}
         units = {k: u for k, u in units.items() if k not in coll}
         policy = None
