@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flatjson  # noqa: E402
 CONFIGS = ROOT / "fixtures" / "configs"
 MODELS = {"smollm2": CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json",
           "qwen0.5b": CONFIGS / "Qwen__Qwen2.5-0.5B.json",
@@ -444,17 +446,14 @@ def main(argv=None) -> int:
             pred = model_out_predictor(n, fdb)
             pred.set_serving(BUDGET, MAX_SEQS)
             fig = score(n, runs[n], pred)
-            print_side_by_side(n, {k.split(".", 1)[1]: v for k, v in result.items() if k.startswith(f"{n}.")},
+            print_side_by_side(n, {k[len(n) + 1:]: v for k, v in result.items() if k.startswith(f"{n}.")},
                                fig, pred)
             result.update({f"families.{n}.{k}": v for k, v in fig.items()})
             result[f"families.{n}.units_family_served"] = sum(v == "family" for v in pred.fallback.values())
     if args.breakdown:
         for n in names:
             result.update(breakdown(n, its, args))
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
-                                                    for k, v in result.items()}, indent=1))
+    flatjson.write(args.json_path, result)
     return 0
 
 

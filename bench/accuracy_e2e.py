@@ -18,6 +18,11 @@ the sim-vs-real error. The DB is built as bench/accuracy_batch.py builds it. Err
 |sim - real| / real per percentile (averaged over the real runs); MAPE is the mean over
 p50/p90/p99. --json: flat `ttft_mape_pct` and `tpot_mape_pct` (the worst over models and
 loads), `<load>.ttft_mape_pct`, `<model>.<load>.*` and `noise_*` keys.
+The real engine serves inside the sweep's limits (its token budget and sequence cap never
+above the swept tokens and batch: 1024/64, --quick 512/32). Error bands (--draws N, as
+`dooly simulate --intervals`): the simulation is run again N times with step times drawn
+within the predictor's stated errors, and each real percentile is checked against its
+90% band; `band_coverage_pct` is the share of TTFT/TPOT p50/p90/p99 inside their bands.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flatjson  # noqa: E402
 from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db  # noqa: E402
 
 DEFAULT_TRACE = ROOT / "fixtures" / "traces" / "splitwise_conv.csv"
@@ -38,6 +44,13 @@ DEFAULT_TRACE = ROOT / "fixtures" / "traces" / "splitwise_conv.csv"
 LOADS = {"low": 0.4, "high": 1.3}
 PCTS = ("p50", "p90", "p99")
 SERVING = {"budget": 2048, "max_num_seqs": 64}
+
+
+def serving(limits: tuple[int, int, int]) -> dict:
+    """The real engine's settings inside the sweep's (tokens, batch, context) limits: no
+    step holds more tokens or sequences than the units were swept at."""
+    tok, batch, _ = limits
+    return {"budget": min(SERVING["budget"], tok), "max_num_seqs": min(SERVING["max_num_seqs"], batch)}
 
 
 def workload(trace: str, n: int, rate: float, seed: int, pclip=(32, 256), oclip=(8, 32)):
@@ -67,13 +80,8 @@ def real_latencies(reqs, token_times: dict) -> dict:
 
 
 def sim_latencies(reqs, pred, settings: dict) -> tuple[dict, object]:
-    from dooly.sim import SchedulerConfig, request_metrics, simulate
-    cfg = SchedulerConfig(max_num_batched_tokens=settings["max_num_batched_tokens"],
-                          max_num_seqs=settings["max_num_seqs"], block_size=settings["block_size"],
-                          num_blocks=settings.get("num_gpu_blocks"),
-                          long_prefill_token_threshold=settings.get("long_prefill_token_threshold", 0),
-                          max_model_len=settings.get("max_model_len", 4096))
-    res = simulate(reqs, pred.step_ms, cfg)
+    from dooly.sim import request_metrics, simulate
+    res = simulate(reqs, pred.step_ms, sched_config(settings))
     per = [request_metrics(r) for r in res.requests]
     return {"ttft": [m.ttft_ms for m in per], "tpot": [m.tpot_ms for m in per if m.output_len > 1]}, res
 
@@ -99,7 +107,7 @@ def saved_rates(args, name) -> tuple | None:
 def serve_real(name, loads, rates, args, log=print) -> dict:
     """{"runs": [{"settings", "results": [per load]}]}, saved to args.raw after each run."""
     from dooly.engines.vllm_probe import run_child
-    key = {"loads": {k: as_jobs(v) for k, v in loads.items()}, "serving": SERVING}
+    key = {"loads": {k: as_jobs(v) for k, v in loads.items()}, "serving": args.serving}
     if args.real_from:
         saved = json.loads(Path(args.real_from).read_text()).get(name)
         if saved is None or saved["key"] != key:
@@ -110,7 +118,7 @@ def serve_real(name, loads, rates, args, log=print) -> dict:
     runs = allsaved.get(name, {}).get("runs", []) if allsaved.get(name, {}).get("key") == key else []
     while len(runs) < args.real_runs:
         t0 = time.perf_counter()
-        res = run_child({"mode": "serve", "config": str(MODELS[name]), **SERVING,
+        res = run_child({"mode": "serve", "config": str(MODELS[name]), **args.serving,
                          "workloads": [{"name": k, "requests": v} for k, v in key["loads"].items()]})
         runs.append(dict(res, started=time.strftime("%H:%M:%S")))
         allsaved[name] = {"key": key, "runs": runs, "rates": list(rates)}
@@ -119,6 +127,36 @@ def serve_real(name, loads, rates, args, log=print) -> dict:
         log(f"[{name}] real run {len(runs)}: " + ", ".join(f"{r['name']} {r['wall_s']:.0f} s" for r in res["results"])
             + f" ({time.perf_counter() - t0:.0f} s with start-up)")
     return {"key": key, "runs": runs[:args.real_runs]}
+
+
+def sched_config(settings: dict):
+    from dooly.sim import SchedulerConfig
+    return SchedulerConfig(max_num_batched_tokens=settings["max_num_batched_tokens"],
+                           max_num_seqs=settings["max_num_seqs"], block_size=settings["block_size"],
+                           num_blocks=settings.get("num_gpu_blocks"),
+                           long_prefill_token_threshold=settings.get("long_prefill_token_threshold", 0),
+                           max_model_len=settings.get("max_model_len", 4096))
+
+
+def band_coverage(reqs, pred, settings: dict, fig: dict, unc, draws: int, seed: int) -> dict:
+    """Each real percentile (the mean over the real runs) against the 90% band of `draws`
+    simulations with step times drawn within the predictor's stated errors."""
+    from dooly.sim.intervals import run_draws, summary_bands
+    bands = summary_bands(run_draws(reqs, pred.predict, unc, sched_config(settings), draws, seed))
+    out, inside, width = {}, [], []
+    for metric in ("ttft", "tpot"):
+        for p in PCTS:
+            lo, hi = bands[f"{metric}_ms"][p]["lo"], bands[f"{metric}_ms"][p]["hi"]
+            real = fig[f"{metric}_{p}_real_ms"]
+            out[f"{metric}_{p}_band_lo_ms"], out[f"{metric}_{p}_band_hi_ms"] = lo, hi
+            inside.append(lo <= real <= hi)
+            out[f"{metric}_{p}_in_band"] = inside[-1]
+            width.append(200.0 * (hi - lo) / (hi + lo) if hi + lo > 0 else 0.0)
+    # a band so wide it always covers says nothing: its width beside the coverage
+    out["band_coverage_pct"] = 100.0 * sum(inside) / len(inside)
+    out["band_width_pct"] = statistics.fmean(width)
+    out["band_step_error_pct"], out["band_step_error_source"] = unc.step_pct, unc.step_source
+    return out
 
 
 def score_load(reqs, real_runs: list[dict], pred) -> dict:
@@ -161,13 +199,21 @@ def print_load(name, load, rate, fig) -> None:
                   f"{fig[f'{metric}_{p}_err_pct']:8.1f} {'-' if n is None else f'{n:.1f}':>15s}")
     print(f"  => TTFT MAPE {fig['ttft_mape_pct']:.1f}% (noise {fig['noise_ttft_mape_pct'] or 0:.1f}%), "
           f"TPOT MAPE {fig['tpot_mape_pct']:.1f}% (noise {fig['noise_tpot_mape_pct'] or 0:.1f}%)")
+    if "band_coverage_pct" in fig:
+        print(f"  => {fig['band_coverage_pct']:.0f}% of the real percentiles inside their 90% band (mean width "
+              f"{fig['band_width_pct']:.0f}% of its middle; step error "
+              f"{fig['band_step_error_pct']:.1f}%, {fig['band_step_error_source']}): " + ", ".join(
+                  f"{m.upper()} {p} [{fig[f'{m}_{p}_band_lo_ms']:.0f}-{fig[f'{m}_{p}_band_hi_ms']:.0f}]"
+                  + ("" if fig[f"{m}_{p}_in_band"] else " out") for m in ("ttft", "tpot") for p in PCTS))
 
 
-def capacity(reqs, pred) -> float:
-    """Requests per second the simulator serves when every request arrives at once."""
+def capacity(reqs, pred, serve: dict | None = None) -> float:
+    """Requests per second the simulator serves when every request arrives at once, under
+    `serve` (default SERVING)."""
     from dooly.sim import Request
+    serve = serve or SERVING
     burst = [Request(r.rid, 0.0, r.prompt_len, r.output_len) for r in reqs]
-    settings = {"max_num_batched_tokens": SERVING["budget"], "max_num_seqs": SERVING["max_num_seqs"],
+    settings = {"max_num_batched_tokens": serve["budget"], "max_num_seqs": serve["max_num_seqs"],
                 "block_size": pred.env.block_size, "num_gpu_blocks": None}
     _, res = sim_latencies(burst, pred, settings)
     return len(reqs) / max(r.finish_s for r in res.requests)
@@ -188,11 +234,11 @@ def score_model(n: str, loads: list[str], rates: dict, args) -> dict:
     """One model: its loads (explicit, saved, or from the simulated capacity), its real
     runs, and the figures of its model-out simulation at each load."""
     pred = model_out_predictor(n, args.db)
-    pred.set_serving(SERVING["budget"], SERVING["max_num_seqs"])   # CUDA-graph sizes, on a GPU host
+    pred.set_serving(args.serving["budget"], args.serving["max_num_seqs"])   # CUDA-graph sizes, on a GPU host
     if rates[n] is None:
         rates[n] = saved_rates(args, n)
     if rates[n] is None:
-        cap = capacity(workload(args.trace, args.num_requests, 1.0, args.seed), pred)
+        cap = capacity(workload(args.trace, args.num_requests, 1.0, args.seed), pred, args.serving)
         rates[n] = tuple(float(f"{LOADS[ld] * cap:.3g}") for ld in ("low", "high"))
     rate = {ld: rates[n][("low", "high").index(ld)] for ld in loads}
     wl = {ld: workload(args.trace, args.num_requests, rate[ld], args.seed) for ld in loads}
@@ -200,15 +246,34 @@ def score_model(n: str, loads: list[str], rates: dict, args) -> dict:
         f"{ld} {rate[ld]:g} req/s (last arrival {wl[ld][-1].arrival_s:.0f} s)" for ld in loads), flush=True)
     saved = serve_real(n, wl, rates[n], args)
     out = {f"{n}.step_model_source": pred.step_model_source}
+    unc = uncertainty(n, pred, args.db) if args.draws else None
     for i, ld in enumerate(loads):
-        fig = score_load(wl[ld], [dict(r["results"][i], settings=r["settings"]) for r in saved["runs"]], pred)
+        runs = [dict(r["results"][i], settings=r["settings"]) for r in saved["runs"]]
+        fig = score_load(wl[ld], runs, pred)
+        if unc is not None:
+            fig.update(band_coverage(wl[ld], pred, runs[0]["settings"], fig, unc, args.draws, args.seed))
         print_load(n, ld, rate[ld], fig)
         out.update({f"{n}.{ld}.{k}": v for k, v in fig.items()}, **{f"{n}.{ld}.rate": rate[ld]})
     return out
 
 
+def uncertainty(name: str, pred, db: str):
+    """What the model-out predictor says it may be off by (`dooly.uncertainty`)."""
+    from dooly.config import load_config
+    from dooly.db import Store
+    from dooly.uncertainty import predictor_uncertainty
+    with Store.open(db, create=False) as store:
+        return predictor_uncertainty(pred, store, load_config(MODELS[name]).hash)
+
+
 def worst(result: dict, names, loads) -> None:
-    """The flat keys: per load, and over loads, the worst model."""
+    """The flat keys: per load, and over loads, the worst model (the lowest band coverage)."""
+    cov = [result[f"{n}.{ld}.band_coverage_pct"] for n in names for ld in loads
+           if f"{n}.{ld}.band_coverage_pct" in result]
+    if cov:
+        result["band_coverage_pct"] = min(cov)
+        result["band_width_pct"] = statistics.fmean(result[f"{n}.{ld}.band_width_pct"] for n in names
+                                                    for ld in loads if f"{n}.{ld}.band_width_pct" in result)
     for key in ("ttft_mape_pct", "tpot_mape_pct", "noise_ttft_mape_pct", "noise_tpot_mape_pct"):
         for ld in loads:
             vals = [result[f"{n}.{ld}.{key}"] for n in names if result.get(f"{n}.{ld}.{key}") is not None]
@@ -221,32 +286,37 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
-    ap.add_argument("--loads", default="low,high", help="which of each model's two rates to serve")
+    ap.add_argument("--loads", help="which of each model's two rates to serve (default low,high; --quick low)")
     ap.add_argument("--rates", help="per model low:high req/s, e.g. smollm2=0.05:0.2 (default: "
                     "0.4x and 1.3x the capacity the simulator predicts)")
     ap.add_argument("--trace", default=str(DEFAULT_TRACE), help="trace CSV for the request lengths")
-    ap.add_argument("--num-requests", type=int, default=60)
+    ap.add_argument("--num-requests", type=int, help="requests per load (default 60, --quick 20)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--real-runs", type=int, default=2)
     ap.add_argument("--real-from", help="replay the real runs saved in this raw file (no vLLM run)")
     ap.add_argument("--raw", help="where real runs are saved (default: beside --json)")
     ap.add_argument("--resume", action="store_true", help="reuse complete real runs found in --raw")
     ap.add_argument("--quick", action="store_true", help="smoke run: small sweep, 20 requests, low load")
+    ap.add_argument("--draws", type=int, default=40, help="simulations with drawn errors for the 90%% "
+                    "bands (0: no bands)")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names or any(n not in MODELS for n in names):
         ap.error(f"--models: choose from {', '.join(MODELS)}")
-    loads = [x.strip() for x in args.loads.split(",") if x.strip()]
-    if args.quick:
-        args.num_requests, loads = min(args.num_requests, 20), ["low"]
-    if any(x not in ("low", "high") for x in loads) or args.real_runs < 1:
+    loads = [x.strip() for x in (args.loads or ("low" if args.quick else "low,high")).split(",") if x.strip()]
+    args.num_requests = args.num_requests or (20 if args.quick else 60)
+    if not loads or any(x not in ("low", "high") for x in loads) or args.real_runs < 1:
         ap.error("--loads: low and/or high; --real-runs >= 1")
+    if args.num_requests < 1 or args.draws < 0:
+        ap.error("--num-requests must be at least 1 and --draws at least 0")
+    limits = LIMITS["quick" if args.quick else "full"]
+    args.serving = serving(limits)
     if not Path(args.trace).is_file():
         ap.error(f"--trace: no such file {args.trace}")
     args.raw = args.raw or str(Path(args.json_path or ROOT / "out" / "accuracy_e2e.json").with_suffix(".raw.json"))
     rates = parse_rates(args.rates, names)
-    prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"])
+    prepare_db(names, args.db, limits)
     result: dict = {"models": names, "protocol": "leave-one-model-out", "real_runs": args.real_runs}
     for n in names:
         result.update(score_model(n, loads, rates, args))
@@ -254,10 +324,10 @@ def main(argv=None) -> int:
     print(f"\nleave-one-model-out, worst model and load: TTFT {result['ttft_mape_pct']:.1f}% (real-vs-real "
           f"{result['noise_ttft_mape_pct'] or 0:.1f}%), TPOT {result['tpot_mape_pct']:.1f}% (real-vs-real "
           f"{result['noise_tpot_mape_pct'] or 0:.1f}%); paper: TTFT 5%, TPOT 8%")
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
-                                                    for k, v in result.items()}, indent=1))
+    if "band_coverage_pct" in result:
+        print(f"90% bands: at worst {result['band_coverage_pct']:.0f}% of a model's real percentiles inside "
+              f"them (target >= 80%); mean band width {result['band_width_pct']:.0f}%")
+    flatjson.write(args.json_path, result)
     return 0
 
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flatjson  # noqa: E402
 from accuracy_batch import LIMITS, MODELS, ROOT, prepare_db  # noqa: E402
 from accuracy_e2e import DEFAULT_TRACE, as_jobs, capacity, real_latencies, workload  # noqa: E402
 
@@ -229,10 +230,7 @@ def main(argv=None) -> int:
     for name in names:
         check_model(name, confs, args, raw, out)
     out["seconds"] = round(time.perf_counter() - args.t0, 1)
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                                                    for k, v in out.items()}, indent=1))
+    flatjson.write(args.json_path, out, 4)
     return 0
 
 

@@ -17,15 +17,18 @@ import json
 import os
 import resource
 import time
+import sys
 from pathlib import Path
 
-from dooly.search import DbSource, SearchSpec, search
-from dooly.sim.steps import LinearSource
-from dooly.sim.candidates import make_candidates
-from dooly.sim.slo import parse_slos
-from dooly.sim.workload import LengthDist, WorkloadSpec, build_workload
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # a checkout runs its benches without an install
+
+from dooly.search import DbSource, SearchSpec, search  # noqa: E402
+from dooly.sim.steps import LinearSource  # noqa: E402
+from dooly.sim.candidates import make_candidates  # noqa: E402
+from dooly.sim.slo import parse_slos  # noqa: E402
+from dooly.sim.workload import LengthDist, WorkloadSpec, build_workload  # noqa: E402
+
 SMOL = ROOT / "fixtures" / "configs" / "HuggingFaceTB__SmolLM2-135M-Instruct.json"
 TOKENS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 SEQS = (4, 8, 16, 24, 32, 48, 64, 96, 128, 256)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from dooly.sim import LengthDist, SchedulerConfig, WorkloadSpec, build_workload, simulate
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # runs from a checkout
+
+from dooly.sim import LengthDist, SchedulerConfig, WorkloadSpec, build_workload, simulate  # noqa: E402
 
 
 def step_ms(batch) -> float:

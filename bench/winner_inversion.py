@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flatjson  # noqa: E402
 from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db  # noqa: E402
 from accuracy_e2e import (DEFAULT_TRACE, as_jobs, capacity, pct, real_latencies, sim_latencies,  # noqa: E402
                           workload)
@@ -168,10 +169,7 @@ def main(argv=None) -> int:
               "step_model_source": pred.step_model_source,
               **verdict(confs, wls, {k: v[0] for k, v in real_full.items()}, sim, args.metric)}
     print_verdict(result, confs, wls)
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
-                                                    for k, v in result.items()}, indent=1))
+    flatjson.write(args.json_path, result)
     return 0
 
 

@@ -53,6 +53,7 @@ class Analysis:
     engine: str
     inventories: list[Inventory] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)  # [{"config", "error"}], run order
+    fields: bool = True   # config fields named (a second, perturbed capture)
 
     def shared_keys(self) -> set[str]:
         seen: dict[str, int] = {}
@@ -63,29 +64,36 @@ class Analysis:
 
 
 def analyze(paths: list[str], engine: str | None = None, fields: bool = True,
-            tp: int = 1, use_cache: bool = True) -> Analysis:
+            tp: int = 1, use_cache: bool = True, store=None) -> Analysis:
     """`use_cache`: serve a model captured before (same config, engine and version, Dooly
-    version, TP) from the capture cache, and cache each fresh capture (`dooly.cache`)."""
+    version, TP) from the capture cache, and cache each fresh capture (`dooly.cache`);
+    `store` (an open `dooly.db.Store`): its copy of the cache is read too (`record_analysis`
+    writes it)."""
     engine = check_engine(engine or default_engine())
     cfgs = [load_config(p) for p in paths]  # validate every file before any capture
     if tp != 1:
         from dooly.parallel import check_tp
         for c in cfgs:
             check_tp(c, tp, engine)
-    analysis = Analysis(engine)
+    analysis = Analysis(engine, fields=fields)
     for c in cfgs:
         try:
-            analysis.inventories.append(_inventory(c, engine, fields, tp, use_cache))
+            analysis.inventories.append(_inventory(c, engine, fields, tp, use_cache, store))
         except Exception as err:
             analysis.failed.append({"config": c.path, "error": capture_failure(c, engine, err)})
     return analysis
 
 
-def _inventory(cfg: ModelConfig, engine: str, fields: bool, tp: int, use_cache: bool) -> Inventory:
+def _inventory(cfg: ModelConfig, engine: str, fields: bool, tp: int, use_cache: bool,
+               store=None) -> Inventory:
     # region keys are exact canonical forms (graph/canon.py), the same in any run, so an
     # inventory cached by one run joins another run's inventories unchanged
     key = cache.capture_key(cfg.hash, engine, tp, fields)
     inv = cache.load(key) if use_cache else None
+    stored = cache.load_db(store, key) if use_cache and store is not None else None
+    if inv is None and stored is not None:   # a DB brought from another host
+        inv = stored
+        cache.save(key, inv)
     if inv is None:
         inv = analyze_config(cfg, engine, None, fields, tp)
         cache.save(key, inv)

@@ -4,9 +4,9 @@ A capture is the expensive part of `analyze` (engine imports, Dynamo, a second c
 perturbed values). What it yields, the inventory, is plain JSON, keyed here by everything
 that can change it: the config's hash, the engine and its version, Dooly's version, the
 tensor-parallel size, whether config fields were named, and a hash of the capture code. One file per key under
-$XDG_CACHE_HOME/dooly/captures (default ~/.cache/dooly/captures), written atomically; a
-file that does not parse, or whose key or units disagree with what it claims, is ignored
-and recaptured. Nothing read here is ever executed. Engine versions come from package
+$XDG_CACHE_HOME/dooly/captures (default ~/.cache/dooly/captures), written atomically, and
+a copy in the DB's `captures` table when a command has `--db`; a file or row that does
+not parse, or whose key or units disagree with what it claims, is ignored and recaptured. Nothing read here is ever executed. Engine versions come from package
 metadata, so a cache hit never imports torch, vLLM or transformers."""
 from __future__ import annotations
 
@@ -58,14 +58,30 @@ def capture_key(config_hash: str, engine: str, tp: int = 1, fields: bool = True)
 
 
 def load(key: str, directory: Path | None = None) -> Inventory | None:
-    path = (directory or cache_dir()) / f"{key}.json"
     try:
-        obj = json.loads(path.read_text())
-        if obj.get("key") != key:
+        return _parse(key, ((directory or cache_dir()) / f"{key}.json").read_text())
+    except OSError:
+        return None   # absent or unreadable: capture again
+
+
+def _parse(key: str, text: str | None) -> Inventory | None:
+    try:
+        obj = json.loads(text) if text else None
+        if not isinstance(obj, dict) or obj.get("key") != key:
             return None
         return Inventory.from_json(obj["inventory"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None   # absent, unreadable or not ours: capture again
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return None   # damaged or not ours: capture again
+
+
+def load_db(store, key: str) -> Inventory | None:
+    """The DB's copy (`--db`): a DB carried to another host analyses without a capture."""
+    return _parse(key, store.capture(key))
+
+
+def save_db(store, key: str, inv: Inventory) -> None:
+    store.put_capture(key, inv.config_hash, inv.engine,
+                      json.dumps({"key": key, "inventory": inv.to_json()}, default=str))
 
 
 def save(key: str, inv: Inventory, directory: Path | None = None) -> None:

@@ -67,7 +67,7 @@ def own_step_error(store, pred, config_hash: str) -> tuple[float, str] | None:
 def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
     """Config hash -> MAPE (%) of whole steps of that model, predicted with an engine-step
     model fitted on the other models' steps only."""
-    from dooly.fit.step_model import MIN_ROWS, EngineStepModel, model_structure, pool_rows
+    from dooly.fit.step_model import MIN_ROWS, EngineStepModel, model_structure, pool_rows, select_terms
     from dooly.predict import _units_only
     env = pred.env
     units_of: dict = {}
@@ -92,7 +92,7 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
         test = [r for r in rows if r["model"] == h]
         if len(train) < MIN_ROWS or not test:
             continue
-        model = EngineStepModel().fit(train)
+        model = EngineStepModel(select_terms(train)).fit(train)
         errs = [abs(max(r["units_ms"] + model.predict_one(r["seqs"], r["structure"], r.get("graph")),
                         0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"] for r in test]
         out[h] = 100.0 * float(np.mean(errs))

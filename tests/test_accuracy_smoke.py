@@ -104,3 +104,36 @@ def test_loads_are_explicit_per_model_or_left_to_the_simulator():
     rates = e2e.parse_rates("smollm2=0.05:0.2,qwen0.5b=0.03", ["smollm2", "qwen0.5b", "llama3.2-1b"])
     assert rates == {"smollm2": (0.05, 0.2), "qwen0.5b": (0.03, 0.03), "llama3.2-1b": None}
     assert e2e.LOADS["low"] < 1.0 < e2e.LOADS["high"]
+
+
+def test_real_engine_serves_inside_the_sweep_limits():
+    assert e2e.serving(ab.LIMITS["quick"]) == {"budget": 512, "max_num_seqs": 32}
+    assert e2e.serving(ab.LIMITS["full"]) == {"budget": 1024, "max_num_seqs": 64}
+
+
+class _Parts:
+    def __init__(self, ms):
+        self.breakdown, self.engine_ms = {"unit": ms}, 0.0
+
+
+class _BandPred:
+    """2 ms per step plus 10 us per token, all of it one unit."""
+    def predict(self, pairs):
+        return _Parts(2.0 + 0.01 * sum(q for q, _ in pairs))
+
+    def step_ms(self, batch):
+        return self.predict([(s[0], s[1]) for s in batch]).breakdown["unit"]
+
+
+def test_real_percentiles_are_checked_against_the_drawn_bands():
+    from dooly.sim.intervals import Uncertainty
+    reqs = e2e.workload(str(e2e.DEFAULT_TRACE), 10, 2.0, 0)
+    settings = {"max_num_batched_tokens": 512, "max_num_seqs": 32, "block_size": 16}
+    sim, _ = e2e.sim_latencies(reqs, _BandPred(), settings)
+    truth = {f"{m}_{p}_real_ms": e2e.pct(sim[m])[p] for m in ("ttft", "tpot") for p in e2e.PCTS}
+    exact = Uncertainty((("unit", 0.0),), 0.0, "none")
+    assert e2e.band_coverage(reqs, _BandPred(), settings, truth, exact, 5, 0)["band_coverage_pct"] == 100.0
+    slow = {k: 2 * v for k, v in truth.items()}   # the real engine twice as slow: outside
+    assert e2e.band_coverage(reqs, _BandPred(), settings, slow, exact, 5, 0)["band_coverage_pct"] == 0.0
+    wide = e2e.band_coverage(reqs, _BandPred(), settings, truth, Uncertainty((("unit", 20.0),), 5.0), 40, 0)
+    assert wide["ttft_p50_band_lo_ms"] < truth["ttft_p50_real_ms"] < wide["ttft_p50_band_hi_ms"]

@@ -88,3 +88,33 @@ def test_a_cache_hit_never_imports_torch(tmp_path):
                          env={"XDG_CACHE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
                               "PYTHONPATH": "."})
     assert json.loads(out.stdout.strip().splitlines()[-1]) is False
+
+
+def test_a_db_carries_its_captures_to_a_host_that_never_captured(tmp_path, monkeypatch):
+    """`record_analysis` (sweep, analyze --db) stores each capture in the DB; with an empty
+    user cache (another host) the DB's copy is served, and a damaged row is only a miss."""
+    from dooly.db import Store
+    from dooly.profile.plan import record_analysis
+    calls = []
+
+    def fake_capture(cfg, engine, registry, fields, tp):
+        calls.append(cfg.path)
+        inv = _inventory()
+        inv.config_hash, inv.engine, inv.tp = cfg.hash, engine, 1
+        return inv
+    monkeypatch.setattr(analyze_mod, "analyze_config", fake_capture)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "here"))
+    db = str(tmp_path / "carried.db")
+    with Store.open(db) as store:
+        record_analysis(store, analyze_mod.analyze([CONFIG], "transformers"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "elsewhere"))
+    with Store.open(db, create=False) as store:
+        served = analyze_mod.analyze([CONFIG], "transformers", store=store)
+    assert len(calls) == 1 and served.inventories[0].counts() == _inventory().counts()
+    assert cache.load(cache.capture_key(served.inventories[0].config_hash, "transformers")) is not None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "third"))
+    with Store.open(db) as store:
+        store.put_capture(cache.capture_key(served.inventories[0].config_hash, "transformers"),
+                          "h", "transformers", "{not json")
+        analyze_mod.analyze([CONFIG], "transformers", store=store)
+    assert len(calls) == 2

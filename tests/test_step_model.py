@@ -2,11 +2,12 @@
 one model per environment fitted on the pool and applied to a model never calibrated."""
 import random
 
+import numpy as np
 import pytest
 
 from dooly.db import Store
 from dooly.env import Environment
-from dooly.fit.step_model import (STRUCTURE, EngineStepModel, engine_step_unit, load_step_model,
+from dooly.fit.step_model import (FEATURES, STRUCTURE, EngineStepModel, engine_step_unit, load_step_model,
                                   model_structure, pool_rows, record_steps)
 
 ENV = Environment("cpu0", "cpu", "vllm", "0.32", "CPU_ATTN", "bfloat16", threads=2)
@@ -278,3 +279,15 @@ def test_steps_slowed_by_another_process_are_left_out(tmp_path):
     with Store.open(str(tmp_path / "q.db")) as s:
         assert record_steps(s, ENV, steps, POOL["m1"], "m1", threads=2) == 12
         assert record_steps(s, ENV, steps[-4:], POOL["m1"], "m1", threads=2) == 4   # too few: all kept
+
+
+def test_a_pool_of_two_models_fits_no_structure_terms():
+    """Two models cannot say how a term grows with layers: their pool keeps the per-step,
+    per-sequence and per-chunk terms only, and a stored model says which it used."""
+    from dooly.fit.step_model import STRUCTURE_MODELS, TERM_SETS, EngineStepModel, select_terms
+    rows = [{"model": m, "seqs": [[1, 64]] * b, "structure": {}, "step_ms": 1.0, "units_ms": 1.0}
+            for m in ("a", "b") for b in (1, 2)]
+    assert STRUCTURE_MODELS > 2 and select_terms(rows) == TERM_SETS["structure-free"]
+    m = EngineStepModel(("step", "seq"))
+    m.coef_, m.models_, m.n_rows_, m.in_sample_mape_pct_ = np.zeros(len(FEATURES)), ["a"], 1, 0.0
+    assert EngineStepModel.from_json(m.to_json()).terms == ("step", "seq")

@@ -31,11 +31,14 @@ def register(sub) -> None:
 def run(args) -> int:
     from dooly.analyze import analyze, reuse_summary, to_json
     from dooly.cli.report import print_analysis, print_failures
+    t0 = time.perf_counter()
     if args.db:  # a missing, empty or damaged DB before the capture; --db is never created
         from dooly.db import Store
-        Store.open(args.db, create=False).close()
-    t0 = time.perf_counter()
-    analysis = analyze(args.configs, args.engine, tp=args.tp, use_cache=not args.no_cache)
+        with Store.open(args.db, create=False) as store:   # it keeps a copy of each capture
+            analysis = analyze(args.configs, args.engine, tp=args.tp, use_cache=not args.no_cache,
+                               store=store)
+    else:
+        analysis = analyze(args.configs, args.engine, tp=args.tp, use_cache=not args.no_cache)
     print_failures(analysis.failed)  # a model the engine cannot capture is skipped
     if not analysis.inventories:
         return 2  # nothing analysed: nothing written, as for one bad config

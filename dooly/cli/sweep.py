@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from dooly.cli.batchspec import MAX_SEQS
 from dooly.cli.flags import MAX_THREADS, MAX_TP, TP_HELP, int_range, percent
@@ -64,7 +65,12 @@ def run(args) -> int:
     Store.ensure_writable(args.db)  # a bad DB is one line now, not after the capture
     if args.tp > 1 and args.device == "cuda":
         _check_devices(args.tp)
-    analysis = analyze(args.configs, args.engine, tp=args.tp)
+    from dooly.db import postgres
+    if postgres.is_url(args.db) or Path(args.db).exists():   # its captures stand in for a capture
+        with Store.open(args.db, create=False) as store:
+            analysis = analyze(args.configs, args.engine, tp=args.tp, store=store)
+    else:
+        analysis = analyze(args.configs, args.engine, tp=args.tp)
     from dooly.cli.report import print_failures
     print_failures(analysis.failed)  # a model the engine cannot capture is skipped
     if not analysis.inventories:

@@ -22,6 +22,8 @@ from pathlib import Path
 from dooly import __version__
 from dooly.db import check
 from dooly.db.schema import ENV_COLUMNS, MEASUREMENT_COLUMNS, SCHEMA_VERSION
+
+MIN_SCHEMA_VERSION = 3   # the oldest export whose tables and columns this version reads
 from dooly.errors import DoolyInputError
 
 FORMAT, FORMAT_VERSION = "dooly-parquet", 1
@@ -123,9 +125,12 @@ def read_provenance(folder) -> dict:
     if prov.get("format_version") != FORMAT_VERSION:
         raise DoolyInputError(where, f"format version {prov.get('format_version')!r}, this dooly "
                                      f"reads {FORMAT_VERSION}", "format_version")
-    if prov.get("schema_version") != SCHEMA_VERSION:
+    # version 4 added only the captures table, which exports leave out: a version-3
+    # export holds the same tables and columns
+    if prov.get("schema_version") not in range(MIN_SCHEMA_VERSION, SCHEMA_VERSION + 1):
         raise DoolyInputError(where, f"written at schema version {prov.get('schema_version')!r}, "
-                                     f"this dooly's is {SCHEMA_VERSION}", "schema_version")
+                                     f"this dooly reads {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}",
+                              "schema_version")
     if not isinstance(prov.get("tables"), dict):
         raise DoolyInputError(where, "expected an object of table files", "tables")
     return prov

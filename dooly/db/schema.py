@@ -23,7 +23,7 @@ ENV_COLUMNS = ("device_name", "device_kind", "engine", "engine_version", "backen
 MEASUREMENT_COLUMNS = ("unit_key", "env_key", "point_json", "median_ms", "p10_ms", "p90_ms",
                        "mean_ms", "std_ms", "samples", "outliers", "status", "reason",
                        "timestamp")
-TABLES = ("environments", "units", "measurements", "inventories", "fits", "leases")
+TABLES = ("environments", "units", "measurements", "inventories", "fits", "leases", "captures")
 
 _V1 = """
 CREATE TABLE environments (
@@ -104,9 +104,20 @@ def _to_v3(conn: sqlite3.Connection) -> None:
         PRIMARY KEY (unit_key, env_key))""")
 
 
+def _to_v4(conn: sqlite3.Connection) -> None:
+    # captured inventories as JSON (`dooly.cache`), so a DB carried to another host
+    # analyses its models without capturing them; keyed like the user's capture cache
+    conn.execute("""CREATE TABLE captures (
+        capture_key    TEXT PRIMARY KEY,
+        config_hash    TEXT NOT NULL,
+        engine         TEXT NOT NULL,
+        inventory_json TEXT NOT NULL,
+        timestamp      REAL NOT NULL)""")
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1. Append, never edit:
 # files written by older releases replay the tail of this list when opened.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2, _to_v3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2, _to_v3, _to_v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -291,6 +291,21 @@ class Store(Leases):
             "SELECT unit_key, count FROM inventories WHERE config_hash = ? AND engine = ? "
             "ORDER BY unit_key", (config_hash, engine))}
 
+    # -- captured inventories (dooly.cache) ----------------------------------------
+    def put_capture(self, key: str, config_hash: str, engine: str, inventory_json: str) -> None:
+        import time
+        with self._write() as c:
+            c.execute("INSERT INTO captures (capture_key, config_hash, engine, inventory_json, timestamp) "
+                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (capture_key) DO UPDATE SET "
+                      "inventory_json = excluded.inventory_json, timestamp = excluded.timestamp",
+                      (key, config_hash, engine, inventory_json, time.time()))
+
+    def capture(self, key: str) -> str | None:
+        """The stored inventory JSON text of a capture key (never executed: parsed as JSON)."""
+        row = self._conn.execute("SELECT inventory_json FROM captures WHERE capture_key = ?",
+                                 (key,)).fetchone()
+        return None if row is None else row[0]
+
     # -- whole-database views -----------------------------------------------------
     def stats(self) -> dict[str, int]:
         one = lambda sql: self._conn.execute(sql).fetchone()[0]  # noqa: E731
@@ -353,6 +368,8 @@ class Store(Leases):
                                               "count FROM inventories").fetchall()
             rows = other._conn.execute(
                 f"SELECT {', '.join(MEASUREMENT_COLUMNS)} FROM measurements").fetchall()
+            captures = other._conn.execute("SELECT capture_key, config_hash, engine, inventory_json, "
+                                           "timestamp FROM captures").fetchall()
         except sqlite3.Error as err:
             raise schema.database_error(other.path, err) from None
         c.executemany(f"INSERT INTO environments ({', '.join(cols)}) VALUES "
@@ -362,6 +379,8 @@ class Store(Leases):
         c.executemany("INSERT INTO inventories (config_hash, engine, model_name, unit_key, count) "
                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (config_hash, engine, unit_key) DO UPDATE "
                       "SET model_name = excluded.model_name, count = excluded.count", inventories)
+        c.executemany("INSERT INTO captures (capture_key, config_hash, engine, inventory_json, timestamp) "
+                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", captures)
         return self._upsert(c, rows, newer_only=True)
 
     def export_json(self, path: str | os.PathLike) -> None:

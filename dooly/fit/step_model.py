@@ -162,8 +162,20 @@ def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measureme
             for point, ms in by_point.values()]
 
 
+# the feature sets a pool of several models chooses from by leave-one-model-out error
+# (`select_terms`): terms scaled by the model's structure extrapolate from a few models
+# (two Qwens with 24 and 28 layers put SmolLM2's 30-layer decode steps 50% under), the
+# structure-free ones only carry the engine's per-step, per-sequence and per-chunk work
+TERM_SETS = {"all": tuple(f[0] for f in FEATURES), "structure-free": ("step", "seq", "prefill")}
+STRUCTURE_MODELS = 3
+
+
 class EngineStepModel:
-    """residual = step - units, linear in FEATURES (scikit-learn contract)."""
+    """residual = step - units, linear in FEATURES (scikit-learn contract). `terms`: the
+    feature names it may use (default all)."""
+
+    def __init__(self, terms: tuple[str, ...] | None = None):
+        self.terms = terms
 
     def fit(self, rows: list[dict]) -> "EngineStepModel":
         """rows: {"seqs", "structure", "step_ms", "units_ms", "model" (weighting group),
@@ -179,6 +191,8 @@ class EngineStepModel:
         w = np.array([1.0 / per[g] for g in groups])
         scale = np.abs(x).max(axis=0)
         keep = _independent(x, scale)
+        if self.terms is not None:
+            keep &= np.array([f[0] in self.terms for f in FEATURES])
         reg = HuberRegressor(fit_intercept=False, alpha=1e-4, max_iter=5000)
         reg.fit(x[:, keep] / scale[keep], y, sample_weight=w * len(w) / w.sum())
         self.coef_ = np.zeros(len(FEATURES))
@@ -195,7 +209,7 @@ class EngineStepModel:
         return BoundStepModel(self, structure, graphs)
 
     def to_json(self) -> dict:
-        return {"kind": "engine_step", "features": [list(f) for f in FEATURES],
+        return {"kind": "engine_step", "features": [list(f) for f in FEATURES], "terms": self.terms,
                 "coef": [float(c) for c in self.coef_], "models": list(self.models_),
                 "n_rows": self.n_rows_, "in_sample_mape_pct": self.in_sample_mape_pct_}
 
@@ -203,7 +217,7 @@ class EngineStepModel:
     def from_json(cls, obj: dict) -> "EngineStepModel":
         if obj.get("kind") != "engine_step" or [tuple(f) for f in obj.get("features", [])] != list(FEATURES):
             raise ValueError("features: a stored engine-step model with other features")
-        m = cls()
+        m = cls(tuple(str(t) for t in obj["terms"]) if obj.get("terms") else None)
         m.coef_ = np.array([float(c) for c in obj["coef"]])
         m.models_, m.n_rows_ = list(obj["models"]), int(obj["n_rows"])
         m.in_sample_mape_pct_ = float(obj["in_sample_mape_pct"])
@@ -304,4 +318,32 @@ def _fit_rows(rows: list[dict], units_ms_for) -> EngineStepModel | None:
             usable += [dict(r, units_ms=float(fn(r["seqs"]))) for r in rs]
     if len(usable) < MIN_ROWS:
         return None
-    return EngineStepModel().fit(usable)
+    return EngineStepModel(select_terms(usable)).fit(usable)
+
+
+def held_out_error(rows: list[dict], terms: tuple[str, ...] | None) -> float | None:
+    """Mean over models of the MAPE of a model's whole steps predicted by a model fitted
+    on the other models' steps only (None: fewer than two models)."""
+    models = sorted({r["model"] for r in rows})
+    errs = []
+    for h in models:
+        train = [r for r in rows if r["model"] != h]
+        if len(train) < MIN_ROWS:
+            continue
+        m = EngineStepModel(terms).fit(train)
+        errs.append(np.mean([abs(max(r["units_ms"] + m.predict_one(r["seqs"], r["structure"], r.get("graph")),
+                                     0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"]
+                             for r in rows if r["model"] == h]))
+    return float(np.mean(errs)) if errs else None
+
+
+def select_terms(rows: list[dict]) -> tuple[str, ...] | None:
+    """Structure-free terms for a pool of fewer than STRUCTURE_MODELS models (two models
+    cannot say how a term grows with layers: each left-out check is then a one-model fit,
+    which has no structure terms, so it cannot see the extrapolation either); from
+    STRUCTURE_MODELS on, the TERM_SETS entry with the lowest leave-one-model-out error."""
+    if len({r["model"] for r in rows}) < STRUCTURE_MODELS:
+        return TERM_SETS["structure-free"]
+    scored = [(held_out_error(rows, terms), name) for name, terms in TERM_SETS.items()]
+    scored = [(e, name) for e, name in scored if e is not None]
+    return TERM_SETS[min(scored)[1]] if scored else None

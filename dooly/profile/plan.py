@@ -44,11 +44,16 @@ def unit_cost(unit, mode: str, hw: Hardware, lim: GridLimits = GridLimits(),
 
 
 def record_analysis(store, analysis) -> None:
-    """Each model's units and inventory (unit -> count) into the DB, as `sweep` does."""
+    """Each model's units and inventory (unit -> count) into the DB, as `sweep` does, and
+    the DB's copy of the capture (`dooly.cache`): another host analyses from it."""
+    from dooly import cache
     for inv in analysis.inventories:
         for e in inv.entries.values():
             store.add_unit(e.unit)
         store.set_inventory(inv.key, inv.engine, inv.model, inv.counts())
+        key = cache.capture_key(inv.config_hash, inv.engine, inv.tp, analysis.fields)
+        if store.capture(key) is None:
+            cache.save_db(store, key, inv)
 
 
 def plan_against_db(analysis, db_path: str, env_key: str | None, hardware: str) -> dict:
