@@ -19,7 +19,7 @@ import torch
 from dooly.config import ModelConfig
 from dooly.engines import set_vllm_environ
 from dooly.engines.vllm_compat import (REMOTE_CODE_KEYS, all_on_meta, config_class_for,
-                                       transformers_classes_restored)
+                                       dynamo_hooks_removed, transformers_classes_restored)
 from dooly.errors import DoolyInputError
 from dooly.graph.capture import Captured
 
@@ -160,7 +160,7 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None, tp: int = 1) -> Ca
     _SLOT.clear()
     with set_current_vllm_config(vc):
         _init_distributed()
-        with fake_tp_group(tp), transformers_classes_restored():
+        with fake_tp_group(tp), dynamo_hooks_removed(), transformers_classes_restored():
             with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
                 model = initialize_model(vc)
             all_on_meta(model)

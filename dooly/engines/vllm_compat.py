@@ -80,3 +80,21 @@ def transformers_classes_restored():
             for key, value in attrs.items():
                 if cls.__dict__.get(key) is not value:
                     setattr(cls, key, value)
+
+
+@contextlib.contextmanager
+def dynamo_hooks_removed():
+    """Each model vLLM wraps for torch.compile registers a Dynamo bytecode hook (a bound
+    method of the model) that every later compile in the process calls. Left after a
+    capture, the hook keeps the meta model alive, and once its transformers class is put
+    back (`transformers_classes_restored`) it fails every later compile with "'Olmo2Model'
+    object has no attribute 'original_code_object'" (a sweep's fused units, after an
+    OLMo-2 capture). The hooks a capture registered are removed when it ends."""
+    from torch._dynamo import convert_frame
+    hooks = convert_frame._bytecode_hooks
+    before = set(hooks)
+    try:
+        yield
+    finally:
+        for key in [k for k in hooks if k not in before]:
+            hooks.pop(key, None)
