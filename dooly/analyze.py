@@ -90,10 +90,10 @@ def _inventory(cfg: ModelConfig, engine: str, fields: bool, tp: int, use_cache: 
     # inventory cached by one run joins another run's inventories unchanged
     key = cache.capture_key(cfg.hash, engine, tp, fields)
     inv = cache.load(key) if use_cache else None
-    stored = cache.load_db(store, key) if use_cache and store is not None else None
-    if inv is None and stored is not None:   # a DB brought from another host
-        inv = stored
-        cache.save(key, inv)
+    if inv is None and use_cache and store is not None:
+        inv = cache.load_db(store, key)   # a DB brought from another host
+        if inv is not None:
+            cache.save(key, inv)
     if inv is None:
         inv = analyze_config(cfg, engine, None, fields, tp)
         cache.save(key, inv)

@@ -2,6 +2,7 @@
 and how much profiling other models already cover."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -32,13 +33,11 @@ def run(args) -> int:
     from dooly.analyze import analyze, reuse_summary, to_json
     from dooly.cli.report import print_analysis, print_failures
     t0 = time.perf_counter()
-    if args.db:  # a missing, empty or damaged DB before the capture; --db is never created
-        from dooly.db import Store
-        with Store.open(args.db, create=False) as store:   # it keeps a copy of each capture
-            analysis = analyze(args.configs, args.engine, tp=args.tp, use_cache=not args.no_cache,
-                               store=store)
-    else:
-        analysis = analyze(args.configs, args.engine, tp=args.tp, use_cache=not args.no_cache)
+    # a missing, empty or damaged --db fails before the capture (it is never created); its
+    # copies of earlier captures stand in for a capture
+    from dooly.db import Store
+    with Store.open(args.db, create=False) if args.db else contextlib.nullcontext() as store:
+        analysis = analyze(args.configs, args.engine, tp=args.tp, use_cache=not args.no_cache, store=store)
     print_failures(analysis.failed)  # a model the engine cannot capture is skipped
     if not analysis.inventories:
         return 2  # nothing analysed: nothing written, as for one bad config

@@ -1,6 +1,7 @@
 """`dooly sweep`: measure the units of the given models that the DB lacks."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -66,11 +67,9 @@ def run(args) -> int:
     if args.tp > 1 and args.device == "cuda":
         _check_devices(args.tp)
     from dooly.db import postgres
-    if postgres.is_url(args.db) or Path(args.db).exists():   # its captures stand in for a capture
-        with Store.open(args.db, create=False) as store:
-            analysis = analyze(args.configs, args.engine, tp=args.tp, store=store)
-    else:
-        analysis = analyze(args.configs, args.engine, tp=args.tp)
+    exists = postgres.is_url(args.db) or Path(args.db).exists()   # a new DB is made by the sweep only
+    with Store.open(args.db, create=False) if exists else contextlib.nullcontext() as store:
+        analysis = analyze(args.configs, args.engine, tp=args.tp, store=store)   # its captures stand in
     from dooly.cli.report import print_failures
     print_failures(analysis.failed)  # a model the engine cannot capture is skipped
     if not analysis.inventories:
