@@ -218,6 +218,34 @@ def score(name, runs, pred) -> dict:
     return fig
 
 
+def host_state(runs, db: str) -> dict:
+    """The host's speed (dooly.hostspeed) while the DB's units were swept, while its
+    models were calibrated, and during each real run: a real run on a slower host than
+    the sweep's is mis-predicted by that much whatever the model. `host_factor`: the real
+    runs' reference time over the sweep's (a diagnostic: a prediction cannot know it)."""
+    from dooly.db import Store
+    from dooly.engines import environment
+    from dooly.hostspeed import Reading, host_factor
+    with Store.open(db, create=False) as store:
+        rows = store.host_probes(environment("vllm", "cpu").key)
+    sweep = [Reading(t, g, m) for t, g, m, src in rows if src == "sweep"]
+    calib = [Reading(t, g, m) for t, g, m, src in rows if src == "calibrate"]
+    real = [Reading(*r) for run in runs for r in run.get("host", [])]
+    med = lambda rs, f: statistics.median(getattr(r, f) for r in rs) if rs else None  # noqa: E731
+    return {f"host.{name}_{f}": med(rs, f) for name, rs in (("sweep", sweep), ("calibrate", calib),
+                                                             ("real", real)) for f in ("gemm_ms", "stream_ms")} \
+        | {"host.real_over_sweep": host_factor(real, sweep) if real and sweep else None}
+
+
+def print_host(fig: dict) -> None:
+    part = lambda n: (f"{fig[f'host.{n}_gemm_ms']:.3f} / {fig[f'host.{n}_stream_ms']:.3f}"  # noqa: E731
+                      if fig.get(f"host.{n}_gemm_ms") is not None else "-")
+    f = fig.get("host.real_over_sweep")
+    print(f"  host reference workload (GEMM / stream ms, median): sweep {part('sweep')}, calibration "
+          f"{part('calibrate')}, real runs {part('real')}"
+          + ("" if f is None else f"; real runs at {f:.3f} x the sweep's reference time"))
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -423,8 +451,9 @@ def main(argv=None) -> int:
     for n in names:
         pred = model_out_predictor(n, args.db)
         pred.set_serving(BUDGET, MAX_SEQS)   # CUDA-graph sizes, on a GPU host
-        fig = score(n, runs[n], pred)
+        fig = score(n, runs[n], pred) | host_state(runs[n], args.db)
         print_model(n, fig, pred.step_model_source, per_label(runs[n], pred))
+        print_host(fig)
         result.update({f"{n}.{k}": v for k, v in fig.items()}, **{f"{n}.step_model_source": pred.step_model_source})
         own = model_out_predictor(n, args.db, prefer="model", exclude_self=False)
         ins = score(n, runs[n], own)

@@ -8,8 +8,12 @@ Every pair of DBs is compared on the points both measured (same unit, environmen
 point). Per pair: the number of common points, the median and p90 of |B/A - 1|, the
 share of points within 5% and 10%, the median signed ratio (a drift of one sweep against
 the other) and the ratio of the summed times (what a step built from these points would
-shift by). --json: flat keys of the worst pair (`spread_median_pct`, `spread_p90_pct`,
-`within_5_pct`, `within_10_pct`, `bias_pct`, `total_ratio_pct`) and `<a>~<b>.*` per pair.
+shift by). Where both sweeps read the host's speed (dooly.hostspeed, schema 5), the pair
+also prints the host factor (B's median reference time over A's) and the spread after
+dividing B by it (`host_factor`, `adjusted_spread_median_pct`, `adjusted_bias_pct`): what
+is left once the host state each sweep ran in is taken out. --json: flat keys of the
+worst pair (`spread_median_pct`, `spread_p90_pct`, `within_5_pct`, `within_10_pct`,
+`bias_pct`, `total_ratio_pct`) and `<a>~<b>.*` per pair.
 """
 from __future__ import annotations
 
@@ -35,6 +39,25 @@ def points(db: str, env: str | None) -> tuple[dict, dict]:
         ops = {u.key: u.op for u in store.units()}
     return {(m.unit_key, m.env_key, json.dumps(m.point, sort_keys=True)): m.median_ms
             for m in rows if m.median_ms > 0}, ops
+
+
+def host_readings(db: str, env: str | None) -> list:
+    """The host-speed readings the DB's sweeps took (empty before schema 5)."""
+    from dooly.db import Store
+    from dooly.hostspeed import Reading
+    with Store.open(db, create=False) as store:
+        if not hasattr(store, "host_probes"):
+            return []
+        return [Reading(t, g, s) for t, g, s, _ in store.host_probes(env, source="sweep")]
+
+
+def adjusted(a: dict, b: dict, factor: float) -> dict:
+    """The spread of B/(A x factor): B with the host's slowdown against A taken out."""
+    common = [k for k in a if k in b]
+    ratios = [b[k] / (a[k] * factor) for k in common]
+    return {"host_factor": factor,
+            "adjusted_spread_median_pct": statistics.median(100.0 * abs(r - 1) for r in ratios),
+            "adjusted_bias_pct": 100.0 * (statistics.median(ratios) - 1)}
 
 
 def _q(values: list[float], f: float) -> float:
@@ -78,6 +101,7 @@ def main(argv=None) -> int:
     from dooly.errors import DoolyInputError
     try:
         loaded = {db: points(db, args.env) for db in args.dbs}
+        hosts = {db: host_readings(db, args.env) for db in args.dbs}
     except DoolyInputError as err:
         print(f"dooly: error: {err}", file=sys.stderr)
         return 2
@@ -93,6 +117,13 @@ def main(argv=None) -> int:
               f"p90 {fig['spread_p90_pct']:.1f}%; within 5% {fig['within_5_pct']:.0f}%, within 10% "
               f"{fig['within_10_pct']:.0f}%; median B/A {1 + fig['bias_pct'] / 100:.3f}; summed time "
               f"{fig['total_ratio_pct']:+.1f}%")
+        if hosts[da] and hosts[db]:
+            from dooly.hostspeed import host_factor
+            fig.update(adjusted(loaded[da][0], loaded[db][0], host_factor(hosts[db], hosts[da])))
+            print(f"    host: B's reference workload {fig['host_factor']:.3f} x A's "
+                  f"({len(hosts[da])} and {len(hosts[db])} readings); B / host factor: median "
+                  f"|B/A - 1| {fig['adjusted_spread_median_pct']:.1f}%, median B/A "
+                  f"{1 + fig['adjusted_bias_pct'] / 100:.3f}")
         if args.by_op:
             for op, (n, r) in by_op(loaded[da][0], loaded[db][0], loaded[db][1]).items():
                 print(f"    {op:32s} n={n:4d} median B/A {r:.3f}")

@@ -31,6 +31,8 @@ def swept(tmp_path_factory):
 def test_sweep_measures_every_unit_then_nothing(swept):
     db, first = swept
     assert first.units_measured and first.points_measured > 0
+    with Store.open(db) as s:   # the host state beside the points: at the start and the end
+        assert len(s.host_probes(first.env_key, source="sweep")) >= 2
     again = sweep(analyze([SMOL], "transformers"), db, lim=LIM)
     assert again.units_measured == [] and len(again.units_reused) == len(first.units_measured)
 

@@ -24,3 +24,12 @@ def test_two_sweeps_are_compared_on_their_common_points_only():
 
 def test_sweeps_with_nothing_in_common_are_not_compared():
     assert agree.compare({("u", "e", "p"): 1.0}, {("v", "e", "p"): 1.0}) is None
+
+
+def test_the_host_factor_takes_a_uniformly_slower_host_out_of_the_spread():
+    a = {("u", "e", f"p{i}"): 1.0 + i for i in range(6)}
+    b = {k: 1.1 * v for k, v in a.items()}     # every point 10% slower: the host, not the units
+    fig = agree.adjusted(a, b, 1.1)
+    assert agree.compare(a, b)["spread_median_pct"] == pytest.approx(10.0)
+    assert fig["adjusted_spread_median_pct"] == pytest.approx(0.0, abs=1e-9)
+    assert fig["adjusted_bias_pct"] == pytest.approx(0.0, abs=1e-9)

@@ -125,8 +125,8 @@ def read_provenance(folder) -> dict:
     if prov.get("format_version") != FORMAT_VERSION:
         raise DoolyInputError(where, f"format version {prov.get('format_version')!r}, this dooly "
                                      f"reads {FORMAT_VERSION}", "format_version")
-    # version 4 added only the captures table, which exports leave out: a version-3
-    # export holds the same tables and columns
+    # versions 4 and 5 added only the captures and host_probes tables, which exports leave
+    # out: a version-3 export holds the same tables and columns
     if prov.get("schema_version") not in range(MIN_SCHEMA_VERSION, SCHEMA_VERSION + 1):
         raise DoolyInputError(where, f"written at schema version {prov.get('schema_version')!r}, "
                                      f"this dooly reads {MIN_SCHEMA_VERSION} to {SCHEMA_VERSION}",

@@ -23,7 +23,8 @@ ENV_COLUMNS = ("device_name", "device_kind", "engine", "engine_version", "backen
 MEASUREMENT_COLUMNS = ("unit_key", "env_key", "point_json", "median_ms", "p10_ms", "p90_ms",
                        "mean_ms", "std_ms", "samples", "outliers", "status", "reason",
                        "timestamp")
-TABLES = ("environments", "units", "measurements", "inventories", "fits", "leases", "captures")
+TABLES = ("environments", "units", "measurements", "inventories", "fits", "leases", "captures",
+          "host_probes")
 
 _V1 = """
 CREATE TABLE environments (
@@ -115,9 +116,22 @@ def _to_v4(conn: sqlite3.Connection) -> None:
         timestamp      REAL NOT NULL)""")
 
 
+def _to_v5(conn: sqlite3.Connection) -> None:
+    # the host's speed on a fixed reference workload, read while a sweep, a calibration or
+    # a real run went on (dooly.profile.hostspeed): measurements and engine steps taken at
+    # different times can be compared against the host state they were taken in
+    conn.execute("""CREATE TABLE host_probes (
+        env_key    TEXT NOT NULL,
+        timestamp  REAL NOT NULL,
+        gemm_ms    REAL NOT NULL,
+        stream_ms  REAL NOT NULL,
+        source     TEXT NOT NULL,
+        PRIMARY KEY (env_key, timestamp, source))""")
+
+
 # MIGRATIONS[i] takes a database at version i to version i + 1. Append, never edit:
 # files written by older releases replay the tail of this list when opened.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2, _to_v3, _to_v4]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

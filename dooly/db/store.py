@@ -306,6 +306,23 @@ class Store(Leases):
                                  (key,)).fetchone()
         return None if row is None else row[0]
 
+    # -- host speed (dooly.profile.hostspeed) --------------------------------------
+    def add_host_probe(self, env_key: str, timestamp: float, gemm_ms: float, stream_ms: float,
+                       source: str) -> None:
+        with self._write() as c:
+            c.execute("INSERT INTO host_probes (env_key, timestamp, gemm_ms, stream_ms, source) "
+                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                      (env_key, timestamp, gemm_ms, stream_ms, source))
+
+    def host_probes(self, env_key: str | None = None, source: str | None = None) -> list[tuple]:
+        """(timestamp, gemm_ms, stream_ms, source) in time order."""
+        sql, args = "SELECT timestamp, gemm_ms, stream_ms, source FROM host_probes WHERE 1 = 1", []
+        if env_key is not None:
+            sql, args = sql + " AND env_key = ?", args + [env_key]
+        if source is not None:
+            sql, args = sql + " AND source = ?", args + [source]
+        return [tuple(r) for r in self._conn.execute(sql + " ORDER BY timestamp", args)]
+
     # -- whole-database views -----------------------------------------------------
     def stats(self) -> dict[str, int]:
         one = lambda sql: self._conn.execute(sql).fetchone()[0]  # noqa: E731
@@ -370,6 +387,8 @@ class Store(Leases):
                 f"SELECT {', '.join(MEASUREMENT_COLUMNS)} FROM measurements").fetchall()
             captures = other._conn.execute("SELECT capture_key, config_hash, engine, inventory_json, "
                                            "timestamp FROM captures").fetchall()
+            probes = other._conn.execute("SELECT env_key, timestamp, gemm_ms, stream_ms, source "
+                                         "FROM host_probes").fetchall()
         except sqlite3.Error as err:
             raise schema.database_error(other.path, err) from None
         c.executemany(f"INSERT INTO environments ({', '.join(cols)}) VALUES "
@@ -381,6 +400,8 @@ class Store(Leases):
                       "SET model_name = excluded.model_name, count = excluded.count", inventories)
         c.executemany("INSERT INTO captures (capture_key, config_hash, engine, inventory_json, timestamp) "
                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", captures)
+        c.executemany("INSERT INTO host_probes (env_key, timestamp, gemm_ms, stream_ms, source) "
+                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", probes)
         return self._upsert(c, rows, newer_only=True)
 
     def export_json(self, path: str | os.PathLike) -> None:

@@ -6,7 +6,7 @@ and supplies the engine's own kernels where a unit must be timed as the engine r
 (`gemm_call`, `ir_body`, `attention_runner`, and for tensor parallelism its communicator:
 `collective_label`, `collective_group`). Everything else in Dooly calls these
 functions and never branches on the engine's name. May import: dooly.config, dooly.env,
-dooly.errors, dooly.unit, dooly.graph, dooly.symbolic. Adding an engine is one module
+dooly.hostspeed, dooly.errors, dooly.unit, dooly.graph, dooly.symbolic. Adding an engine is one module
 here plus one entry in the tables below."""
 from __future__ import annotations
 

@@ -174,10 +174,14 @@ def item(set_name: str, label: str, lens: list[int], max_tokens, budget: int | N
     return {"set": [set_name, label], "lens": list(lens), "max_tokens": mts, "budget": budget}
 
 
-def run_items(llm, rec: StepRecorder, items: list[dict], repeats: int = 1, seed: int = 1) -> list[dict]:
+def run_items(llm, rec: StepRecorder, items: list[dict], repeats: int = 1, seed: int = 1,
+              host: list | None = None) -> list[dict]:
     """Run each item `repeats` times (all items, then again: a repeat lands minutes after
     the first, in another phase of whatever else the host runs); return the recorded steps,
-    each tagged with its set, label and repeat."""
+    each tagged with its set, label and repeat. `host`: a list that receives the host's
+    speed (dooly.hostspeed readings as [timestamp, gemm_ms, stream_ms]) between items."""
+    from dooly.hostspeed import HostProbe
+    probe = HostProbe(every_s=0.0) if host is not None else None
     sched = scheduler_of(llm)
     budget = sched.max_num_scheduled_tokens
     generate(llm, prompts([300, 40, 40], 0), [4, 4, 4])  # warm-up, not recorded
@@ -189,6 +193,9 @@ def run_items(llm, rec: StepRecorder, items: list[dict], repeats: int = 1, seed:
     for rep in range(repeats):
         for it in items:
             seed += 1
+            if probe is not None:
+                r = probe.read()
+                host.append([r.timestamp, r.gemm_ms, r.stream_ms])
             rec.label = list(it["set"]) + [rep]
             sched.max_num_scheduled_tokens = min(it.get("budget") or budget, budget)
             generate(llm, prompts(it["lens"], seed), it["max_tokens"])
@@ -218,8 +225,9 @@ def steps_job(job: dict) -> dict:
     rec = StepRecorder(layers=bool(job.get("layers")))
     rec.install()
     llm = start_llm(Path(job["config"]), int(job.get("budget", 8192)), int(job.get("max_num_seqs", 128)))
-    steps = run_items(llm, rec, job["items"], int(job.get("repeats", 1)))
-    return {"steps": steps, "threads": sorted(rec.threads_seen), "worker": worker_info()}
+    host: list = []
+    steps = run_items(llm, rec, job["items"], int(job.get("repeats", 1)), host=host)
+    return {"steps": steps, "threads": sorted(rec.threads_seen), "worker": worker_info(), "host": host}
 
 
 def worker_info() -> dict:

@@ -40,6 +40,8 @@ def calibrate(config: str, db_path: str, threads: int | None = None, budget: int
     threads = max(res["threads"] or [env.threads])
     with Store.open(db_path) as store:
         n = record_steps(store, env, res["steps"], structure, cfg.hash, threads)
+        for ts, gemm_ms, stream_ms in res.get("host", []):
+            store.add_host_probe(env.key, ts, gemm_ms, stream_ms, "calibrate")
         pooled = calibrated_models(store, env.key)
     return {"env_key": env.key, "steps": len(res["steps"]), "points": n,
             "quiet_steps": len(quiet_steps(res["steps"], threads)),

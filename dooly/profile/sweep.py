@@ -140,7 +140,9 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
         if families or adaptive:
             from dooly.profile.checkpoints import SweepPolicy
             policy = SweepPolicy(store, env.key, tolerance_pct, families, adaptive)
-        job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress, policy)
+        from dooly.hostspeed import HostProbe
+        probe = HostProbe() if device == "cpu" else None
+        job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress, policy, probe)
         try:
             waiting = [key for key, unit in units.items() if not job.unit(key, unit)]
             while waiting:  # units other sweepers held: theirs to finish, or ours once lapsed
@@ -150,8 +152,9 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
                 from dooly.profile.collective_sweep import sweep_collectives
                 sweep_collectives(store, coll, env, lim, summary, comm, progress)
             if recheck:
-                _recheck(store, job.runners, job.timer,
-                         [units[k] for k in summary.units_measured if k in units], env, summary)
+                _recheck(job, [units[k] for k in summary.units_measured if k in units])
+            if summary.units_measured:
+                job.host(force=True)
         except KeyboardInterrupt:
             summary.interrupted = True
         if policy is not None:
@@ -174,6 +177,14 @@ class _Job:
     summary: SweepSummary
     progress: object = None
     policy: object = None   # check points and adaptive grids (dooly.profile.checkpoints)
+    probe: object = None    # dooly.hostspeed.HostProbe: the host state beside the points
+
+    def host(self, force: bool = False) -> None:
+        if self.probe is None:
+            return
+        r = self.probe.read() if force else self.probe.maybe()
+        if r is not None:
+            self.store.add_host_probe(self.env.key, r.timestamp, r.gemm_ms, r.stream_ms, "sweep")
 
     def todo(self, key: str, unit: Unit) -> list[dict]:
         if self.policy is not None:
@@ -206,6 +217,7 @@ class _Job:
                     if not store.renew(key, env.key, owner):
                         return False  # our lease lapsed and was taken over: theirs now
                     renewed = time.monotonic()
+                self.host()
                 m = _measure(self.runners, self.timer, unit, point, env)
                 store.add_measurement(m)
                 s.points_failed += m.status == "failed"
@@ -222,15 +234,17 @@ class _Job:
             store.release(key, env.key, owner)
 
 
-def _recheck(store, runners: Runners, timer, units: list[Unit], env: Environment, summary) -> None:
+def _recheck(job: _Job, units: list[Unit]) -> None:
     """A second pass over every point just measured, minutes after the first: another
     process on a shared host only ever slows a point down, and it does so in bursts that
     can cover a run of neighbouring points, so each point keeps the faster of its two
     medians. Interrupting this pass loses nothing: the first pass's rows stand."""
+    store, env, summary = job.store, job.env, job.summary
     t0 = time.perf_counter()
     for unit in units:
         for m in store.measurements(unit_key=unit.key, env_key=env.key):
-            again = _measure(runners, timer, unit, m.point, env)
+            job.host()
+            again = _measure(job.runners, job.timer, unit, m.point, env)
             if again.status == "ok" and again.median_ms < m.median_ms:
                 store.add_measurement(again)
                 summary.points_rechecked_faster += 1

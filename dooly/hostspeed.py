@@ -1,0 +1,81 @@
+"""The host's speed, read on a fixed reference workload while a sweep, a calibration or a
+real engine run goes on. On a shared host (a VM beside other tenants) the same kernel
+runs at different speeds at different times (clock, memory bandwidth and cache taken by
+neighbours the guest cannot see), so a sweep taken at one time and engine steps timed
+at another can disagree although both were timed correctly. A probe taken beside each
+says which host state each was taken in: `bench/sweep_agreement.py` compares sweeps
+with and without that factor, `bench/accuracy_batch.py` prints it for the sweep and the
+real runs. Two parts: a compute-bound bf16 GEMM and a memory-bound add over a span
+larger than the last-level cache, each the median of a short burst."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+# the reference shapes: fixed forever, so that readings of every release compare
+GEMM_SHAPE = (128, 1024, 1024)    # [M, K] x [N, K]
+STREAM_ELEMS = 8 << 20            # fp32: 32 MiB per operand
+
+
+@dataclass(frozen=True)
+class Reading:
+    timestamp: float
+    gemm_ms: float
+    stream_ms: float
+
+    def __post_init__(self):
+        for name in ("gemm_ms", "stream_ms"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)!r}")
+
+
+class HostProbe:
+    """Reads the reference workload at most every `every_s` seconds (`maybe`); each
+    reading is the median of `repeats` calls per part, ~15 ms in all on a 2-core CPU."""
+
+    def __init__(self, every_s: float = 20.0, repeats: int = 7):
+        import torch
+        self.every_s, self.repeats = every_s, repeats
+        m, k, n = GEMM_SHAPE
+        gen = torch.Generator().manual_seed(0)
+        self._a = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        self._w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+        self._x = torch.randn(STREAM_ELEMS, generator=gen)
+        self._y = torch.randn(STREAM_ELEMS, generator=gen)
+        self._last = float("-inf")
+
+    def _median_ms(self, fn) -> float:
+        fn()
+        samples = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter_ns()
+            fn()
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        return statistics.median(samples)
+
+    def read(self) -> Reading:
+        import torch
+        import torch.nn.functional as F
+        self._last = time.monotonic()
+        gemm = self._median_ms(lambda: F.linear(self._a, self._w))
+        stream = self._median_ms(lambda: torch.add(self._x, self._y))
+        return Reading(time.time(), gemm, stream)
+
+    def maybe(self) -> Reading | None:
+        """A reading when `every_s` has passed since the last one, else None."""
+        return self.read() if time.monotonic() - self._last >= self.every_s else None
+
+
+def host_factor(readings: list[Reading], reference: list[Reading]) -> float:
+    """How much slower the host ran during `readings` than during `reference`: the ratio
+    of their median GEMM and stream times, averaged (1.0: the same host state)."""
+    if not readings or not reference:
+        return 1.0
+    med = lambda rs, f: statistics.median(getattr(r, f) for r in rs)  # noqa: E731
+    return statistics.fmean(med(readings, f) / med(reference, f) for f in ("gemm_ms", "stream_ms"))
+
+
+def near(readings: list[Reading], t0: float, t1: float, pad_s: float = 60.0) -> list[Reading]:
+    """The readings taken within [t0 - pad_s, t1 + pad_s]."""
+    return [r for r in readings if t0 - pad_s <= r.timestamp <= t1 + pad_s]
