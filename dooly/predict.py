@@ -54,8 +54,9 @@ class Predictor:
     @classmethod
     def load(cls, config_path: str, db_path: str, engine: str | None = None,
              env_key: str | None = None, store=None, step_model: str = "pool",
-             exclude=(), tp: int = 1) -> "Predictor":
-        """`tp` > 1: the model's tensor-parallel inventory (`dooly sweep --tp N`): one rank's
+             exclude=(), tp: int = 1, routing: str = "balanced") -> "Predictor":
+        """`routing`: the expert distribution a mixture-of-experts model's MoE units are
+        predicted under (dooly.routing; their points timed under it). `tp` > 1: the model's tensor-parallel inventory (`dooly sweep --tp N`): one rank's
         shard units in the environment that measured most of them (or `env_key`), plus its
         collectives from that environment's collective environment."""
         from dooly.config import load_config
@@ -76,7 +77,7 @@ class Predictor:
                                       f"{f' at --tp {tp}' if tp > 1 else ''}: run "
                                       f"`dooly sweep {cmd}` or `dooly analyze {cmd}`")
             units = {k: _stored_unit(store, k, db_path) for k in counts}
-            models, fallback, refitted, cenv = _models_with_collectives(store, env, units)
+            models, fallback, refitted, cenv = _models_with_collectives(store, env, units, routing)
             pred = cls(units, counts, models, env, fallback, refitted=refitted)
             pred.tp, pred.collective_env = tp, cenv
             pred.engine_step = pred._load_engine_step(store, env, cfg, step_model, exclude)
@@ -179,12 +180,12 @@ def _own(cfg, tp: int):
     return SimpleNamespace(hash=inventory_key(cfg.hash, tp), raw=cfg.raw, path=cfg.path, name=cfg.name)
 
 
-def _models_with_collectives(store, env, units: dict[str, Unit]):
+def _models_with_collectives(store, env, units: dict[str, Unit], routing: str = "balanced"):
     """(models, fallback, refitted, collective environment or None): `_load_models` for
     the compute units, the collective environment's fits for the collectives."""
     coll = {k: u for k, u in units.items() if u.op in COLLECTIVE_OPS}
     models, fallback, refitted = _load_models(store, env, {k: u for k, u in units.items()
-                                                           if k not in coll})
+                                                           if k not in coll}, routing)
     if not coll:
         return models, fallback, refitted, None
     cmodels, crefit, cenv = _collective_models(store, env, coll)
@@ -302,12 +303,15 @@ def _stored_unit(store, key: str, db_path: str) -> Unit:
     return unit
 
 
-def _load_models(store, env, units: dict[str, Unit]):
+def _load_models(store, env, units: dict[str, Unit], routing: str = "balanced"):
     """(models, fallback, refitted): the stored fit of every measured unit, fitted anew
-    only where stale or missing; the GEMM family for GEMMs never measured here."""
+    only where stale or missing; the GEMM family for GEMMs never measured here. MoE
+    units are fitted on their points timed under `routing` (dooly.routing)."""
     from dooly.fit.gemm_family import gemm_shape
     from dooly.fit.stored import FAMILY_KEY, family_rows, load_family, unit_models
-    meas = [m for k in units for m in store.measurements(unit_key=k, env_key=env.key)]
+    from dooly.routing import for_routing, is_moe
+    meas = for_routing([m for k in units for m in store.measurements(unit_key=k, env_key=env.key)],
+                       units, routing)
     fits = unit_models(store, env.key, units, meas)
     models, fallback, refitted = dict(fits.models), {}, list(fits.refitted)
     # a unit measured at check points only: its family serves it while they agree
@@ -326,6 +330,9 @@ def _load_models(store, env, units: dict[str, Unit]):
             refitted.append(FAMILY_KEY)
     for key in missing:
         m = _gemm_fallback(family, units[key])
+        if m is None and is_moe(units[key]):
+            raise MissingDataError(key, env.label(), f"op {units[key].op} has no points timed under "
+                                                      f"routing {routing}; sweep with --routing {routing}")
         if m is None:
             raise MissingDataError(key, env.label(), f"op {units[key].op}; sweep this model first")
         models[key], fallback[key] = m, "gemm_family"

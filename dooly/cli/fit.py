@@ -20,10 +20,11 @@ def register(sub) -> None:
     p.add_argument("--db", required=True)
     p.add_argument("--batch", required=True, help='e.g. "prefill:512x2,decode:32@1024", or @FILE.json')
     p.add_argument("--engine", default=None)
-    from dooly.cli.flags import MAX_TP, TP_HELP, int_range
+    from dooly.cli.flags import MAX_TP, ROUTING_HELP, TP_HELP, int_range, routing
     p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
                    help=TP_HELP + "; the inventory of `dooly sweep --tp N`")
     p.add_argument("--env", default=None, help="environment key (default: the engine's best-covered)")
+    p.add_argument("--routing", type=routing, default="balanced", help=ROUTING_HELP)
     p.add_argument("--json", dest="json_path")
     p.set_defaults(func=run_predict)
 
@@ -104,7 +105,7 @@ def run_predict(args) -> int:
     if args.tp > 1:
         from dooly.parallel import check_tp
         check_tp(cfg, args.tp, args.engine or "vllm")
-    pred = Predictor.load(args.config, args.db, args.engine, args.env, tp=args.tp)
+    pred = Predictor.load(args.config, args.db, args.engine, args.env, tp=args.tp, routing=args.routing)
     if pred.refitted:
         print(refit_note(pred.refitted, args.db), file=sys.stderr)
     res = pred.predict(batch)

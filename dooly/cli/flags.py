@@ -46,5 +46,18 @@ def percent(text: str) -> float:
     return value
 
 
+ROUTING_HELP = ("expert distribution of mixture-of-experts units: 'balanced' (default) or "
+                "'skew:S', a Zipf-like skew (expert e weighted (e+1)^-S)")
+
+
+def routing(text: str) -> str:
+    """An argparse type: a routing spec (dooly.routing)."""
+    from dooly.routing import parse_routing
+    try:
+        return parse_routing(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'balanced' or 'skew:S' with S > 0, got {_quote(text)}") from None
+
+
 def _quote(text: str) -> str:
     return repr(text) if len(text) <= 40 else repr(text[:37] + "...")

@@ -83,9 +83,10 @@ def register(subparsers) -> None:
     p.add_argument("--block-size", type=int_range(1), default=d.block_size)
     p.add_argument("--num-blocks", type=int_range(1),
                    help="KV-cache blocks (default: unlimited, never preempts)")
-    from dooly.cli.flags import MAX_TP, TP_HELP
+    from dooly.cli.flags import MAX_TP, ROUTING_HELP, TP_HELP, routing
     p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
                    help=TP_HELP + "; steps from `dooly sweep --tp N`'s shards and collectives")
+    p.add_argument("--routing", type=routing, default="balanced", help=ROUTING_HELP)
     p.add_argument("--kv-cache-gib", type=positive_float, default=None, metavar="GIB",
                    help="KV-cache memory of each device (instead of --num-blocks): blocks as vLLM "
                         "allocates them, N devices holding N times one's under --tp N")
@@ -106,7 +107,7 @@ def _latency_model(args):
     if not args.db:
         raise DoolyInputError(args.config, "no latency model: pass --db PATH", field="--db")
     from dooly.predict import Predictor, refit_note
-    pred = Predictor.load(args.config, args.db, env_key=args.env, tp=args.tp)
+    pred = Predictor.load(args.config, args.db, env_key=args.env, tp=args.tp, routing=args.routing)
     if pred.refitted:
         print(refit_note(pred.refitted, args.db), file=sys.stderr)
     if args.kv_cache_gib is not None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dooly.cli.batchspec import MAX_SEQS
-from dooly.cli.flags import MAX_THREADS, MAX_TP, TP_HELP, int_range, percent
+from dooly.cli.flags import MAX_THREADS, MAX_TP, ROUTING_HELP, TP_HELP, int_range, percent, routing
 from dooly.errors import DoolyInputError
 
 
@@ -38,6 +38,7 @@ def register(sub) -> None:
                    help="sweep one-axis units coarse first, refining only where interpolation misses")
     p.add_argument("--tolerance", type=percent, default=3.0,
                    help="%% a check point or an interpolated point may miss by (default 3)")
+    p.add_argument("--routing", type=routing, default="balanced", help=ROUTING_HELP)
     from dooly.cli.sweep_ray import add_flags
     add_flags(p)  # --ray [ADDRESS], --ray-workers N
     p.set_defaults(func=run)
@@ -88,7 +89,7 @@ def run(args) -> int:
         if args.ray is None:  # else measured on Ray above
             s = sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
                       recheck=False if args.no_recheck else None, families=args.families,
-                      adaptive=args.adaptive, tolerance_pct=args.tolerance)
+                      adaptive=args.adaptive, tolerance_pct=args.tolerance, routing=args.routing)
     out = s.to_json()
     out["failed"] = list(analysis.failed)
     print(f"sweep {'interrupted' if s.interrupted else 'done'}: {out['units_measured']} units measured, "

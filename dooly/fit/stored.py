@@ -110,8 +110,10 @@ def family_rows(units: Iterable[Unit] | Mapping[str, Unit], measurements: Iterab
 def fit_environment(store, env_key: str) -> EnvFits:
     """Fit every unit measured in `env_key` and its GEMM family; store the fits whose
     measurements changed (those still fresh are kept as stored)."""
+    from dooly.routing import for_routing
     units = {u.key: u for u in store.units() if u.op != STEP_OP}
-    meas = store.measurements(env_key=env_key)
+    # MoE units are stored fitted under the default expert distribution (dooly.routing)
+    meas = for_routing(store.measurements(env_key=env_key), units)
     fits = unit_models(store, env_key, units, meas)
     fits.family = load_family(store, env_key, family_rows(units, meas, env_key))
     records = [{"unit_key": k, "env_key": env_key, "fingerprint": fits.models[k].fingerprint,

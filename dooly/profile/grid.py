@@ -101,7 +101,7 @@ def point_values(point: dict) -> dict:
         seqs = point["seqs"]
         return {"T": sum(q for q, _ in seqs), "B": len(seqs), "Q": max(q for q, _ in seqs),
                 "C": max(c for _, c in seqs)}
-    v = dict(point)
+    v = {k: x for k, x in point.items() if k != "routing"}   # a MoE unit's distribution (dooly.routing)
     if "T" in v:
         v.setdefault("B", 1)
         v.setdefault("Q", v["T"])

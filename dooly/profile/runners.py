@@ -17,7 +17,7 @@ from dooly.profile.cost import nbytes
 from dooly.profile.grid import point_values
 from dooly.symbolic.labels import Label
 from dooly.symbolic.symbols import evaluate
-from dooly.unit import GEMM_OPS, TensorSig, Unit, call_args
+from dooly.unit import GEMM_OPS, MOE_OPS, TensorSig, Unit, call_args
 
 OP_NAMESPACES = ("vllm_ir", "_C", "vllm", "aten")
 _TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfloat16", "long",
@@ -138,6 +138,32 @@ def cold_copies(unit: Unit, values: dict, device: str) -> int:
     return copies_to_span(weights, device, 16) if weights else 1
 
 
+def routed_inputs(unit: Unit, ins: list, point: dict) -> None:
+    """A fused-MoE unit's router outputs as the point's distribution makes them: expert ids
+    [T, k] drawn from it (dooly.routing) and positive top-k weights summing to 1 per token."""
+    from dooly.routing import expert_ids, moe_shape, routing_of
+    experts, top_k = moe_shape(unit)
+    for sig, t in zip(unit.inputs, ins):
+        if len(sig.dims) != 2 or t.shape[-1] != top_k:
+            continue
+        if not t.is_floating_point():
+            ids = expert_ids(t.shape[0], experts, top_k, routing_of(point))
+            t.copy_(torch.from_numpy(ids).to(t.dtype))
+        elif t.dtype == torch.float32:
+            t.uniform_(0.1, 1.0)
+            t.div_(t.sum(dim=-1, keepdim=True))
+    if ins and ins[0].device.type == "cpu":
+        amx_permission()
+
+
+def amx_permission() -> None:
+    """Linux lets a process use AMX tiles only after it asks (vLLM's CPU worker does):
+    without it, the engine's AMX kernels (its fused MoE's "amx" path) die of SIGILL."""
+    init = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    if init is not None and torch.cpu._is_amx_tile_supported():
+        init()
+
+
 def gemm(engine: str, device: str, op: str, ins: list) -> Callable[[], object]:
     """A matrix product as the engine runs it: `linear` through the engine's own GEMM
     (it may prepack the weight), the others as torch's op of that name."""
@@ -206,6 +232,8 @@ class StatelessRunner:
             ids = next(t for t in ins if not t.is_floating_point())
             ids.random_(0, w.shape[0])
             return lambda: F.embedding(ids, w)
+        if u.op in MOE_OPS:
+            routed_inputs(u, ins, point)
         if u.op == "_C.rotary_embedding":
             cache = ins[-1]
             ins[0].random_(0, cache.shape[0])  # positions index the cos/sin cache

@@ -51,8 +51,11 @@ class SweepSummary:
                 "units_family_served": len(self.family_served)}
 
 
-def grid_for(unit: Unit, lim: GridLimits) -> list[dict]:
+def grid_for(unit: Unit, lim: GridLimits, routing: str = "balanced") -> list[dict]:
+    from dooly.routing import is_moe, with_routing
     pts = points_for(unit.driver, lim, unit.request_symbols())
+    if is_moe(unit):   # timed under the expert distribution it names (dooly.routing)
+        return with_routing(pts, routing)
     if unit.op == "scaled_dot_product_attention":
         # the transformers capture is a prefill without a cache
         pts = [p for p in pts if all(c == 0 for _, c in p["seqs"])]
@@ -103,7 +106,7 @@ class Runners:
 def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = None,
           lim: GridLimits = GridLimits(), threads: int | None = None, progress=None,
           recheck: bool | None = None, comm: str = "engine", families: bool = False,
-          adaptive: bool = False, tolerance_pct: float = 3.0) -> SweepSummary:
+          adaptive: bool = False, tolerance_pct: float = 3.0, routing: str = "balanced") -> SweepSummary:
     """Measure every unit of the analysed models (`analysis.engine`, `.inventories`: what
     `dooly.analyze.analyze` returns) that the DB lacks for this environment.
     `progress(unit, done, total)` is called after each point. `recheck` (default: on a
@@ -113,7 +116,9 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
     `comm`: "engine" for the engine's communicator, "torch" for plain torch.distributed).
     `families`: a unit whose family covers it is measured at check points and served by
     the family when they agree within `tolerance_pct`; `adaptive`: a one-axis unit swept
-    in full is refined only where interpolation misses (dooly.profile.checkpoints)."""
+    in full is refined only where interpolation misses (dooly.profile.checkpoints).
+    `routing`: the expert distribution mixture-of-experts units are timed under
+    (dooly.routing: "balanced" or "skew:S"), recorded in each of their points."""
     recheck = device == "cpu" if recheck is None else recheck
     from dooly.db import Store
     Store.ensure_writable(db_path)
@@ -142,7 +147,8 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
             policy = SweepPolicy(store, env.key, tolerance_pct, families, adaptive)
         from dooly.hostspeed import HostProbe
         probe = HostProbe() if device == "cpu" else None
-        job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress, policy, probe)
+        job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress, policy, probe,
+                   routing)
         try:
             waiting = [key for key, unit in units.items() if not job.unit(key, unit)]
             while waiting:  # units other sweepers held: theirs to finish, or ours once lapsed
@@ -178,6 +184,7 @@ class _Job:
     progress: object = None
     policy: object = None   # check points and adaptive grids (dooly.profile.checkpoints)
     probe: object = None    # dooly.hostspeed.HostProbe: the host state beside the points
+    routing: str = "balanced"
 
     def host(self, force: bool = False) -> None:
         if self.probe is None:
@@ -188,8 +195,9 @@ class _Job:
 
     def todo(self, key: str, unit: Unit) -> list[dict]:
         if self.policy is not None:
-            return self.policy.todo(key, unit, grid_for(unit, self.lim))
-        return [p for p in grid_for(unit, self.lim) if not self.store.has_point(key, self.env.key, p)]
+            return self.policy.todo(key, unit, grid_for(unit, self.lim, self.routing))
+        return [p for p in grid_for(unit, self.lim, self.routing)
+                if not self.store.has_point(key, self.env.key, p)]
 
     def unit(self, key: str, unit: Unit, waited: bool = False) -> bool:
         """Measure the unit's missing points under a lease. True when none is left
@@ -209,7 +217,7 @@ class _Job:
             if key not in s.units_measured:  # back after a lapsed lease: counted once
                 s.units_measured.append(key)
             t_unit, renewed = time.perf_counter(), time.monotonic()
-            total = len(grid_for(unit, self.lim)) if self.policy is not None else len(todo)
+            total = len(grid_for(unit, self.lim, self.routing)) if self.policy is not None else len(todo)
             i = -1
             while todo:  # a policy's next points depend on what was just measured
                 point, todo, i = todo[0], todo[1:], i + 1
