@@ -143,6 +143,16 @@ def gemm_call(engine: str, device: str, x, w, bias) -> Callable[[], object]:
     return lambda: F.linear(x, w, bias)
 
 
+def moe_inputs(engine: str, device: str, unit, ins: list) -> list:
+    """A fused-MoE unit's inputs as the engine hands them to its kernel (the CPU kernel
+    reads expert weights prepacked for its ISA, the unit's last call argument)."""
+    call = unit.attr.get("call") or []
+    if engine == "vllm" and device == "cpu" and call and call[-1] in ("amx", "vec"):
+        from dooly.engines.vllm_ops import cpu_moe_weights
+        return cpu_moe_weights(ins, call[-1])
+    return ins
+
+
 def ir_body(engine: str, unit) -> Callable | None:
     """The body the engine lowers an IR op to before compiling, or None."""
     if engine != "vllm" or not unit.op.startswith("vllm_ir."):

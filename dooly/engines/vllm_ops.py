@@ -21,6 +21,14 @@ def cpu_linear(x, w, bias) -> Callable[[], object]:
     return lambda: layer.cpu_linear(x, layer.weight, bias)
 
 
+def cpu_moe_weights(ins: list, isa: str) -> list:
+    """The expert weights (3-D inputs) in the layout vLLM's CPU fused MoE reads: its
+    experts prepack them for the kernel's ISA after loading (cpu_moe.py)."""
+    set_vllm_environ()
+    from vllm._custom_ops import cpu_prepack_moe_weight
+    return [cpu_prepack_moe_weight(t, isa) if t.dim() == 3 and t.is_floating_point() else t for t in ins]
+
+
 def lowered_ir(unit) -> Callable | None:
     """vLLM lowers each IR op to the implementation its platform prefers before Inductor
     sees the graph, so Inductor fuses that body; compiling the opaque custom op instead

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dooly.engines import gemm_call, ir_body
+from dooly.engines import gemm_call, ir_body, moe_inputs
 from dooly.env import copies_to_span
 from dooly.graph.regions import eval_name
 from dooly.profile.cost import nbytes
@@ -234,6 +234,7 @@ class StatelessRunner:
             return lambda: F.embedding(ids, w)
         if u.op in MOE_OPS:
             routed_inputs(u, ins, point)
+            ins = moe_inputs(self.engine, self.device, u, ins)
         if u.op == "_C.rotary_embedding":
             cache = ins[-1]
             ins[0].random_(0, cache.shape[0])  # positions index the cos/sin cache
