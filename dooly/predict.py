@@ -144,8 +144,9 @@ class Predictor:
             x = t if driver == "tokens" else float(len(seqs))
             for key, fn, count in entries:
                 out[key] = count * max(fn(x, point), 0.0)
-        engine = self.engine_step.predict_one(seqs) if self.engine_step else 0.0
-        return Prediction(float(sum(out.values())), out, engine)
+        units = float(sum(out.values()))
+        engine = self.engine_step.predict_one(seqs, units) if self.engine_step else 0.0
+        return Prediction(units, out, engine)
 
     def step_ms(self, batch) -> float:
         """Simulator hook: a step's list of scheduled sequences (query_len, context_len):

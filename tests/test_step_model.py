@@ -291,3 +291,22 @@ def test_a_pool_of_two_models_fits_no_structure_terms():
     m = EngineStepModel(("step", "seq"))
     m.coef_, m.models_, m.n_rows_, m.in_sample_mape_pct_ = np.zeros(len(FEATURES)), ["a"], 1, 0.0
     assert EngineStepModel.from_json(m.to_json()).terms == ("step", "seq")
+
+
+def test_kernels_slower_inside_the_engine_are_learned_as_a_share_of_the_units():
+    """Units timed alone under the engine's own step by a fixed share (the same kernels
+    beside other ops' data in the caches): a pool of three models learns that share and
+    carries it to a model it never saw; the model selection picks the set with that term."""
+    from dooly.fit.step_model import TERM_SETS, select_terms
+    slow = 0.15
+    rows = []
+    for i, (h, st) in enumerate(POOL.items()):
+        for r in _rows(h, st, seed=i):
+            rows.append(dict(r, step_ms=r["step_ms"] + slow * r["units_ms"]))
+    assert select_terms(rows) == TERM_SETS["all+units"]
+    model = EngineStepModel(TERM_SETS["all+units"]).fit(rows)
+    units = _units_ms(HELD_OUT)
+    for b in _batches(30, seed=5):
+        truth = units(b) * (1 + slow) + _engine_ms(HELD_OUT, b)
+        pred = units(b) + model.predict_one(b, HELD_OUT, units_ms=units(b))
+        assert abs(pred - truth) / truth < 0.03

