@@ -149,12 +149,19 @@ def prompts(lengths, seed):
     return [{"prompt_token_ids": [rng.randint(100, 5000) for _ in range(n)]} for n in lengths]
 
 
+# The KV cache the probe's engine gets, in GiB (DOOLY_PROBE_KV_GIB): a fixed size, not a
+# share of the host's memory, whose remainder after the weights a model with large
+# experts leaves negative (vLLM-CPU then refuses to start: a 2-layer Mixtral holds 6 GB)
+PROBE_KV_GIB = 3
+
+
 def start_llm(config: Path, budget: int = 8192, max_num_seqs: int = 128, max_model_len: int = 4096):
     from vllm import LLM
+    kv_gib = float(os.environ.get("DOOLY_PROBE_KV_GIB", PROBE_KV_GIB))
     return LLM(model=model_dir(config), load_format="dummy", skip_tokenizer_init=True,
                dtype="bfloat16", max_model_len=max_model_len, max_num_batched_tokens=budget,
                max_num_seqs=max_num_seqs, enable_prefix_caching=False,
-               gpu_memory_utilization=float(os.environ.get("DOOLY_PROBE_MEM_UTIL", "0.4")))
+               kv_cache_memory_bytes=int(kv_gib * (1 << 30)))
 
 
 def scheduler_of(llm):
