@@ -78,7 +78,3 @@ def host_factor(readings: list[Reading], reference: list[Reading]) -> float:
     med = lambda rs, f: statistics.median(getattr(r, f) for r in rs)  # noqa: E731
     return statistics.fmean(med(readings, f) / med(reference, f) for f in ("gemm_ms", "stream_ms"))
 
-
-def near(readings: list[Reading], t0: float, t1: float, pad_s: float = 60.0) -> list[Reading]:
-    """The readings taken within [t0 - pad_s, t1 + pad_s]."""
-    return [r for r in readings if t0 - pad_s <= r.timestamp <= t1 + pad_s]

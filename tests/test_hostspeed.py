@@ -2,7 +2,7 @@
 import pytest
 
 from dooly.db import Store
-from dooly.hostspeed import HostProbe, Reading, host_factor, near
+from dooly.hostspeed import HostProbe, Reading, host_factor
 
 
 def test_a_reading_times_both_parts_of_the_reference_workload():
@@ -26,11 +26,6 @@ def test_host_factor_is_the_slowdown_of_both_parts_against_the_reference():
     slow = [Reading(t, 1.2, 2.0) for t in range(5)] + [Reading(9, 50.0, 90.0)]  # one burst: the median ignores it
     assert host_factor(slow, ref) == pytest.approx((1.2 + 1.0) / 2)
     assert host_factor([], ref) == 1.0
-
-
-def test_near_keeps_the_readings_around_a_window():
-    rs = [Reading(t, 1.0, 1.0) for t in (0.0, 100.0, 500.0)]
-    assert [r.timestamp for r in near(rs, 120.0, 130.0, pad_s=30.0)] == [100.0]
 
 
 def test_host_probes_are_stored_filtered_and_merged(tmp_path):
