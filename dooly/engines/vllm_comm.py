@@ -48,6 +48,11 @@ class VllmGroup:
         self.device = device
         self._config = VllmConfig(parallel_config=ParallelConfig(tensor_parallel_size=size))
         backend = "nccl" if device == "cuda" else "gloo"
+        if device == "cpu":
+            # the shared-memory collectives live in vLLM's CPU kernels: without them loaded
+            # the communicator silently falls back to torch.distributed (as a worker never does)
+            from vllm.platforms import current_platform
+            current_platform.import_kernels()
         with set_current_vllm_config(self._config):
             ps.init_distributed_environment(size, rank, f"file://{init_file}", rank, backend)
             ps.ensure_model_parallel_initialized(size, 1)
