@@ -4,6 +4,7 @@ executed from stored code: op names resolve by attribute lookup in allowed
 namespaces, and fused regions are replayed by a small interpreter over their data."""
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Callable
 
@@ -156,6 +157,7 @@ def routed_inputs(unit: Unit, ins: list, point: dict) -> None:
         amx_permission()
 
 
+@functools.cache
 def amx_permission() -> None:
     """Linux lets a process use AMX tiles only after it asks (vLLM's CPU worker does):
     without it, the engine's AMX kernels (its fused MoE's "amx" path) die of SIGILL."""
