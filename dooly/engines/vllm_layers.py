@@ -2,8 +2,10 @@
 
 On CPU, vLLM 0.32 compiles the whole forward as ONE Inductor graph (mode
 DYNAMO_TRACE_ONCE, backend "inductor"; `vllm/platforms/cpu.py`): Inductor's generated
-`call` runs, in Python, one C++ kernel per fused region (`cpp_fused_*`), one
-`extern_kernels.mm` per GEMM, and vLLM's attention and KV-write custom ops between them.
+`call` runs, in Python, one C++ kernel per fused region (`cpp_fused_*`), one GEMM per
+linear layer (`extern_kernels.mm`, or on hosts where vLLM prepacks weights for oneDNN or
+the sgl kernels its custom ops `torch.ops._C.onednn_mm` / `weight_packed_linear`), and
+vLLM's attention and KV-write custom ops between them.
 On GPU hosts vLLM splits the graph at its attention ops into compiled pieces
 (`PiecewiseBackend`, one call per piece) with the attention ops run eagerly between them.
 `LayerTimer` times, at class or module level:
@@ -43,6 +45,31 @@ class _Extern:
         if name in ("mm", "addmm", "bmm", "baddbmm"):
             return self._timer.timed(fn, "gemm")
         return fn
+
+
+# vLLM's CPU GEMM custom ops (`dispatch_cpu_unquantized_gemm`) as generated code calls them
+GEMM_OPS = ("onednn_mm", "weight_packed_linear", "zentorch_linear_unary")
+
+
+class _Proxy:
+    """Stands in for `torch` in a generated module: `torch.ops._C.<GEMM op>.<overload>`
+    resolves to a timed call, everything else to the real object (the generated `call`
+    looks these up by attribute at every call, so the module's global is what to replace)."""
+
+    def __init__(self, inner, timer, path: tuple[str, ...] = ()):
+        self._inner, self._timer, self._path = inner, timer, path
+
+    def __getattr__(self, name):
+        obj = getattr(self._inner, name)
+        path = self._path + (name,)
+        if path in (("ops",), ("ops", "_C")) or (len(path) == 3 and name in GEMM_OPS):
+            return _Proxy(obj, self._timer, path)
+        if len(path) == 4:   # torch.ops._C.<GEMM op>.<overload>
+            return self._timer.timed(obj, "gemm")
+        return obj
+
+    def __call__(self, *a, **k):   # the packet called without an overload
+        return self._timer.timed(self._inner, "gemm")(*a, **k)
 
 
 class LayerTimer:
@@ -85,6 +112,8 @@ class LayerTimer:
                     setattr(mod, name, self.timed(obj, kernel_kind(name)))
                 elif name == "extern_kernels":
                     setattr(mod, name, _Extern(obj, self))
+                elif name == "torch" and hasattr(obj, "ops"):
+                    setattr(mod, name, _Proxy(obj, self))
 
     def install(self) -> None:
         for cls in _attention_impls():
