@@ -10,6 +10,7 @@ dooly.hostspeed, dooly.errors, dooly.unit, dooly.graph, dooly.symbolic. Adding a
 here plus one entry in the tables below."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Callable
@@ -178,9 +179,23 @@ def collective_group(engine: str, rank: int, size: int, init_file: str, device: 
     return VllmGroup(rank, size, init_file, device)
 
 
+@functools.cache
+def amx_permission() -> None:
+    """Linux lets a process use AMX tiles only after it asks (vLLM's CPU worker does):
+    without it, the engine's AMX kernels (its fused MoE's "amx" path, its attention and
+    MLA kernels on an AMX host) die of SIGILL."""
+    import torch
+    init = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    if init is not None and torch.cpu._is_amx_tile_supported():
+        init()
+
+
 def attention_runner(engine: str, **kwargs):
     """The engine's stateful attention runner (its own backend, metadata and KV cache)."""
     if engine != "vllm":
         raise ValueError(f"engine: {engine!r} has no stateful attention runner")
+    if kwargs.get("kv_lora_rank"):   # multi-head latent attention (dooly.unit.MLA_ATTRS)
+        from dooly.engines.vllm_mla import VllmMLARunner
+        return VllmMLARunner(**kwargs)
     from dooly.engines.vllm_attention import VllmAttentionRunner
     return VllmAttentionRunner(**kwargs)

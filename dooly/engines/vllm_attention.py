@@ -42,7 +42,7 @@ from typing import Callable
 
 import torch
 
-from dooly.engines import set_vllm_environ
+from dooly.engines import amx_permission, set_vllm_environ
 from dooly.engines.vllm_capture import _init_distributed
 from dooly.env import cache_bytes, copies_to_span
 
@@ -74,6 +74,7 @@ class VllmAttentionRunner:
                  max_context: int = 4096, max_batch: int = 256, kv_cache_dtype: str = "auto",
                  seed: int = 0, cold_kv: bool = False):
         set_vllm_environ()
+        amx_permission()
         from vllm.config import set_current_vllm_config
 
         self.num_heads, self.num_kv_heads, self.head_size = num_heads, num_kv_heads, head_size
@@ -124,12 +125,8 @@ class VllmAttentionRunner:
         EngineCore._initialize_kv_caches does it (worker.get_supported_kv_cache_layouts ->
         resolve_kv_cache_layout) and recorded as worker.set_kv_cache_layout records it.
         Returns the layer's backend."""
-        from vllm.distributed.kv_transfer.kv_connector.utils import get_current_attn_backends
         from vllm.model_executor.layers.attention import Attention
         from vllm.utils.torch_utils import set_default_torch_dtype
-        from vllm.v1.attention.backends.utils import (get_supported_kv_cache_layouts,
-                                                      record_kv_cache_layout,
-                                                      resolve_kv_cache_layout)
         from vllm.v1.worker.utils import customize_attention_spec
         with set_default_torch_dtype(self.dtype):
             self.layer = Attention(self.num_heads, self.head_size, self.head_size ** -0.5,
@@ -140,11 +137,18 @@ class VllmAttentionRunner:
         self.layer_name = self.layer.layer_name
         backend = self.layer.get_attn_backend()
         self.spec = customize_attention_spec(backend, self.layer.get_kv_cache_spec(vc))
+        self._record_layout(vc)
+        return backend
+
+    def _record_layout(self, vc) -> None:
+        from vllm.distributed.kv_transfer.kv_connector.utils import get_current_attn_backends
+        from vllm.v1.attention.backends.utils import (get_supported_kv_cache_layouts,
+                                                      record_kv_cache_layout,
+                                                      resolve_kv_cache_layout)
         layouts = [lay.name for lay in get_supported_kv_cache_layouts(
             get_current_attn_backends(vc, [self.layer_name]))]
         layout = resolve_kv_cache_layout(vc, [layouts], [self.spec])
         record_kv_cache_layout(vc.cache_config, layout.name)
-        return backend
 
     def _kv_budget(self) -> int:
         """Bytes for max_batch sequences of max_context tokens, capped (at least one
@@ -238,12 +242,28 @@ class VllmAttentionRunner:
             is_prefilling=torch.tensor([c == 0 and q > 1 for q, c in seqs]))
         with self._config():
             meta = self.builder.build(common_prefix_len=0, common_attn_metadata=cm)
+        return (seqs, T, meta, slot_mapping) + self._inputs(T, g)
+
+    def _inputs(self, T: int, g: torch.Generator) -> tuple:
+        """The op's tensors (q, k, v, out) for T tokens."""
         H, K, D = self.num_heads, self.num_kv_heads, self.head_size
         q = torch.randn(T, H, D, generator=g).to(self.dtype)
         k = torch.randn(T, K, D, generator=g).to(self.dtype)
         v = torch.randn(T, K, D, generator=g).to(self.dtype)
         out = torch.empty(T, H, D, dtype=self.dtype)
-        return seqs, T, meta, slot_mapping, q, k, v, out
+        return q, k, v, out
+
+    def _ops(self, name: str, q, k, v, out):
+        """(kv_update, attention(dep)): the two custom ops `Attention.forward` calls."""
+        ops = torch.ops.vllm
+
+        def kv_update():
+            return ops.unified_kv_cache_update(k, v, name)
+
+        def attention(dep=None):
+            ops.unified_attention_with_output(q, k, v, out, name, kv_cache_dummy_dep=dep)
+
+        return kv_update, attention
 
     def _config(self):
         from vllm.config import set_current_vllm_config
@@ -262,8 +282,7 @@ class VllmAttentionRunner:
 
         import itertools
         seqs, T, meta, slot_mapping, q, k, v, out = self._batch(seqs)
-        name = _encode_layer_name(self.layer_name)
-        ops = torch.ops.vllm
+        write, attend = self._ops(_encode_layer_name(self.layer_name), q, k, v, out)
         # cold KV: each call reads its own random blocks (the activations stay shared)
         metas = [(meta, slot_mapping)] + [self._batch(seqs, i)[2:4] for i in range(1, self._copies(seqs))]
         nxt = itertools.cycle(metas).__next__
@@ -271,19 +290,18 @@ class VllmAttentionRunner:
         def kv_update():
             m, sm = nxt()
             with torch.inference_mode(), self._ctx(T, m, sm):
-                ops.unified_kv_cache_update(k, v, name)
+                write()
 
         def attention():
             m, sm = nxt()
             with torch.inference_mode(), self._ctx(T, m, sm):
-                ops.unified_attention_with_output(q, k, v, out, name)
+                attend()
             return out
 
         def step():
             m, sm = nxt()
             with torch.inference_mode(), self._ctx(T, m, sm):
-                dep = ops.unified_kv_cache_update(k, v, name)
-                ops.unified_attention_with_output(q, k, v, out, name, kv_cache_dummy_dep=dep)
+                attend(write())
             return out
 
         batch = {"seqs": seqs, "metadata": meta, "slot_mapping": slot_mapping,

@@ -4,14 +4,13 @@ executed from stored code: op names resolve by attribute lookup in allowed
 namespaces, and fused regions are replayed by a small interpreter over their data."""
 from __future__ import annotations
 
-import functools
 import operator
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from dooly.engines import gemm_call, ir_body, moe_inputs
+from dooly.engines import amx_permission, gemm_call, ir_body, moe_inputs
 from dooly.env import copies_to_span
 from dooly.graph.regions import eval_name
 from dooly.profile.cost import nbytes
@@ -155,15 +154,6 @@ def routed_inputs(unit: Unit, ins: list, point: dict) -> None:
             t.div_(t.sum(dim=-1, keepdim=True))
     if ins and ins[0].device.type == "cpu":
         amx_permission()
-
-
-@functools.cache
-def amx_permission() -> None:
-    """Linux lets a process use AMX tiles only after it asks (vLLM's CPU worker does):
-    without it, the engine's AMX kernels (its fused MoE's "amx" path) die of SIGILL."""
-    init = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
-    if init is not None and torch.cpu._is_amx_tile_supported():
-        init()
 
 
 def gemm(engine: str, device: str, op: str, ins: list) -> Callable[[], object]:
