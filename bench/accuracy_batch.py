@@ -3,7 +3,7 @@ steps predicted by its units plus the engine-step model fitted on the OTHER mode
 calibration steps only, against the real `LLMEngine.step`.
 
     python bench/accuracy_batch.py --db NEW.db --json out/acc.json       # builds what it needs
-        [--models smollm2,qwen0.5b,qwen3-0.6b,llama3.2-1b[,mixtral-2l]] [--quick] [--real-runs 2]
+        [--models smollm2,qwen0.5b,qwen3-0.6b,llama3.2-1b[,mixtral-2l,deepseek-2l]] [--quick] [--real-runs 2]
         [--real-from out/acc.raw.json] [--resume] [--breakdown]
 
 Given an empty --db it sweeps every model (`LIMITS`: --max-tokens 1024 --max-batch 64
@@ -46,7 +46,8 @@ MODELS = {"smollm2": CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json",
           "qwen3-0.6b": CONFIGS / "Qwen__Qwen3-0.6B.json",
           "llama3.2-1b": CONFIGS / "meta-llama__Llama-3.2-1B-Instruct.json",
           # a mixture of experts: Mixtral's real expert shapes in 2 layers (fixtures/configs/SOURCES.md)
-          "mixtral-2l": CONFIGS / "mistralai__Mixtral-8x7B-Instruct-v0.1-2L.json"}
+          "mixtral-2l": CONFIGS / "mistralai__Mixtral-8x7B-Instruct-v0.1-2L.json",
+          "deepseek-2l": CONFIGS / "deepseek-ai__DeepSeek-V2-Lite-Chat-2L.json"}
 DEFAULT_MODELS = ("smollm2", "qwen0.5b", "qwen3-0.6b", "llama3.2-1b")
 # sweep limits (tokens, batch, context): the real batches stay inside them. Sized for a
 # 2-core CPU host whose bf16 GEMMs cost ~15 ms per token for SmolLM2-135M and ~140 ms for
@@ -424,7 +425,8 @@ def print_side_by_side(name: str, full: dict, fam: dict, pred) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                    help=f"comma-separated, from {', '.join(MODELS)} (mixtral-2l: the MoE check)")
+                    help=f"comma-separated, from {', '.join(MODELS)} (mixtral-2l: the MoE check; "
+                         "deepseek-2l: latent attention (MLA) with its MoE)")
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
     ap.add_argument("--quick", action="store_true", help="smoke run: small sweep limits, fewer batches")
     ap.add_argument("--real-runs", type=int, default=2, help="real engine runs per model (>= 2: noise floor)")

@@ -17,7 +17,7 @@ import dataclasses
 from dooly.config import ModelConfig
 from dooly.env import Environment, itemsize
 from dooly.errors import DoolyInputError
-from dooly.unit import COLLECTIVE_OPS, Unit
+from dooly.unit import COLLECTIVE_OPS, Unit, is_mla
 
 MAX_TP = 512   # far above any single serving group; keeps a typo from spawning thousands
 
@@ -109,14 +109,16 @@ def tp_environment(store, engine: str | None, units: dict[str, Unit], db_path: s
 
 def kv_bytes_per_token(units: dict[str, Unit], counts: dict[str, int]) -> int:
     """KV-cache bytes one rank stores per token: K and V of every attention layer at the
-    rank's KV heads (an inventory's attention units carry the shard's head counts)."""
+    rank's KV heads (an inventory's attention units carry the shard's head counts); a
+    latent-attention (MLA) layer stores one latent vector, K and V in one."""
     total = 0
     for key, n in counts.items():
         u = units[key]
         a = u.attr
         if u.stateful and "attention" in u.op and "kv_cache" not in u.op and a.get("num_kv_heads"):
             dtype = u.inputs[1].dtype if len(u.inputs) > 1 else u.inputs[0].dtype
-            total += int(n) * 2 * int(a["num_kv_heads"]) * int(a["head_size"]) * itemsize(dtype)
+            per_head = 1 if is_mla(a) else 2
+            total += int(n) * per_head * int(a["num_kv_heads"]) * int(a["head_size"]) * itemsize(dtype)
     return total
 
 

@@ -335,6 +335,9 @@ def _load_models(store, env, units: dict[str, Unit], routing: str = "balanced"):
             raise MissingDataError(key, env.label(), f"op {units[key].op} has no points timed under "
                                                       f"routing {routing}; sweep with --routing {routing}")
         if m is None:
-            raise MissingDataError(key, env.label(), f"op {units[key].op}; sweep this model first")
+            from dooly.profile.plan import unsupported_reason
+            why = unsupported_reason(store.measurements(unit_key=key, env_key=env.key, status=None))
+            raise MissingDataError(key, env.label(), f"op {units[key].op}; " + (
+                f"unsupported on this device, every point failed: {why}" if why else "sweep this model first"))
         models[key], fallback[key] = m, "gemm_family"
     return models, fallback, refitted

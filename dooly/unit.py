@@ -28,6 +28,13 @@ MOE_OPS = frozenset({"_C.cpu_fused_moe"})
 # Collectives a tensor-parallel rank runs (vLLM's custom-op names): measured across a real
 # group of processes (dooly.profile.collectives), keyed with their group size.
 COLLECTIVE_OPS = frozenset({"vllm.all_reduce", "vllm.all_gather", "vllm.reduce_scatter"})
+# multi-head latent attention (DeepSeek-V2/V3 style): the attributes its attention and
+# KV-write units carry beside num_heads; the cache holds one latent "head" per token
+MLA_ATTRS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+
+
+def is_mla(attrs: dict) -> bool:
+    return bool(attrs.get("kv_lora_rank"))
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,21 @@ def test_dooly_fit_stores_families_and_check_verdicts_as_data(tmp_path, fake_tim
     assert {k for k in rows if k.startswith(CHECK_PREFIX)} == {CHECK_PREFIX + u.key for u in CHECKED}
     out = json.loads((tmp_path / "fit.json").read_text())["unit_families"][0]
     assert set(out["served"]) == {u.key for u in CHECKED[:3]} and out["failed_checks"] == []
+
+
+def test_a_unit_whose_every_point_failed_is_unsupported_with_its_reason(tmp_path):
+    hw = get_hardware("h100")
+    never, partly = linear(7168, 1536), linear(1536, 7168)
+    why = "ValueError: Head dimension 80 is not supported by MLA."
+    with Store.open(tmp_path / "u.db") as s:
+        s.add_environment(ENV)
+        s.add_unit(never)
+        s.add_unit(partly)
+        for t in (1, 8, 64):
+            s.add_measurement(Measurement(never.key, ENV.key, {"T": t}, status="failed", reason=why))
+        s.add_measurement(Measurement(partly.key, ENV.key, {"T": 1}, status="failed", reason="OOM"))
+        s.add_measurement(Measurement(partly.key, ENV.key, {"T": 8}, 0.1, 0.1, 0.1, 0.1, 0.0, 3, 0))
+        st = unit_status(s, ENV.key, {u.key: u for u in (never, partly)}, hw, LIM)
+    assert st[never.key] == {"status": "unsupported", "points": 0, "cost_s": 0.0,
+                             "check_error_pct": None, "reason": why}
+    assert st[partly.key]["status"] == "measured"

@@ -60,6 +60,14 @@ def test_unit_without_data_is_a_clear_error(tmp_path):
     with pytest.raises(MissingDataError) as err:
         Predictor.load(smol, db, "transformers")
     assert "no measurements for unit" in str(err.value) and env.label() in str(err.value)
+    assert "sweep this model first" in str(err.value)
+    # a unit the device could not run at any point says why, instead of asking for a sweep
+    from dooly.env import Measurement
+    with Store.open(db) as s:
+        s.add_measurement(Measurement(norm.key, env.key, {"T": 8}, status="failed",
+                                      reason="NotImplementedError: no kernel for this device"))
+    with pytest.raises(MissingDataError, match="unsupported on this device.*no kernel for this device"):
+        Predictor.load(smol, db, "transformers")
 
 
 def test_unmeasured_gemm_gets_family_prediction_with_stated_error(tmp_path):

@@ -33,6 +33,8 @@ def unit_state(plan: dict, key: str, hits: set) -> str:
         return "hit" if key in hits else "miss"
     if st["status"] == "family-served":
         return f"family ({st['check_error_pct']:.1f}%)"
+    if st["status"] == "unsupported":
+        return f"unsupported here: {st['reason'][:60]}"
     return {"measured": "measured", "check": "check points", "sweep": "to sweep"}[st["status"]]
 
 
@@ -78,6 +80,9 @@ def print_analysis(analysis, reuse: dict, plan: dict | None = None, quiet=False,
         console.print(f"[bold]Plan[/bold] against {plan['db']}: {len(plan['measured_units'])} units "
                       f"measured, {len(plan['missing_units'])} to measure, estimated "
                       f"{plan['remaining_cost_s']:.1f} s left")
+        for key, reason in plan.get("unsupported_units", {}).items():
+            op = next((inv.entries[key].unit.op for inv in analysis.inventories if key in inv.entries), key)
+            console.print(f"  unsupported in {plan['env']}: {escape(op)} ({key[:8]}): {escape(reason)}")
         if "units" in plan:
             n = {s: sum(v["status"] == s for v in plan["units"].values())
                  for s in ("family-served", "check", "sweep")}

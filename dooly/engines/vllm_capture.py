@@ -22,6 +22,7 @@ from dooly.engines.vllm_compat import (REMOTE_CODE_KEYS, all_on_meta, config_cla
                                        dynamo_hooks_removed, transformers_classes_restored)
 from dooly.errors import DoolyInputError
 from dooly.graph.capture import Captured
+from dooly.unit import MLA_ATTRS
 
 BACKEND = "dooly.engines.vllm_capture.capture_backend"
 _SLOT: dict = {}
@@ -68,16 +69,19 @@ def _attention_attrs(model) -> dict[int, dict]:
     from dooly.graph.capture import _LAYER_RE
     out: dict[int, dict] = {}
     for name, mod in model.named_modules():
-        if type(mod).__name__ != "Attention" or not hasattr(mod, "num_kv_heads"):
+        kind = type(mod).__name__
+        if kind not in ("Attention", "MLAAttention") or not hasattr(mod, "num_kv_heads"):
             continue
         m = _LAYER_RE.search(name)
         backend = getattr(mod, "attn_backend", None)
-        out[int(m.group(1)) if m else len(out)] = {
-            "num_heads": int(mod.num_heads), "num_kv_heads": int(mod.num_kv_heads),
-            "head_size": int(mod.head_size),
-            "sliding_window": _window(getattr(mod.impl, "sliding_window", None)),
-            "backend": backend.get_name() if backend is not None else "unknown",
-            "layer_name": getattr(mod, "layer_name", name)}
+        attrs = {"num_heads": int(mod.num_heads), "num_kv_heads": int(mod.num_kv_heads),
+                 "head_size": int(mod.head_size),
+                 "sliding_window": _window(getattr(mod.impl, "sliding_window", None)),
+                 "backend": backend.get_name() if backend is not None else "unknown",
+                 "layer_name": getattr(mod, "layer_name", name)}
+        if kind == "MLAAttention":   # one latent "KV head" of kv_lora_rank + rope values
+            attrs.update({k: int(getattr(mod, k)) for k in MLA_ATTRS})
+        out[int(m.group(1)) if m else len(out)] = attrs
     return out
 
 

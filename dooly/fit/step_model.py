@@ -34,7 +34,7 @@ import numpy as np
 
 from dooly.env import Environment, Measurement
 from dooly.fit.cudagraph import FULL
-from dooly.unit import Unit
+from dooly.unit import Unit, is_mla
 
 STEP_OP = "engine.step"
 STRUCTURE = ("layers", "attention_full", "attention_sliding", "pieces", "hidden", "vocab",
@@ -69,8 +69,10 @@ def model_structure(cfg, inventory_counts: dict[str, int], units: dict[str, Unit
             kind = "sliding" if (a.get("sliding_window") or "sliding" in str(a.get("layer_type", ""))) else "full"
             att[kind] += int(n)
             heads, kv_heads, size = a.get("num_heads"), a.get("num_kv_heads"), a.get("head_size")
+            # an MLA query head is nope + rope wide; its cache head is the latent
+            q_size = int(a["qk_nope_head_dim"]) + int(a["qk_rope_head_dim"]) if is_mla(a) else size
             if heads and kv_heads and size:
-                kv_width, q_width = max(kv_width, int(kv_heads) * int(size)), max(q_width, int(heads) * int(size))
+                kv_width, q_width = max(kv_width, int(kv_heads) * int(size)), max(q_width, int(heads) * int(q_size))
         elif a.get("role") == "lm_head" or u.op == "sampler":
             dims = [d.value_or_expr for t in u.inputs for d in t.dims if isinstance(d.value_or_expr, int)]
             vocab = max([vocab] + dims)

@@ -70,10 +70,11 @@ def plan_against_db(analysis, db_path: str, env_key: str | None, hardware: str) 
         measured = store.units_measured(env.key) if env else set()
         units = {k: e.unit for inv in analysis.inventories for k, e in inv.entries.items()}
         status = unit_status(store, env.key if env else None, units, hw)
-    missing = sorted(k for k in units if k not in measured)
+    unsupported = {k: v["reason"] for k, v in status.items() if v["status"] == "unsupported"}
+    missing = sorted(k for k in units if k not in measured and k not in unsupported)
     return {"db": db_path, "env": env.key if env else None,
             "measured_units": sorted(k for k in units if k in measured),
-            "missing_units": missing,
+            "missing_units": missing, "unsupported_units": unsupported,
             "remaining_cost_s": round(sum(profiling_cost(units[k], hw)[1] for k in missing), 3),
             "units": status,
             "check_points": sum(v["points"] for v in status.values() if v["status"] == "check"),
@@ -102,12 +103,26 @@ def unit_status(store, env_key: str | None, units: dict, hw: Hardware,
         v = found.get(key)
         status = ("measured" if key in swept else "family-served" if v is not None and v.served
                   else "sweep" if v is not None or plan[key] == "full" else "check")
-        n, cost = (0, 0.0) if status in ("measured", "family-served") else \
+        reason = unsupported_reason(rows.get(key, []))
+        if status != "measured" and reason:
+            status = "unsupported"   # every point failed here: the device cannot run it
+        n, cost = (0, 0.0) if status in ("measured", "family-served", "unsupported") else \
             unit_cost(unit, "full" if status == "sweep" else "check", hw, lim,
                       {point_json(m.point) for m in rows.get(key, [])})
         out[key] = {"status": status, "points": n, "cost_s": round(cost, 4),
                     "check_error_pct": None if v is None else round(v.error_pct, 3)}
+        if status == "unsupported":
+            out[key]["reason"] = reason
     return out
+
+
+def unsupported_reason(rows: list) -> str | None:
+    """Why a unit cannot be measured in an environment: the reason its points failed
+    when none succeeded (None when any did, or nothing was tried)."""
+    if not rows or any(m.status == "ok" for m in rows):
+        return None
+    reasons = [m.reason for m in rows if m.reason]
+    return max(set(reasons), key=reasons.count) if reasons else "every point failed"
 
 
 def reuse_with_families(inventories, hw: Hardware, lim: GridLimits = GridLimits(),

@@ -19,7 +19,7 @@ from dooly.env import Environment, Measurement
 from dooly.profile.grid import GridLimits, points_for
 from dooly.profile.plan import record_analysis
 from dooly.profile.timing import timer_for
-from dooly.unit import COLLECTIVE_OPS, Unit
+from dooly.unit import COLLECTIVE_OPS, MLA_ATTRS, Unit, is_mla
 
 
 @dataclass
@@ -92,11 +92,14 @@ class Runners:
             return lambda: torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, is_causal=True, enable_gqa=gqa)
         key = (a.get("num_heads"), a.get("num_kv_heads"), a.get("head_size"), a.get("sliding_window", 0))
+        kw = {"num_heads": key[0], "num_kv_heads": key[1], "head_size": key[2], "sliding_window": key[3] or 0}
+        if is_mla(a):   # latent attention: its own layer, keyed by its shapes
+            kw = {"num_heads": key[0], **{k: a[k] for k in MLA_ATTRS}}
+            key = (key[0],) + tuple(a[k] for k in MLA_ATTRS)
         runner = self._runners.get(key)
         if runner is None:
             runner = self._runners[key] = attention_runner(
-                self.env.engine, num_heads=key[0], num_kv_heads=key[1], head_size=key[2],
-                sliding_window=key[3] or 0, dtype=self.env.dtype,
+                self.env.engine, **kw, dtype=self.env.dtype,
                 block_size=self.env.block_size, max_context=self.lim.max_context + self.lim.max_tokens,
                 max_batch=max(self.lim.max_batch, 4), cold_kv=self.env.cache == "cold")
         parts = runner.prepare_parts(seqs)
