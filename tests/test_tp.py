@@ -270,3 +270,9 @@ def test_sweep_predict_simulate_export_at_tp2(tmp_path, capsys):
     with open(out / "all_reduce.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["num_workers"] for r in rows} == {"2"} and rows[0]["size"] == str(1 * 128 * 2)
+
+
+def test_rank_kv_space_is_whole_gib_as_vllm_reads_it():
+    from dooly.engines.vllm_tp_probe import kv_space_gib
+    # a float "1.0" in VLLM_CPU_KVCACHE_SPACE fails vLLM's config validation at start
+    assert [kv_space_gib(x) for x in (1.0, 1, 0.25, 2.5, "3")] == [1, 1, 1, 3, 3]

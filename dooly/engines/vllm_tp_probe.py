@@ -14,6 +14,7 @@ A child job is JSON data: {"mode": "steps" | "serve", "tp", "bind", "kv_gib", "c
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -100,6 +101,12 @@ def run_job(job: dict) -> dict:
     return out
 
 
+def kv_space_gib(kv_gib) -> int:
+    """VLLM_CPU_KVCACHE_SPACE for `kv_gib` GiB per rank: a whole number of GiB (rounded
+    up, at least 1), the only form vLLM's CPU worker accepts."""
+    return max(1, math.ceil(float(kv_gib) - 1e-9))
+
+
 def run_child(job: dict, timeout: float = 7200) -> dict:
     """`python -m dooly.engines.vllm_tp_probe JOB OUT` with the rank binding and KV space
     of the job in its environment; its JSON result."""
@@ -109,7 +116,8 @@ def run_child(job: dict, timeout: float = 7200) -> dict:
     env = vllm_environ()
     tp = int(job.get("tp", 1))
     env["VLLM_CPU_OMP_THREADS_BIND"] = job.get("bind") or (bind_list(tp) if tp > 1 else "auto")
-    env["VLLM_CPU_KVCACHE_SPACE"] = str(job.get("kv_gib", 1))
+    # vLLM reads whole GiB: "1.0" fails its config validation
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_space_gib(job.get("kv_gib", 1)))
     proc = subprocess.run([sys.executable, "-m", "dooly.engines.vllm_tp_probe", str(tmp / "job.json"), str(out)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0 or not out.exists():
