@@ -131,6 +131,23 @@ def model_out_predictor(name: str, db: str, prefer: str = "pool", exclude_self: 
                           step_model=prefer, exclude=[cfg.hash] if exclude_self else [])
 
 
+_DRIFTS: dict = {}
+
+
+def recheck(pred, db: str, key: str, enabled: bool) -> dict:
+    """--recheck-host: scale `pred` by the host's drift since the sweep (its model's stored
+    points re-timed now, dooly.profile.drift), measured once per `key`; the factors as flat
+    keys. Meaningful when the real runs it is scored against were just taken."""
+    if not enabled:
+        return {}
+    if key not in _DRIFTS:
+        _DRIFTS[key] = d = pred.recheck_host(db)
+        print(f"[{key}] host drift since the sweep (now / stored, by step tokens): " + (", ".join(
+            f"{t}: {f:.3f}" for t, f in zip(d.tokens, d.factors)) if d else "no points to re-time"), flush=True)
+    pred.drift = d = _DRIFTS[key]
+    return {f"{key}.drift_T{t}": f for t, f in zip(d.tokens, d.factors)} if d else {}
+
+
 # -- the real side -------------------------------------------------------------------------
 def real_runs(names, its, args, log=print) -> dict:
     """{model: [run, ...]}, each run {"steps", "threads", "worker", "started"}; written to
@@ -434,6 +451,9 @@ def main(argv=None) -> int:
     ap.add_argument("--real-from", help="replay the real runs saved in this raw file (no vLLM run)")
     ap.add_argument("--raw", help="where real runs are saved (default: beside --json)")
     ap.add_argument("--resume", action="store_true", help="reuse complete real runs found in --raw (all of them, at least --real-runs)")
+    ap.add_argument("--recheck-host", action="store_true",
+                    help="re-time a few of each model's stored points now and scale its predictions by the "
+                         "host's drift since the sweep (dooly.profile.drift)")
     ap.add_argument("--breakdown", action="store_true", help="per-layer breakdown on the real engine")
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--families", nargs="?", const="all", default=None, metavar="MODELS",
@@ -457,6 +477,7 @@ def main(argv=None) -> int:
     for n in names:
         pred = model_out_predictor(n, args.db)
         pred.set_serving(BUDGET, MAX_SEQS)   # CUDA-graph sizes, on a GPU host
+        result.update(recheck(pred, args.db, n, args.recheck_host))
         fig = score(n, runs[n], pred) | host_state(runs[n], args.db)
         print_model(n, fig, pred.step_model_source, per_label(runs[n], pred))
         print_host(fig)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db  # noqa: E402
+from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db, recheck  # noqa: E402
 
 DEFAULT_TRACE = ROOT / "fixtures" / "traces" / "splitwise_conv.csv"
 # the two loads, as a fraction of the serving capacity the simulator predicts for the model
@@ -241,11 +241,12 @@ def score_model(n: str, loads: list[str], rates: dict, args) -> dict:
         cap = capacity(workload(args.trace, args.num_requests, 1.0, args.seed), pred, args.serving)
         rates[n] = tuple(float(f"{LOADS[ld] * cap:.3g}") for ld in ("low", "high"))
     rate = {ld: rates[n][("low", "high").index(ld)] for ld in loads}
+    drift = recheck(pred, args.db, n, args.recheck_host)   # after the rates: they name the workload
     wl = {ld: workload(args.trace, args.num_requests, rate[ld], args.seed) for ld in loads}
     print(f"[{n}] engine-step model: {pred.step_model_source}; loads " + ", ".join(
         f"{ld} {rate[ld]:g} req/s (last arrival {wl[ld][-1].arrival_s:.0f} s)" for ld in loads), flush=True)
     saved = serve_real(n, wl, rates[n], args)
-    out = {f"{n}.step_model_source": pred.step_model_source}
+    out = {f"{n}.step_model_source": pred.step_model_source, **drift}
     unc = uncertainty(n, pred, args.db) if args.draws else None
     for i, ld in enumerate(loads):
         runs = [dict(r["results"][i], settings=r["settings"]) for r in saved["runs"]]
@@ -296,6 +297,8 @@ def main(argv=None) -> int:
     ap.add_argument("--real-from", help="replay the real runs saved in this raw file (no vLLM run)")
     ap.add_argument("--raw", help="where real runs are saved (default: beside --json)")
     ap.add_argument("--resume", action="store_true", help="reuse complete real runs found in --raw")
+    ap.add_argument("--recheck-host", action="store_true",
+                    help="scale each model's predictions by the host's drift since the sweep, measured now")
     ap.add_argument("--quick", action="store_true", help="smoke run: small sweep, 20 requests, low load")
     ap.add_argument("--draws", type=int, default=40, help="simulations with drawn errors for the 90%% "
                     "bands (0: no bands)")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, items, keep, mape,  # noqa: E402
-                            model_out_predictor, prepare_db)
+                            model_out_predictor, prepare_db, recheck)
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
                           sim_latencies, workload)
 
@@ -67,17 +67,21 @@ def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=pr
             f"{time.perf_counter() - t0:.0f} s (env {r['env_key']})")
 
 
-def tp_predictor(name: str, db: str, tp: int, names: list[str]):
+def tp_predictor(name: str, db: str, tp: int, names: list[str], drift: bool = False, out: dict | None = None):
     """The TP=N predictor whose engine-step model never saw this model's steps (its own
-    steps when it is the only model calibrated)."""
+    steps when it is the only model calibrated); with `drift`, scaled by the host's drift
+    since the sweep (--recheck-host), its factors into `out`."""
     from dooly.config import load_config
     from dooly.predict import Predictor
     if tp == 1:
-        return model_out_predictor(name, db, exclude_self=len(names) > 1)
-    from dooly.graph.units import inventory_key
-    own = inventory_key(load_config(MODELS[name]).hash, tp)   # how the pool names its TP steps
-    return Predictor.load(str(MODELS[name]), db, "vllm", tp=tp, exclude=[own] if len(names) > 1 else [],
-                          step_model="pool" if len(names) > 1 else "model")
+        pred = model_out_predictor(name, db, exclude_self=len(names) > 1)
+    else:
+        from dooly.graph.units import inventory_key
+        own = inventory_key(load_config(MODELS[name]).hash, tp)   # how the pool names its TP steps
+        pred = Predictor.load(str(MODELS[name]), db, "vllm", tp=tp, exclude=[own] if len(names) > 1 else [],
+                              step_model="pool" if len(names) > 1 else "model")
+    (out if out is not None else {}).update(recheck(pred, db, f"{name}.tp{tp}", drift))
+    return pred
 
 
 def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
@@ -181,7 +185,8 @@ def serve(name: str, tp: int, args, result: dict) -> None:
            "workloads": [{"name": k, "requests": as_jobs(v)} for k, v in loads.items()]}
     from dooly.parallel import kv_cache_blocks
     figs = {}
-    for t, p in ((1, pred1), (tp, tp_predictor(name, args.db, tp, args.names))):
+    recheck(pred1, args.db, f"{name}.tp1", args.recheck_host)   # after the rates: they name the workload
+    for t, p in ((1, pred1), (tp, tp_predictor(name, args.db, tp, args.names, args.recheck_host))):
         runs = real(name, t, job, args)
         figs[t] = score_serve(loads, runs, p)
         st = runs[0]["settings"]
@@ -215,6 +220,8 @@ def parse_args(argv):
     ap.add_argument("--real-from", help="replay saved real runs (no vLLM run)")
     ap.add_argument("--raw", help="where real runs are saved (default: beside --json)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--recheck-host", action="store_true",
+                    help="scale the predictions by the host's drift since the sweeps, measured now")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     args.names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -245,7 +252,8 @@ def main(argv=None) -> int:
     result: dict = {"models": args.names, "tp": args.tp, "protocol": "leave-one-model-out"}
     for n in args.names:
         job = {"mode": "steps", "budget": BUDGET, "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats}
-        figs = {t: score_steps(real(n, t, job, args), tp_predictor(n, args.db, t, args.names))
+        figs = {t: score_steps(real(n, t, job, args), tp_predictor(n, args.db, t, args.names,
+                                                                  args.recheck_host, result))
                 for t in (1, args.tp)}
         print_steps(n, args.tp, figs)
         for t, f in figs.items():

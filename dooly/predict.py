@@ -38,6 +38,7 @@ class Predictor:
     tp = 1                       # tensor-parallel size: the units are one rank's, with collectives
     collective_env = None        # where the collectives were measured (dooly.parallel), when tp > 1
     graphs = None                # captured CUDA-graph sizes, on a cudagraph host (dooly.fit.cudagraph)
+    drift = None                 # the host's drift since the sweep (dooly.profile.drift.Drift)
 
     def __init__(self, units: dict[str, Unit], counts: dict[str, int], models: dict, env,
                  fallback: dict[str, str] | None = None, engine_step=None,
@@ -121,6 +122,21 @@ class Predictor:
                                                         self.graphs)
         return model
 
+    def recheck_host(self, db_path: str, log=None):
+        """Time a few of this model's stored points again on this host now and scale every
+        prediction by the drift they show (dooly.profile.drift); the environment must be
+        this host's. Returns the Drift (None: no token-driven points to re-time)."""
+        from dooly.db import Store
+        from dooly.env import host_cpu_name
+        from dooly.profile.drift import measure_drift
+        here = host_cpu_name() if self.env.device_kind == "cpu" else None
+        if self.env.device_kind != "cpu" or self.env.device_name != here:
+            raise DoolyInputError("--recheck-host", f"environment {self.env.label()} is not this host's "
+                                  f"({here or 'a CPU'}): its points can only be re-timed where they were measured")
+        with Store.open(db_path, create=False) as store:
+            self.drift = measure_drift(store, self.env, self.units, self.counts, log)
+        return self.drift
+
     def set_serving(self, max_num_batched_tokens: int, max_num_seqs: int) -> None:
         """On a CUDA-graph host: the capture sizes vLLM derives from these serving settings."""
         if self.env.execution == "cudagraph":
@@ -139,11 +155,12 @@ class Predictor:
         points = {"tokens": {"T": t}, "seqs": {"B": float(len(seqs))}, "attention": {"seqs": seqs},
                   "none": {}}
         out: dict[str, float] = {}
+        scale = self.drift.at(t) if self.drift is not None else 1.0
         for driver, entries in self._by_driver.items():
             point = points[driver]
             x = t if driver == "tokens" else float(len(seqs))
             for key, fn, count in entries:
-                out[key] = count * max(fn(x, point), 0.0)
+                out[key] = scale * count * max(fn(x, point), 0.0)
         units = float(sum(out.values()))
         engine = self.engine_step.predict_one(seqs, units) if self.engine_step else 0.0
         return Prediction(units, out, engine)

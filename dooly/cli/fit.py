@@ -20,11 +20,12 @@ def register(sub) -> None:
     p.add_argument("--db", required=True)
     p.add_argument("--batch", required=True, help='e.g. "prefill:512x2,decode:32@1024", or @FILE.json')
     p.add_argument("--engine", default=None)
-    from dooly.cli.flags import MAX_TP, ROUTING_HELP, TP_HELP, int_range, routing
+    from dooly.cli.flags import MAX_TP, RECHECK_HELP, ROUTING_HELP, TP_HELP, int_range, routing
     p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
                    help=TP_HELP + "; the inventory of `dooly sweep --tp N`")
     p.add_argument("--env", default=None, help="environment key (default: the engine's best-covered)")
     p.add_argument("--routing", type=routing, default="balanced", help=ROUTING_HELP)
+    p.add_argument("--recheck-host", action="store_true", help=RECHECK_HELP)
     p.add_argument("--json", dest="json_path")
     p.set_defaults(func=run_predict)
 
@@ -108,6 +109,8 @@ def run_predict(args) -> int:
     pred = Predictor.load(args.config, args.db, args.engine, args.env, tp=args.tp, routing=args.routing)
     if pred.refitted:
         print(refit_note(pred.refitted, args.db), file=sys.stderr)
+    from dooly.cli.flags import recheck_host
+    recheck_host(pred, args)
     res = pred.predict(batch)
     t = Table(title=f"{len(batch)} sequences, {sum(q for q, _ in batch)} tokens: units "
                     f"{res.units_ms:.3f} ms, engine step {res.step_ms:.3f} ms ({pred.env.label()}; "
@@ -129,5 +132,6 @@ def run_predict(args) -> int:
             json.dump({"units_ms": res.units_ms, "engine_ms": res.engine_ms, "step_ms": res.step_ms,
                        "breakdown": res.breakdown, "env": pred.env.key, "refitted": pred.refitted,
                        "step_model": pred.step_model_source, "tp": pred.tp,
-                       "collective_env": pred.collective_env.key if pred.collective_env else None}, f)
+                       "collective_env": pred.collective_env.key if pred.collective_env else None,
+                       "drift": pred.drift.to_json() if pred.drift else None}, f)
     return 0

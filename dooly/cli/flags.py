@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 MAX_THREADS = 4096      # torch would try to start them all
 MAX_DIGITS = 18         # longer is never a count; int() of 5,000 digits is itself slow
@@ -61,3 +62,21 @@ def routing(text: str) -> str:
 
 def _quote(text: str) -> str:
     return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
+RECHECK_HELP = ("time a few of the model's stored points again on this host now and scale the "
+                "prediction by how far the host's speed moved since the sweep (a shared host's "
+                "speed moves by the hour; dooly.profile.drift)")
+
+
+def recheck_host(pred, args) -> None:
+    """`--recheck-host`: re-time the anchors, scale the predictor, say by how much."""
+    if not getattr(args, "recheck_host", False):
+        return
+    drift = pred.recheck_host(args.db)
+    if drift is None:
+        print("--recheck-host: no token-driven points to re-time; predictions unscaled", file=sys.stderr)
+        return
+    print("host drift since the sweep (now / stored, by step tokens): " + ", ".join(
+        f"{t}: {f:.3f}" for t, f in zip(drift.tokens, drift.factors)) + f" ({drift.points} points)",
+        file=sys.stderr)

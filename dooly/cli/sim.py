@@ -83,10 +83,11 @@ def register(subparsers) -> None:
     p.add_argument("--block-size", type=int_range(1), default=d.block_size)
     p.add_argument("--num-blocks", type=int_range(1),
                    help="KV-cache blocks (default: unlimited, never preempts)")
-    from dooly.cli.flags import MAX_TP, ROUTING_HELP, TP_HELP, routing
+    from dooly.cli.flags import MAX_TP, RECHECK_HELP, ROUTING_HELP, TP_HELP, routing
     p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
                    help=TP_HELP + "; steps from `dooly sweep --tp N`'s shards and collectives")
     p.add_argument("--routing", type=routing, default="balanced", help=ROUTING_HELP)
+    p.add_argument("--recheck-host", action="store_true", help=RECHECK_HELP)
     p.add_argument("--kv-cache-gib", type=positive_float, default=None, metavar="GIB",
                    help="KV-cache memory of each device (instead of --num-blocks): blocks as vLLM "
                         "allocates them, N devices holding N times one's under --tp N")
@@ -110,6 +111,8 @@ def _latency_model(args):
     pred = Predictor.load(args.config, args.db, env_key=args.env, tp=args.tp, routing=args.routing)
     if pred.refitted:
         print(refit_note(pred.refitted, args.db), file=sys.stderr)
+    from dooly.cli.flags import recheck_host
+    recheck_host(pred, args)
     if args.kv_cache_gib is not None:
         from dooly.parallel import kv_cache_blocks
         args.num_blocks = kv_cache_blocks(pred.units, pred.counts, args.kv_cache_gib, args.block_size)
