@@ -148,6 +148,22 @@ def recheck(pred, db: str, key: str, enabled: bool) -> dict:
     return {f"{key}.drift_T{t}": f for t, f in zip(d.tokens, d.factors)} if d else {}
 
 
+def save_raw(path, key: str, value) -> None:
+    """Put `value` under `key` in the raw-runs file at `path`, keeping every other key the
+    file holds (other models, other jobs, earlier benches' runs); written to a temporary
+    file and moved into place, so an interrupted bench never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        data = {}
+    data[key] = value
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
 # -- the real side -------------------------------------------------------------------------
 def real_runs(names, its, args, log=print) -> dict:
     """{model: [run, ...]}, each run {"steps", "threads", "worker", "started"}; written to
@@ -173,8 +189,7 @@ def real_runs(names, its, args, log=print) -> dict:
                              "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats})
             runs.append(dict(res, started=time.strftime("%H:%M:%S")))
             saved[n] = {"items": its, "runs": runs}
-            raw_path.parent.mkdir(parents=True, exist_ok=True)
-            raw_path.write_text(json.dumps(saved))
+            save_raw(raw_path, n, saved[n])
             log(f"[{n}] real run {len(runs)}: {len(res['steps'])} steps in {time.perf_counter() - t0:.0f} s")
         out[n] = runs   # every complete saved run: more runs, a firmer noise floor
     return out
@@ -357,7 +372,7 @@ def breakdown(name: str, its: list[dict], args) -> dict:
         res = run_child({"mode": "steps", "config": str(MODELS[name]), "budget": BUDGET,
                          "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats, "layers": True})
         saved[name] = {"items": its, "run": res}
-        raw.write_text(json.dumps(saved))
+        save_raw(raw, name, saved[name])
     run = saved[name]["run"]
     threads = max(run.get("threads") or [1])
     steps = [s for s in run["steps"] if keep(s["set"][0], s["batch"])]

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db, recheck  # noqa: E402
+from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db, recheck, save_raw  # noqa: E402
 
 DEFAULT_TRACE = ROOT / "fixtures" / "traces" / "splitwise_conv.csv"
 # the two loads, as a fraction of the serving capacity the simulator predicts for the model
@@ -122,8 +122,7 @@ def serve_real(name, loads, rates, args, log=print) -> dict:
                          "workloads": [{"name": k, "requests": v} for k, v in key["loads"].items()]})
         runs.append(dict(res, started=time.strftime("%H:%M:%S")))
         allsaved[name] = {"key": key, "runs": runs, "rates": list(rates)}
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        raw.write_text(json.dumps(allsaved))
+        save_raw(raw, name, allsaved[name])
         log(f"[{name}] real run {len(runs)}: " + ", ".join(f"{r['name']} {r['wall_s']:.0f} s" for r in res["results"])
             + f" ({time.perf_counter() - t0:.0f} s with start-up)")
     return {"key": key, "runs": runs[:args.real_runs]}

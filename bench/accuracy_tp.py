@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, items, keep, mape,  # noqa: E402
-                            model_out_predictor, prepare_db, recheck)
+                            model_out_predictor, prepare_db, recheck, save_raw)
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
                           sim_latencies, workload)
 
@@ -99,8 +99,7 @@ def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
         t0 = time.perf_counter()
         runs.append(run_child(dict(job, config=str(MODELS[name]), tp=tp, kv_gib=args.kv_gib)))
         saved[key] = {"job": job, "runs": runs}
-        Path(args.raw).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.raw).write_text(json.dumps(saved))
+        save_raw(args.raw, key, saved[key])
         log(f"[{name}] TP={tp} real {job['mode']} run {len(runs)} in {time.perf_counter() - t0:.0f} s")
     return runs[:args.real_runs]
 

@@ -137,3 +137,15 @@ def test_real_percentiles_are_checked_against_the_drawn_bands():
     assert e2e.band_coverage(reqs, _BandPred(), settings, slow, exact, 5, 0)["band_coverage_pct"] == 0.0
     wide = e2e.band_coverage(reqs, _BandPred(), settings, truth, Uncertainty((("unit", 20.0),), 5.0), 40, 0)
     assert wide["ttft_p50_band_lo_ms"] < truth["ttft_p50_real_ms"] < wide["ttft_p50_band_hi_ms"]
+
+
+def test_raw_runs_of_one_model_or_job_never_drop_the_others(tmp_path):
+    import json
+    save_raw = ab.save_raw
+    raw = tmp_path / "runs.raw.json"
+    save_raw(raw, "qwen0.5b@tp1:steps", {"runs": [1]})
+    save_raw(raw, "qwen0.5b@tp2:steps", {"runs": [2]})
+    save_raw(raw, "qwen0.5b@tp1:steps", {"runs": [1, 3]})
+    assert json.loads(raw.read_text()) == {"qwen0.5b@tp1:steps": {"runs": [1, 3]},
+                                           "qwen0.5b@tp2:steps": {"runs": [2]}}
+    assert [p.name for p in tmp_path.iterdir()] == ["runs.raw.json"]   # no temporary left
