@@ -134,18 +134,36 @@ def model_out_predictor(name: str, db: str, prefer: str = "pool", exclude_self: 
 _DRIFTS: dict = {}
 
 
-def recheck(pred, db: str, key: str, enabled: bool) -> dict:
+def recheck(pred, db: str, key: str, enabled: bool, config: str) -> dict:
     """--recheck-host: scale `pred` by the host's drift since the sweep (its model's stored
-    points re-timed now, dooly.profile.drift), measured once per `key`; the factors as flat
-    keys. Meaningful when the real runs it is scored against were just taken."""
+    points re-timed now, dooly.profile.drift), measured once per `key` the way a user gets
+    it, by `dooly predict --recheck-host` in a fresh process (timed inside a bench that has
+    just run the engine, the same points read up to 2x slow); the factors as flat keys.
+    Meaningful when the real runs it is scored against were just taken."""
     if not enabled:
         return {}
     if key not in _DRIFTS:
-        _DRIFTS[key] = d = pred.recheck_host(db)
+        _DRIFTS[key] = d = fresh_drift(config, db, pred.tp)
         print(f"[{key}] host drift since the sweep (now / stored, by step tokens): " + (", ".join(
             f"{t}: {f:.3f}" for t, f in zip(d.tokens, d.factors)) if d else "no points to re-time"), flush=True)
     pred.drift = d = _DRIFTS[key]
     return {f"{key}.drift_T{t}": f for t, f in zip(d.tokens, d.factors)} if d else {}
+
+
+def fresh_drift(config: str, db: str, tp: int = 1):
+    """`dooly predict CONFIG --recheck-host` in a new process: the Drift it measured."""
+    import subprocess
+    import tempfile
+    from dooly.profile.drift import Drift
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "p.json"
+        proc = subprocess.run([sys.executable, "-m", "dooly.cli", "predict", config, "--db", db, "--engine", "vllm",
+                               "--tp", str(tp), "--batch", "decode:1@64", "--recheck-host", "--json", str(out)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            raise SystemExit(f"--recheck-host: dooly predict failed: {proc.stderr.strip().splitlines()[-1:]}")
+        d = json.loads(out.read_text()).get("drift")
+    return Drift.from_json(d) if d else None
 
 
 def save_raw(path, key: str, value) -> None:
@@ -492,7 +510,7 @@ def main(argv=None) -> int:
     for n in names:
         pred = model_out_predictor(n, args.db)
         pred.set_serving(BUDGET, MAX_SEQS)   # CUDA-graph sizes, on a GPU host
-        result.update(recheck(pred, args.db, n, args.recheck_host))
+        result.update(recheck(pred, args.db, n, args.recheck_host, str(MODELS[n])))
         fig = score(n, runs[n], pred) | host_state(runs[n], args.db)
         print_model(n, fig, pred.step_model_source, per_label(runs[n], pred))
         print_host(fig)

@@ -240,7 +240,7 @@ def score_model(n: str, loads: list[str], rates: dict, args) -> dict:
         cap = capacity(workload(args.trace, args.num_requests, 1.0, args.seed), pred, args.serving)
         rates[n] = tuple(float(f"{LOADS[ld] * cap:.3g}") for ld in ("low", "high"))
     rate = {ld: rates[n][("low", "high").index(ld)] for ld in loads}
-    drift = recheck(pred, args.db, n, args.recheck_host)   # after the rates: they name the workload
+    drift = recheck(pred, args.db, n, args.recheck_host, str(MODELS[n]))   # after the rates: they name the workload
     wl = {ld: workload(args.trace, args.num_requests, rate[ld], args.seed) for ld in loads}
     print(f"[{n}] engine-step model: {pred.step_model_source}; loads " + ", ".join(
         f"{ld} {rate[ld]:g} req/s (last arrival {wl[ld][-1].arrival_s:.0f} s)" for ld in loads), flush=True)

@@ -80,7 +80,7 @@ def tp_predictor(name: str, db: str, tp: int, names: list[str], drift: bool = Fa
         own = inventory_key(load_config(MODELS[name]).hash, tp)   # how the pool names its TP steps
         pred = Predictor.load(str(MODELS[name]), db, "vllm", tp=tp, exclude=[own] if len(names) > 1 else [],
                               step_model="pool" if len(names) > 1 else "model")
-    (out if out is not None else {}).update(recheck(pred, db, f"{name}.tp{tp}", drift))
+    (out if out is not None else {}).update(recheck(pred, db, f"{name}.tp{tp}", drift, str(MODELS[name])))
     return pred
 
 
@@ -184,7 +184,7 @@ def serve(name: str, tp: int, args, result: dict) -> None:
            "workloads": [{"name": k, "requests": as_jobs(v)} for k, v in loads.items()]}
     from dooly.parallel import kv_cache_blocks
     figs = {}
-    recheck(pred1, args.db, f"{name}.tp1", args.recheck_host)   # after the rates: they name the workload
+    recheck(pred1, args.db, f"{name}.tp1", args.recheck_host, str(MODELS[name]))   # after the rates: they name the workload
     for t, p in ((1, pred1), (tp, tp_predictor(name, args.db, tp, args.names, args.recheck_host))):
         runs = real(name, t, job, args)
         figs[t] = score_serve(loads, runs, p)

@@ -121,8 +121,9 @@ def unsupported_reason(rows: list) -> str | None:
     when none succeeded (None when any did, or nothing was tried)."""
     if not rows or any(m.status == "ok" for m in rows):
         return None
-    reasons = [m.reason for m in rows if m.reason]
-    return max(set(reasons), key=reasons.count) if reasons else "every point failed"
+    from collections import Counter
+    reasons = Counter(m.reason for m in rows if m.reason)
+    return reasons.most_common(1)[0][0] if reasons else "every point failed"
 
 
 def reuse_with_families(inventories, hw: Hardware, lim: GridLimits = GridLimits(),
