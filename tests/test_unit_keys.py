@@ -194,3 +194,27 @@ def test_stored_copy_differing_in_key_irrelevant_text_is_accepted(tmp_path):
     with Store.open(db) as s:
         s.add_unit(a)
         assert len(s.units()) == 1
+
+
+def test_a_routers_tensor_methods_rebuild_and_code_does_not():
+    """DeepSeek's grouped top-k router and its rotary use max, bool, scatter_ and
+    repeat_interleave: plain tensor methods the stored region may name; anything else is
+    refused, never looked up."""
+    from dooly.unit import Unit
+    from dooly.unit import TensorSig as Sig
+    from dooly.symbolic.labels import DimLabel as D, Label as L
+    nodes = [{"op": "repeat_interleave", "kind": "call_method", "target": "repeat_interleave",
+              "args": [{"in": 0}, 2], "kwargs": {"dim": -1}},
+             {"op": "max", "kind": "call_method", "target": "max", "args": [{"ref": 0}, -1], "kwargs": {}},
+             {"op": "getitem", "kind": "call_function", "target": "operator.getitem",
+              "args": [{"ref": 1}, 0], "kwargs": {}},
+             {"op": "bool", "kind": "call_method", "target": "bool", "args": [{"ref": 2}], "kwargs": {}}]
+    sig = Sig((D("T", L.REQUEST), D(4, L.CONFIG)), "float32")
+    graph = {"nodes": nodes, "num_inputs": 1, "outputs": [3], "input_shapes": [sig.to_json()]}
+    unit = Unit("fused", (sig,), (Sig((D("T", L.REQUEST),), "bool"),), graph=graph, graph_hash="router")
+    x = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    (out,) = region_fn(unit)(x)
+    assert out.tolist() == [True, False]
+    nodes[3]["target"] = "__reduce__"
+    with pytest.raises(ValueError, match="not allowed"):
+        region_fn(unit)

@@ -24,7 +24,9 @@ _TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfl
                    "contiguous", "transpose", "permute", "unsqueeze", "squeeze", "expand", "split",
                    "chunk", "flatten", "type_as", "size", "sum", "exp", "softmax", "tanh", "sigmoid",
                    "mul", "add", "sub", "div", "neg", "rsqrt", "sqrt", "clamp", "masked_fill", "int",
-                   "masked_fill_"}  # a TP rank zeroes the rows of ids outside its vocabulary shard
+                   "masked_fill_",  # a TP rank zeroes the rows of ids outside its vocabulary shard
+                   "max", "bool", "scatter_",   # DeepSeek's grouped top-k router
+                   "repeat_interleave"}
 
 
 def dtype_of(name: str) -> torch.dtype:
