@@ -80,7 +80,9 @@ def tp_predictor(name: str, db: str, tp: int, names: list[str], drift: bool = Fa
         own = inventory_key(load_config(MODELS[name]).hash, tp)   # how the pool names its TP steps
         pred = Predictor.load(str(MODELS[name]), db, "vllm", tp=tp, exclude=[own] if len(names) > 1 else [],
                               step_model="pool" if len(names) > 1 else "model")
-    (out if out is not None else {}).update(recheck(pred, db, f"{name}.tp{tp}", drift, str(MODELS[name])))
+    factors = recheck(pred, db, f"{name}.tp{tp}", drift, str(MODELS[name]))
+    if out is not None:
+        out.update(factors)
     return pred
 
 
