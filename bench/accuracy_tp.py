@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flatjson  # noqa: E402
 from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, items, keep, mape,  # noqa: E402
-                            model_out_predictor, prepare_db, recheck, save_raw)
+                            model_out_predictor, noise_pct, prepare_db, recheck, save_raw)
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
                           sim_latencies, workload)
 
@@ -107,7 +108,8 @@ def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
 
 
 def score_steps(runs: list[dict], pred) -> dict:
-    """Per set: whole-step MAPE, the units alone, and the median predicted/real ratio."""
+    """Per set: whole-step MAPE, the units alone, the median predicted/real ratio, and the
+    real-vs-real noise (the same batches in the first two runs; None with one run)."""
     steps = [s for r in runs for s in r["steps"] if keep(s["set"][0], s["batch"])]
     fig: dict = {}
     for set_name in SETS:
@@ -123,6 +125,7 @@ def score_steps(runs: list[dict], pred) -> dict:
         fig[f"collective_share_{set_name}_pct"] = 100 * statistics.median(
             c / p.step_ms for c, p in zip(coll, preds) if p.step_ms > 0)
         fig[f"n_{set_name}"] = len(rows)
+        fig[f"noise_{set_name}_pct"] = noise_pct(runs[0], runs[1], set_name) if len(runs) > 1 else None
     return fig
 
 
@@ -141,8 +144,12 @@ def score_serve(loads: dict, runs: list[dict], pred) -> dict:
         outs = [r.output_len for r in reqs]
         e2e = lambda lat: statistics.fmean(t + (o - 1) * d for t, d, o in zip(  # noqa: E731
             lat["ttft"], lat["tpot"] + [0.0] * len(outs), outs))
-        fig[f"{ld}.e2e_mean_real_ms"] = statistics.fmean(e2e(r) for r in reals)
+        per_run = [e2e(r) for r in reals]
+        fig[f"{ld}.e2e_mean_real_ms"] = statistics.fmean(per_run)
         fig[f"{ld}.e2e_mean_sim_ms"] = e2e(sim)
+        # real vs real: how far apart the runs' mean E2E are (None with one run)
+        fig[f"{ld}.e2e_real_spread_pct"] = (100 * (max(per_run) - min(per_run)) / fig[f"{ld}.e2e_mean_real_ms"]
+                                            if len(per_run) > 1 else None)
     return fig
 
 
@@ -154,21 +161,32 @@ def print_steps(name: str, tp: int, figs: dict) -> None:
             if f"mape_{set_name}_pct" not in f:
                 cells.append(f"{'-':31s}")
                 continue
+            noise = f.get(f"noise_{set_name}_pct")
             cells.append(f"MAPE {f[f'mape_{set_name}_pct']:5.1f}% units {f[f'units_only_{set_name}_pct']:5.1f}% "
-                         f"x{f[f'ratio_{set_name}']:.2f}")
+                         f"x{f[f'ratio_{set_name}']:.2f} real-vs-real " + ("-" if noise is None else f"{noise:.1f}%"))
         print(f"  {set_name:8s} " + "   ".join(cells))
     if f"collective_share_decode_pct" in figs.get(tp, {}):
         print(f"  collectives: {figs[tp]['collective_share_decode_pct']:.0f}% of a predicted TP={tp} decode step")
 
 
 def winner(figs: dict, loads) -> dict:
-    """Per load: the TP with the lower mean E2E, on the real engine and in Dooly."""
+    """Per load: the TP with the lower mean E2E, on the real engine and in Dooly; the real
+    winner is within noise when its margin is under the larger real-vs-real spread of the
+    two (the runs' mean E2E apart)."""
     out = {}
     for ld in loads:
         real_w = min(figs, key=lambda t: figs[t][f"{ld}.e2e_mean_real_ms"])
         sim_w = min(figs, key=lambda t: figs[t][f"{ld}.e2e_mean_sim_ms"])
-        out[ld] = {"real": real_w, "dooly": sim_w, "agree": real_w == sim_w}
-        print(f"  {ld} load: real vLLM faster at TP={real_w}, Dooly says TP={sim_w} "
+        means = sorted(figs[t][f"{ld}.e2e_mean_real_ms"] for t in figs)
+        margin = 100 * (means[-1] - means[0]) / means[0]
+        spreads = [figs[t].get(f"{ld}.e2e_real_spread_pct") for t in figs]
+        spread = None if None in spreads else max(spreads)
+        within = spread is not None and margin < spread
+        out[ld] = {"real": real_w, "dooly": sim_w, "agree": real_w == sim_w, "real_margin_pct": margin,
+                   "real_spread_pct": spread, "within_noise": within}
+        noise = "no repeat run" if spread is None else f"real-vs-real spread {spread:.1f}%" + (
+            ": within noise" if within else "")
+        print(f"  {ld} load: real vLLM faster at TP={real_w} by {margin:.1f}% ({noise}), Dooly says TP={sim_w} "
               f"({'agrees' if real_w == sim_w else 'DISAGREES'}); mean E2E real / sim: " + ", ".join(
                   f"TP={t} {figs[t][f'{ld}.e2e_mean_real_ms']:.0f} / {figs[t][f'{ld}.e2e_mean_sim_ms']:.0f} ms"
                   for t in figs))
@@ -202,7 +220,8 @@ def serve(name: str, tp: int, args, result: dict) -> None:
                                       f"{f[f'{ld}.tpot_p50_real_ms']:.1f} sim {f[f'{ld}.tpot_p50_sim_ms']:.1f} ms"
                                       for ld in loads))
         result.update({f"{name}.tp{t}.serve.{k}": v for k, v in f.items()})
-    result[f"{name}.winner"] = winner(figs, loads)
+    for ld, w in winner(figs, loads).items():
+        result.update({f"{name}.winner.{ld}.{k}": v for k, v in w.items()})
 
 
 def parse_args(argv):
@@ -250,7 +269,7 @@ def main(argv=None) -> int:
     prepare_db(args.names, args.db, limits)
     prepare_tp(args.names, args.db, limits, args.tp, args.kv_gib)
     its = items(args.quick)
-    result: dict = {"models": args.names, "tp": args.tp, "protocol": "leave-one-model-out"}
+    result: dict = {"models": ",".join(args.names), "tp": args.tp, "protocol": "leave-one-model-out"}
     for n in args.names:
         job = {"mode": "steps", "budget": BUDGET, "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats}
         figs = {t: score_steps(real(n, t, job, args), tp_predictor(n, args.db, t, args.names,
@@ -269,9 +288,7 @@ def main(argv=None) -> int:
         f"TP={t}: " + ", ".join(f"{s} {result[f'tp{t}.mape_{s}_pct']:.1f}%" for s in SETS
                                 if result[f"tp{t}.mape_{s}_pct"] is not None) for t in (1, args.tp))
         + " (first target at TP=2: at most 8% per set)")
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps(result, indent=1, default=str))
+    flatjson.write(args.json_path, result)
     return 0
 
 

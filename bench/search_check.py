@@ -9,7 +9,7 @@ last (a k-ary bisection with bounded real time).
         [--configs 2048x64,256x64,2048x8,256x8] [--slo auto|ttft_p90=2s,tpot_p90=150ms]
         [--requests 40] [--rounds 2] [--rates-per-round 3] [--intervals 8]
         [--time-budget-s 7200] [--no-prepare] [--env KEY] [--sim-only]
-        [--real-from PATH] [--json PATH]
+        [--real-from PATH] [--recheck-host] [--json PATH]
 
 Workload: accuracy_e2e's (the Splitwise conversation trace's first --requests rows, prompts
 clipped to 32-256 tokens, outputs to 8-32, Poisson arrivals), the same lengths at every
@@ -22,6 +22,8 @@ simulated winner's). --json: flat keys (`<model>.<config>.sim_goodput_rps`,
 `<model>.rank_correlation`, `<model>.same_winner`, `<model>.tied_within_error`, ...);
 the real rounds are saved to `<json>.raw.json` after each engine run (--real-from replays
 them). The DB is built as bench/accuracy_batch.py builds it unless --no-prepare.
+--recheck-host: the simulated side scaled by the host's drift since the sweep, measured
+once per model in a fresh `dooly predict --recheck-host` (bench/accuracy_batch.py's rule).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import LIMITS, MODELS, ROOT, prepare_db  # noqa: E402
+from accuracy_batch import LIMITS, MODELS, ROOT, prepare_db, recheck, save_raw  # noqa: E402
 from accuracy_e2e import DEFAULT_TRACE, as_jobs, capacity, real_latencies, workload  # noqa: E402
 
 
@@ -130,7 +132,7 @@ def real_goodput(name, conf, unit_reqs, slos, guess, args, raw: dict, log=print)
             rounds.append({"rates": rates, "token_times": [x["token_times"] for x in res["results"]]})
             log(f"[search-check] {key} round {r + 1}: rates {rates} in {time.perf_counter() - t:.0f} s")
             if args.raw:
-                Path(args.raw).write_text(json.dumps(raw))
+                save_raw(args.raw, key, rounds)
         for x, tt in zip(rounds[r]["rates"], rounds[r]["token_times"]):
             values = real_values(at_rate(unit_reqs, x), tt, slos)
             if all(s.met(values[s.name]) for s in slos):
@@ -152,6 +154,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def check_model(name, confs, args, raw, out) -> None:
     pred, unc = load_model(name, args.db, args.env)
+    out.update(recheck(pred, args.db, name, args.recheck_host, str(MODELS[name])))
     reqs = workload(args.trace, args.requests, 1.0, args.seed)
     slos = auto_slos(reqs, pred, confs[0], args.slo)
     res = sim_search(name, pred, unc, confs, reqs, slos, args)
@@ -211,6 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sweep limits for a fresh DB")
     ap.add_argument("--sim-only", action="store_true", help="the simulated search alone, no real engine")
     ap.add_argument("--real-from", help="a .raw.json an earlier run wrote (no vLLM run)")
+    ap.add_argument("--recheck-host", action="store_true",
+                    help="scale the predictions by the host's drift since the sweep, measured now")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     confs = [(int(b), int(s)) for b, _, s in (c.partition("x") for c in args.configs.split(","))]

@@ -63,3 +63,18 @@ def test_vllm_unknown_architecture_is_one_line_exit_2(tmp_path, capsys):
     code, _, err = _run(capsys, "analyze", path, "--engine", "vllm")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and path in lines[0] and "architectures" in lines[0]
+
+
+def test_the_command_exits_fast_but_runs_exit_handlers_and_keeps_its_code(tmp_path):
+    """`dooly` skips Python's module teardown, not the exit handlers (temporary files,
+    logging) nor the flushed output nor the exit code."""
+    import subprocess
+    import sys
+    marker, bad = tmp_path / "handler-ran", tmp_path / "bad.json"
+    bad.write_text("{}")
+    code = ("import atexit, sys; from dooly.cli import run; "
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').write('x')); "
+            f"sys.argv = ['dooly', 'analyze', {str(bad)!r}]; print('before', end=''); run()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == "before"
+    assert "architectures" in proc.stderr and marker.read_text() == "x"

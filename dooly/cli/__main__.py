@@ -1,5 +1,3 @@
-import sys
+from dooly.cli import run
 
-from dooly.cli import main
-
-sys.exit(main())
+run()

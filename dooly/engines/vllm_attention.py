@@ -44,6 +44,7 @@ import torch
 
 from dooly.engines import amx_permission, set_vllm_environ
 from dooly.engines.vllm_capture import _init_distributed
+from dooly.engines.vllm_compat import model_class_inspected_here
 from dooly.env import cache_bytes, copies_to_span
 
 LAYER_NAME = "model.layers.0.self_attn.attn"
@@ -111,7 +112,7 @@ class VllmAttentionRunner:
         if self.sliding_window > 0:
             hf["sliding_window"] = self.sliding_window
         kw = {"block_size": block_size} if block_size else {}
-        with tempfile.TemporaryDirectory() as tmp:
+        with model_class_inspected_here(), tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "config.json").write_text(json.dumps(hf))
             return EngineArgs(model=tmp, load_format="dummy", skip_tokenizer_init=True,
                               hf_overrides={"num_hidden_layers": 1},

@@ -19,7 +19,8 @@ import torch
 from dooly.config import ModelConfig
 from dooly.engines import set_vllm_environ
 from dooly.engines.vllm_compat import (REMOTE_CODE_KEYS, all_on_meta, config_class_for,
-                                       dynamo_hooks_removed, transformers_classes_restored)
+                                       dynamo_hooks_removed, model_class_inspected_here,
+                                       transformers_classes_restored)
 from dooly.errors import DoolyInputError
 from dooly.graph.capture import Captured
 from dooly.unit import MLA_ATTRS
@@ -96,7 +97,7 @@ def _vllm_config(cfg: ModelConfig, layers: int, tp: int = 1):
     """vLLM's config for this model at `layers` layers; a config vLLM refuses is a
     one-line input error (an unknown architecture names the `architectures` field)."""
     raw = {k: v for k, v in cfg.raw.items() if k not in REMOTE_CODE_KEYS}
-    with config_class_for(cfg.model_type), tempfile.TemporaryDirectory() as tmp:
+    with config_class_for(cfg.model_type), model_class_inspected_here(), tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "config.json").write_text(json.dumps(raw))
         try:
             return _engine_args(cfg, tmp, layers, None, tp).create_engine_config()

@@ -1,7 +1,8 @@
 """What a capture changes around vLLM so that any published config captures: a model
 type only its repository's code defines gets a config class from its JSON alone (no
 code from anywhere runs), the Transformers modeling backend's weights stay on meta,
-and the transformers classes vLLM decorates are put back after the capture."""
+the transformers classes vLLM decorates are put back after the capture, and vLLM
+inspects the model class in this process rather than in a fresh one."""
 from __future__ import annotations
 
 import contextlib
@@ -98,3 +99,23 @@ def dynamo_hooks_removed():
     finally:
         for key in [k for k in hooks if k not in before]:
             hooks.pop(key, None)
+
+
+@contextlib.contextmanager
+def model_class_inspected_here():
+    """On a cold cache (a fresh machine, or a new vLLM version) vLLM inspects a model
+    class it has not seen in a fresh Python process, so that the parent never touches
+    CUDA: a second vLLM import, 5-10 s of a user's first `dooly analyze` on this CPU.
+    A capture imports that class in this process next anyway (to build it on meta
+    tensors, which touches no device), so the inspection runs here. vLLM still caches
+    what it found. A vLLM without the hook is left as it is."""
+    from vllm.model_executor.models import registry
+    original = getattr(registry, "_run_in_subprocess", None)
+    if original is None:
+        yield
+        return
+    registry._run_in_subprocess = lambda fn: fn()
+    try:
+        yield
+    finally:
+        registry._run_in_subprocess = original

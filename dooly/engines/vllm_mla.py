@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from dooly.engines.vllm_attention import LAYER_NAME, VllmAttentionRunner
+from dooly.engines.vllm_compat import model_class_inspected_here
 
 
 class VllmMLARunner(VllmAttentionRunner):
@@ -63,7 +64,7 @@ class VllmMLARunner(VllmAttentionRunner):
               "vocab_size": 256, "max_position_embeddings": self.max_context, "rms_norm_eps": 1e-6,
               "rope_theta": 10000.0, "torch_dtype": dtype, "tie_word_embeddings": False}
         kw = {"block_size": block_size} if block_size else {}
-        with tempfile.TemporaryDirectory() as tmp:
+        with model_class_inspected_here(), tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "config.json").write_text(json.dumps(hf))
             return EngineArgs(model=tmp, load_format="dummy", skip_tokenizer_init=True,
                               max_model_len=self.max_context, dtype=dtype,
