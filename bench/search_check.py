@@ -9,7 +9,7 @@ last (a k-ary bisection with bounded real time).
         [--configs 2048x64,256x64,2048x8,256x8] [--slo auto|ttft_p90=2s,tpot_p90=150ms]
         [--requests 40] [--rounds 2] [--rates-per-round 3] [--intervals 8]
         [--time-budget-s 7200] [--no-prepare] [--env KEY] [--sim-only]
-        [--real-from PATH] [--recheck-host] [--json PATH]
+        [--real-from PATH] [--repeat] [--recheck-host] [--json PATH]
 
 Workload: accuracy_e2e's (the Splitwise conversation trace's first --requests rows, prompts
 clipped to 32-256 tokens, outputs to 8-32, Poisson arrivals), the same lengths at every
@@ -22,6 +22,10 @@ simulated winner's). --json: flat keys (`<model>.<config>.sim_goodput_rps`,
 `<model>.rank_correlation`, `<model>.same_winner`, `<model>.tied_within_error`, ...);
 the real rounds are saved to `<json>.raw.json` after each engine run (--real-from replays
 them). The DB is built as bench/accuracy_batch.py builds it unless --no-prepare.
+--repeat: each candidate's final bracket (the highest rate met, the lowest missed) served
+again in one more engine start after its rounds: how far the SLO statistics moved, how many
+verdicts flipped, and whether the real winner is settled (the runner-up missed at a rate
+the winner met, and neither flipped).
 --recheck-host: the simulated side scaled by the host's drift since the sweep, measured
 once per model in a fresh `dooly predict --recheck-host` (bench/accuracy_batch.py's rule).
 """
@@ -108,14 +112,25 @@ def real_values(reqs, token_times, slos) -> dict:
     return {s.name: statistic(s, np.asarray(lat[s.metric], dtype=float)) for s in slos}
 
 
+def serve(name, conf, unit_reqs, rates) -> list[dict]:
+    """One engine start serving each rate's workload in turn: the token times of each."""
+    from dooly.engines.vllm_probe import run_child
+    from dooly.sim.goodput import at_rate
+    loads = [{"name": f"rate{x:g}", "requests": as_jobs(at_rate(unit_reqs, x))} for x in rates]
+    res = run_child({"mode": "serve", "config": str(MODELS[name]), "budget": conf[0],
+                     "max_num_seqs": conf[1], "workloads": loads})
+    return [x["token_times"] for x in res["results"]]
+
+
 def real_goodput(name, conf, unit_reqs, slos, guess, args, raw: dict, log=print) -> dict:
     """Rounds of one engine start each, serving `rates_per_round` rates spread inside the
     bracket; the next round's bracket is the highest rate met and the lowest missed (or,
-    when every rate passed or every one missed, the bracket moved up or down)."""
-    from dooly.engines.vllm_probe import run_child
+    when every rate passed or every one missed, the bracket moved up or down). With
+    --repeat, the final bracket's rates are served again (`real_repeat`)."""
     from dooly.sim.goodput import at_rate
     key = f"{name}.b{conf[0]}s{conf[1]}"
     (lo, hi), passed, failed, rounds = guess, 0.0, math.inf, raw.setdefault(key, [])
+    seen: dict[float, dict] = {}
     for r in range(args.rounds):
         if len(rounds) <= r and time.perf_counter() - args.t0 > args.time_budget_s:
             log(f"[search-check] {key}: time budget spent after {r} round(s)")
@@ -125,23 +140,50 @@ def real_goodput(name, conf, unit_reqs, slos, guess, args, raw: dict, log=print)
         if len(rounds) <= r:   # not saved: serve it
             if args.real_from:
                 raise SystemExit(f"--real-from {args.real_from}: no round {r + 1} saved for {key}")
-            loads = [{"name": f"rate{x:g}", "requests": as_jobs(at_rate(unit_reqs, x))} for x in rates]
             t = time.perf_counter()
-            res = run_child({"mode": "serve", "config": str(MODELS[name]), "budget": conf[0],
-                             "max_num_seqs": conf[1], "workloads": loads})
-            rounds.append({"rates": rates, "token_times": [x["token_times"] for x in res["results"]]})
+            rounds.append({"rates": rates, "token_times": serve(name, conf, unit_reqs, rates)})
             log(f"[search-check] {key} round {r + 1}: rates {rates} in {time.perf_counter() - t:.0f} s")
             if args.raw:
                 save_raw(args.raw, key, rounds)
         for x, tt in zip(rounds[r]["rates"], rounds[r]["token_times"]):
-            values = real_values(at_rate(unit_reqs, x), tt, slos)
+            seen[x] = values = real_values(at_rate(unit_reqs, x), tt, slos)
             if all(s.met(values[s.name]) for s in slos):
                 passed = max(passed, x)
             else:
                 failed = min(failed, x)
         width = hi / lo
         lo, hi = (passed if passed > 0 else lo / width), (failed if failed < math.inf else hi * width)
-    return {"real_goodput_rps": passed, "real_fail_rps": None if failed == math.inf else failed}
+    out = {"real_goodput_rps": passed, "real_fail_rps": None if failed == math.inf else failed}
+    if args.repeat:
+        out.update(real_repeat(key, conf, unit_reqs, slos, [x for x in (passed, failed) if x in seen],
+                               seen, args, raw, log))
+    return out
+
+
+def real_repeat(key, conf, unit_reqs, slos, rates, first: dict, args, raw: dict, log=print) -> dict:
+    """Real vs real: the final bracket's rates served again in one more engine start, after
+    the rounds; how far each SLO statistic moved (percent of the two runs' mean) and how
+    many pass/miss verdicts flipped. A goodput is only as settled as that."""
+    import statistics
+    from dooly.sim.goodput import at_rate
+    rkey = f"{key}.repeat"
+    saved = raw.get(rkey)
+    if not rates:
+        return {}
+    if not saved or saved["rates"] != rates:
+        if args.real_from:
+            raise SystemExit(f"--real-from {args.real_from}: no repeat saved for {key}")
+        t = time.perf_counter()
+        saved = raw[rkey] = {"rates": rates, "token_times": serve(key.split(".")[0], conf, unit_reqs, rates)}
+        log(f"[search-check] {key} repeat: rates {rates} in {time.perf_counter() - t:.0f} s")
+        if args.raw:
+            save_raw(args.raw, rkey, saved)
+    moves, flips = [], 0
+    for x, tt in zip(saved["rates"], saved["token_times"]):
+        again, before = real_values(at_rate(unit_reqs, x), tt, slos), first[x]
+        moves += [100 * abs(again[s.name] - before[s.name]) / ((again[s.name] + before[s.name]) / 2) for s in slos]
+        flips += all(s.met(before[s.name]) for s in slos) != all(s.met(again[s.name]) for s in slos)
+    return {"repeat_spread_pct": statistics.fmean(moves), "repeat_flips": flips, "repeat_rates": len(rates)}
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -160,7 +202,7 @@ def check_model(name, confs, args, raw, out) -> None:
     res = sim_search(name, pred, unc, confs, reqs, slos, args)
     print(f"[search-check] {name}: SLOs " + ", ".join(f"{s.name} <= {s.limit_ms:g} ms" for s in slos)
           + f"; step error {unc.step_pct:.1f}% ({unc.step_source}), units {unc.mean_unit_pct:.1f}%")
-    sims, reals = [], []
+    sims, reals, details = [], [], []
     for r in res.ranked:
         c = (r.candidate.get("max_num_batched_tokens"), r.candidate.get("max_num_seqs"))
         tag = f"{name}.b{c[0]}s{c[1]}"
@@ -172,8 +214,12 @@ def check_model(name, confs, args, raw, out) -> None:
             real = real_goodput(name, c, reqs, slos, (min(lo, g) / 2, max(hi, g) * 2), args, raw)
             out.update({f"{tag}.{k}": v for k, v in real.items()})
             line += f", real {real['real_goodput_rps']:.3g} req/s (misses at {real['real_fail_rps']})"
+            if "repeat_spread_pct" in real:
+                line += (f"; served again: SLO statistics moved {real['repeat_spread_pct']:.0f}%, "
+                         f"{real['repeat_flips']} of {real['repeat_rates']} verdicts flipped")
             sims.append(r.goodput.rate)
             reals.append(real["real_goodput_rps"])
+            details.append(real)
         print(line, flush=True)
     if args.sim_only:
         return
@@ -187,6 +233,27 @@ def check_model(name, confs, args, raw, out) -> None:
     print(f"  rank correlation {out[f'{name}.rank_correlation']:.2f}; real winner {tags[real_best]}, "
           f"simulated winner {tags[0]}: " + ("same" if real_best == 0 else "tied within error"
                                              if out[f"{name}.tied_within_error"] else "DIFFERENT"))
+    if args.repeat:
+        out.update(real_settled(name, tags, details, real_best))
+
+
+def real_settled(name, tags, details: list[dict], best: int) -> dict:
+    """Whether the real ranking's top is settled: the runner-up missed at a rate the winner
+    met, and no verdict of either flipped when served again."""
+    import statistics
+    order = sorted(range(len(details)), key=lambda i: -details[i]["real_goodput_rps"])
+    second = details[order[1]] if len(order) > 1 else None
+    won = details[best]
+    settled = second is not None and second["real_fail_rps"] is not None and \
+        won["real_goodput_rps"] >= second["real_fail_rps"] and \
+        not won.get("repeat_flips") and not second.get("repeat_flips")
+    spread = [d["repeat_spread_pct"] for d in details if "repeat_spread_pct" in d]
+    flips = sum(d.get("repeat_flips", 0) for d in details)
+    print(f"  real vs real: SLO statistics moved {statistics.fmean(spread) if spread else float('nan'):.0f}% "
+          f"on average when served again, {flips} verdict(s) flipped; real winner "
+          + ("settled" if settled else f"NOT settled against {tags[order[1]] if second else '-'}"))
+    return {f"{name}.real_repeat_spread_pct": statistics.fmean(spread) if spread else None,
+            f"{name}.real_repeat_flips": flips, f"{name}.real_winner_settled": settled}
 
 
 def _slos(text: str):
@@ -214,6 +281,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sweep limits for a fresh DB")
     ap.add_argument("--sim-only", action="store_true", help="the simulated search alone, no real engine")
     ap.add_argument("--real-from", help="a .raw.json an earlier run wrote (no vLLM run)")
+    ap.add_argument("--repeat", action="store_true",
+                    help="serve each candidate's final bracket again: the real-vs-real noise")
     ap.add_argument("--recheck-host", action="store_true",
                     help="scale the predictions by the host's drift since the sweep, measured now")
     ap.add_argument("--json", dest="json_path")
