@@ -9,7 +9,7 @@ last (a k-ary bisection with bounded real time).
         [--configs 2048x64,256x64,2048x8,256x8] [--slo auto|ttft_p90=2s,tpot_p90=150ms]
         [--requests 40] [--rounds 2] [--rates-per-round 3] [--intervals 8]
         [--time-budget-s 7200] [--no-prepare] [--env KEY] [--sim-only]
-        [--real-from PATH] [--repeat] [--recheck-host] [--json PATH]
+        [--real-from PATH] [--resume] [--repeat] [--recheck-host] [--json PATH]
 
 Workload: accuracy_e2e's (the Splitwise conversation trace's first --requests rows, prompts
 clipped to 32-256 tokens, outputs to 8-32, Poisson arrivals), the same lengths at every
@@ -155,17 +155,18 @@ def real_goodput(name, conf, unit_reqs, slos, guess, args, raw: dict, log=print)
         lo, hi = (passed if passed > 0 else lo / width), (failed if failed < math.inf else hi * width)
     out = {"real_goodput_rps": passed, "real_fail_rps": None if failed == math.inf else failed}
     if args.repeat:
-        out.update(real_repeat(key, conf, unit_reqs, slos, [x for x in (passed, failed) if x in seen],
+        out.update(real_repeat(name, conf, unit_reqs, slos, [x for x in (passed, failed) if x in seen],
                                seen, args, raw, log))
     return out
 
 
-def real_repeat(key, conf, unit_reqs, slos, rates, first: dict, args, raw: dict, log=print) -> dict:
+def real_repeat(name, conf, unit_reqs, slos, rates, first: dict, args, raw: dict, log=print) -> dict:
     """Real vs real: the final bracket's rates served again in one more engine start, after
     the rounds; how far each SLO statistic moved (percent of the two runs' mean) and how
     many pass/miss verdicts flipped. A goodput is only as settled as that."""
     import statistics
     from dooly.sim.goodput import at_rate
+    key = f"{name}.b{conf[0]}s{conf[1]}"
     rkey = f"{key}.repeat"
     saved = raw.get(rkey)
     if not rates:
@@ -174,7 +175,7 @@ def real_repeat(key, conf, unit_reqs, slos, rates, first: dict, args, raw: dict,
         if args.real_from:
             raise SystemExit(f"--real-from {args.real_from}: no repeat saved for {key}")
         t = time.perf_counter()
-        saved = raw[rkey] = {"rates": rates, "token_times": serve(key.split(".")[0], conf, unit_reqs, rates)}
+        saved = raw[rkey] = {"rates": rates, "token_times": serve(name, conf, unit_reqs, rates)}
         log(f"[search-check] {key} repeat: rates {rates} in {time.perf_counter() - t:.0f} s")
         if args.raw:
             save_raw(args.raw, rkey, saved)
@@ -281,6 +282,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sweep limits for a fresh DB")
     ap.add_argument("--sim-only", action="store_true", help="the simulated search alone, no real engine")
     ap.add_argument("--real-from", help="a .raw.json an earlier run wrote (no vLLM run)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the real rounds an interrupted run saved beside --json, serve the rest")
     ap.add_argument("--repeat", action="store_true",
                     help="serve each candidate's final bracket again: the real-vs-real noise")
     ap.add_argument("--recheck-host", action="store_true",
@@ -295,7 +298,8 @@ def main(argv=None) -> int:
         ap.error("--slo: the real side measures ttft and tpot only")
     args.rate_lo, args.rate_hi = map(float, args.rate_range.split(":"))
     args.raw = str(Path(args.json_path).with_suffix(".raw.json")) if args.json_path and not args.real_from else None
-    raw = json.loads(Path(args.real_from).read_text()) if args.real_from else {}
+    src = args.real_from or (args.raw if args.resume else None)
+    raw = json.loads(Path(src).read_text()) if src and Path(src).exists() else {}
     if not args.no_prepare and not args.real_from:
         prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"])
     args.t0 = time.perf_counter()
