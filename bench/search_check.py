@@ -27,7 +27,8 @@ again in one more engine start after its rounds: how far the SLO statistics move
 verdicts flipped, and whether the real winner is settled (the runner-up missed at a rate
 the winner met, and neither flipped).
 --recheck-host: the simulated side scaled by the host's drift since the sweep, measured
-once per model in a fresh `dooly predict --recheck-host` (bench/accuracy_batch.py's rule).
+once per model in a fresh `dooly predict --recheck-host` (bench/accuracy_batch.py's rule)
+and saved with the real rounds (a replay uses the saved one).
 """
 from __future__ import annotations
 
@@ -73,6 +74,22 @@ def load_model(name: str, db: str, env_key: str | None):
     pred = Predictor.load(str(MODELS[name]), db, "vllm", env_key=env_key, exclude=[own])
     with Store.open(db, create=False) as store:
         return pred, predictor_uncertainty(pred, store, own)
+
+
+def host_drift(name, pred, args, raw: dict) -> dict:
+    """--recheck-host: the drift measured now, saved beside the real rounds (the SLOs and
+    brackets depend on it), so that --real-from and --resume reuse it, not a new one."""
+    import accuracy_batch
+    from dooly.profile.drift import Drift
+    key = f"{name}.drift"
+    if args.recheck_host and key in raw:
+        accuracy_batch._DRIFTS[name] = Drift.from_json(raw[key])
+    out = recheck(pred, args.db, name, args.recheck_host, str(MODELS[name]))
+    if args.recheck_host and key not in raw and pred.drift is not None:
+        raw[key] = pred.drift.to_json()
+        if args.raw:
+            save_raw(args.raw, key, raw[key])
+    return out
 
 
 def auto_slos(reqs, pred, conf, text: str):
@@ -197,7 +214,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def check_model(name, confs, args, raw, out) -> None:
     pred, unc = load_model(name, args.db, args.env)
-    out.update(recheck(pred, args.db, name, args.recheck_host, str(MODELS[name])))
+    out.update(host_drift(name, pred, args, raw))
     reqs = workload(args.trace, args.requests, 1.0, args.seed)
     slos = auto_slos(reqs, pred, confs[0], args.slo)
     res = sim_search(name, pred, unc, confs, reqs, slos, args)
