@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-
 def run() -> None:
     """`dooly` (and `python -m dooly.cli`): `main`, then exit without Python's teardown of
     its modules. Once vLLM and torch are imported, that teardown (clearing every module,
