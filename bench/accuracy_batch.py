@@ -134,14 +134,17 @@ def model_out_predictor(name: str, db: str, prefer: str = "pool", exclude_self: 
 _DRIFTS: dict = {}
 
 
-def recheck(pred, db: str, key: str, enabled: bool, config: str) -> dict:
+def recheck(pred, db: str, key: str, enabled: bool, config: str, known=None) -> dict:
     """--recheck-host: scale `pred` by the host's drift since the sweep (its model's stored
     points re-timed now, dooly.profile.drift), measured once per `key` the way a user gets
     it, by `dooly predict --recheck-host` in a fresh process (timed inside a bench that has
     just run the engine, the same points read up to 2x slow); the factors as flat keys.
-    Meaningful when the real runs it is scored against were just taken."""
+    Meaningful when the real runs it is scored against were just taken. `known`: a Drift
+    measured earlier (saved with the real runs a bench replays), used instead."""
     if not enabled:
         return {}
+    if known is not None:
+        _DRIFTS[key] = known
     if key not in _DRIFTS:
         _DRIFTS[key] = d = fresh_drift(config, db, pred.tp)
         print(f"[{key}] host drift since the sweep (now / stored, by step tokens): " + (", ".join(

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,12 +80,10 @@ def load_model(name: str, db: str, env_key: str | None):
 def host_drift(name, pred, args, raw: dict) -> dict:
     """--recheck-host: the drift measured now, saved beside the real rounds (the SLOs and
     brackets depend on it), so that --real-from and --resume reuse it, not a new one."""
-    import accuracy_batch
     from dooly.profile.drift import Drift
     key = f"{name}.drift"
-    if args.recheck_host and key in raw:
-        accuracy_batch._DRIFTS[name] = Drift.from_json(raw[key])
-    out = recheck(pred, args.db, name, args.recheck_host, str(MODELS[name]))
+    known = Drift.from_json(raw[key]) if key in raw else None
+    out = recheck(pred, args.db, name, args.recheck_host, str(MODELS[name]), known)
     if args.recheck_host and key not in raw and pred.drift is not None:
         raw[key] = pred.drift.to_json()
         if args.raw:
@@ -181,13 +180,12 @@ def real_repeat(name, conf, unit_reqs, slos, rates, first: dict, args, raw: dict
     """Real vs real: the final bracket's rates served again in one more engine start, after
     the rounds; how far each SLO statistic moved (percent of the two runs' mean) and how
     many pass/miss verdicts flipped. A goodput is only as settled as that."""
-    import statistics
     from dooly.sim.goodput import at_rate
+    if not rates:
+        return {}
     key = f"{name}.b{conf[0]}s{conf[1]}"
     rkey = f"{key}.repeat"
     saved = raw.get(rkey)
-    if not rates:
-        return {}
     if not saved or saved["rates"] != rates:
         if args.real_from:
             raise SystemExit(f"--real-from {args.real_from}: no repeat saved for {key}")
@@ -258,19 +256,19 @@ def check_model(name, confs, args, raw, out) -> None:
 def real_settled(name, tags, details: list[dict], best: int) -> dict:
     """Whether the real ranking's top is settled: the runner-up missed at a rate the winner
     met, and no verdict of either flipped when served again."""
-    import statistics
     order = sorted(range(len(details)), key=lambda i: -details[i]["real_goodput_rps"])
     second = details[order[1]] if len(order) > 1 else None
     won = details[best]
     settled = second is not None and second["real_fail_rps"] is not None and \
         won["real_goodput_rps"] >= second["real_fail_rps"] and \
         not won.get("repeat_flips") and not second.get("repeat_flips")
-    spread = [d["repeat_spread_pct"] for d in details if "repeat_spread_pct" in d]
+    spreads = [d["repeat_spread_pct"] for d in details if "repeat_spread_pct" in d]
+    spread = statistics.fmean(spreads) if spreads else None
     flips = sum(d.get("repeat_flips", 0) for d in details)
-    print(f"  real vs real: SLO statistics moved {statistics.fmean(spread) if spread else float('nan'):.0f}% "
+    print(f"  real vs real: SLO statistics moved {spread if spread is not None else float('nan'):.0f}% "
           f"on average when served again, {flips} verdict(s) flipped; real winner "
           + ("settled" if settled else f"NOT settled against {tags[order[1]] if second else '-'}"))
-    return {f"{name}.real_repeat_spread_pct": statistics.fmean(spread) if spread else None,
+    return {f"{name}.real_repeat_spread_pct": spread,
             f"{name}.real_repeat_flips": flips, f"{name}.real_winner_settled": settled}
 
 
