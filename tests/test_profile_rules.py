@@ -7,7 +7,8 @@ from dooly.env import cache_bytes, copies_to_span, itemsize
 from dooly.fit.gemm_family import gemm_shape, is_gemm
 from dooly.graph.normalize import ANCHOR_OPS
 from dooly.profile.cost import flops_bytes
-from dooly.profile.runners import StatelessRunner, cold_copies
+from dooly.profile import runners
+from dooly.profile.runners import MAX_WEIGHT_COPIES, StatelessRunner, cold_copies
 from dooly.symbolic.labels import DimLabel, Label
 from dooly.unit import GEMM_OPS, TensorSig, Unit
 
@@ -65,7 +66,48 @@ def test_cold_copies_together_span_twice_the_last_level_cache():
         assert n * nbytes >= span and (n == 1 or (n - 1) * nbytes < span)
     assert copies_to_span(1, "cpu", most=16) == 16
     # a unit's weight set: LINEAR's float32 [32, 64] weight, 8 KiB
-    assert cold_copies(LINEAR, {"T": 8}, "cpu") == min(16, -(-span // (32 * 64 * 4)))
+    assert cold_copies(LINEAR, {"T": 8}, "cpu") == min(MAX_WEIGHT_COPIES, -(-span // (32 * 64 * 4)))
+    # a SmolLM2 decode's o_proj (bf16 [576, 576], 648 KiB) rotates through enough copies to
+    # leave the cache, as the 30 layers' weights a real forward streams between its calls do
+    o_proj = Unit("linear", (sig(T, c(576), dtype="bfloat16"), sig(c(576), c(576), dtype="bfloat16")),
+                  (sig(T, c(576), dtype="bfloat16"),))
+    assert cold_copies(o_proj, {"T": 1}, "cpu") * 576 * 576 * 2 >= span or \
+        cold_copies(o_proj, {"T": 1}, "cpu") == MAX_WEIGHT_COPIES
+
+
+def test_cold_weight_copies_serve_every_point_and_the_rotation_goes_on_across_points(monkeypatch):
+    monkeypatch.setattr(runners, "cold_copies", lambda unit, values, device: 3)
+    r = StatelessRunner(LINEAR, "transformers", "cpu", cold=True)
+    used = []
+    real = runners.gemm
+
+    def spy(engine, device, op, ins, linear=None):
+        call = real(engine, device, op, ins, linear)
+        return lambda: used.append(ins[1]) or call()
+    monkeypatch.setattr(runners, "gemm", spy)
+    first = r.prepare({"T": 8})
+    first(), first()
+    weights = list(r._sets)
+    second = r.prepare({"T": 16})
+    second()
+    assert r._sets == weights   # the same copies: built once, not per point
+    # the third call, whatever its point, reads the copy the first two did not
+    assert used[2] is weights[2][1] and used[0] is weights[0][1]
+    r.release()
+    assert r._sets == [] and r._turn == 0
+
+
+def test_runners_drop_a_units_cold_copies_when_the_sweep_moves_on():
+    from dooly.env import Environment
+    from dooly.profile.grid import GridLimits
+    from dooly.profile.sweep import Runners
+    env = Environment("cpu0", "cpu", "transformers", "0", "sdpa", "float32", cache="cold")
+    rs = Runners(env, GridLimits())
+    rs.prepare(LINEAR, {"T": 8})()
+    held = rs._runners[LINEAR.key]
+    assert held._sets
+    rs.prepare(MM, {"T": 8})()
+    assert not held._sets
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

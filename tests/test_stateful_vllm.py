@@ -115,3 +115,7 @@ def test_cold_kv_calls_read_different_blocks():
     fn()
     fn()
     assert not torch.equal(seen[0], seen[1])
+    # the next point of the sweep, the same batch: its calls read blocks of their own, not
+    # the ones the last point's calls may have left in the cache
+    cold.prepare_parts([(1, 300)] * 2)["attention"]()
+    assert not any(torch.equal(seen[-1], s) for s in seen[:-1])

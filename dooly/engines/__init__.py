@@ -3,7 +3,7 @@
 Each engine builds its model from a HF config with no weights and hands back a captured
 fx graph (`capture`), names the environment its measurements belong to (`environment`),
 and supplies the engine's own kernels where a unit must be timed as the engine runs it
-(`gemm_call`, `ir_body`, `attention_runner`, and for tensor parallelism its communicator:
+(`gemm_call`, `gemm_weight`, `ir_body`, `attention_runner`, and for tensor parallelism its communicator:
 `collective_label`, `collective_group`). Everything else in Dooly calls these
 functions and never branches on the engine's name. May import: dooly.config, dooly.env,
 dooly.hostspeed, dooly.errors, dooly.unit, dooly.graph, dooly.symbolic. Adding an engine is one module
@@ -135,13 +135,20 @@ def environment(engine: str, device: str = "cpu", backend: str | None = None,
                        threads=threads or default_threads(engine, device))
 
 
+def gemm_weight(engine: str, device: str, w) -> Callable[..., object]:
+    """`linear(x, bias)` with the weight `w` as the engine dispatches it (it may prepack
+    the weight once, as it does when it loads a model)."""
+    if engine == "vllm" and device == "cpu":
+        from dooly.engines.vllm_ops import cpu_linear_of
+        return cpu_linear_of(w)
+    import torch.nn.functional as F
+    return lambda x, bias: F.linear(x, w, bias)
+
+
 def gemm_call(engine: str, device: str, x, w, bias) -> Callable[[], object]:
     """A GEMM as the engine dispatches it for this shape."""
-    if engine == "vllm" and device == "cpu":
-        from dooly.engines.vllm_ops import cpu_linear
-        return cpu_linear(x, w, bias)
-    import torch.nn.functional as F
-    return lambda: F.linear(x, w, bias)
+    linear = gemm_weight(engine, device, w)
+    return lambda: linear(x, bias)
 
 
 def moe_inputs(engine: str, device: str, unit, ins: list) -> list:

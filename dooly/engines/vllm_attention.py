@@ -35,6 +35,7 @@ first, then the rest, each group keeping its given order (see `order_batch`).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -84,6 +85,7 @@ class VllmAttentionRunner:
         self._gen = torch.Generator().manual_seed(seed)
         self._seed = seed
         self.cold_kv = cold_kv
+        self._variants = itertools.count(1)   # block draws of cold timings (0: the warm one)
         vc = self._engine_config(dtype, block_size, kv_cache_dtype)
         self.vllm_config = vc
         self.dtype = vc.model_config.dtype
@@ -281,11 +283,14 @@ class VllmAttentionRunner:
         buffer (attention/step) or None (kv_update)."""
         from vllm.utils.torch_utils import _encode_layer_name
 
-        import itertools
         seqs, T, meta, slot_mapping, q, k, v, out = self._batch(seqs)
         write, attend = self._ops(_encode_layer_name(self.layer_name), q, k, v, out)
-        # cold KV: each call reads its own random blocks (the activations stay shared)
-        metas = [(meta, slot_mapping)] + [self._batch(seqs, i)[2:4] for i in range(1, self._copies(seqs))]
+        # cold KV: each call reads its own random blocks (the activations stay shared),
+        # drawn afresh for every batch: blocks an earlier point's calls read may still be
+        # in the cache
+        n = self._copies(seqs)
+        metas = [(meta, slot_mapping)] if n == 1 else [
+            self._batch(seqs, next(self._variants))[2:4] for _ in range(n)]
         nxt = itertools.cycle(metas).__next__
 
         def kv_update():

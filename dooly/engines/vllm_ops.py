@@ -10,15 +10,15 @@ from dooly.engines import set_vllm_environ
 from dooly.unit import call_args
 
 
-def cpu_linear(x, w, bias) -> Callable[[], object]:
-    """vLLM's CPU GEMM dispatch (oneDNN / sgl kernels / zentorch) for this shape; it
-    may prepack the weight, so it is built per point."""
+def cpu_linear_of(w) -> Callable[..., object]:
+    """`linear(x, bias)` through vLLM's CPU GEMM dispatch (oneDNN / sgl kernels /
+    zentorch) for this weight, which it may prepack: built once per weight."""
     set_vllm_environ()
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
     layer = torch.nn.Module()
     layer.weight = torch.nn.Parameter(w, requires_grad=False)
     dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
-    return lambda: layer.cpu_linear(x, layer.weight, bias)
+    return lambda x, bias: layer.cpu_linear(x, layer.weight, bias)
 
 
 def cpu_moe_weights(ins: list, isa: str) -> list:

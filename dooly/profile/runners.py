@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dooly.engines import amx_permission, gemm_call, ir_body, moe_inputs
+from dooly.engines import amx_permission, gemm_call, gemm_weight, ir_body, moe_inputs
 from dooly.env import copies_to_span
 from dooly.graph.regions import eval_name
 from dooly.profile.cost import nbytes
@@ -131,13 +131,20 @@ def is_weight(sig: TensorSig) -> bool:
     return bool(sig.dims) and all(d.label is Label.CONFIG for d in sig.dims)
 
 
+# Weight sets a cold timing rotates through, at most: together they span twice the
+# last-level cache down to weights of 2 * LLC / 1024 (about 200 KiB for a 105 MiB L3),
+# below which reading the weight from memory costs microseconds.
+MAX_WEIGHT_COPIES = 1024
+
+
 def cold_copies(unit: Unit, values: dict, device: str) -> int:
     """How many weight sets to rotate through so that no timed call finds its weights
-    still cached by the previous one: together they span twice the last-level cache,
-    as a real forward streams every layer's weights. Activations stay shared: in a real
-    forward they were just written by the previous op and are cache-hot."""
+    still cached by an earlier one: together they span twice the last-level cache, as a
+    real forward streams every layer's weights between two calls of one layer (16 sets of
+    a SmolLM2 layer's 0.7-3.5 MB weights span less than a 105 MiB L3). Activations stay
+    shared: in a real forward they were just written by the previous op and are cache-hot."""
     weights = sum(nbytes(s, values) for s in unit.inputs if is_weight(s))
-    return copies_to_span(weights, device, 16) if weights else 1
+    return copies_to_span(weights, device, MAX_WEIGHT_COPIES) if weights else 1
 
 
 def routed_inputs(unit: Unit, ins: list, point: dict) -> None:
@@ -158,11 +165,15 @@ def routed_inputs(unit: Unit, ins: list, point: dict) -> None:
         amx_permission()
 
 
-def gemm(engine: str, device: str, op: str, ins: list) -> Callable[[], object]:
+def gemm(engine: str, device: str, op: str, ins: list, linear=None) -> Callable[[], object]:
     """A matrix product as the engine runs it: `linear` through the engine's own GEMM
-    (it may prepack the weight), the others as torch's op of that name."""
+    (it may prepack the weight; `linear`: that GEMM already built for ins[1]), the others
+    as torch's op of that name."""
     if op == "linear":
-        return gemm_call(engine, device, ins[0], ins[1], ins[2] if len(ins) > 2 else None)
+        bias = ins[2] if len(ins) > 2 else None
+        if linear is not None:
+            return lambda: linear(ins[0], bias)
+        return gemm_call(engine, device, ins[0], ins[1], bias)
     fn = getattr(torch, op)
     return lambda: fn(*ins)
 
@@ -183,6 +194,15 @@ class StatelessRunner:
             if unit.op.startswith("vllm_ir."):
                 self._body = ir_body(engine, unit) or self._body
             self._compiled = DirectCompiled(self._body)
+        self.release()
+
+    def release(self) -> None:
+        """Drop the cold weight sets (up to twice the last-level cache): the sweep calls
+        this when it moves on to another unit."""
+        self._sets: list[dict[int, torch.Tensor]] = []   # weight copies, shared by every point
+        self._linears: list = []                          # the engine's GEMM per weight copy
+        self._turn = 0   # the next copy: the rotation goes on across points, so no point
+        # starts on a copy that the last point's calls left in the cache
 
     def _make_body(self) -> Callable:
         u = self.unit
@@ -201,26 +221,43 @@ class StatelessRunner:
     def prepare(self, point: dict) -> Callable[[], object]:
         if not self.cold:
             return self._prepare_one(point)
-        import itertools
-        n = cold_copies(self.unit, point_values(point), self.device)
+        values = point_values(point)
+        n = cold_copies(self.unit, values, self.device)
         if n == 1:
             return self._prepare_one(point)
-        shared = self._inputs(point_values(point))
-        calls = itertools.cycle([self._prepare_one(point, shared) for _ in range(n)])
-        return lambda: next(calls)()
+        self._weight_sets(values, n)
+        shared = self._inputs(values, weights=False)
+        calls = [self._prepare_one(point, shared, k) for k in range(n)]
 
-    def _inputs(self, values: dict) -> list:
-        return [random_tensor(sig, values, self.device, 1000) for sig in self.unit.inputs]
+        def call():
+            k, self._turn = self._turn % n, self._turn + 1
+            return calls[k]()
+        return call
 
-    def _prepare_one(self, point: dict, shared: list | None = None) -> Callable[[], object]:
-        """Random inputs at this point; with `shared`, only the weights are fresh."""
+    def _weight_sets(self, values: dict, n: int) -> None:
+        """`n` copies of the weights (config dims only: one set serves every point), and
+        the engine's GEMM built once per copy, as it is when a model loads."""
+        u = self.unit
+        while len(self._sets) < n:
+            self._sets.append({i: random_tensor(sig, values, self.device, 1000)
+                               for i, sig in enumerate(u.inputs) if is_weight(sig)})
+            if u.op == "linear" and 1 in self._sets[-1]:
+                self._linears.append(gemm_weight(self.engine, self.device, self._sets[-1][1]))
+
+    def _inputs(self, values: dict, weights: bool = True) -> list:
+        return [random_tensor(sig, values, self.device, 1000) if weights or not is_weight(sig) else None
+                for sig in self.unit.inputs]
+
+    def _prepare_one(self, point: dict, shared: list | None = None,
+                     copy: int | None = None) -> Callable[[], object]:
+        """Random inputs at this point; with `shared` and `copy`, the point's activations
+        and that weight copy."""
         values = point_values(point)
         u = self.unit
         if shared is None:
             ins = self._inputs(values)
         else:
-            ins = [random_tensor(sig, values, self.device, 1000) if is_weight(sig) else old
-                   for sig, old in zip(u.inputs, shared)]
+            ins = [self._sets[copy][i] if i in self._sets[copy] else t for i, t in enumerate(shared)]
         if u.op == "embedding":
             w = next(t for t in ins if t.is_floating_point())
             ids = next(t for t in ins if not t.is_floating_point())
@@ -233,7 +270,8 @@ class StatelessRunner:
             cache = ins[-1]
             ins[0].random_(0, cache.shape[0])  # positions index the cos/sin cache
         if self._body is None:
-            return gemm(self.engine, self.device, u.op, ins)
+            linear = self._linears[copy] if copy is not None and copy < len(self._linears) else None
+            return gemm(self.engine, self.device, u.op, ins, linear)
         if self._compiled is not None:
             if not self._compiled.ready:
                 # request dims at distinct odd sizes: no 0/1 specialization, no two request

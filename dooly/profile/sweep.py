@@ -68,6 +68,7 @@ class Runners:
     def __init__(self, env: Environment, lim: GridLimits):
         self.env, self.lim = env, lim
         self._runners: dict = {}  # unit key, or attention attributes -> runner
+        self._last = None         # the stateless runner the last point used
 
     def prepare(self, unit: Unit, point: dict):
         if unit.stateful:
@@ -78,6 +79,9 @@ class Runners:
             runner = self._runners[unit.key] = StatelessRunner(unit, self.env.engine,
                                                             self.env.device_kind, self.env.execution,
                                                             cold=self.env.cache != "warm")
+        if self._last is not None and self._last is not runner:
+            self._last.release()   # its cold weight sets span twice the last-level cache
+        self._last = runner
         return runner.prepare(point)
 
     def _stateful(self, unit: Unit, point: dict):
