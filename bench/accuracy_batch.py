@@ -387,9 +387,12 @@ def breakdown(name: str, its: list[dict], args) -> dict:
     """One real run with every compiled piece and attention call timed inside the worker;
     per set, the median of each part against the units that stand for it."""
     from dooly.engines.vllm_probe import run_child
-    raw = Path(args.raw).with_suffix(".layers.json")
+    # a replay reads the layer run saved beside the real runs it replays
+    raw = Path(args.real_from or args.raw).with_suffix(".layers.json")
     saved = json.loads(raw.read_text()) if raw.exists() and (args.resume or args.real_from) else {}
     if saved.get(name, {}).get("items") != its:
+        if args.real_from:
+            raise SystemExit(f"--real-from {args.real_from}: no layer run for {name} in {raw}")
         res = run_child({"mode": "steps", "config": str(MODELS[name]), "budget": BUDGET,
                          "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats, "layers": True})
         saved[name] = {"items": its, "run": res}
