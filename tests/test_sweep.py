@@ -127,7 +127,13 @@ def test_sigint_mid_sweep_then_rerun_matches_uninterrupted(swept, tmp_path):
     db = str(tmp_path / "sig.db")
     cmd = [sys.executable, "-m", "dooly.cli", "sweep", SMOL, "--engine", "transformers", "--db", db,
            "--max-tokens", "16", "--max-batch", "2", "--max-context", "32", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def ctrl_c_reaches_it():
+        # a library an earlier test loaded may have left SIGINT ignored or blocked in this
+        # process, and a child inherits both: the sweep must see the Ctrl-C a user sends
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=ctrl_c_reaches_it)
     deadline = time.time() + 120
     # a bare read-only count, polled often: the sweep's first pass over this small grid
     # takes seconds, and the signal must land inside it
