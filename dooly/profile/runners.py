@@ -270,7 +270,7 @@ class StatelessRunner:
             cache = ins[-1]
             ins[0].random_(0, cache.shape[0])  # positions index the cos/sin cache
         if self._body is None:
-            linear = self._linears[copy] if copy is not None and copy < len(self._linears) else None
+            linear = self._linears[copy] if self._linears and copy is not None else None
             return gemm(self.engine, self.device, u.op, ins, linear)
         if self._compiled is not None:
             if not self._compiled.ready:
