@@ -23,6 +23,10 @@ above the swept tokens and batch: 1024/64, --quick 512/32). Error bands (--draws
 `dooly simulate --intervals`): the simulation is run again N times with step times drawn
 within the predictor's stated errors, and each real percentile is checked against its
 90% band; `band_coverage_pct` is the share of TTFT/TPOT p50/p90/p99 inside their bands.
+Beside each load it prints the scheduler alone (`sched_*` keys): the workload simulated
+with step times fitted on the real run's own steps (in-sample by design), so a reader can
+tell the scheduler's error from the step times'; and the real step time over the
+predicted both as the median step and summed over the steps (TTFT follows the long ones).
 """
 from __future__ import annotations
 
@@ -158,6 +162,40 @@ def band_coverage(reqs, pred, settings: dict, fig: dict, unc, draws: int, seed: 
     return out
 
 
+def _step_features(batch) -> list[float]:
+    # per step: tokens, sequences, prefill chunks, context read and attention work
+    return [1.0, sum(b[0] for b in batch), len(batch), sum(1 for b in batch if b[0] > 1),
+            sum(b[0] + b[1] for b in batch), sum(b[0] * (b[0] + b[1]) for b in batch) / 1e3]
+
+
+def scheduler_check(reqs, real_runs: list[dict]) -> dict:
+    """The simulator's scheduler alone: the workload simulated with step times fitted on
+    the real run's own steps (a least-squares line in the batch's tokens, sequences,
+    prefill chunks and context; in-sample by design). What is left against the real
+    percentiles is the scheduler's error, not the step times'."""
+    import numpy as np
+    errs: dict[str, list[float]] = {"ttft": [], "tpot": []}
+    for run in real_runs:
+        coef = np.linalg.lstsq(np.array([_step_features(s["batch"]) for s in run["steps"]]),
+                               np.array([s["ms"] for s in run["steps"]]), rcond=None)[0]
+        sim, res = sim_latencies(reqs, Oracle(coef), run["settings"])
+        real = real_latencies(reqs, run["token_times"])
+        for metric in errs:
+            s, r = pct(sim[metric]), pct(real[metric])
+            errs[metric].append(statistics.fmean(err_pct(s[p], r[p]) for p in PCTS))
+    return {"sched_ttft_mape_pct": statistics.fmean(errs["ttft"]),
+            "sched_tpot_mape_pct": statistics.fmean(errs["tpot"]), "sched_steps": res.num_steps}
+
+
+class Oracle:
+    """Step times from a fitted line, in the shape sim_latencies asks of a predictor."""
+    def __init__(self, coef):
+        self.coef = coef
+
+    def step_ms(self, batch) -> float:
+        return max(float(sum(c * f for c, f in zip(self.coef, _step_features(batch)))), 0.1)
+
+
 def score_load(reqs, real_runs: list[dict], pred) -> dict:
     """One model at one load: sim vs each real run, and real vs real."""
     settings = real_runs[0]["settings"]
@@ -178,6 +216,9 @@ def score_load(reqs, real_runs: list[dict], pred) -> dict:
         fig[f"noise_{metric}_mape_pct"] = statistics.fmean(noise) if None not in noise else None
     steps = [s for r in real_runs for s in r["steps"]]
     fig["step_median_real_over_pred"] = statistics.median(s["ms"] / pred.step_ms(s["batch"]) for s in steps)
+    # TTFT follows the long steps: the real time over the predicted, summed over the steps
+    fig["step_time_real_over_pred"] = sum(s["ms"] for s in steps) / sum(pred.step_ms(s["batch"]) for s in steps)
+    fig.update(scheduler_check(reqs, real_runs))
     # how much of their time the real steps' threads had a CPU (1: no other process ran)
     threads = max(real_runs[0]["settings"].get("torch_threads") or 1, 1)
     shares = [s["cpu_ms"] / (threads * s["ms"]) for s in steps if s.get("cpu_ms") is not None and s["ms"] > 0]
@@ -188,7 +229,8 @@ def score_load(reqs, real_runs: list[dict], pred) -> dict:
 def print_load(name, load, rate, fig) -> None:
     share = fig.get("cpu_share_median")
     print(f"[{name}] {load} load ({rate:g} req/s): {fig['real_steps']:.0f} real steps, {fig['sim_steps']} simulated; "
-          f"real/pred step median {fig['step_median_real_over_pred']:.2f}; real steps had a CPU "
+          f"real/pred step median {fig['step_median_real_over_pred']:.2f}, summed time "
+          f"{fig['step_time_real_over_pred']:.2f}; real steps had a CPU "
           f"{'-' if share is None else f'{100 * share:.0f}%'} of their threads' time (median)")
     print(f"  {'':5s} {'pct':4s} {'real ms':>10s} {'sim ms':>10s} {'|err| %':>8s} {'real-vs-real %':>15s}")
     for metric in ("ttft", "tpot"):
@@ -198,6 +240,8 @@ def print_load(name, load, rate, fig) -> None:
                   f"{fig[f'{metric}_{p}_err_pct']:8.1f} {'-' if n is None else f'{n:.1f}':>15s}")
     print(f"  => TTFT MAPE {fig['ttft_mape_pct']:.1f}% (noise {fig['noise_ttft_mape_pct'] or 0:.1f}%), "
           f"TPOT MAPE {fig['tpot_mape_pct']:.1f}% (noise {fig['noise_tpot_mape_pct'] or 0:.1f}%)")
+    print(f"  => scheduler alone (step times fitted on the real run's own steps, in-sample): TTFT "
+          f"{fig['sched_ttft_mape_pct']:.1f}%, TPOT {fig['sched_tpot_mape_pct']:.1f}%, {fig['sched_steps']} steps")
     if "band_coverage_pct" in fig:
         print(f"  => {fig['band_coverage_pct']:.0f}% of the real percentiles inside their 90% band (mean width "
               f"{fig['band_width_pct']:.0f}% of its middle; step error "

@@ -149,3 +149,23 @@ def test_raw_runs_of_one_model_or_job_never_drop_the_others(tmp_path):
     assert json.loads(raw.read_text()) == {"qwen0.5b@tp1:steps": {"runs": [1, 3]},
                                            "qwen0.5b@tp2:steps": {"runs": [2]}}
     assert [p.name for p in tmp_path.iterdir()] == ["runs.raw.json"]   # no temporary left
+
+
+def test_scheduler_check_leaves_no_error_when_step_times_are_known():
+    """A 'real' run made by the simulator itself with step times on the check's own line:
+    the scheduler alone must reproduce it, step for step."""
+    from dooly.sim import simulate
+    reqs = e2e.workload(str(e2e.DEFAULT_TRACE), 12, 3.0, 0)
+    settings = {"max_num_batched_tokens": 512, "max_num_seqs": 32, "block_size": 16}
+    steps = []
+
+    def truth(batch):
+        ms = 3.0 + 0.05 * sum(b[0] for b in batch) + 0.5 * len(batch)
+        steps.append({"batch": [[b[0], b[1]] for b in batch], "ms": ms})
+        return ms
+    res = simulate(reqs, truth, e2e.sched_config(settings))
+    run = {"steps": steps, "settings": settings,
+           "token_times": {str(r.rid): list(r.token_times) for r in res.requests}}
+    check = e2e.scheduler_check(reqs, [run])
+    assert check["sched_steps"] == res.num_steps
+    assert check["sched_ttft_mape_pct"] < 0.5 and check["sched_tpot_mape_pct"] < 0.5
