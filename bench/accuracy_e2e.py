@@ -170,8 +170,8 @@ def _step_features(batch) -> list[float]:
 
 def scheduler_check(reqs, real_runs: list[dict]) -> dict:
     """The simulator's scheduler alone: the workload simulated with step times fitted on
-    the real run's own steps (a least-squares line in the batch's tokens, sequences,
-    prefill chunks and context; in-sample by design). What is left against the real
+    the real run's own steps (a least-squares line in `_step_features`; in-sample by
+    design). What is left against the real
     percentiles is the scheduler's error, not the step times'."""
     import numpy as np
     errs: dict[str, list[float]] = {"ttft": [], "tpot": []}
@@ -215,9 +215,10 @@ def score_load(reqs, real_runs: list[dict], pred) -> dict:
         noise = [fig[f"{metric}_{p}_noise_pct"] for p in PCTS]
         fig[f"noise_{metric}_mape_pct"] = statistics.fmean(noise) if None not in noise else None
     steps = [s for r in real_runs for s in r["steps"]]
-    fig["step_median_real_over_pred"] = statistics.median(s["ms"] / pred.step_ms(s["batch"]) for s in steps)
+    pred_ms = [pred.step_ms(s["batch"]) for s in steps]
+    fig["step_median_real_over_pred"] = statistics.median(s["ms"] / p for s, p in zip(steps, pred_ms))
     # TTFT follows the long steps: the real time over the predicted, summed over the steps
-    fig["step_time_real_over_pred"] = sum(s["ms"] for s in steps) / sum(pred.step_ms(s["batch"]) for s in steps)
+    fig["step_time_real_over_pred"] = sum(s["ms"] for s in steps) / sum(pred_ms)
     fig.update(scheduler_check(reqs, real_runs))
     # how much of their time the real steps' threads had a CPU (1: no other process ran)
     threads = max(real_runs[0]["settings"].get("torch_threads") or 1, 1)
