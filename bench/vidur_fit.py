@@ -142,6 +142,10 @@ def family_holdout(units, meas, op_units, tolerance: float, out: dict) -> None:
 
 def family_table(errs: dict, checks: dict, out: dict) -> None:
     """Per op: median and p90 point error, checks passed, served units' MAPE, into `out`."""
+    if not any(errs.values()):
+        # one model's data (the repository's cut): no other model to train a family on
+        print("  no op could be scored: it needs the ops of two models or more (--root)")
+        return
     print(f"{'op':26s} {'median':>7s} {'p90':>7s} {'points':>7s}  {'checks passed':>13s} "
           f"{'served units MAPE':>17s}")
     for op in VIDUR_MLP_OPS:

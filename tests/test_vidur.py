@@ -7,6 +7,7 @@ import pytest
 
 from dooly.errors import DoolyInputError
 from dooly.fit import fit_units, gemm_shape, rows_from_units
+from dooly.graph.family import family_key
 from dooly.interop.vidur_import import (VIDUR_MLP_OPS, attention_header, import_vidur, mlp_header, read_vidur_mlp,
                          vidur_units, write_vidur_csv)
 
@@ -100,6 +101,25 @@ def test_op_absent_from_model_is_skipped(tmp_path):
     drop = {f"time_stats.post_attention_layernorm.{s}" for s in ("min", "max", "mean", "median", "std")}
     env, units, ms = read_vidur_mlp(_copy_without(tmp_path, drop))
     assert len(units) == 9 and "vidur.post_attention_layernorm" not in {u.op for u in units}
+
+
+def test_a_parallel_block_times_a_three_way_add_and_its_own_norm_apart_from_the_rest(tmp_path):
+    # Vidur's GPT block without a post-attention norm adds attention, MLP and residual in
+    # one timed `add` (two kernels), and its norm may be a LayerNorm
+    drop = {f"time_stats.post_attention_layernorm.{s}" for s in ("min", "max", "mean", "median", "std")}
+    _, units, _ = read_vidur_mlp(_copy_without(tmp_path, drop))
+    _, full, _ = read_vidur_mlp(FIXTURE)
+    by_op = {u.op: u for u in units}
+    add = by_op["vidur.add"]
+    assert len(add.inputs) == 3 and add.attr.get("parallel_block") is True
+    assert by_op["vidur.input_layernorm"].attr.get("parallel_block") is True
+    assert family_key(add) != family_key({u.op: u for u in full}["vidur.add"])
+    # a gated model keeps its keys; an ungated MLP's activation is a GELU, not SiLU-and-mul
+    assert {u.key for u in full} == {u.key for u in vidur_units(dict(_rows()[0])).values()} \
+        == {u.key for u in vidur_units(LLAMA2_7B).values()}
+    gelu = vidur_units(dict(LLAMA2_7B, use_gated_mlp="False"))["mlp_act"]
+    assert gelu.attr.get("act") == "gelu"
+    assert family_key(gelu) != family_key(vidur_units(LLAMA2_7B)["mlp_act"])
 
 
 def test_bad_value_and_unknown_device(tmp_path):

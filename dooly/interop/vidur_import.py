@@ -14,6 +14,13 @@ Environment, the canonical Units of its ops, one Measurement per (row, op).
     (emb: token ids [T] + table [vocab/tp, n_embd]; norms and add: [T, n_embd];
     attn_rope: q [T, n_head*head_dim/tp], k [T, n_kv_head*head_dim/tp], positions [T];
     mlp_act: [T, n_expanded_embd*(2 if gated else 1)/tp] -> [T, n_expanded_embd/tp]).
+    Vidur's GPT block (vidur/profiling/mlp/mlp_impl.py) times other kernels under the same
+    names in a model without post_attention_layernorm (a parallel block, phi-2): its `add`
+    sums three tensors (attention, MLP and residual: two kernels) and its input norm may
+    be a LayerNorm (a post-attention norm is RMSNorm only); an ungated MLP's `mlp_act` is
+    a GELU, a gated one's SiLU-and-mul. Those units carry attrs saying so (`parallel_block`,
+    `act`), so they key, and form families, apart from the RMSNorm / two-input add / SiLU
+    units they do not share a kernel with.
   * dtype float16 (Vidur profiles fp16); T is a REQUEST dim, the rest CONFIG ints.
   * Measurement point {"T": num_tokens}; median/mean/std straight from the CSV (ms);
     Vidur keeps no percentiles, so p10_ms = its min and p90_ms = its max; samples = 0
@@ -111,22 +118,33 @@ def _linear(K: int, N: int) -> Unit:
                 attrs=(("bias", False),))
 
 
-def _pointwise(op: str, inputs: tuple, outputs: tuple) -> Unit:
-    return Unit(op=f"vidur.{op}", inputs=inputs, outputs=outputs)
+def _pointwise(op: str, inputs: tuple, outputs: tuple, attrs: tuple = ()) -> Unit:
+    return Unit(op=f"vidur.{op}", inputs=inputs, outputs=outputs, attrs=attrs)
+
+
+def post_attn_norm(row: Mapping) -> bool:
+    """Whether a model's block has a post-attention norm: an mlp.csv row of a model
+    without one has no post_attention_layernorm columns; a mapping of config columns
+    only (no timings at all) is taken to have one, as every gated model in Vidur does."""
+    timed = [k for k in row if str(k).startswith("time_stats.")]
+    return not timed or any(str(k).startswith("time_stats.post_attention_layernorm.") for k in timed)
 
 
 def vidur_units(config: Mapping, tp: int = 1) -> dict[str, Unit]:
     """Vidur mlp op -> Dooly Unit for one model config (n_head, n_kv_head, n_embd,
-    n_expanded_embd, vocab_size, use_gated_mlp) at tensor parallelism `tp`."""
+    n_expanded_embd, vocab_size, use_gated_mlp) at tensor parallelism `tp`; `config` may
+    be a whole mlp.csv row, whose op columns say whether the block is a parallel one
+    (`post_attn_norm`)."""
     n_head, n_kv = int(config["n_head"]), int(config["n_kv_head"])
     d, ff, vocab = int(config["n_embd"]), int(config["n_expanded_embd"]), int(config["vocab_size"])
     gated = _bool(config["use_gated_mlp"])
+    parallel = () if post_attn_norm(config) else (("parallel_block", True),)
     hd = d // n_head
     up = ff * (2 if gated else 1)
     hidden = _sig("T", d)
     return {
         "emb": _pointwise("emb", (_sig("T", dtype="int64"), _sig(vocab // tp, d)), (hidden,)),
-        "input_layernorm": _pointwise("input_layernorm", (hidden, _sig(d)), (hidden,)),
+        "input_layernorm": _pointwise("input_layernorm", (hidden, _sig(d)), (hidden,), parallel),
         "attn_pre_proj": _linear(d, (n_head + 2 * n_kv) * hd // tp),
         "attn_rope": _pointwise("attn_rope",
                                 (_sig("T", dtype="int64"), _sig("T", n_head * hd // tp),
@@ -135,9 +153,11 @@ def vidur_units(config: Mapping, tp: int = 1) -> dict[str, Unit]:
         "attn_post_proj": _linear(d // tp, d),
         "post_attention_layernorm": _pointwise("post_attention_layernorm", (hidden, _sig(d)), (hidden,)),
         "mlp_up_proj": _linear(d, up // tp),
-        "mlp_act": _pointwise("mlp_act", (_sig("T", up // tp),), (_sig("T", ff // tp),)),
+        "mlp_act": _pointwise("mlp_act", (_sig("T", up // tp),), (_sig("T", ff // tp),),
+                              () if gated else (("act", "gelu"),)),
         "mlp_down_proj": _linear(ff // tp, d),
-        "add": _pointwise("add", (hidden, hidden), (hidden,)),
+        # a parallel block adds attention, MLP and residual in one timed region
+        "add": _pointwise("add", (hidden,) * (3 if parallel else 2), (hidden,), parallel),
     }
 
 
@@ -221,6 +241,7 @@ def _mlp_data(path: Path, env: Environment, ops: list[str], rows: list[dict], tp
     units: dict[str, Unit] = {}
     measurements: list[Measurement] = []
     cache: dict[tuple, dict[str, Unit]] = {}
+    timed = {c: None for c in _time_columns(ops)}   # which ops the file times
     for lineno, row in enumerate(rows, start=2):
         def num(col: str, cast=float):
             v = row.get(col)
@@ -236,7 +257,7 @@ def _mlp_data(path: Path, env: Environment, ops: list[str], rows: list[dict], tp
             if v <= 0:
                 raise DoolyInputError(path, f"line {lineno}: must be positive, got {v}", field=col)
         if cfg not in cache:
-            cache[cfg] = vidur_units(dict(zip(MLP_CONFIG_COLUMNS[:6], cfg)), tp)
+            cache[cfg] = vidur_units(dict(zip(MLP_CONFIG_COLUMNS[:6], cfg), **timed), tp)
         T = num("num_tokens", int)
         if T <= 0:
             raise DoolyInputError(path, f"line {lineno}: num_tokens must be positive, got {T}",
