@@ -198,6 +198,7 @@ def real_runs(names, its, args, log=print) -> dict:
         for n in names:   # scored on the steps the runs hold, whatever batches made them
             if saved[n]["items"] != its:
                 log(f"[{n}] the saved runs used other batches than this version's: scored on theirs")
+            _saved_drift(n, saved[n], args)
         return {n: saved[n]["runs"] for n in names}
     raw_path = Path(args.raw)
     saved = json.loads(raw_path.read_text()) if args.resume and raw_path.exists() else {}
@@ -212,8 +213,22 @@ def real_runs(names, its, args, log=print) -> dict:
             saved[n] = {"items": its, "runs": runs}
             save_raw(raw_path, n, saved[n])
             log(f"[{n}] real run {len(runs)}: {len(res['steps'])} steps in {time.perf_counter() - t0:.0f} s")
+        if args.recheck_host and "drift" not in saved[n]:
+            # right after the model's real runs, not after every model's: the host moves by the minute
+            d = fresh_drift(str(MODELS[n]), args.db)
+            saved[n]["drift"] = d.to_json() if d else None
+            save_raw(raw_path, n, saved[n])
+        _saved_drift(n, saved[n], args)
         out[n] = runs   # every complete saved run: more runs, a firmer noise floor
     return out
+
+
+def _saved_drift(name: str, saved: dict, args) -> None:
+    """--recheck-host: the drift measured right after the model's real runs (saved with
+    them) is the one its predictions are scaled by."""
+    from dooly.profile.drift import Drift
+    if args.recheck_host and saved.get("drift"):
+        _DRIFTS[name] = Drift.from_json(saved["drift"])
 
 
 def step_key(s) -> str:
@@ -492,7 +507,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="reuse complete real runs found in --raw (all of them, at least --real-runs)")
     ap.add_argument("--recheck-host", action="store_true",
                     help="re-time a few of each model's stored points now and scale its predictions by the "
-                         "host's drift since the sweep (dooly.profile.drift)")
+                         "host's drift since the sweep (dooly.profile.drift), measured right after the "
+                         "model's real runs and saved with them")
     ap.add_argument("--breakdown", action="store_true", help="per-layer breakdown on the real engine")
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--families", nargs="?", const="all", default=None, metavar="MODELS",

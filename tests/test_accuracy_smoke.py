@@ -169,3 +169,18 @@ def test_scheduler_check_leaves_no_error_when_step_times_are_known():
     check = e2e.scheduler_check(reqs, [run])
     assert check["sched_steps"] == res.num_steps
     assert check["sched_ttft_mape_pct"] < 0.5 and check["sched_tpot_mape_pct"] < 0.5
+
+
+def test_a_replay_scales_by_the_drift_saved_with_the_real_runs_not_one_measured_now(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+    raw = tmp_path / "r.raw.json"
+    drift = {"tokens": [1, 512], "factors": [0.8, 0.9], "points": 6}
+    raw.write_text(json.dumps({"qwen0.5b": {"items": [], "runs": [{"steps": []}], "drift": drift}}))
+    monkeypatch.setattr(ab, "fresh_drift", lambda *a, **k: pytest.fail("re-timed now in a replay"))
+    monkeypatch.setattr(ab, "_DRIFTS", {})
+    args = SimpleNamespace(real_from=str(raw), recheck_host=True)
+    assert ab.real_runs(["qwen0.5b"], [], args, log=lambda *_: None) == {"qwen0.5b": [{"steps": []}]}
+    pred = SimpleNamespace(tp=1, drift=None)
+    assert ab.recheck(pred, "db", "qwen0.5b", True, "cfg") == {"qwen0.5b.drift_T1": 0.8, "qwen0.5b.drift_T512": 0.9}
+    assert pred.drift.at(512) == pytest.approx(0.9)
