@@ -312,11 +312,19 @@ def uncertainty(name: str, pred, db: str):
 
 
 def worst(result: dict, names, loads) -> None:
-    """The flat keys: per load, and over loads, the worst model (the lowest band coverage)."""
+    """The flat keys: per load, and over loads, the worst model (the lowest band coverage);
+    beside it the share of every real percentile inside its band, per load and over loads
+    (`band_coverage_all_pct`: how often a band covers, the issue's "80% of the time")."""
     cov = [result[f"{n}.{ld}.band_coverage_pct"] for n in names for ld in loads
            if f"{n}.{ld}.band_coverage_pct" in result]
     if cov:
         result["band_coverage_pct"] = min(cov)
+        for ld, keys in [(ld, [ld]) for ld in loads] + [(None, list(loads))]:
+            inside = [result[f"{n}.{k}.{m}_{p}_in_band"] for n in names for k in keys for m in ("ttft", "tpot")
+                      for p in PCTS if f"{n}.{k}.{m}_{p}_in_band" in result]
+            if inside:
+                result[f"{ld}.band_coverage_all_pct" if ld else "band_coverage_all_pct"] = \
+                    100.0 * sum(inside) / len(inside)
         result["band_width_pct"] = statistics.fmean(result[f"{n}.{ld}.band_width_pct"] for n in names
                                                     for ld in loads if f"{n}.{ld}.band_width_pct" in result)
     for key in ("ttft_mape_pct", "tpot_mape_pct", "noise_ttft_mape_pct", "noise_tpot_mape_pct"):
@@ -372,8 +380,11 @@ def main(argv=None) -> int:
           f"{result['noise_ttft_mape_pct'] or 0:.1f}%), TPOT {result['tpot_mape_pct']:.1f}% (real-vs-real "
           f"{result['noise_tpot_mape_pct'] or 0:.1f}%); paper: TTFT 5%, TPOT 8%")
     if "band_coverage_pct" in result:
-        print(f"90% bands: at worst {result['band_coverage_pct']:.0f}% of a model's real percentiles inside "
-              f"them (target >= 80%); mean band width {result['band_width_pct']:.0f}%")
+        print(f"90% bands: {result['band_coverage_all_pct']:.0f}% of all real percentiles inside them ("
+              + ", ".join(f"{ld} load {result[f'{ld}.band_coverage_all_pct']:.0f}%" for ld in loads
+                          if f"{ld}.band_coverage_all_pct" in result)
+              + f"; target >= 80%), at worst {result['band_coverage_pct']:.0f}% of one model's at one load; "
+              f"mean band width {result['band_width_pct']:.0f}%")
     flatjson.write(args.json_path, result)
     return 0
 

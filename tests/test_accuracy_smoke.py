@@ -184,3 +184,18 @@ def test_a_replay_scales_by_the_drift_saved_with_the_real_runs_not_one_measured_
     pred = SimpleNamespace(tp=1, drift=None)
     assert ab.recheck(pred, "db", "qwen0.5b", True, "cfg") == {"qwen0.5b.drift_T1": 0.8, "qwen0.5b.drift_T512": 0.9}
     assert pred.drift.at(512) == pytest.approx(0.9)
+
+
+def test_band_coverage_is_given_over_every_real_percentile_beside_the_worst_model():
+    result = {}
+    for n, inside in (("a", [True] * 6), ("b", [True] * 5 + [False])):
+        for ld in ("low", "high"):
+            result[f"{n}.{ld}.band_coverage_pct"] = 100.0 * sum(inside) / 6
+            result[f"{n}.{ld}.band_width_pct"] = 40.0
+            for i, (m, p) in enumerate((m, p) for m in ("ttft", "tpot") for p in e2e.PCTS):
+                result[f"{n}.{ld}.{m}_{p}_in_band"] = inside[i] if ld == "low" else True
+    e2e.worst(result, ["a", "b"], ["low", "high"])
+    assert result["band_coverage_pct"] == pytest.approx(500 / 6)
+    assert result["low.band_coverage_all_pct"] == pytest.approx(100 * 11 / 12)
+    assert result["high.band_coverage_all_pct"] == 100.0
+    assert result["band_coverage_all_pct"] == pytest.approx(100 * 23 / 24)
