@@ -125,7 +125,7 @@ def _pointwise(op: str, inputs: tuple, outputs: tuple, attrs: tuple = ()) -> Uni
 def post_attn_norm(row: Mapping) -> bool:
     """Whether a model's block has a post-attention norm: an mlp.csv row of a model
     without one has no post_attention_layernorm columns; a mapping of config columns
-    only (no timings at all) is taken to have one, as every gated model in Vidur does."""
+    only (no timings at all) is taken to have one, as Vidur's Llama-style models do."""
     timed = [k for k in row if str(k).startswith("time_stats.")]
     return not timed or any(str(k).startswith("time_stats.post_attention_layernorm.") for k in timed)
 
