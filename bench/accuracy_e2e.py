@@ -319,12 +319,13 @@ def worst(result: dict, names, loads) -> None:
            if f"{n}.{ld}.band_coverage_pct" in result]
     if cov:
         result["band_coverage_pct"] = min(cov)
-        for ld, keys in [(ld, [ld]) for ld in loads] + [(None, list(loads))]:
-            inside = [result[f"{n}.{k}.{m}_{p}_in_band"] for n in names for k in keys for m in ("ttft", "tpot")
-                      for p in PCTS if f"{n}.{k}.{m}_{p}_in_band" in result]
-            if inside:
-                result[f"{ld}.band_coverage_all_pct" if ld else "band_coverage_all_pct"] = \
-                    100.0 * sum(inside) / len(inside)
+        inside = {ld: [result[k] for n in names for m in ("ttft", "tpot") for p in PCTS
+                       if (k := f"{n}.{ld}.{m}_{p}_in_band") in result] for ld in loads}
+        every = [v for vs in inside.values() for v in vs]
+        for key, vs in [(f"{ld}.band_coverage_all_pct", inside[ld]) for ld in loads] \
+                + [("band_coverage_all_pct", every)]:
+            if vs:
+                result[key] = 100.0 * sum(vs) / len(vs)
         result["band_width_pct"] = statistics.fmean(result[f"{n}.{ld}.band_width_pct"] for n in names
                                                     for ld in loads if f"{n}.{ld}.band_width_pct" in result)
     for key in ("ttft_mape_pct", "tpot_mape_pct", "noise_ttft_mape_pct", "noise_tpot_mape_pct"):

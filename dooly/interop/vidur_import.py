@@ -130,15 +130,17 @@ def post_attn_norm(row: Mapping) -> bool:
     return not timed or any(str(k).startswith("time_stats.post_attention_layernorm.") for k in timed)
 
 
-def vidur_units(config: Mapping, tp: int = 1) -> dict[str, Unit]:
+def vidur_units(config: Mapping, tp: int = 1, has_post_attn_norm: bool | None = None) -> dict[str, Unit]:
     """Vidur mlp op -> Dooly Unit for one model config (n_head, n_kv_head, n_embd,
-    n_expanded_embd, vocab_size, use_gated_mlp) at tensor parallelism `tp`; `config` may
-    be a whole mlp.csv row, whose op columns say whether the block is a parallel one
-    (`post_attn_norm`)."""
+    n_expanded_embd, vocab_size, use_gated_mlp) at tensor parallelism `tp`.
+    `has_post_attn_norm`: whether the block has a post-attention norm (None: read from
+    `config`, which may be a whole mlp.csv row, by `post_attn_norm`)."""
     n_head, n_kv = int(config["n_head"]), int(config["n_kv_head"])
     d, ff, vocab = int(config["n_embd"]), int(config["n_expanded_embd"]), int(config["vocab_size"])
     gated = _bool(config["use_gated_mlp"])
-    parallel = () if post_attn_norm(config) else (("parallel_block", True),)
+    if has_post_attn_norm is None:
+        has_post_attn_norm = post_attn_norm(config)
+    parallel = () if has_post_attn_norm else (("parallel_block", True),)
     hd = d // n_head
     up = ff * (2 if gated else 1)
     hidden = _sig("T", d)
@@ -241,7 +243,6 @@ def _mlp_data(path: Path, env: Environment, ops: list[str], rows: list[dict], tp
     units: dict[str, Unit] = {}
     measurements: list[Measurement] = []
     cache: dict[tuple, dict[str, Unit]] = {}
-    timed = {c: None for c in _time_columns(ops)}   # which ops the file times
     for lineno, row in enumerate(rows, start=2):
         def num(col: str, cast=float):
             v = row.get(col)
@@ -257,7 +258,8 @@ def _mlp_data(path: Path, env: Environment, ops: list[str], rows: list[dict], tp
             if v <= 0:
                 raise DoolyInputError(path, f"line {lineno}: must be positive, got {v}", field=col)
         if cfg not in cache:
-            cache[cfg] = vidur_units(dict(zip(MLP_CONFIG_COLUMNS[:6], cfg), **timed), tp)
+            cache[cfg] = vidur_units(dict(zip(MLP_CONFIG_COLUMNS[:6], cfg)), tp,
+                                     "post_attention_layernorm" in ops)
         T = num("num_tokens", int)
         if T <= 0:
             raise DoolyInputError(path, f"line {lineno}: num_tokens must be positive, got {T}",
