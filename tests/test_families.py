@@ -110,6 +110,32 @@ def test_family_regressor_follows_the_sklearn_contract_and_round_trips_as_json()
         family_estimator_from_json({"kind": "trees"})
 
 
+def _tiled_family(widths, slow: dict):
+    """Design rows [flops, bytes, T, N] of GEMMs [T, 1024] x [N, 1024] whose time is the
+    roofline times an efficiency that jumps from width to width (a tile that fits or not)."""
+    X, y = [], []
+    for n in widths:
+        for t in (1, 4, 16, 64, 256, 1024):
+            flops, nbytes = 2.0 * t * n * 1024, 2.0 * (t * 1024 + n * 1024 + t * n)
+            X.append([flops, nbytes, t, n])
+            y.append((0.01 + flops / 1e11 + nbytes / 1e9) * slow.get(n, 1.0))
+    return np.array(X), np.array(y)
+
+
+def test_a_near_model_borrows_the_efficiency_of_shapes_within_an_octave_and_not_of_far_ones():
+    # widths 2560-3584 run 30% slow; 2816 is a held-out width among them, 2**19 is far
+    # from every member
+    slow = {n: 1.3 for n in (2560, 2816, 3072, 3584)}
+    X, y = _tiled_family([512, 1024, 2560, 3072, 3584, 8192, 12288], slow)
+    near = FamilyRegressor(model="roofline+near").fit(X, y)
+    plain = FamilyRegressor(model="roofline").fit(X, y)
+    Xh, yh = _tiled_family([2816], slow)
+    err = lambda est: np.median(np.abs(est.predict(Xh) / yh - 1))  # noqa: E731
+    assert err(near) < 0.05 < err(plain)
+    far, _ = _tiled_family([2 ** 19], {})
+    np.testing.assert_allclose(near.predict(far), near._base(far), rtol=1e-6)
+
+
 def test_family_is_chosen_leave_one_unit_out_and_never_trained_on_the_unit_it_predicts():
     units = {u.key: u for u in MEMBERS}
     (key, data), = family_data(units, rows_for(MEMBERS)).items()

@@ -87,6 +87,10 @@ class FamilyData:
     def members(self) -> list[str]:
         return sorted(set(self.groups.tolist()))
 
+    @property
+    def request_cols(self) -> int:
+        return sum(c.startswith("req") for c in self.columns)
+
 
 @dataclass
 class FittedFamily:
@@ -161,7 +165,7 @@ def louo_errors(data: FamilyData, model: str) -> dict[str, float]:
     out = {}
     for key in data.members:
         held = data.groups == key
-        est = FamilyRegressor(model=model).fit(data.X[~held], data.y[~held])
+        est = FamilyRegressor(model=model, request_cols=data.request_cols).fit(data.X[~held], data.y[~held])
         y = data.y[held]
         out[key] = float(np.median(np.abs(est.predict(data.X[held]) - y) / np.maximum(y, 1e-12)) * 100)
     return out
@@ -180,7 +184,7 @@ def select_family(data: FamilyData) -> FittedFamily:
                 continue
     best = min(scores, key=lambda k: (math.inf if scores[k] is None else scores[k])) if scores \
         else SINGLE_MEMBER_MODEL
-    est = FamilyRegressor(model=best).fit(data.X, data.y)
+    est = FamilyRegressor(model=best, request_cols=data.request_cols).fit(data.X, data.y)
     return FittedFamily(data.family_key, data.env_key, best, est, data.columns, data.members,
                         scores.get(best), data.fingerprint, scores)
 

@@ -14,6 +14,15 @@ removed). Fits favour relative error: latencies span orders of magnitude.
                 w = b*flops + c*bytes, as a monotone curve in log-log space (knots at
                 quantiles of w): the launch floor and the bend into the bandwidth- or
                 compute-bound line that an additive roofline smooths over.
+  roofline+near, work-interp+near
+                that model times the members' own residual near the shape asked for: a
+                Gaussian kernel over the sizes in octaves (request axes weighted
+                NEAR_REQUEST_WEIGHT times, so a point borrows from the same request size
+                first), shrunk toward no correction where no member is near. A GEMM's
+                efficiency changes from shape to shape with its tiling (which kernel, how
+                many waves) and is alike for shapes within an octave; no global curve holds
+                that. Model-out on Vidur's A40 data it takes the three GEMMs over 5%
+                (6.0-7.0%) to 4.1-5.0% (bench/vidur_fit.py).
 
 Same contract as dooly.fit.estimators: parameters in __init__, `fit` returns self,
 learned state ends in `_`, `to_json()` / `family_estimator_from_json(obj)` round-trip
@@ -95,6 +104,30 @@ def _knots(lw: np.ndarray, ly: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
     return kx, ky
 
 
+# the near-shape residual: bandwidth in octaves, the weight of the request axes in the
+# distance, and the prior weight of "no correction" (a point at distance 0 weighs 1)
+NEAR_BW_OCTAVES = 0.5
+NEAR_REQUEST_WEIGHT = 3.0
+NEAR_PRIOR = 0.05
+_NEAR_CHUNK = 256   # query rows per kernel block: memory stays rows x members' points
+
+
+def _octaves(X: np.ndarray, request_cols: int) -> np.ndarray:
+    L = np.log2(np.maximum(np.asarray(X, dtype=float)[:, 2:], _EPS))
+    L[:, :request_cols] *= NEAR_REQUEST_WEIGHT
+    return L
+
+
+def _near(L: np.ndarray, train_L: np.ndarray, train_r: np.ndarray) -> np.ndarray:
+    """The kernel-weighted mean residual at each row of L, shrunk toward 0 by NEAR_PRIOR."""
+    out = np.zeros(len(L))
+    for i in range(0, len(L), _NEAR_CHUNK):
+        d2 = ((L[i:i + _NEAR_CHUNK, None, :] - train_L[None]) ** 2).sum(-1)
+        w = np.exp(-0.5 * d2 / NEAR_BW_OCTAVES ** 2)
+        out[i:i + _NEAR_CHUNK] = (w @ train_r) / (w.sum(axis=1) + NEAR_PRIOR)
+    return out
+
+
 def _interp_loglog(lw: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
     """Through the knots; flat below the first (the launch floor) and beyond the last
     proportional to the work (log-log slope 1)."""
@@ -109,12 +142,15 @@ def _interp_loglog(lw: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> np.ndarray
 class FamilyRegressor(RegressorMixin, BaseEstimator):
     """One of `MODELS` over the family design matrix (see the module doc)."""
 
-    MODELS = ("roofline", "loglinear", "roofline+log", "work-interp")
+    MODELS = ("roofline", "loglinear", "roofline+log", "work-interp", "roofline+near",
+              "work-interp+near")
 
-    def __init__(self, model: str = "roofline+log", alpha: float = 1e-3, knots: int = 24):
+    def __init__(self, model: str = "roofline+log", alpha: float = 1e-3, knots: int = 24,
+                 request_cols: int = 1):
         self.model = model
         self.alpha = alpha
         self.knots = knots
+        self.request_cols = request_cols   # the request's columns, after flops and bytes
 
     def fit(self, X, y):
         X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
@@ -129,26 +165,36 @@ class FamilyRegressor(RegressorMixin, BaseEstimator):
             self.roof_ = _roofline_fit(X, y)
             target = target - np.log(np.maximum(_roofline(self.roof_, X), _EPS))
         self.kx_ = self.ky_ = np.zeros(0)
-        if self.model == "work-interp":
+        if self.model.startswith("work-interp"):
             self.kx_, self.ky_ = _knots(_work(self.roof_, X), np.log(np.maximum(y, _EPS)), int(self.knots))
-        if self.model in ("roofline", "work-interp"):
+        self.near_x_, self.near_r_ = np.zeros((0, X.shape[1] - 2)), np.zeros(0)
+        if self.model.endswith("+near"):
+            self.near_x_ = _octaves(X, int(self.request_cols))
+            self.near_r_ = np.log(np.maximum(y, _EPS)) - np.log(self._base(X))
+        if self.model in ("roofline", "work-interp") or self.model.endswith("+near"):
             self.mean_ = self.scale_ = self.coef_ = np.zeros(X.shape[1])
             self.intercept_ = 0.0
             return self
         self.mean_, self.scale_, self.coef_, self.intercept_ = _Ridge.fit(_logs(X), target, self.alpha)
         return self
 
+    def _base(self, X: np.ndarray) -> np.ndarray:
+        """The roofline or work-interp curve a +near model corrects."""
+        if self.model.startswith("work-interp"):
+            return np.exp(_interp_loglog(_work(self.roof_, X), self.kx_, self.ky_))
+        return np.maximum(_roofline(self.roof_, X), _EPS)
+
     def predict(self, X):
         check_is_fitted(self)
         X = np.asarray(X, dtype=float).reshape(-1, self.n_features_in_)
-        if self.model == "work-interp":
-            out = _interp_loglog(_work(self.roof_, X), self.kx_, self.ky_)
-        elif self.model == "loglinear":
+        if self.model == "loglinear":
             out = np.zeros(len(X))
         else:
-            out = np.log(np.maximum(_roofline(self.roof_, X), _EPS))
+            out = np.log(self._base(X))
         if self.model in ("loglinear", "roofline+log"):
             out = out + _Ridge.apply(_logs(X), self.mean_, self.scale_, self.coef_, self.intercept_)
+        if self.model.endswith("+near"):
+            out = out + _near(_octaves(X, int(self.request_cols)), self.near_x_, self.near_r_)
         return np.exp(out)
 
     def to_json(self) -> dict:
@@ -157,7 +203,8 @@ class FamilyRegressor(RegressorMixin, BaseEstimator):
                 "state": {"n_features_in": int(self.n_features_in_), "roof": _floats(self.roof_),
                           "mean": _floats(self.mean_), "scale": _floats(self.scale_),
                           "coef": _floats(self.coef_), "intercept": float(self.intercept_),
-                          "knots_x": _floats(self.kx_), "knots_y": _floats(self.ky_)}}
+                          "knots_x": _floats(self.kx_), "knots_y": _floats(self.ky_),
+                          "near_x": [_floats(r) for r in self.near_x_], "near_r": _floats(self.near_r_)}}
 
 
 def family_estimator_from_json(obj: dict) -> FamilyRegressor:
@@ -168,7 +215,7 @@ def family_estimator_from_json(obj: dict) -> FamilyRegressor:
     if params.get("model") not in FamilyRegressor.MODELS:
         raise ValueError(f"params.model: expected one of {FamilyRegressor.MODELS}")
     est = FamilyRegressor(model=params["model"], alpha=float(params.get("alpha", 1e-3)),
-                          knots=int(params.get("knots", 24)))
+                          knots=int(params.get("knots", 24)), request_cols=int(params.get("request_cols", 1)))
     st = obj.get("state") or {}
     n = int(st["n_features_in"])
     vecs = {k: np.asarray(st[k], dtype=float) for k in ("mean", "scale", "coef")}
@@ -180,6 +227,12 @@ def family_estimator_from_json(obj: dict) -> FamilyRegressor:
     est.mean_, est.scale_, est.coef_ = vecs["mean"], vecs["scale"], vecs["coef"]
     est.intercept_ = float(st["intercept"])
     est.kx_, est.ky_ = (np.asarray(st.get(k, []), dtype=float) for k in ("knots_x", "knots_y"))
-    if len(est.kx_) != len(est.ky_) or (params["model"] == "work-interp" and not len(est.kx_)):
+    if len(est.kx_) != len(est.ky_) or (params["model"].startswith("work-interp") and not len(est.kx_)):
         raise ValueError("state: a work-interp model needs as many knot latencies as knots")
+    near_x = np.asarray(st.get("near_x", []), dtype=float).reshape(-1, n - 2)
+    est.near_r_ = np.asarray(st.get("near_r", []), dtype=float)
+    if len(near_x) != len(est.near_r_) or (params["model"].endswith("+near") and not len(near_x)) \
+            or not (np.isfinite(near_x).all() and np.isfinite(est.near_r_).all()):
+        raise ValueError("state: a +near model needs one finite residual per stored point")
+    est.near_x_ = near_x
     return est
