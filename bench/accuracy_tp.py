@@ -193,9 +193,24 @@ def winner(figs: dict, loads) -> dict:
     return out
 
 
+def saved_rates(name: str, args) -> tuple | None:
+    """The low and high rates a saved serving run of this model was given (--real-from, or
+    --raw with --resume): a replay serves the saved workloads, whatever capacity the
+    simulator predicts now. Each saved workload is the unit-rate one with its arrivals
+    divided by the rate."""
+    src = args.real_from or (args.raw if args.resume else None)
+    saved = json.loads(Path(src).read_text()) if src and Path(src).exists() else {}
+    loads = (saved.get(f"{name}@tp1:serve") or {}).get("job", {}).get("workloads") or []
+    unit = workload(args.trace, args.num_requests, 1.0, 0)[-1].arrival_s
+    last = [w["requests"][-1]["arrival_s"] for w in loads if w.get("requests")]
+    if len(last) != 2 or min(last) <= 0:
+        return None
+    return tuple(float(f"{unit / t:.3g}") for t in last)
+
+
 def serve(name: str, tp: int, args, result: dict) -> None:
     pred1 = tp_predictor(name, args.db, 1, args.names)
-    rates = args.rates.get(name)
+    rates = args.rates.get(name) or saved_rates(name, args)
     if rates is None:   # 0.4x and 1.3x the TP=1 capacity the simulator predicts
         cap = capacity(workload(args.trace, args.num_requests, 1.0, 0), pred1)
         rates = (float(f"{0.4 * cap:.3g}"), float(f"{1.3 * cap:.3g}"))

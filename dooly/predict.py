@@ -110,7 +110,9 @@ class Predictor:
 
         def units_ms_for(h):
             p = other(h)
-            return None if p is None else (lambda seqs: p.predict(seqs).units_ms)
+            if p is None:
+                return None
+            return lambda seqs: (lambda pr: (pr.units_ms, p.gemm_ms(pr.breakdown)))(p.predict(seqs))
 
         def structure_of(h):
             p = other(h)
@@ -162,8 +164,15 @@ class Predictor:
             for key, fn, count in entries:
                 out[key] = scale * count * max(fn(x, point), 0.0)
         units = float(sum(out.values()))
-        engine = self.engine_step.predict_one(seqs, units) if self.engine_step else 0.0
+        engine = self.engine_step.predict_one(seqs, units, self.gemm_ms(out)) if self.engine_step else 0.0
         return Prediction(units, out, engine)
+
+    def gemm_ms(self, breakdown: dict[str, float]) -> float:
+        """The GEMM units' share of a prediction's breakdown (the step model's prefill term)."""
+        from dooly.fit.gemm_family import is_gemm
+        if not hasattr(self, "_gemm_keys"):
+            self._gemm_keys = {k for k, u in self.units.items() if is_gemm(u)}
+        return float(sum(v for k, v in breakdown.items() if k in self._gemm_keys))
 
     def step_ms(self, batch) -> float:
         """Simulator hook: a step's list of scheduled sequences (query_len, context_len):

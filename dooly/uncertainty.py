@@ -85,7 +85,8 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
     for r in pool_rows(store, env.key, structure_of):
         p = units_pred(r["model"]) if r["model"] in models else None
         if p is not None:
-            rows.append(dict(r, units_ms=float(p.predict(r["seqs"]).units_ms)))
+            pr = p.predict(r["seqs"])
+            rows.append(dict(r, units_ms=float(pr.units_ms), gemm_ms=p.gemm_ms(pr.breakdown)))
     out = {}
     for h in models:
         train = [r for r in rows if r["model"] != h]
@@ -93,7 +94,8 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
         if len(train) < MIN_ROWS or not test:
             continue
         model = EngineStepModel(select_terms(train)).fit(train)
-        errs = [abs(max(r["units_ms"] + model.predict_one(r["seqs"], r["structure"], r.get("graph"), r["units_ms"]),
+        errs = [abs(max(r["units_ms"] + model.predict_one(r["seqs"], r["structure"], r.get("graph"), r["units_ms"],
+                                                          r["gemm_ms"]),
                         0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"] for r in test]
         out[h] = 100.0 * float(np.mean(errs))
     return out

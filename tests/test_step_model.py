@@ -310,3 +310,30 @@ def test_kernels_slower_inside_the_engine_are_learned_as_a_share_of_the_units():
         truth = units(b) * (1 + slow) + _engine_ms(HELD_OUT, b)
         pred = units(b) + model.predict_one(b, HELD_OUT, units_ms=units(b))
         assert abs(pred - truth) / truth < 0.03
+
+
+def test_a_prefills_gemms_slower_inside_the_engine_carry_from_two_models_to_a_third():
+    """A prefill's GEMMs run a share longer in the engine than alone, decode's do not: two
+    calibrated models (the structure-free terms) learn that share of their GEMM time, in
+    proportion to the step's prefill tokens, and carry it to a model never calibrated."""
+    from dooly.fit.step_model import TERM_SETS, select_terms
+    slow = 0.25
+
+    def truth(structure, seqs):
+        units = _units_ms(structure)(seqs)
+        prefill = [q for q, _ in seqs if q > 1]
+        engine = 3.0 + 0.05 * len(seqs) + 1.5 * len(prefill)   # no term that grows with layers
+        return units, 0.8 * units, units + engine + slow * 0.8 * units * sum(prefill) / sum(q for q, _ in seqs)
+
+    rows = []
+    for i, h in enumerate(("m1", "m2")):
+        for b in _batches(40, seed=i):
+            units, gemm, step = truth(POOL[h], b)
+            rows.append({"model": h, "structure": POOL[h], "seqs": b, "step_ms": step, "units_ms": units,
+                         "gemm_ms": gemm})
+    assert "prefill_gemm" in select_terms(rows) == TERM_SETS["structure-free"]
+    model = EngineStepModel(select_terms(rows)).fit(rows)
+    for b in _batches(30, seed=5):
+        units, gemm, step = truth(POOL["m3"], b)
+        pred = units + model.predict_one(b, POOL["m3"], units_ms=units, gemm_ms=gemm)
+        assert abs(pred - step) / step < 0.02
