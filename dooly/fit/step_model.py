@@ -178,10 +178,10 @@ def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measureme
 
 
 # the feature sets a pool of several models chooses from by leave-one-model-out error
-# (`prefill_gemm` is structure-free: a share of the model's own GEMM time)
 # (`select_terms`): terms scaled by the model's structure extrapolate from a few models
 # (two Qwens with 24 and 28 layers put SmolLM2's 30-layer decode steps 50% under), the
 # structure-free ones only carry the engine's per-step, per-sequence and per-chunk work
+# and a prefill's GEMMs slowed in the engine (a share of the model's own GEMM time)
 # The units term (the kernels' speed inside the engine) is a candidate only beside the
 # structure terms: with one or two models it stands in for per-layer overhead that grows
 # with the model (a SmolLM2-only fit put Qwen2.5's decode steps 23% over).
