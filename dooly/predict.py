@@ -48,6 +48,8 @@ class Predictor:
         self.engine_step = engine_step  # fitted step model, when the engine was calibrated
         self.refitted = list(refitted or [])
         self._by_driver: dict[str, list[tuple[str, object, int]]] = {}
+        from dooly.fit.gemm_family import is_gemm   # scikit-learn's ensembles: not at import time
+        self._gemm_keys = {key for key in counts if is_gemm(units[key])}   # the step model's prefill term
         for key, count in counts.items():
             d = units[key].driver
             self._by_driver.setdefault(d, []).append((key, _fast(models[key], d), count))
@@ -110,9 +112,7 @@ class Predictor:
 
         def units_ms_for(h):
             p = other(h)
-            if p is None:
-                return None
-            return lambda seqs: (lambda pr: (pr.units_ms, p.gemm_ms(pr.breakdown)))(p.predict(seqs))
+            return None if p is None else p.units_and_gemm_ms
 
         def structure_of(h):
             p = other(h)
@@ -169,10 +169,12 @@ class Predictor:
 
     def gemm_ms(self, breakdown: dict[str, float]) -> float:
         """The GEMM units' share of a prediction's breakdown (the step model's prefill term)."""
-        from dooly.fit.gemm_family import is_gemm
-        if not hasattr(self, "_gemm_keys"):
-            self._gemm_keys = {k for k, u in self.units.items() if is_gemm(u)}
         return float(sum(v for k, v in breakdown.items() if k in self._gemm_keys))
+
+    def units_and_gemm_ms(self, seqs) -> tuple[float, float]:
+        """A batch's units alone and their GEMMs, as the engine-step pool is fitted on."""
+        pr = self.predict(seqs)
+        return pr.units_ms, self.gemm_ms(pr.breakdown)
 
     def step_ms(self, batch) -> float:
         """Simulator hook: a step's list of scheduled sequences (query_len, context_len):

@@ -85,8 +85,8 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
     for r in pool_rows(store, env.key, structure_of):
         p = units_pred(r["model"]) if r["model"] in models else None
         if p is not None:
-            pr = p.predict(r["seqs"])
-            rows.append(dict(r, units_ms=float(pr.units_ms), gemm_ms=p.gemm_ms(pr.breakdown)))
+            units, gemm = p.units_and_gemm_ms(r["seqs"])
+            rows.append(dict(r, units_ms=units, gemm_ms=gemm))
     out = {}
     for h in models:
         train = [r for r in rows if r["model"] != h]
