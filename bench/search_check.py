@@ -20,8 +20,8 @@ bracket; per model the Spearman rank correlation of the two, and whether the rea
 is the simulated winner or tied with it within error (its simulated band overlaps the
 simulated winner's). --json: flat keys (`<model>.<config>.sim_goodput_rps`,
 `<model>.rank_correlation`, `<model>.same_winner`, `<model>.tied_within_error`, ...);
-the real rounds are saved to `<json>.raw.json` after each engine run (--real-from replays
-them). The DB is built as bench/accuracy_batch.py builds it unless --no-prepare.
+the real rounds are saved to `<json>.raw.json` after each engine run, with the SLOs they
+are judged by (--real-from replays them by those SLOs, whatever the predictor says now). The DB is built as bench/accuracy_batch.py builds it unless --no-prepare.
 --repeat: each candidate's final bracket (the highest rate met, the lowest missed) served
 again in one more engine start after its rounds: how far the SLO statistics moved, how many
 verdicts flipped, and whether the real winner is settled (the runner-up missed at a rate
@@ -89,6 +89,23 @@ def host_drift(name, pred, args, raw: dict) -> dict:
         if args.raw:
             save_raw(args.raw, key, raw[key])
     return out
+
+
+def run_slos(name, reqs, pred, conf, args, raw: dict):
+    """The SLOs the real rounds were judged by, saved beside them (`<model>.slos`): auto
+    SLOs come from the simulation, so a replay by a changed predictor would otherwise judge
+    the saved rounds by other limits (and ask for repeats of rates never served)."""
+    from dooly.sim.slo import parse_slos
+    key = f"{name}.slos"
+    if key in raw and args.slo == "auto":
+        return parse_slos(raw[key])
+    if args.real_from and args.slo == "auto":
+        raise SystemExit(f"--real-from {args.real_from}: no SLOs saved for {name} ({key}); give --slo")
+    slos = auto_slos(reqs, pred, conf, args.slo)
+    raw[key] = ",".join(f"{s.name}={s.limit_ms:.6g}ms" for s in slos)
+    if args.raw:
+        save_raw(args.raw, key, raw[key])
+    return slos
 
 
 def auto_slos(reqs, pred, conf, text: str):
@@ -214,7 +231,7 @@ def check_model(name, confs, args, raw, out) -> None:
     pred, unc = load_model(name, args.db, args.env)
     out.update(host_drift(name, pred, args, raw))
     reqs = workload(args.trace, args.requests, 1.0, args.seed)
-    slos = auto_slos(reqs, pred, confs[0], args.slo)
+    slos = run_slos(name, reqs, pred, confs[0], args, raw)
     res = sim_search(name, pred, unc, confs, reqs, slos, args)
     print(f"[search-check] {name}: SLOs " + ", ".join(f"{s.name} <= {s.limit_ms:g} ms" for s in slos)
           + f"; step error {unc.step_pct:.1f}% ({unc.step_source}), units {unc.mean_unit_pct:.1f}%")

@@ -199,3 +199,20 @@ def test_band_coverage_is_given_over_every_real_percentile_beside_the_worst_mode
     assert result["low.band_coverage_all_pct"] == pytest.approx(100 * 11 / 12)
     assert result["high.band_coverage_all_pct"] == 100.0
     assert result["band_coverage_all_pct"] == pytest.approx(100 * 23 / 24)
+
+
+def test_a_search_replay_judges_the_saved_rounds_by_the_slos_saved_with_them(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+    sc = _load("search_check")
+    monkeypatch.setattr(sc, "auto_slos", lambda *a: sc._slos("ttft_p90=120ms,tpot_p90=9.5ms"))
+    raw_path = tmp_path / "s.raw.json"
+    live = SimpleNamespace(slo="auto", real_from=None, raw=str(raw_path))
+    first = sc.run_slos("smollm2", [], None, (2048, 64), live, {})
+    assert json.loads(raw_path.read_text())["smollm2.slos"] == "ttft_p90=120ms,tpot_p90=9.5ms"
+    # the predictor changed since: its auto SLOs would differ, the replay keeps the saved ones
+    monkeypatch.setattr(sc, "auto_slos", lambda *a: pytest.fail("auto SLOs recomputed in a replay"))
+    replay = SimpleNamespace(slo="auto", real_from=str(raw_path), raw=None)
+    assert sc.run_slos("smollm2", [], None, (2048, 64), replay, json.loads(raw_path.read_text())) == first
+    with pytest.raises(SystemExit, match="no SLOs saved for qwen0.5b"):
+        sc.run_slos("qwen0.5b", [], None, (2048, 64), replay, {})
