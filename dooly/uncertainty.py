@@ -93,7 +93,7 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
         test = [r for r in rows if r["model"] == h]
         if len(train) < MIN_ROWS or not test:
             continue
-        model = EngineStepModel(select_terms(train)).fit(train)
+        model = EngineStepModel(select_terms(train, test[0]["structure"])).fit(train)
         errs = [abs(max(r["units_ms"] + model.predict_one(r["seqs"], r["structure"], r.get("graph"), r["units_ms"],
                                                           r["gemm_ms"]),
                         0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"] for r in test]

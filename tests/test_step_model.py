@@ -23,7 +23,7 @@ def _structure(layers, vocab, kv_width, hidden=1024):
 # three calibrated models and one held out, each with a structure of its own
 POOL = {"m1": _structure(30, 49152, 192), "m2": _structure(24, 151936, 128),
         "m3": _structure(16, 128256, 512)}
-HELD_OUT = _structure(28, 100000, 1024)
+HELD_OUT = _structure(28, 100000, 256)   # inside the pool: structure terms interpolate
 
 
 def _units_ms(structure):
@@ -310,6 +310,24 @@ def test_kernels_slower_inside_the_engine_are_learned_as_a_share_of_the_units():
         truth = units(b) * (1 + slow) + _engine_ms(HELD_OUT, b)
         pred = units(b) + model.predict_one(b, HELD_OUT, units_ms=units(b))
         assert abs(pred - truth) / truth < 0.03
+
+
+def test_structure_terms_interpolate_between_the_pools_models_and_never_extrapolate(tmp_path):
+    """A line through three models' per-layer costs says nothing past them (a real pool of
+    three put a 30-layer model past its 16-28 and took half its units off every step): a
+    model whose layers, widths or vocabulary lie outside the pool's range gets the
+    structure-free terms, one inside it the term set the pool chose."""
+    from dooly.fit.step_model import TERM_SETS, inside_pool, select_terms
+    rows = [r for i, (h, st) in enumerate(POOL.items()) for r in _rows(h, st, seed=i)]
+    chosen = select_terms(rows)
+    assert chosen != TERM_SETS["structure-free"] and select_terms(rows, HELD_OUT) == chosen
+    for outside in (_structure(40, 100000, 256), _structure(28, 32000, 256), _structure(28, 100000, 1024)):
+        assert not inside_pool(rows, outside)
+        assert select_terms(rows, outside) == TERM_SETS["structure-free"]
+    db = _pool_db(tmp_path)
+    with Store.open(db) as s:
+        model, _ = load_step_model(s, ENV, None, _structure(40, 100000, 256), _units_for(POOL))
+    assert model.model.terms == TERM_SETS["structure-free"]
 
 
 def test_a_prefills_gemms_slower_inside_the_engine_carry_from_two_models_to_a_third():

@@ -322,15 +322,16 @@ def load_step_model(store, env, cfg, structure: dict, units_ms_for: Callable[[st
         fitted = _fit_rows(own, units_ms_for)
         if fitted is not None:
             return fitted.bind(structure, graphs), "model"
-    fitted = _fit_rows(rows, units_ms_for)
+    fitted = _fit_rows(rows, units_ms_for, structure)
     if fitted is None:
         return None, "none"
     return fitted.bind(structure, graphs), f"pool({len(fitted.models_)} models)"
 
 
-def _fit_rows(rows: list[dict], units_ms_for) -> EngineStepModel | None:
+def _fit_rows(rows: list[dict], units_ms_for, target: dict | None = None) -> EngineStepModel | None:
     """The model fitted on `rows`, each model's units predicted by `units_ms_for` (a model
-    it cannot predict is left out); None with too few usable steps."""
+    it cannot predict is left out), for a model of structure `target` (select_terms); None
+    with too few usable steps."""
     by_model: dict[str, list[dict]] = {}
     for r in rows:
         by_model.setdefault(r["model"], []).append(r)
@@ -343,7 +344,7 @@ def _fit_rows(rows: list[dict], units_ms_for) -> EngineStepModel | None:
                 usable.append(dict(r, units_ms=units, gemm_ms=gemm))
     if len(usable) < MIN_ROWS:
         return None
-    return EngineStepModel(select_terms(usable)).fit(usable)
+    return EngineStepModel(select_terms(usable, target)).fit(usable)
 
 
 def _units_gemm(v) -> tuple[float, float]:
@@ -368,12 +369,26 @@ def held_out_error(rows: list[dict], terms: tuple[str, ...] | None) -> float | N
     return float(np.mean(errs)) if errs else None
 
 
-def select_terms(rows: list[dict]) -> tuple[str, ...] | None:
+def inside_pool(rows: list[dict], structure: dict | None) -> bool:
+    """Whether every structure term of `structure` (layers, pieces, KV and query width per
+    layer, vocabulary) lies within the range the pool's models span. A term fitted across a
+    few models interpolates between them; beyond them it extrapolates a line through
+    model-to-model differences it cannot tell apart (on 2026-12-03 a pool of three put
+    SmolLM2's 30 layers past its 16-28 and took half its units off every step)."""
+    if structure is None:
+        return True
+    pool = [structure_terms(r["structure"]) for r in rows]
+    target = structure_terms(structure)
+    return all(min(p[k] for p in pool) <= v <= max(p[k] for p in pool) for k, v in target.items())
+
+
+def select_terms(rows: list[dict], target: dict | None = None) -> tuple[str, ...] | None:
     """Structure-free terms for a pool of fewer than STRUCTURE_MODELS models (two models
     cannot say how a term grows with layers: each left-out check is then a one-model fit,
-    which has no structure terms, so it cannot see the extrapolation either); from
-    STRUCTURE_MODELS on, the TERM_SETS entry with the lowest leave-one-model-out error."""
-    if len({r["model"] for r in rows}) < STRUCTURE_MODELS:
+    which has no structure terms, so it cannot see the extrapolation either) or for a
+    `target` structure outside the pool's (inside_pool); otherwise the TERM_SETS entry with
+    the lowest leave-one-model-out error."""
+    if len({r["model"] for r in rows}) < STRUCTURE_MODELS or not inside_pool(rows, target):
         return TERM_SETS["structure-free"]
     scored = [(held_out_error(rows, terms), name) for name, terms in TERM_SETS.items()]
     scored = [(e, name) for e, name in scored if e is not None]
