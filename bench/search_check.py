@@ -21,7 +21,8 @@ is the simulated winner or tied with it within error (its simulated band overlap
 simulated winner's). --json: flat keys (`<model>.<config>.sim_goodput_rps`,
 `<model>.rank_correlation`, `<model>.same_winner`, `<model>.tied_within_error`, ...);
 the real rounds are saved to `<json>.raw.json` after each engine run, with the SLOs they
-are judged by (--real-from replays them by those SLOs, whatever the predictor says now). The DB is built as bench/accuracy_batch.py builds it unless --no-prepare.
+are judged by (--real-from replays them by those SLOs, whatever the predictor says now).
+The DB is built as bench/accuracy_batch.py builds it unless --no-prepare.
 --repeat: each candidate's final bracket (the highest rate met, the lowest missed) served
 again in one more engine start after its rounds: how far the SLO statistics moved, how many
 verdicts flipped, and whether the real winner is settled (the runner-up missed at a rate

@@ -377,7 +377,7 @@ def inside_pool(rows: list[dict], structure: dict | None) -> bool:
     SmolLM2's 30 layers past its 16-28 and took half its units off every step)."""
     if structure is None:
         return True
-    pool = [structure_terms(r["structure"]) for r in rows]
+    pool = [structure_terms(st) for st in {r["model"]: r["structure"] for r in rows}.values()]
     target = structure_terms(structure)
     return all(min(p[k] for p in pool) <= v <= max(p[k] for p in pool) for k, v in target.items())
 
