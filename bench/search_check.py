@@ -101,7 +101,8 @@ def run_slos(name, reqs, pred, conf, args, raw: dict):
     if key in raw and args.slo == "auto":
         return parse_slos(raw[key])
     if args.real_from and args.slo == "auto":
-        raise SystemExit(f"--real-from {args.real_from}: no SLOs saved for {name} ({key}); give --slo")
+        print(f"{args.real_from}: no SLOs saved for {name} (field {key}); give --slo", file=sys.stderr)
+        raise SystemExit(2)
     slos = auto_slos(reqs, pred, conf, args.slo)
     raw[key] = ",".join(f"{s.name}={s.limit_ms:.6g}ms" for s in slos)
     if args.raw:

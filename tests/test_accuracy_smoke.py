@@ -201,7 +201,7 @@ def test_band_coverage_is_given_over_every_real_percentile_beside_the_worst_mode
     assert result["band_coverage_all_pct"] == pytest.approx(100 * 23 / 24)
 
 
-def test_a_search_replay_judges_the_saved_rounds_by_the_slos_saved_with_them(tmp_path, monkeypatch):
+def test_a_search_replay_judges_the_saved_rounds_by_the_slos_saved_with_them(tmp_path, monkeypatch, capsys):
     import json
     from types import SimpleNamespace
     sc = _load("search_check")
@@ -214,5 +214,7 @@ def test_a_search_replay_judges_the_saved_rounds_by_the_slos_saved_with_them(tmp
     monkeypatch.setattr(sc, "auto_slos", lambda *a: pytest.fail("auto SLOs recomputed in a replay"))
     replay = SimpleNamespace(slo="auto", real_from=str(raw_path), raw=None)
     assert sc.run_slos("smollm2", [], None, (2048, 64), replay, json.loads(raw_path.read_text())) == first
-    with pytest.raises(SystemExit, match="no SLOs saved for qwen0.5b"):
+    with pytest.raises(SystemExit) as stop:   # a raw file without the field: one line, exit 2
         sc.run_slos("qwen0.5b", [], None, (2048, 64), replay, {})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == [f"{raw_path}: no SLOs saved for qwen0.5b (field qwen0.5b.slos); give --slo"]
