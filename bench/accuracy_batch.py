@@ -198,37 +198,54 @@ def real_runs(names, its, args, log=print) -> dict:
         for n in names:   # scored on the steps the runs hold, whatever batches made them
             if saved[n]["items"] != its:
                 log(f"[{n}] the saved runs used other batches than this version's: scored on theirs")
-            _saved_drift(n, saved[n], args)
+            saved_drift(n, saved[n], args)
         return {n: saved[n]["runs"] for n in names}
     raw_path = Path(args.raw)
     saved = json.loads(raw_path.read_text()) if args.resume and raw_path.exists() else {}
     out = {}
     for n in names:
-        runs = saved.get(n, {}).get("runs", []) if saved.get(n, {}).get("items") == its else []
+        entry = saved[n] = saved[n] if saved.get(n, {}).get("items") == its else {"items": its, "runs": []}
+        runs = entry["runs"]
+        bracket_drift(entry, n, args, lambda: save_raw(raw_path, n, entry), before=len(runs) < args.real_runs)
         while len(runs) < args.real_runs:
             t0 = time.perf_counter()
             res = run_child({"mode": "steps", "config": str(MODELS[n]), "budget": BUDGET,
                              "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats})
             runs.append(dict(res, started=time.strftime("%H:%M:%S")))
-            saved[n] = {"items": its, "runs": runs}
-            save_raw(raw_path, n, saved[n])
+            save_raw(raw_path, n, entry)
             log(f"[{n}] real run {len(runs)}: {len(res['steps'])} steps in {time.perf_counter() - t0:.0f} s")
-        if args.recheck_host and "drift" not in saved[n]:
-            # right after the model's real runs, not after every model's: the host moves by the minute
-            d = fresh_drift(str(MODELS[n]), args.db)
-            saved[n]["drift"] = d.to_json() if d else None
-            save_raw(raw_path, n, saved[n])
-        _saved_drift(n, saved[n], args)
+        bracket_drift(entry, n, args, lambda: save_raw(raw_path, n, entry))
+        saved_drift(n, entry, args)
         out[n] = runs   # every complete saved run: more runs, a firmer noise floor
     return out
 
 
-def _saved_drift(name: str, saved: dict, args) -> None:
-    """--recheck-host: the drift measured right after the model's real runs (saved with
-    them) is the one its predictions are scaled by."""
-    from dooly.profile.drift import Drift
-    if args.recheck_host and saved.get("drift"):
-        _DRIFTS[name] = Drift.from_json(saved["drift"])
+def bracket_drift(entry: dict, name: str, args, save, before: bool = False) -> None:
+    """--recheck-host: re-time the model's anchor points right before its real runs
+    (`drift_before`, only when runs are still to come) or right after them (`drift`), once
+    each, and save it with the runs: the host moves by the minute, so a re-timing taken
+    after every model's runs, or at one end of the window only, can miss the state the
+    runs saw."""
+    field = "drift_before" if before else "drift"
+    if args.recheck_host and field not in entry and (not before or "drift" not in entry):
+        d = fresh_drift(str(MODELS[name]), args.db)
+        entry[field] = d.to_json() if d else None
+        save()
+
+
+def saved_drift(name: str, saved: dict, args) -> None:
+    """--recheck-host: the drift saved with the model's real runs is the one its predictions
+    are scaled by: re-timed after them, and joined with the one before them where a run
+    saved it (older runs saved only the one after)."""
+    from dooly.profile.drift import Drift, bracket, disagreement
+    if not (args.recheck_host and saved.get("drift")):
+        return
+    after = Drift.from_json(saved["drift"])
+    before = Drift.from_json(saved["drift_before"]) if saved.get("drift_before") else None
+    if before is not None and disagreement(before, after) > 1.25:
+        print(f"[{name}] the host moved during the real runs: re-timings before and after them differ up "
+              f"to {disagreement(before, after):.2f}x; scaled by their geometric mean", flush=True)
+    _DRIFTS[name] = bracket(before, after)
 
 
 def step_key(s) -> str:

@@ -39,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db, recheck, save_raw  # noqa: E402
+from accuracy_batch import (LIMITS, MODELS, ROOT, bracket_drift, model_out_predictor, prepare_db,  # noqa: E402
+                            recheck, save_raw, saved_drift)
 
 DEFAULT_TRACE = ROOT / "fixtures" / "traces" / "splitwise_conv.csv"
 # the two loads, as a fraction of the serving capacity the simulator predicts for the model
@@ -116,19 +117,23 @@ def serve_real(name, loads, rates, args, log=print) -> dict:
         saved = json.loads(Path(args.real_from).read_text()).get(name)
         if saved is None or saved["key"] != key:
             raise SystemExit(f"--real-from {args.real_from}: no saved runs of {name} with this workload")
+        saved_drift(name, saved, args)
         return saved
     raw = Path(args.raw)
     allsaved = json.loads(raw.read_text()) if args.resume and raw.exists() else {}
-    runs = allsaved.get(name, {}).get("runs", []) if allsaved.get(name, {}).get("key") == key else []
+    entry = allsaved.get(name, {}) if allsaved.get(name, {}).get("key") == key else {"key": key, "runs": []}
+    entry["rates"], runs = list(rates), entry["runs"]
+    bracket_drift(entry, name, args, lambda: save_raw(raw, name, entry), before=len(runs) < args.real_runs)
     while len(runs) < args.real_runs:
         t0 = time.perf_counter()
         res = run_child({"mode": "serve", "config": str(MODELS[name]), **args.serving,
                          "workloads": [{"name": k, "requests": v} for k, v in key["loads"].items()]})
         runs.append(dict(res, started=time.strftime("%H:%M:%S")))
-        allsaved[name] = {"key": key, "runs": runs, "rates": list(rates)}
-        save_raw(raw, name, allsaved[name])
+        save_raw(raw, name, entry)
         log(f"[{name}] real run {len(runs)}: " + ", ".join(f"{r['name']} {r['wall_s']:.0f} s" for r in res["results"])
             + f" ({time.perf_counter() - t0:.0f} s with start-up)")
+    bracket_drift(entry, name, args, lambda: save_raw(raw, name, entry))
+    saved_drift(name, entry, args)
     return {"key": key, "runs": runs[:args.real_runs]}
 
 
@@ -285,11 +290,13 @@ def score_model(n: str, loads: list[str], rates: dict, args) -> dict:
         cap = capacity(workload(args.trace, args.num_requests, 1.0, args.seed), pred, args.serving)
         rates[n] = tuple(float(f"{LOADS[ld] * cap:.3g}") for ld in ("low", "high"))
     rate = {ld: rates[n][("low", "high").index(ld)] for ld in loads}
-    drift = recheck(pred, args.db, n, args.recheck_host, str(MODELS[n]))   # after the rates: they name the workload
     wl = {ld: workload(args.trace, args.num_requests, rate[ld], args.seed) for ld in loads}
     print(f"[{n}] engine-step model: {pred.step_model_source}; loads " + ", ".join(
         f"{ld} {rate[ld]:g} req/s (last arrival {wl[ld][-1].arrival_s:.0f} s)" for ld in loads), flush=True)
     saved = serve_real(n, wl, rates[n], args)
+    # after the rates (they name the workload) and the real runs (re-timed around them and
+    # saved with them; runs saved without it are re-timed now)
+    drift = recheck(pred, args.db, n, args.recheck_host, str(MODELS[n]))
     out = {f"{n}.step_model_source": pred.step_model_source, **drift}
     unc = uncertainty(n, pred, args.db) if args.draws else None
     for i, ld in enumerate(loads):

@@ -186,6 +186,29 @@ def test_a_replay_scales_by_the_drift_saved_with_the_real_runs_not_one_measured_
     assert pred.drift.at(512) == pytest.approx(0.9)
 
 
+def test_real_runs_are_retimed_before_and_after_and_scaled_by_the_geometric_mean(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+    from dooly.engines import vllm_probe
+    from dooly.profile.drift import Drift
+    order = []
+    monkeypatch.setattr(vllm_probe, "run_child", lambda job: order.append("run") or {"steps": [1]})
+    drifts = iter([Drift((1, 512), (0.5, 0.5), 6), Drift((1, 512), (2.0, 1.0), 6)])
+    monkeypatch.setattr(ab, "fresh_drift", lambda *a, **k: order.append("drift") or next(drifts))
+    monkeypatch.setattr(ab, "_DRIFTS", {})
+    raw = tmp_path / "r.raw.json"
+    args = SimpleNamespace(real_from=None, raw=str(raw), resume=False, real_runs=2, repeats=1, recheck_host=True,
+                           db="db")
+    ab.real_runs(["qwen0.5b"], [], args, log=lambda *_: None)
+    assert order == ["drift", "run", "run", "drift"]
+    saved = json.loads(raw.read_text())["qwen0.5b"]
+    assert saved["drift_before"]["factors"] == [0.5, 0.5] and saved["drift"]["factors"] == [2.0, 1.0]
+    assert ab._DRIFTS["qwen0.5b"].factors == pytest.approx((1.0, 0.5 ** 0.5))
+    order.clear()   # resumed with every run saved: nothing is re-timed or run again
+    ab.real_runs(["qwen0.5b"], [], SimpleNamespace(**{**vars(args), "resume": True}), log=lambda *_: None)
+    assert order == []
+
+
 def test_band_coverage_is_given_over_every_real_percentile_beside_the_worst_model():
     result = {}
     for n, inside in (("a", [True] * 6), ("b", [True] * 5 + [False])):

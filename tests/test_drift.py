@@ -6,7 +6,7 @@ import dooly.profile.sweep as sw
 import dooly.profile.timing as timing
 from dooly.db import Store
 from dooly.env import Measurement
-from dooly.profile.drift import ANCHOR_UNITS, Drift, anchors, measure_drift
+from dooly.profile.drift import ANCHOR_UNITS, Drift, anchors, bracket, disagreement, measure_drift
 from dooly.profile.timing import Stats
 from test_families import ENV, attention, linear
 
@@ -49,6 +49,15 @@ def test_anchors_are_the_heaviest_token_units_near_each_anchor_count(tmp_path):
     # the stored point nearest each anchor in log2: 256 falls between 128 and 512 (128 wins the tie)
     assert sorted({m.point["T"] for _, m in pairs}) == [1, 16, 64, 128, 1024]
     assert len({(u.key, m.point["T"]) for u, m in pairs}) == len(pairs)
+
+
+def test_a_window_retimed_at_both_ends_takes_the_geometric_mean_at_the_later_anchors():
+    before, after = Drift((1, 64), (0.5, 1.0), 6), Drift((1, 16, 64), (2.0, 1.0, 4.0), 9)
+    both = bracket(before, after)
+    assert both.tokens == (1, 16, 64) and both.points == 15
+    assert both.factors == pytest.approx((1.0, (before.at(16) * 1.0) ** 0.5, 2.0))
+    assert disagreement(before, after) == pytest.approx(4.0)
+    assert bracket(None, after) is after and bracket(before, None) is before and bracket(None, None) is None
 
 
 def test_measured_drift_is_the_ratio_now_over_stored_per_anchor(tmp_path, monkeypatch):

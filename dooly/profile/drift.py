@@ -12,7 +12,10 @@ heaviest token-driven units (the GEMMs, mostly) at anchor token counts spread ov
 measured range, with the sweep's own runners and timer. `Drift` holds the median
 now/stored ratio per anchor and interpolates it in log2(tokens): a prediction for a step
 of T tokens scales the units by `Drift.at(T)` (`Predictor.drift`). It is data: stored,
-shown and replayed as JSON, never code."""
+shown and replayed as JSON, never code.
+
+One re-timing reads the host of that minute. To score runs that took several minutes,
+`bracket` joins one taken before them and one after."""
 from __future__ import annotations
 
 import math
@@ -56,6 +59,23 @@ class Drift:
     def from_json(cls, obj: dict) -> "Drift":
         return cls(tuple(int(t) for t in obj["tokens"]), tuple(float(f) for f in obj["factors"]),
                    int(obj.get("points", 0)))
+
+
+def bracket(before: Drift | None, after: Drift | None) -> Drift | None:
+    """The drift over a window re-timed at both ends (before and after a model's real runs):
+    the geometric mean of the two, at the later one's anchors. On 2026-12-03 one re-timing
+    taken right after Qwen3-0.6B's real runs caught the host in a fast minute and read
+    0.36-0.62, and scaling by it took that model's per-set errors from 6-23% to 36-50%."""
+    if before is None or after is None:
+        return after if before is None else before
+    return Drift(after.tokens, tuple(math.sqrt(f * before.at(t)) for t, f in zip(after.tokens, after.factors)),
+                 before.points + after.points)
+
+
+def disagreement(before: Drift, after: Drift) -> float:
+    """The largest factor between the two re-timings of a window at any anchor (1.0: they
+    agree): how far the host moved while the window's runs went on."""
+    return max(max(f / before.at(t), before.at(t) / f) for t, f in zip(after.tokens, after.factors))
 
 
 def anchors(store, env_key: str, units: dict, counts: dict[str, int]) -> list[tuple]:
