@@ -242,9 +242,10 @@ def saved_drift(name: str, saved: dict, args) -> None:
         return
     after = Drift.from_json(saved["drift"])
     before = Drift.from_json(saved["drift_before"]) if saved.get("drift_before") else None
-    if before is not None and disagreement(before, after) > 1.25:
+    moved = disagreement(before, after) if before is not None else 1.0
+    if moved > 1.25:
         print(f"[{name}] the host moved during the real runs: re-timings before and after them differ up "
-              f"to {disagreement(before, after):.2f}x; scaled by their geometric mean", flush=True)
+              f"to {moved:.2f}x; scaled by their geometric mean", flush=True)
     _DRIFTS[name] = bracket(before, after)
 
 
