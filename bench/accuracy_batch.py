@@ -4,7 +4,7 @@ calibration steps only, against the real `LLMEngine.step`.
 
     python bench/accuracy_batch.py --db NEW.db --json out/acc.json       # builds what it needs
         [--models smollm2,qwen0.5b,qwen3-0.6b,llama3.2-1b[,mixtral-2l,deepseek-2l]] [--quick] [--real-runs 2]
-        [--real-from out/acc.raw.json] [--resume] [--breakdown]
+        [--repeats 3] [--real-from out/acc.raw.json] [--resume] [--breakdown]
 
 Given an empty --db it sweeps every model (`LIMITS`: --max-tokens 1024 --max-batch 64
 --max-context 2048; --quick 512/32/1024; the real batches stay inside them), stores the unit fits
@@ -12,6 +12,7 @@ Given an empty --db it sweeps every model (`LIMITS`: --max-tokens 1024 --max-bat
 steps are never used to score it. The real side runs --real-runs times (each a fresh
 engine in a child process, dooly.engines.vllm_probe); the difference between two real runs
 of the same batches is printed beside each sim-vs-real error (this machine's noise floor).
+Within a run each batch is run --repeats times, minutes apart, and scored by its median.
 Raw real runs are written to --raw (default: beside --json) as each one ends; --resume
 reuses the complete ones found there, --real-from replays them without starting vLLM.
 Sets (`items`): prefill, decode, mixed. Every real step also records the CPU share of its
@@ -253,12 +254,19 @@ def step_key(s) -> str:
     return json.dumps([s["set"][:2], s["batch"]])
 
 
-def by_key(steps) -> dict[str, float]:
-    """Median wall time of each distinct (item, batch) of one run."""
-    groups: dict[str, list[float]] = {}
+def representative(steps) -> list[dict]:
+    """One step per distinct (item, batch) of one run: the median one of its repeats (the
+    faster middle one of an even count), so a burst from another tenant that slowed one
+    repeat is not scored as the engine's time, and every field comes from one real step."""
+    groups: dict[str, list[dict]] = {}
     for s in steps:
-        groups.setdefault(step_key(s), []).append(s["ms"])
-    return {k: statistics.median(v) for k, v in groups.items()}
+        groups.setdefault(step_key(s), []).append(s)
+    return [sorted(g, key=lambda s: s["ms"])[(len(g) - 1) // 2] for g in groups.values()]
+
+
+def by_key(steps) -> dict[str, float]:
+    """Wall time of each distinct (item, batch) of one run, the median of its repeats."""
+    return {step_key(s): s["ms"] for s in representative(steps)}
 
 
 def noise_pct(run_a, run_b, set_name) -> float | None:
@@ -278,11 +286,12 @@ def cpu_share(runs) -> float | None:
 
 
 def score(name, runs, pred) -> dict:
-    """Per set: whole-step MAPE (units + engine) over every run's steps, the units alone
-    against the model's execution, and the real-vs-real noise."""
+    """Per set: whole-step MAPE (units + engine) over every run's batches (each the median
+    of its repeats in that run), the units alone against the model's execution, and the
+    real-vs-real noise."""
     from dooly.fit.step_model import quiet_steps
     fig: dict = {}
-    steps = [s for r in runs for s in r["steps"] if keep(s["set"][0], s["batch"])]
+    steps = [s for r in runs for s in representative(r["steps"]) if keep(s["set"][0], s["batch"])]
     quiet = {id(s) for r in runs for s in quiet_steps(r["steps"], max(r.get("threads") or [1]))}
     cache = {}
     for s in steps:
@@ -519,7 +528,9 @@ def main(argv=None) -> int:
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
     ap.add_argument("--quick", action="store_true", help="smoke run: small sweep limits, fewer batches")
     ap.add_argument("--real-runs", type=int, default=2, help="real engine runs per model (>= 2: noise floor)")
-    ap.add_argument("--repeats", type=int, default=2, help="passes over the batches within one real run")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="passes over the batches within one real run, each batch scored by its median "
+                         "(default 3; 1 with --quick)")
     ap.add_argument("--real-from", help="replay the real runs saved in this raw file (no vLLM run)")
     ap.add_argument("--raw", help="where real runs are saved (default: beside --json)")
     ap.add_argument("--resume", action="store_true", help="reuse complete real runs found in --raw (all of them, at least --real-runs)")
@@ -538,10 +549,10 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
         ap.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     if args.real_runs < 1 or args.repeats < 1:
         ap.error("--real-runs and --repeats must be at least 1")
-    if args.quick:
-        args.repeats = 1
     args.raw = args.raw or str(Path(args.json_path or ROOT / "out" / "accuracy_batch.json").with_suffix(".raw.json"))
     its = items(args.quick)
     prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"])

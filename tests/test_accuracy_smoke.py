@@ -68,6 +68,22 @@ def test_leave_one_out_figures_with_their_noise_floor():
     assert fig["n_decode"] == 2   # one decode step per run; the mixed one left out
 
 
+def test_repeats_of_a_batch_in_one_run_are_scored_by_their_median_step():
+    run = _run(1.0)
+    # two more passes: one slowed 3x by a burst from another tenant, one 2% slow
+    run["steps"] += [dict(s, ms=s["ms"] * 3.0) for s in _run(1.0)["steps"]]
+    run["steps"] += [dict(s, ms=s["ms"] * 1.02) for s in _run(1.0)["steps"]]
+    fig = ab.score("m", [run, _run(1.0)], _Pred(_truth))
+    for s in ab.SETS:
+        assert fig[f"mape_{s}_pct"] == pytest.approx(100 * (0.1 + (1.1 / 1.02 - 1)) / 2)
+        assert fig[f"noise_{s}_pct"] == pytest.approx(100 * 0.02 / 1.01)
+    assert fig["n_decode"] == 2   # one per batch per run, not one per repeat
+    # an even count keeps the faster middle step, whole (its other fields with it)
+    two = [{"set": ["decode", "x", r], "batch": [[1, 5]], "ms": ms, "forward_ms": f}
+           for r, (ms, f) in enumerate([(10.0, 4.0), (12.0, 7.0)])]
+    assert ab.representative(two) == [two[0]]
+
+
 def test_items_stay_inside_the_sweep_limits():
     for quick in (False, True):
         tok, batch, ctx = ab.LIMITS["quick" if quick else "full"]
