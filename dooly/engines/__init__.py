@@ -90,13 +90,21 @@ def capture(cfg, engine: str, tp: int = 1):
     return cap, sym_map, []
 
 
-def engine_version(engine: str) -> str:
+def register_ops(engine: str) -> None:
+    """Registers the engine's custom ops (torch.ops.vllm_ir.*, torch.ops._C.*) in this
+    process. vLLM's model code registers them on import; a process that reads its units
+    from a DB or the capture cache (a sweep of a cached analysis, `dooly predict
+    --recheck-host` re-timing a norm or rotary unit) never imports that code."""
     if check_engine(engine) == "vllm":
         set_vllm_environ()
-        import vllm
-        # registers torch.ops.vllm_ir.*: a sweep of an analysis served from the capture
-        # cache never imported vLLM's model code, which otherwise registers them
+        import vllm._custom_ops  # noqa: F401  (loads vllm._C: torch.ops._C.*)
         import vllm.ir  # noqa: F401
+
+
+def engine_version(engine: str) -> str:
+    if check_engine(engine) == "vllm":
+        register_ops(engine)
+        import vllm
         return vllm.__version__
     import transformers
     return transformers.__version__

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dooly.engines import amx_permission, gemm_call, gemm_weight, ir_body, moe_inputs
+from dooly.engines import amx_permission, gemm_call, gemm_weight, ir_body, moe_inputs, register_ops
 from dooly.env import copies_to_span
 from dooly.graph.regions import eval_name
 from dooly.profile.cost import nbytes
@@ -214,6 +214,8 @@ class StatelessRunner:
             return lambda logits: torch.argmax(logits.float(), dim=-1)
         if u.op in GEMM_OPS:
             return None  # built per point: the engine may prepack the weight
+        if not u.op.startswith("aten."):
+            register_ops(self.engine)
         op = resolve_op(u.op)
         call = u.attr.get("call")
         return lambda *t: op(*call_args(call, t))
