@@ -104,3 +104,26 @@ def test_recheck_host_refuses_another_hosts_environment(tmp_path, capsys):
                "--engine", ENV.engine, "--recheck-host"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "--recheck-host" in err[-1] and "not this host's" in err[-1]
+
+
+@pytest.mark.vllm
+def test_a_unit_read_from_a_db_runs_its_engine_op_in_a_process_that_never_imported_the_model():
+    # what `dooly predict --recheck-host` does: units come from the DB, vLLM's model code
+    # (which registers torch.ops.vllm_ir.* and _C.*) is never imported in that process
+    import json
+    import subprocess
+    import sys
+    pytest.importorskip("vllm")
+    unit = {"op": "vllm_ir.fused_add_rms_norm.maybe_inplace", "stateful": False,
+            "inputs": [{"shape": ["T", 64], "dtype": "bfloat16", "labels": ["REQUEST", "CONFIG"]}] * 2
+            + [{"shape": [64], "dtype": "bfloat16", "labels": ["CONFIG"]}],
+            "outputs": [{"shape": ["T", 64], "dtype": "bfloat16", "labels": ["REQUEST", "CONFIG"]}] * 2,
+            "attrs": {"call": [{"t": 0}, {"t": 1}, {"t": 2}, 1e-06, None]}}
+    code = ("import json, sys; from dooly.unit import Unit; from dooly.profile.runners import StatelessRunner\n"
+            "u = Unit.from_json(json.loads(sys.argv[1]))\n"
+            "out = StatelessRunner(u, 'vllm', 'cpu').prepare({'T': 4})()\n"
+            "print(tuple(out[0].shape))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(unit)], capture_output=True, text=True,
+                          env={**__import__("os").environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "(4, 64)"
