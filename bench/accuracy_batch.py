@@ -12,7 +12,7 @@ Given an empty --db it sweeps every model (`LIMITS`: --max-tokens 1024 --max-bat
 steps are never used to score it. The real side runs --real-runs times (each a fresh
 engine in a child process, dooly.engines.vllm_probe); the difference between two real runs
 of the same batches is printed beside each sim-vs-real error (this machine's noise floor).
-Within a run each batch is run --repeats times, minutes apart, and scored by its median.
+Within a run each batch is run --repeats times (the whole list, then again) and scored by its median.
 Raw real runs are written to --raw (default: beside --json) as each one ends; --resume
 reuses the complete ones found there, --real-from replays them without starting vLLM.
 Sets (`items`): prefill, decode, mixed. Every real step also records the CPU share of its

@@ -111,8 +111,10 @@ def test_a_unit_read_from_a_db_runs_its_engine_op_in_a_process_that_never_import
     # what `dooly predict --recheck-host` does: units come from the DB, vLLM's model code
     # (which registers torch.ops.vllm_ir.* and _C.*) is never imported in that process
     import json
+    import os
     import subprocess
     import sys
+    from pathlib import Path
     pytest.importorskip("vllm")
     unit = {"op": "vllm_ir.fused_add_rms_norm.maybe_inplace", "stateful": False,
             "inputs": [{"shape": ["T", 64], "dtype": "bfloat16", "labels": ["REQUEST", "CONFIG"]}] * 2
@@ -124,6 +126,7 @@ def test_a_unit_read_from_a_db_runs_its_engine_op_in_a_process_that_never_import
             "out = StatelessRunner(u, 'vllm', 'cpu').prepare({'T': 4})()\n"
             "print(tuple(out[0].shape))")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(unit)], capture_output=True, text=True,
-                          env={**__import__("os").environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+                          cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "(4, 64)"
