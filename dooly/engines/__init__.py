@@ -92,9 +92,10 @@ def capture(cfg, engine: str, tp: int = 1):
 
 def register_ops(engine: str) -> None:
     """Registers the engine's custom ops (torch.ops.vllm_ir.*, torch.ops._C.*) in this
-    process. vLLM's model code registers them on import; a process that reads its units
-    from a DB or the capture cache (a sweep of a cached analysis, `dooly predict
-    --recheck-host` re-timing a norm or rotary unit) never imports that code."""
+    process (once; later calls cost nothing). vLLM's model code registers them on import;
+    a process that reads its units from a DB or the capture cache (a sweep of a cached
+    analysis, `dooly predict --recheck-host` re-timing a norm or rotary unit) never imports
+    that code, so every runner of an engine's unit calls this first (dooly.profile.runners)."""
     if check_engine(engine) == "vllm":
         set_vllm_environ()
         import vllm._custom_ops  # noqa: F401  (loads vllm._C: torch.ops._C.*)
@@ -103,7 +104,7 @@ def register_ops(engine: str) -> None:
 
 def engine_version(engine: str) -> str:
     if check_engine(engine) == "vllm":
-        register_ops(engine)
+        set_vllm_environ()
         import vllm
         return vllm.__version__
     import transformers

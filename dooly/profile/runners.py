@@ -187,6 +187,9 @@ class StatelessRunner:
         if unit.stateful:
             raise ValueError(f"unit: {unit.key} is stateful; use the engine's attention runner")
         self.unit, self.engine, self.device = unit, engine, device
+        # its op, or a fused region's, may be one of the engine's own: registered by model
+        # code this process may never have imported
+        register_ops(engine)
         self._body = self._make_body()
         self._compiled = None
         if compiles(unit, execution):
@@ -214,8 +217,6 @@ class StatelessRunner:
             return lambda logits: torch.argmax(logits.float(), dim=-1)
         if u.op in GEMM_OPS:
             return None  # built per point: the engine may prepack the weight
-        if not u.op.startswith("aten."):
-            register_ops(self.engine)
         op = resolve_op(u.op)
         call = u.attr.get("call")
         return lambda *t: op(*call_args(call, t))
