@@ -121,9 +121,9 @@ def test_pool_reports_its_models_and_exclude_leaves_a_model_out(tmp_path):
     db = _pool_db(tmp_path)
     with Store.open(db) as s:
         model, source = load_step_model(s, ENV, None, HELD_OUT, _units_for(POOL))
-        assert source == "pool(3 models)" and model.model.models_ == ["m1", "m2", "m3"]
+        assert source.startswith("pool(3 models") and model.model.models_ == ["m1", "m2", "m3"]
         model, source = load_step_model(s, ENV, None, HELD_OUT, _units_for(POOL), exclude=["m3"])
-        assert source == "pool(2 models)" and "m3" not in model.model.models_
+        assert source.startswith("pool(2 models") and "m3" not in model.model.models_
 
 
 def test_uncalibrated_units_leave_a_model_out_of_the_pool(tmp_path):
@@ -131,7 +131,7 @@ def test_uncalibrated_units_leave_a_model_out_of_the_pool(tmp_path):
     with Store.open(db) as s:
         only = {k: v for k, v in POOL.items() if k != "m2"}   # m2 was never swept here
         _, source = load_step_model(s, ENV, None, HELD_OUT, _units_for(only))
-    assert source == "pool(2 models)"
+    assert source.startswith("pool(2 models")
 
 
 class _Cfg:
@@ -146,11 +146,11 @@ def test_per_model_refinement_uses_only_that_models_steps(tmp_path):
         assert source == "model" and model.model.models_ == ["m2"]
         # a model never calibrated falls back to the pool
         _, source = load_step_model(s, ENV, _Cfg("new"), HELD_OUT, _units_for(POOL), prefer="model")
-        assert source == "pool(3 models)"
+        assert source.startswith("pool(3 models")
         # excluded from its own refinement, it gets the others' pool
         _, source = load_step_model(s, ENV, _Cfg("m2"), POOL["m2"], _units_for(POOL), exclude=["m2"],
                                     prefer="model")
-        assert source == "pool(2 models)"
+        assert source.startswith("pool(2 models")
         assert load_step_model(s, ENV, None, HELD_OUT, _units_for(POOL), prefer="none") == (None, "none")
 
 
@@ -262,7 +262,7 @@ def test_predictor_uses_the_pool_for_a_model_never_calibrated(tmp_path):
             record_steps(s, ENV, [{"batch": b, "ms": truth(h, b) * (3.0 if h == me else 1.0)}   # me: way off
                                   for b in _batches(30, seed=i)], structures[h], h)
     out = Predictor.load(smol, db, "vllm", exclude=[me])
-    assert out.step_model_source == "pool(3 models)"
+    assert out.step_model_source.startswith("pool(3 models")
     b = [[1, 300]] * 8 + [[128, 0]]
     assert out.predict(b).step_ms == pytest.approx(0.3 * 136 + _engine_ms(out.structure, b), rel=0.05)
     own = Predictor.load(smol, db, "vllm", step_model="model")

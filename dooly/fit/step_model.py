@@ -309,7 +309,8 @@ def load_step_model(store, env, cfg, structure: dict, units_ms_for: Callable[[st
     but those in `exclude`, a list of config hashes), "model" (this model's own steps only,
     when it was calibrated; else the pool) or "none". `units_ms_for(config_hash)` gives a
     function seqs -> the units' ms of that model (or the pair: units' ms, their GEMMs' ms),
-    or None when it cannot be predicted here. source: "pool(N models)", "model" or "none"."""
+    or None when it cannot be predicted here. source: "pool(N models, NAME terms)" (NAME: the
+    TERM_SETS entry it chose), "model" or "none"."""
     if prefer not in ("pool", "model", "none"):
         raise ValueError(f"prefer: expected pool, model or none, got {prefer!r}")
     if prefer == "none":
@@ -325,7 +326,14 @@ def load_step_model(store, env, cfg, structure: dict, units_ms_for: Callable[[st
     fitted = _fit_rows(rows, units_ms_for, structure)
     if fitted is None:
         return None, "none"
-    return fitted.bind(structure, graphs), f"pool({len(fitted.models_)} models)"
+    return fitted.bind(structure, graphs), f"pool({len(fitted.models_)} models, {term_set_name(fitted.terms)} terms)"
+
+
+def term_set_name(terms: tuple[str, ...] | None) -> str:
+    """The TERM_SETS name of `terms` ("all" for None: every feature allowed)."""
+    if terms is None:
+        return "all"
+    return next((name for name, ts in TERM_SETS.items() if tuple(terms) == ts), ",".join(terms))
 
 
 def _fit_rows(rows: list[dict], units_ms_for, target: dict | None = None) -> EngineStepModel | None:
