@@ -44,3 +44,17 @@ def test_body_with_a_graph_break_falls_back_to_guarded_calls():
     assert c._direct is None
     x = torch.randn(3, 4)
     torch.testing.assert_close(c.bind([x])(), x * 2)
+
+
+def test_every_body_in_a_process_is_compiled_past_dynamos_recompile_limit():
+    """Dynamo stops compiling a code object after `recompile_limit` variants and runs it
+    eagerly: a sweep compiles one body per unit, many more than that in one process, and
+    each must still be Inductor's kernel (a shared wrapper once timed every unit after the
+    eighth as eager ops)."""
+    limit = torch._dynamo.config.recompile_limit
+    for k in range(limit + 3):
+        def body(x, r, w, k=k):
+            return _norm_add(x, r, w * (k + 1))
+        c = DirectCompiled(body)
+        c.compile(_inputs(37), [(0, 0), (1, 0)])
+        assert len(c._graphs) == 1 and c._direct is not None, f"body {k} was not compiled"

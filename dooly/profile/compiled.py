@@ -8,6 +8,7 @@ compiled kernels and one wrapper per piecewise graph. Timing a unit through
 compile a graph specialized to one token, which vLLM never runs."""
 from __future__ import annotations
 
+import types
 from typing import Callable
 
 import torch
@@ -38,6 +39,10 @@ def _arg_getter(source) -> Callable[[tuple], object] | None:
     return None
 
 
+def _call(*t):
+    return t[0](*t[1:])   # the body travels as t[0] so every input is a local of `t`
+
+
 class DirectCompiled:
     """`body(*tensors)` compiled by Inductor, request dims symbolic and config dims static.
     `compile` traces it once on general inputs (request dims of at least 2, so nothing is
@@ -46,15 +51,18 @@ class DirectCompiled:
 
     def __init__(self, body: Callable):
         self._body = body
+        # Dynamo keeps its compiled variants on the code object and, past `recompile_limit`
+        # (8) of them, runs that code eagerly from then on without a word: with one `_call`
+        # shared by every unit, each unit after the eighth in a process (the third model of
+        # a multi-model sweep whose captures came from the cache, so no capture reset Dynamo
+        # in between) was timed as eager torch ops, 2-6x its compiled time. One code object
+        # per body, as vLLM compiles each model's forward once.
+        call = types.FunctionType(_call.__code__.replace(), _call.__globals__, _call.__name__)
         # config dims stay static, as in vLLM's graph: only the marked request dims are symbolic
-        self._guarded = torch.compile(self._call, backend=self._backend)
+        self._guarded = torch.compile(call, backend=self._backend)
         self._graphs: list = []
         self._direct: Callable | None = None
         self.ready = False
-
-    @staticmethod
-    def _call(*t):
-        return t[0](*t[1:])   # the body travels as t[0] so every input is a local of `t`
 
     def _backend(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx
@@ -74,6 +82,8 @@ class DirectCompiled:
         # ints read from a region's data (slice bounds, split sizes) are config constants
         with torch._dynamo.config.patch(specialize_int=True, specialize_float=True):
             self._guarded(self._body, *general_inputs)
+        if not self._graphs:
+            raise RuntimeError("Dynamo compiled no graph of this body: timed, it would run eagerly")
         self.ready = True
         if len(self._graphs) != 1:
             return   # graph breaks: keep the guarded path
