@@ -27,7 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import family_lomo  # noqa: E402
 from dooly.fit.gemm_family import GemmFamily, gemm_shape, holdout_error, rows_from_units  # noqa: E402
 from dooly.fit.select import fit_units  # noqa: E402
 from dooly.interop.vidur_import import (VIDUR_GEMM_OPS, VIDUR_MLP_OPS, find_vidur_mlp,  # noqa: E402
@@ -100,75 +102,13 @@ def gemm_holdout(units, meas, envs, op_units, model: str, out: dict) -> None:
 
 
 def family_holdout(units, meas, op_units, tolerance: float, out: dict) -> None:
-    """Unit families (dooly.fit.families) leave-one-model-out: each model's ops predicted
-    by families trained on the other models' units only (a unit of the same shape held out
-    too), pooled per Vidur op: median and p90 of the per-point error; and the share of
-    held-out units whose three check points pass at `tolerance` (dooly.fit.checks), with
-    the served units' error over all their points."""
-    from dooly.fit.checks import judge
-    from dooly.fit.families import design, family_data, select_family
-    from dooly.graph.family import family_key
-    from dooly.profile.checkpoints import check_points
+    """Unit families leave-one-model-out (bench/family_lomo.py), pooled per Vidur op."""
     t0 = time.time()
-    data = family_data(units, meas)
-    by_unit = defaultdict(list)
-    for m in meas:
-        by_unit[m.unit_key].append(m)
-    errs, checks = defaultdict(list), defaultdict(list)
-    for name, ops in sorted(op_units.items()):
-        held = set(ops.values())
-        fams = {}
-        for (fkey, ekey), d in data.items():
-            keep = ~np.isin(d.groups, list(held))
-            if keep.any():
-                sub = type(d)(fkey, ekey, d.columns, d.X[keep], d.y[keep], d.groups[keep], "")
-                fams[fkey] = select_family(sub)
-        for op, key in ops.items():
-            unit, rows = units[key], by_unit[key]
-            fam = fams.get(family_key(unit))
-            if fam is None:
-                continue
-            y = np.array([m.median_ms for m in rows])
-            pred = fam.estimator.predict(design(unit, [m.point for m in rows], fam.columns))
-            errs[op] += list(np.abs(pred - y) / y * 100.0)
-            pts = {json.dumps(p, sort_keys=True) for p in check_points(unit, [m.point for m in rows])}
-            v = judge(unit, fam, [m for m in rows if json.dumps(m.point, sort_keys=True) in pts], tolerance)
-            served_err = float(np.mean(np.abs(v.scale * pred - y) / y * 100.0))
-            checks[op].append((v.served, served_err))
+    held = {name: sorted(ops.items()) for name, ops in op_units.items()}
+    errs, checks = family_lomo.lomo(units, meas, held, tolerance)
     print(f"\nunit families, leave-one-model-out (trained on the other models' units; "
           f"{time.time() - t0:.1f}s); per-point error %, check points at {tolerance:g}%:")
-    family_table(errs, checks, out)
-
-
-def family_table(errs: dict, checks: dict, out: dict) -> None:
-    """Per op: median and p90 point error, checks passed, served units' MAPE, into `out`."""
-    if not any(errs.values()):
-        # one model's data (the repository's cut): no other model to train a family on
-        print("  no op could be scored: it needs the ops of two models or more (--root)")
-        return
-    print(f"{'op':26s} {'median':>7s} {'p90':>7s} {'points':>7s}  {'checks passed':>13s} "
-          f"{'served units MAPE':>17s}")
-    for op in VIDUR_MLP_OPS:
-        if not errs.get(op):
-            continue
-        e = np.array(errs[op])
-        served = [err for ok, err in checks[op] if ok]
-        out[f"family.{op}.median_pct"] = round(float(np.median(e)), 3)
-        out[f"family.{op}.p90_pct"] = round(float(np.percentile(e, 90)), 3)
-        out[f"family.{op}.checks_passed"] = f"{len(served)}/{len(checks[op])}"
-        if served:
-            out[f"family.{op}.served_mape_pct"] = round(float(np.mean(served)), 3)
-        print(f"{op:26s} {np.median(e):7.2f} {np.percentile(e, 90):7.2f} {len(e):7d}  "
-              f"{len(served):6d} of {len(checks[op]):3d} "
-              f"{(f'{np.mean(served):.2f}' if served else '-'):>17s}")
-    every = np.concatenate([np.array(v) for v in errs.values()])
-    passed = sum(ok for v in checks.values() for ok, _ in v)
-    total = sum(len(v) for v in checks.values())
-    out["family.all_ops.median_pct"] = round(float(np.median(every)), 3)
-    out["family.all_ops.p90_pct"] = round(float(np.percentile(every, 90)), 3)
-    out["family.check_pass_pct"] = round(100.0 * passed / max(total, 1), 1)
-    print(f"{'(all ops)':26s} {np.median(every):7.2f} {np.percentile(every, 90):7.2f} {len(every):7d}  "
-          f"{passed:6d} of {total:3d}")
+    family_lomo.table(errs, checks, out, VIDUR_MLP_OPS)
 
 
 def main(argv=None) -> int:

@@ -109,6 +109,38 @@ def test_sweep_checks_covered_units_and_serves_them_from_the_family(tmp_path, fa
         assert len(fake_timer) == before
 
 
+def test_a_check_the_second_pass_turns_is_swept_in_full_and_fit_agrees(tmp_path, monkeypatch):
+    from dooly.fit.family_store import fit_env_families
+    units = SWEPT + CHECKED
+    turned = CHECKED[0]
+    mid = check_points(turned, token_points(LIM))[1]
+    seen = set()
+
+    def measure(runners, timer, unit, point, env):
+        ms = fake_ms(unit, point)
+        if unit.key == turned.key and point == mid and (unit.key, point["T"]) in seen:
+            ms *= 0.85   # its second pass: a burst had slowed the first
+        seen.add((unit.key, point["T"]))
+        return Measurement(unit.key, env.key, point, ms, ms, ms, ms, 0.0, 5)
+    monkeypatch.setattr(sw, "_measure", measure)
+    with Store.open(tmp_path / "t.db") as s:
+        s.add_environment(ENV)
+        policy = SweepPolicy(s, ENV.key, 3.0, True, False)
+        job = sw._Job(s, ENV, LIM, None, None, sw.SweepSummary(ENV.key), None, policy)
+        for u in units:
+            s.add_unit(u)
+            job.unit(u.key, u)
+        assert policy.verdicts[turned.key].served            # judged on the first pass
+        sw._recheck(job, units)
+        sw._settle_checks(job, {u.key: u for u in units})
+        assert not policy.verdicts[turned.key].served
+        assert len(s.measurements(unit_key=turned.key)) == len(token_points(LIM))
+        _, found, _ = fit_env_families(s, ENV.key)
+        served = {k for k, v in found.items() if v.served}
+        assert served == {k for k, v in policy.verdicts.items() if v.served} == \
+            {u.key for u in CHECKED[1:3]}
+
+
 def test_interrupted_check_sweep_resumes_to_the_same_rows(tmp_path, fake_timer, monkeypatch):
     with Store.open(tmp_path / "full.db") as s:
         s.add_environment(ENV)

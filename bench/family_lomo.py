@@ -1,0 +1,82 @@
+"""Unit families scored leave-one-model-out, shared by the benches that do it
+(`vidur_fit.py` on Vidur's profiles, `gpu_check.py` on a sweep of this device).
+
+A model's units are predicted by families trained on the other models' units only (a
+unit of the same key held out too, even where another model shares it); per label (an op
+name) the per-point errors are pooled, and each held-out unit's three check points are
+judged at the tolerance (dooly.fit.checks), with the served unit's error over all its
+points."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Iterable, Mapping
+
+import numpy as np
+
+
+def lomo(units: Mapping, meas: Iterable, held: Mapping[str, list[tuple[str, str]]],
+         tolerance: float) -> tuple[dict, dict]:
+    """`held`: model -> [(label, unit key)]. Returns (label -> point errors %,
+    label -> [(served, served unit's MAPE %)])."""
+    from dooly.fit.checks import judge
+    from dooly.fit.families import design, family_data, select_family
+    from dooly.graph.family import family_key
+    from dooly.profile.checkpoints import check_points
+    meas = list(meas)
+    data = family_data(units, meas)
+    by_unit = defaultdict(list)
+    for m in meas:
+        if m.status == "ok":
+            by_unit[m.unit_key].append(m)
+    errs, checks = defaultdict(list), defaultdict(list)
+    for name, pairs in sorted(held.items()):
+        keys = {k for _, k in pairs}
+        fams = {}
+        for (fkey, ekey), d in data.items():
+            keep = ~np.isin(d.groups, list(keys))
+            if keep.any():
+                sub = type(d)(fkey, ekey, d.columns, d.X[keep], d.y[keep], d.groups[keep], "")
+                fams[fkey] = select_family(sub)
+        for label, key in pairs:
+            unit, rows = units[key], by_unit[key]
+            fam = fams.get(family_key(unit))
+            if fam is None or not rows:
+                continue
+            y = np.array([m.median_ms for m in rows])
+            pred = fam.estimator.predict(design(unit, [m.point for m in rows], fam.columns))
+            errs[label] += list(np.abs(pred - y) / y * 100.0)
+            pts = {json.dumps(p, sort_keys=True) for p in check_points(unit, [m.point for m in rows])}
+            v = judge(unit, fam, [m for m in rows if json.dumps(m.point, sort_keys=True) in pts], tolerance)
+            checks[label].append((v.served, float(np.mean(np.abs(v.scale * pred - y) / y * 100.0))))
+    return errs, checks
+
+
+def table(errs: dict, checks: dict, out: dict, labels: Iterable[str] | None = None) -> None:
+    """Per label: median and p90 point error, checks passed, served units' MAPE, into `out`."""
+    if not any(errs.values()):
+        print("  nothing could be scored: it needs the ops of two models or more")
+        return
+    print(f"{'op':26s} {'median':>7s} {'p90':>7s} {'points':>7s}  {'checks passed':>13s} "
+          f"{'served units MAPE':>17s}")
+    for op in (labels or sorted(errs)):
+        if not errs.get(op):
+            continue
+        e = np.array(errs[op])
+        served = [err for ok, err in checks[op] if ok]
+        out[f"family.{op}.median_pct"] = round(float(np.median(e)), 3)
+        out[f"family.{op}.p90_pct"] = round(float(np.percentile(e, 90)), 3)
+        out[f"family.{op}.checks_passed"] = f"{len(served)}/{len(checks[op])}"
+        if served:
+            out[f"family.{op}.served_mape_pct"] = round(float(np.mean(served)), 3)
+        print(f"{op[:26]:26s} {np.median(e):7.2f} {np.percentile(e, 90):7.2f} {len(e):7d}  "
+              f"{len(served):6d} of {len(checks[op]):3d} "
+              f"{(f'{np.mean(served):.2f}' if served else '-'):>17s}")
+    every = np.concatenate([np.array(v) for v in errs.values() if v])
+    passed = sum(ok for v in checks.values() for ok, _ in v)
+    total = sum(len(v) for v in checks.values())
+    out["family.all_ops.median_pct"] = round(float(np.median(every)), 3)
+    out["family.all_ops.p90_pct"] = round(float(np.percentile(every, 90)), 3)
+    out["family.check_pass_pct"] = round(100.0 * passed / max(total, 1), 1)
+    print(f"{'(all ops)':26s} {np.median(every):7.2f} {np.percentile(every, 90):7.2f} {len(every):7d}  "
+          f"{passed:6d} of {total:3d}")
