@@ -4,19 +4,27 @@ leave-one-model-out, check points), and graph replay against eager launches.
 
     python bench/gpu_check.py [CONFIG ...] [--db PATH] [--device cuda|cpu]
         [--inventories PATH | --save-inventories PATH] [--max-tokens N --max-batch N
-        --max-context N] [--tolerance PCT] [--json PATH]
+        --max-context N] [--tolerance PCT] [--sweep-seconds S] [--json PATH]
+
+On a device lent for minutes, run it as one command with the captures carried, the sweep
+capped and the figures under $OUT (the eight models' grids at 2048/32/2048 hold about
+12,000 points): `python3 bench/gpu_check.py --inventories bench/gpu_inventories.json
+--db $OUT/gpu.db --max-tokens 2048 --max-batch 32 --max-context 2048 --sweep-seconds 230
+--json $OUT/gpu_check.json`.
 
 Default configs: eight fixtures of the transformers engine (it runs where vLLM is not
 installed, as on a GPU machine with only torch). `--save-inventories` writes the
 captures (data) so another host sweeps them with `--inventories`, without capturing
 again: `bench/gpu_inventories.json` holds the eight, for a device whose torch cannot
-capture them (a test keeps it readable by this Dooly). Figures (all leave-one-model-out, none fitted on what it scores):
+capture them (a test keeps it readable by this Dooly). Figures (the family ones
+leave-one-model-out, none fitted on what it scores):
   * unit CV MAPE: each unit's chosen regression, cross-validated over its own points;
   * GEMM family: all (K, N) shapes of a model held out, MAPE on that model's GEMM points;
   * unit families: per op, the point error of families trained on the other models'
     units, and how many held-out units pass their three check points at --tolerance;
   * graph replay: per unit at its grid's least and most work, the eager launch time
-    (events around plain calls) over the graph-replay time the sweep records."""
+    (events around plain calls, caches warm) over the graph-replay time the sweep records
+    (the L2 flushed before each replay): launch overhead and cache state together."""
 from __future__ import annotations
 
 import argparse
