@@ -1,5 +1,5 @@
-"""Unit families scored leave-one-model-out, shared by the benches that do it
-(`vidur_fit.py` on Vidur's profiles, `gpu_check.py` on a sweep of this device).
+"""Unit families and the GEMM family scored leave-one-model-out, shared by the benches
+that do it (`vidur_fit.py` on Vidur's profiles, `gpu_check.py` on a sweep of this device).
 
 A model's units are predicted by families trained on the other models' units only (a
 unit of the same key held out too, even where another model shares it); per label (an op
@@ -9,6 +9,7 @@ points."""
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from typing import Iterable, Mapping
 
@@ -80,3 +81,24 @@ def table(errs: dict, checks: dict, out: dict, labels: Iterable[str] | None = No
     out["family.check_pass_pct"] = round(100.0 * passed / max(total, 1), 1)
     print(f"{'(all ops)':26s} {np.median(every):7.2f} {np.percentile(every, 90):7.2f} {len(every):7d}  "
           f"{passed:6d} of {total:3d}")
+
+
+def gemm_table(rows: list, shapes_of: Mapping[str, set], out: dict, key: str, label: str = "",
+               **params) -> None:
+    """The GEMM family (dooly.fit.gemm_family) with all (K, N) shapes of one model held out
+    in turn: the MAPE on that model's rows, per model and the mean, into `out[key...]`."""
+    from dooly.fit.gemm_family import holdout_error
+    print(f"\nGEMM family{label}, {len(rows)} rows, "
+          f"{len({r.shape for r in rows})} distinct (K, N); leave-one-model-out MAPE %:")
+    errs, t0 = [], time.time()
+    for name, shapes in sorted(shapes_of.items()):
+        if all(r.shape in shapes for r in rows):
+            print(f"  {name:40s} skipped: no other model's shapes to train on")
+            continue
+        e = holdout_error(rows, shapes, **params)
+        errs.append(e)
+        out[f"{key}.{name}"] = round(e, 3)
+        print(f"  {name:40s} {e:7.2f}   shapes {sorted(shapes)}")
+    if errs:
+        out[key] = round(float(np.mean(errs)), 3)
+        print(f"  {'mean':40s} {np.mean(errs):7.2f}   ({time.time() - t0:.1f}s)")

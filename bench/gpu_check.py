@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import family_lomo  # noqa: E402
 import flatjson  # noqa: E402
 from dooly.analyze import Analysis, analyze  # noqa: E402
+from dooly.errors import DoolyInputError, read_json  # noqa: E402
 from dooly.inventory import Inventory  # noqa: E402
 
 CONFIGS = ["HuggingFaceTB__SmolLM2-135M-Instruct", "Qwen__Qwen2.5-0.5B", "Qwen__Qwen3-0.6B",
@@ -55,8 +56,13 @@ CONFIGS = ["HuggingFaceTB__SmolLM2-135M-Instruct", "Qwen__Qwen2.5-0.5B", "Qwen__
 
 def inventories(args) -> Analysis:
     if args.inventories:
-        objs = json.loads(Path(args.inventories).read_text())
-        return Analysis("transformers", [Inventory.from_json(o) for o in objs])
+        objs = read_json(args.inventories)
+        try:
+            return Analysis("transformers", [Inventory.from_json(o) for o in objs])
+        except KeyError as err:
+            raise DoolyInputError(args.inventories, "missing", str(err.args[0])) from None
+        except (ValueError, TypeError, AttributeError) as err:
+            raise DoolyInputError(args.inventories, f"not a list of Dooly inventories ({err})") from None
     paths = args.configs or [str(ROOT / "fixtures" / "configs" / f"{c}.json") for c in CONFIGS]
     a = analyze(paths, "transformers")
     for f in a.failed:
@@ -82,22 +88,11 @@ def unit_fits(units, meas, out) -> None:
 
 
 def gemm_lomo(units, meas, envs, held, out) -> None:
-    from dooly.fit.gemm_family import gemm_shape, holdout_error, is_gemm, rows_from_units
-    rows = rows_from_units(units, meas, envs)
-    print(f"\nGEMM family, {len(rows)} points, {len({r.shape for r in rows})} (K, N) shapes; "
-          f"leave-one-model-out MAPE %:")
-    errs = []
-    for name, pairs in sorted(held.items()):
-        shapes = {s[1:] for _, k in pairs if is_gemm(units[k]) and (s := gemm_shape(units[k]))}
-        if not shapes or all(r.shape in shapes for r in rows):
-            continue
-        e = holdout_error(rows, shapes)
-        errs.append(e)
-        out[f"gemm_family_lomo_pct.{name}"] = e
-        print(f"  {name:40s} {e:7.2f}   {len(shapes)} shapes")
-    if errs:
-        out["gemm_family_lomo_pct"] = float(np.mean(errs))
-        print(f"  {'mean':40s} {np.mean(errs):7.2f}")
+    from dooly.fit.gemm_family import gemm_shape, is_gemm, rows_from_units
+    shapes_of = {name: {s[1:] for _, k in pairs if is_gemm(units[k]) and (s := gemm_shape(units[k]))}
+                 for name, pairs in held.items()}
+    family_lomo.gemm_table(rows_from_units(units, meas, envs),
+                           {n: v for n, v in shapes_of.items() if v}, out, "gemm_family_lomo_pct")
 
 
 def graph_vs_eager(analysis, env, lim, out, limit: int = 12) -> None:
@@ -167,7 +162,11 @@ def main(argv=None) -> int:
                  "torch": torch.__version__}
     print(f"device {out['device']}, torch {out['torch']}")
     t0 = time.time()
-    analysis = inventories(args)
+    try:
+        analysis = inventories(args)   # every input read before the sweep writes anything
+    except DoolyInputError as err:
+        print(err, file=sys.stderr)
+        return 2
     out["models"], out["capture_s"] = len(analysis.inventories), time.time() - t0
     db = args.db or str(Path(tempfile.mkdtemp()) / "gpu.db")
     lim = GridLimits(args.max_tokens, args.max_batch, args.max_context)

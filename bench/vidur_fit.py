@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import family_lomo  # noqa: E402
-from dooly.fit.gemm_family import GemmFamily, gemm_shape, holdout_error, rows_from_units  # noqa: E402
+from dooly.fit.gemm_family import GemmFamily, gemm_shape, rows_from_units  # noqa: E402
 from dooly.fit.select import fit_units  # noqa: E402
 from dooly.interop.vidur_import import (VIDUR_GEMM_OPS, VIDUR_MLP_OPS, find_vidur_mlp,  # noqa: E402
                                         model_name_from_path, read_vidur_mlp, vidur_units)
@@ -82,23 +82,10 @@ def unit_cv_mape(fits, meas, op_units, out: dict) -> None:
 
 def gemm_holdout(units, meas, envs, op_units, model: str, out: dict) -> None:
     """The GEMM family's leave-one-model-out MAPE over (K, N) shapes, into `out`."""
-    rows = rows_from_units(units, meas, envs)
     shapes_of = {name: {gemm_shape(units[ops[op]])[1:] for op in VIDUR_GEMM_OPS}
                  for name, ops in op_units.items()}
-    print(f"\nGEMM family ({model}), {len(rows)} rows, "
-          f"{len({r.shape for r in rows})} distinct (K, N); leave-one-model-out MAPE %:")
-    errs, t0 = [], time.time()
-    for name, shapes in sorted(shapes_of.items()):
-        if all(r.shape in shapes for r in rows):
-            print(f"  {name:40s} skipped: no other model's shapes to train on")
-            continue
-        e = holdout_error(rows, shapes, model=model)
-        errs.append(e)
-        out[f"gemm_family_holdout_mape_pct.{name}"] = round(e, 3)
-        print(f"  {name:40s} {e:7.2f}   shapes {sorted(shapes)}")
-    if errs:
-        out["gemm_family_holdout_mape_pct"] = round(float(np.mean(errs)), 3)
-        print(f"  {'mean':40s} {np.mean(errs):7.2f}   ({time.time() - t0:.1f}s)")
+    family_lomo.gemm_table(rows_from_units(units, meas, envs), shapes_of, out,
+                           "gemm_family_holdout_mape_pct", f" ({model})", model=model)
 
 
 def family_holdout(units, meas, op_units, tolerance: float, out: dict) -> None:

@@ -37,3 +37,13 @@ def test_a_cpu_run_sweeps_and_scores_every_figure(tmp_path):
     assert fig["models"] == 2 and fig["sweep.points_measured"] > 0
     assert fig["unit_cv_mape_pct.mean"] > 0 and "gemm_family_lomo_pct" in fig
     assert "family.all_ops.median_pct" in fig
+
+
+def test_a_malformed_captures_file_is_one_line_naming_it_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "inv.json"
+    bad.write_text('[{"model": "m"}]')
+    db = tmp_path / "g.db"
+    assert _bench().main(["--inventories", str(bad), "--device", "cpu", "--db", str(db)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(bad) in err and "'config'" in err
+    assert not db.exists()   # nothing written before every input was read
