@@ -154,6 +154,12 @@ def recheck(pred, db: str, key: str, enabled: bool, config: str, known=None) -> 
     return {f"{key}.drift_T{t}": f for t, f in zip(d.tokens, d.factors)} if d else {}
 
 
+def remember_drift(key: str, drift) -> None:
+    """The drift `recheck` scales `key`'s predictions by from now on: one saved with the
+    real runs a bench replays, so the replay prints the figures the run printed."""
+    _DRIFTS[key] = drift
+
+
 def fresh_drift(config: str, db: str, tp: int = 1):
     """`dooly predict CONFIG --recheck-host` in a new process: the Drift it measured."""
     import subprocess

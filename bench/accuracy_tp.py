@@ -29,8 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, items, keep, mape,  # noqa: E402
-                            model_out_predictor, noise_pct, prepare_db, recheck, save_raw)
+from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, fresh_drift, items,  # noqa: E402
+                            keep, mape, model_out_predictor, noise_pct, prepare_db, recheck,
+                            remember_drift, save_raw)
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
                           sim_latencies, workload)
 
@@ -97,6 +98,7 @@ def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
     if args.real_from:
         if not runs:
             raise SystemExit(f"--real-from {args.real_from}: no runs of {key} for this job")
+        saved_tp_drift(name, tp, saved[key], args)
         return runs
     while len(runs) < args.real_runs:
         t0 = time.perf_counter()
@@ -104,7 +106,26 @@ def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
         saved[key] = {"job": job, "runs": runs}
         save_raw(args.raw, key, saved[key])
         log(f"[{name}] TP={tp} real {job['mode']} run {len(runs)} in {time.perf_counter() - t0:.0f} s")
+    if job["mode"] == "steps" and args.recheck_host and "drift" not in saved[key]:
+        # re-timed right after the batches, as the predictor is scaled by, and saved with
+        # them: a replay then scales by what the run saw, not by the host of the replay
+        d = fresh_drift(str(MODELS[name]), args.db, tp)
+        saved[key]["drift"] = d.to_json() if d else None
+        save_raw(args.raw, key, saved[key])
+    saved_tp_drift(name, tp, saved[key], args)
     return runs[:args.real_runs]
+
+
+def saved_tp_drift(name: str, tp: int, entry: dict, args) -> None:
+    """--recheck-host: the drift saved with a job's runs scales `name` at `tp` (the serving
+    runs use the one saved with the batches). Runs saved before it was kept have none:
+    their replay re-times the host now, and says so."""
+    from dooly.profile.drift import Drift
+    if not args.recheck_host or "drift" not in entry:
+        if args.recheck_host and args.real_from and entry.get("job", {}).get("mode") == "steps":
+            print(f"[{name}] TP={tp}: no drift saved with these runs; re-timed now", flush=True)
+        return
+    remember_drift(f"{name}.tp{tp}", Drift.from_json(entry["drift"]) if entry["drift"] else None)
 
 
 def score_steps(runs: list[dict], pred) -> dict:

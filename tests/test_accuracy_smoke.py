@@ -257,3 +257,27 @@ def test_a_search_replay_judges_the_saved_rounds_by_the_slos_saved_with_them(tmp
         sc.run_slos("qwen0.5b", [], None, (2048, 64), replay, {})
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and err == [f"{raw_path}: no SLOs saved for qwen0.5b (field qwen0.5b.slos); give --slo"]
+
+
+def test_a_tp_replay_scales_by_the_drift_saved_with_its_runs_not_the_host_now(tmp_path, monkeypatch):
+    import json
+    from argparse import Namespace
+    tp = _load("accuracy_tp")
+    batch = sys.modules["accuracy_batch"]   # the copy accuracy_tp reads its drifts from
+    job = {"mode": "steps", "items": []}
+    raw = tmp_path / "tp.raw.json"
+    saved = {"tokens": [1, 512], "factors": [0.8, 1.1], "points": 6}
+    raw.write_text(json.dumps({"qwen0.5b@tp2:steps": {"job": job, "runs": [{"steps": []}], "drift": saved}}))
+
+    def no_retiming(*a, **k):
+        raise AssertionError("a replay re-timed the host")
+    monkeypatch.setattr(tp, "fresh_drift", no_retiming)
+    monkeypatch.setattr(batch, "fresh_drift", no_retiming)
+    args = Namespace(real_from=str(raw), resume=False, recheck_host=True, real_runs=1, raw=str(raw))
+    assert tp.real("qwen0.5b", 2, job, args) == [{"steps": []}]
+
+    class Pred:
+        tp, drift = 2, None
+    pred = Pred()
+    figs = batch.recheck(pred, "unused.db", "qwen0.5b.tp2", True, "unused.json")
+    assert pred.drift.factors == (0.8, 1.1) and figs["qwen0.5b.tp2.drift_T512"] == 1.1
