@@ -355,3 +355,58 @@ def test_a_prefills_gemms_slower_inside_the_engine_carry_from_two_models_to_a_th
         units, gemm, step = truth(POOL["m3"], b)
         pred = units + model.predict_one(b, POOL["m3"], units_ms=units, gemm_ms=gemm)
         assert abs(pred - step) / step < 0.02
+
+
+def test_calibration_steps_count_against_the_units_as_the_host_ran_them_then(tmp_path):
+    """`dooly calibrate` stores the host's drift since the sweep with the steps; the pool
+    scales each model's units by it, so a host 1.4x faster at calibration than at the
+    sweep does not come out as a negative engine overhead (counted again, with
+    --recheck-host, when the units are scaled at prediction time)."""
+    from conftest import config
+    from dooly.config import load_config
+    from dooly.env import Measurement
+    from dooly.predict import Predictor
+    from dooly.profile.drift import CALIBRATION_PREFIX, Drift, calibration_drift, store_calibration_drift
+    from dooly.unit import Unit
+    smol = config("HuggingFaceTB__SmolLM2-135M-Instruct")
+    me = load_config(smol).hash
+    faster = Drift((1, 1024), (0.7, 0.7), 6)
+    b = [[1, 300]] * 8 + [[128, 0]]
+    preds = {}
+    for kept in (True, False):
+        db = str(tmp_path / f"{kept}.db")
+        with Store.open(db) as s:
+            s.add_environment(ENV)
+            for i, h in enumerate(["m1", "m2", "m3", me]):
+                u = Unit("linear", (_sig("T", 64 * (i + 1)), _sig(128, 64 * (i + 1))), (_sig("T", 128),))
+                s.add_unit(u)
+                s.set_inventory(h, "vllm", h, {u.key: 30})
+                for t in (1, 4, 16, 64, 256, 1024, 2048):
+                    s.add_measurement(Measurement(u.key, ENV.key, {"T": t}, 0.01 * t, 0.01 * t, 0.01 * t,
+                                                  0.01 * t, 0.0, 5))
+                if h == me:
+                    continue
+                st = POOL[h]
+                record_steps(s, ENV, [{"batch": x, "ms": 0.7 * 0.3 * sum(q for q, _ in x) + _engine_ms(st, x)}
+                                      for x in _batches(30, seed=i)], st, h)
+                if kept:
+                    store_calibration_drift(s, ENV.key, h, faster)
+            assert (calibration_drift(s, ENV.key, "m1") == faster) is kept
+        p = Predictor.load(smol, db, "vllm")
+        preds[kept] = p.predict(b).step_ms
+        truth = 0.3 * 136 + _engine_ms(p.structure, b)
+    assert preds[True] == pytest.approx(truth, rel=0.05)
+    assert preds[False] < 0.9 * truth   # the speed-up taken for a negative overhead
+    assert CALIBRATION_PREFIX.endswith(":")
+
+
+def test_a_damaged_stored_calibration_drift_is_one_line_naming_the_field(tmp_path):
+    from dooly.errors import DoolyInputError
+    from dooly.profile.drift import CALIBRATION_PREFIX, calibration_drift
+    with Store.open(str(tmp_path / "d.db")) as s:
+        s.add_environment(ENV)
+        s.put_fits([{"unit_key": CALIBRATION_PREFIX + "m1", "env_key": ENV.key, "fingerprint": "x",
+                     "model": {"kind": "calibration_drift", "drift": {"tokens": [1], "factors": [-1.0]}}}])
+        with pytest.raises(DoolyInputError, match="fits.model_json"):
+            calibration_drift(s, ENV.key, "m1")
+        assert calibration_drift(s, ENV.key, "m2") is None

@@ -125,3 +125,53 @@ def measure_drift(store, env, units: dict, counts: dict[str, int], log=None) -> 
         torch.set_num_threads(threads)
     ts = sorted(by_t)
     return Drift(tuple(ts), tuple(statistics.median(by_t[t]) for t in ts), len(pairs))
+
+
+# -- the host at a model's calibration --------------------------------------------------
+# `dooly calibrate` re-times the model's anchors right after its engine steps and stores
+# the drift beside them (fits table, as data): the engine-step pool (dooly.fit.step_model)
+# fits step - units, and units as the sweep's host ran them are not the units the
+# calibration's host ran. On 2026-12-04 (`x7`) the host was 1.25x faster at calibration
+# than at the sweep, so every residual came out short by a share of the units, and with
+# --recheck-host scaling the units down again at the real runs, the speed-up was counted
+# twice: every model's serving steps were under-predicted.
+CALIBRATION_PREFIX = "calibration-drift:"
+
+
+def store_calibration_drift(store, env_key: str, model_key: str, drift: Drift | None) -> None:
+    """Replace the drift stored for `model_key`'s calibration in `env_key` (None: the
+    re-timing found no anchors; the steps then count against the sweep's units)."""
+    import hashlib
+    import json
+    body = {"kind": "calibration_drift", "drift": drift.to_json() if drift is not None else None}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    store.put_fits([{"unit_key": CALIBRATION_PREFIX + model_key, "env_key": env_key,
+                     "fingerprint": digest, "model": body}])
+
+
+def calibration_drift(store, env_key: str, model_key: str) -> Drift | None:
+    """The drift stored with `model_key`'s calibration in `env_key`; None when none was
+    stored (calibrated before it was kept) or it found no anchors."""
+    row = store.fits(env_key, [CALIBRATION_PREFIX + model_key]).get(CALIBRATION_PREFIX + model_key)
+    if row is None or not isinstance(row["model"], dict) or row["model"].get("kind") != "calibration_drift":
+        return None
+    d = row["model"].get("drift")
+    try:
+        return Drift.from_json(d) if d else None
+    except (KeyError, TypeError, ValueError) as err:
+        from dooly.errors import DoolyInputError
+        raise DoolyInputError(store.path, f"stored calibration drift of {model_key[:16]}: {err}",
+                              "fits.model_json") from None
+
+
+def retime_calibration(store, env, model_key: str, log=None) -> Drift | None:
+    """Re-time `model_key`'s anchors now (right after its calibration steps) and store the
+    drift; `model_key` names the inventory (a TP inventory key for `calibrate --tp N`)."""
+    counts = store.inventory(model_key, env.engine)
+    units = {k: store.get_unit(k) for k in counts}
+    drift = measure_drift(store, env, units, counts) if counts and None not in units.values() else None
+    store_calibration_drift(store, env.key, model_key, drift)
+    if log and drift is not None:
+        log("host at calibration against the sweep, by step tokens: " +
+            ", ".join(f"{t}: {f:.3f}" for t, f in zip(drift.tokens, drift.factors)))
+    return drift
