@@ -102,19 +102,12 @@ class Predictor:
             self.graphs = GraphPolicy.for_serving()   # vLLM's defaults; set_serving() to change
         # the engine-step pool names a model by its inventory key (`dooly calibrate --tp N`
         # stores TP steps under the TP inventory's)
-        import copy
-
         from dooly.graph.units import inventory_key
-        from dooly.profile.drift import calibration_drift
-        own_key, others = inventory_key(cfg.hash, self.tp), {}
+        others: dict = {inventory_key(cfg.hash, self.tp): self}
 
         def other(h):
-            # each pooled model's units as the host ran them at its calibration
             if h not in others:
-                p = copy.copy(self) if h == own_key else _units_only(store, env, h, self.graphs)
-                if p is not None:
-                    p.drift = calibration_drift(store, env.key, h)
-                others[h] = p
+                others[h] = _units_only(store, env, h, self.graphs)
             return others[h]
 
         def units_ms_for(h):

@@ -159,7 +159,6 @@ def run_calibrate(args) -> int:
         print(f"calibrated {cfg.name}: {r['points']} distinct batches from {r['steps']} real vLLM steps, "
               f"{r['quiet_steps']} of them with no other process on their cores (worker threads "
               f"{r['worker_threads']}) into env {r['env_key']}; the pool now holds {r['pool_models']} model(s)")
-        _print_drift(r)
         if r["quiet_steps"] < r["steps"] / 2:
             print(f"dooly: most of {cfg.name}'s steps shared their cores with another process; "
                   "calibrate again on an idle host", file=sys.stderr)
@@ -179,14 +178,4 @@ def _calibrate_tp(cfgs, args) -> int:
         print(f"calibrated {cfg.name} at TP={args.tp} (ranks bound to cores {r['bind']}): {r['points']} "
               f"distinct batches from {r['steps']} real vLLM steps into env {r['env_key']}; the pool "
               f"now holds {r['pool_models']} model(s)")
-        _print_drift(r)
     return 0
-
-
-def _print_drift(r: dict) -> None:
-    """The host at the calibration against the sweep: the pool counts the steps against
-    the units scaled by it."""
-    d = r.get("drift")
-    if d is not None:
-        print("  host at calibration / at the sweep, by step tokens: " +
-              ", ".join(f"{t}: {f:.3f}" for t, f in zip(d.tokens, d.factors)))

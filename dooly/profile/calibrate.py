@@ -25,15 +25,12 @@ def calibrate(config: str, db_path: str, threads: int | None = None, budget: int
     """Time real engine steps of one model under these serving settings (the engine
     compiles its graph for them) and store them in the DB as that model's share of the
     pool, for the environment a default `dooly sweep` of this engine uses. `items`
-    (dooly.engines.vllm_probe.item) replaces the default calibration workload. The
-    model's anchor points are re-timed right after (dooly.profile.drift): the pool counts
-    the steps against the units as this host ran them then."""
+    (dooly.engines.vllm_probe.item) replaces the default calibration workload."""
     from dooly.config import load_config
     from dooly.db import Store
     from dooly.engines import environment
     from dooly.engines.vllm_probe import calibration_items, run_child
     from dooly.fit.step_model import quiet_steps, record_steps
-    from dooly.profile.drift import retime_calibration
     cfg = load_config(config)
     env = environment("vllm", "cpu", threads=threads)
     with Store.open(db_path) as store:
@@ -45,9 +42,8 @@ def calibrate(config: str, db_path: str, threads: int | None = None, budget: int
         n = record_steps(store, env, res["steps"], structure, cfg.hash, threads)
         for ts, gemm_ms, stream_ms in res.get("host", []):
             store.add_host_probe(env.key, ts, gemm_ms, stream_ms, "calibrate")
-        drift = retime_calibration(store, env, cfg.hash)
         pooled = calibrated_models(store, env.key)
-    return {"env_key": env.key, "steps": len(res["steps"]), "points": n, "drift": drift,
+    return {"env_key": env.key, "steps": len(res["steps"]), "points": n,
             "quiet_steps": len(quiet_steps(res["steps"], threads)),
             "worker_threads": res["threads"], "worker": res.get("worker", {}),
             "pool_models": len(pooled)}

@@ -20,7 +20,6 @@ def calibrate_tp(config: str, db_path: str, tp: int, budget: int = 8192, max_num
     from dooly.graph.units import inventory_key
     from dooly.parallel import rank_threads
     from dooly.profile.calibrate import calibrated_models
-    from dooly.profile.drift import retime_calibration
     cfg = load_config(config)
     key = inventory_key(cfg.hash, tp)
     # the environment `dooly sweep --tp N` measured the shards in
@@ -38,8 +37,6 @@ def calibrate_tp(config: str, db_path: str, tp: int, budget: int = 8192, max_num
     with Store.open(db_path) as store:
         # no per-step CPU time here (the ranks are other processes): every step counts
         n = record_steps(store, env, res["steps"], structure, key)
-        drift = retime_calibration(store, env, key)
         pooled = calibrated_models(store, env.key)
     return {"env_key": env.key, "steps": len(res["steps"]), "points": n, "pool_models": len(pooled),
-            "drift": drift,
             "bind": res.get("bind"), "settings": res.get("settings", {})}
