@@ -154,12 +154,6 @@ def recheck(pred, db: str, key: str, enabled: bool, config: str, known=None) -> 
     return {f"{key}.drift_T{t}": f for t, f in zip(d.tokens, d.factors)} if d else {}
 
 
-def remember_drift(key: str, drift) -> None:
-    """The drift `recheck` scales `key`'s predictions by from now on: one saved with the
-    real runs a bench replays, so the replay prints the figures the run printed."""
-    _DRIFTS[key] = drift
-
-
 def fresh_drift(config: str, db: str, tp: int = 1):
     """`dooly predict CONFIG --recheck-host` in a new process: the Drift it measured."""
     import subprocess
@@ -227,25 +221,27 @@ def real_runs(names, its, args, log=print) -> dict:
     return out
 
 
-def bracket_drift(entry: dict, name: str, args, save, before: bool = False) -> None:
-    """--recheck-host: re-time the model's anchor points right before its real runs
-    (`drift_before`, only when runs are still to come) or right after them (`drift`), once
-    each, and save it with the runs: the host moves by the minute, so a re-timing taken
-    after every model's runs, or at one end of the window only, can miss the state the
-    runs saw."""
+def bracket_drift(entry: dict, name: str, args, save, before: bool = False, tp: int = 1) -> None:
+    """--recheck-host: re-time the model's anchor points (its TP=`tp` shards) right before
+    its real runs (`drift_before`, only when runs are still to come) or right after them
+    (`drift`), once each, and save it with the runs: the host moves by the minute, so a
+    re-timing taken after every model's runs, or at one end of the window only, can miss
+    the state the runs saw."""
     field = "drift_before" if before else "drift"
     if args.recheck_host and field not in entry and (not before or "drift" not in entry):
-        d = fresh_drift(str(MODELS[name]), args.db)
+        d = fresh_drift(str(MODELS[name]), args.db, tp)
         entry[field] = d.to_json() if d else None
         save()
 
 
-def saved_drift(name: str, saved: dict, args) -> None:
+def saved_drift(name: str, saved: dict, args, key: str | None = None) -> None:
     """--recheck-host: the drift saved with the model's real runs is the one its predictions
-    are scaled by: re-timed after them, and joined with the one before them where a run
-    saved it (older runs saved only the one after)."""
+    (under `key`, default `name`) are scaled by: re-timed after them, and joined with the
+    one before them where a run saved it (older runs saved only the one after)."""
     from dooly.profile.drift import Drift, bracket, disagreement
     if not (args.recheck_host and saved.get("drift")):
+        if args.recheck_host and args.real_from:
+            print(f"[{key or name}] no re-timing saved with these runs: the host is re-timed now", flush=True)
         return
     after = Drift.from_json(saved["drift"])
     before = Drift.from_json(saved["drift_before"]) if saved.get("drift_before") else None
@@ -253,7 +249,7 @@ def saved_drift(name: str, saved: dict, args) -> None:
     if moved > 1.25:
         print(f"[{name}] the host moved during the real runs: re-timings before and after them differ up "
               f"to {moved:.2f}x; scaled by their geometric mean", flush=True)
-    _DRIFTS[name] = bracket(before, after)
+    _DRIFTS[key or name] = bracket(before, after)
 
 
 def step_key(s) -> str:

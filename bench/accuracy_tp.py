@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, fresh_drift, items,  # noqa: E402
-                            keep, mape, model_out_predictor, noise_pct, prepare_db, recheck,
-                            remember_drift, save_raw)
+from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bracket_drift,  # noqa: E402
+                            items, keep, mape, model_out_predictor, noise_pct, prepare_db, recheck,
+                            save_raw, saved_drift)
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
                           sim_latencies, workload)
 
@@ -89,43 +89,34 @@ def tp_predictor(name: str, db: str, tp: int, names: list[str], drift: bool = Fa
 
 
 def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
-    """--real-runs results of one job (saved to --raw as each ends; --resume reuses them)."""
+    """--real-runs results of one job (saved to --raw as each ends; --resume reuses them).
+    With --recheck-host, the batches' host is re-timed right before and right after them
+    and saved with them (accuracy_batch.bracket_drift); the serving runs are scaled by that
+    too, and a replay by what the run saved."""
     from dooly.engines.vllm_tp_probe import run_child
     key = f"{name}@tp{tp}:{job['mode']}"
     src = args.real_from or (args.raw if args.resume else None)
     saved = json.loads(Path(src).read_text()) if src and Path(src).exists() else {}
-    runs = saved.get(key, {}).get("runs", []) if saved.get(key, {}).get("job") == job else []
+    entry = saved[key] if saved.get(key, {}).get("job") == job else {"job": job, "runs": []}
+    runs, steps = entry["runs"], job["mode"] == "steps"
     if args.real_from:
         if not runs:
             raise SystemExit(f"--real-from {args.real_from}: no runs of {key} for this job")
-        saved_tp_drift(name, tp, saved[key], args)
-        return runs
-    while len(runs) < args.real_runs:
-        t0 = time.perf_counter()
-        runs.append(run_child(dict(job, config=str(MODELS[name]), tp=tp, kv_gib=args.kv_gib)))
-        saved[key] = {"job": job, "runs": runs}
-        save_raw(args.raw, key, saved[key])
-        log(f"[{name}] TP={tp} real {job['mode']} run {len(runs)} in {time.perf_counter() - t0:.0f} s")
-    if job["mode"] == "steps" and args.recheck_host and "drift" not in saved[key]:
-        # re-timed right after the batches, as the predictor is scaled by, and saved with
-        # them: a replay then scales by what the run saw, not by the host of the replay
-        d = fresh_drift(str(MODELS[name]), args.db, tp)
-        saved[key]["drift"] = d.to_json() if d else None
-        save_raw(args.raw, key, saved[key])
-    saved_tp_drift(name, tp, saved[key], args)
+    else:
+        def save():
+            save_raw(args.raw, key, entry)
+        if steps:
+            bracket_drift(entry, name, args, save, before=len(runs) < args.real_runs, tp=tp)
+        while len(runs) < args.real_runs:
+            t0 = time.perf_counter()
+            runs.append(run_child(dict(job, config=str(MODELS[name]), tp=tp, kv_gib=args.kv_gib)))
+            save()
+            log(f"[{name}] TP={tp} real {job['mode']} run {len(runs)} in {time.perf_counter() - t0:.0f} s")
+        if steps:
+            bracket_drift(entry, name, args, save, tp=tp)
+    if steps:
+        saved_drift(name, entry, args, key=f"{name}.tp{tp}")
     return runs[:args.real_runs]
-
-
-def saved_tp_drift(name: str, tp: int, entry: dict, args) -> None:
-    """--recheck-host: the drift saved with a job's runs scales `name` at `tp` (the serving
-    runs use the one saved with the batches). Runs saved before it was kept have none:
-    their replay re-times the host now, and says so."""
-    from dooly.profile.drift import Drift
-    if not args.recheck_host or "drift" not in entry:
-        if args.recheck_host and args.real_from and entry.get("job", {}).get("mode") == "steps":
-            print(f"[{name}] TP={tp}: no drift saved with these runs; re-timed now", flush=True)
-        return
-    remember_drift(f"{name}.tp{tp}", Drift.from_json(entry["drift"]) if entry["drift"] else None)
 
 
 def score_steps(runs: list[dict], pred) -> dict:

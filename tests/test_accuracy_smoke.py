@@ -259,25 +259,29 @@ def test_a_search_replay_judges_the_saved_rounds_by_the_slos_saved_with_them(tmp
     assert stop.value.code == 2 and err == [f"{raw_path}: no SLOs saved for qwen0.5b (field qwen0.5b.slos); give --slo"]
 
 
-def test_a_tp_replay_scales_by_the_drift_saved_with_its_runs_not_the_host_now(tmp_path, monkeypatch):
+def test_tp_batches_are_retimed_at_both_ends_and_a_replay_scales_by_what_they_saved(tmp_path, monkeypatch):
     import json
-    from argparse import Namespace
+    from types import SimpleNamespace
+    from dooly.engines import vllm_tp_probe
+    from dooly.profile.drift import Drift
     tp = _load("accuracy_tp")
     batch = sys.modules["accuracy_batch"]   # the copy accuracy_tp reads its drifts from
-    job = {"mode": "steps", "items": []}
-    raw = tmp_path / "tp.raw.json"
-    saved = {"tokens": [1, 512], "factors": [0.8, 1.1], "points": 6}
-    raw.write_text(json.dumps({"qwen0.5b@tp2:steps": {"job": job, "runs": [{"steps": []}], "drift": saved}}))
+    order, tps = [], []
+    drifts = iter([Drift((1, 512), (0.5, 0.5), 6), Drift((1, 512), (2.0, 1.0), 6)])
+    monkeypatch.setattr(vllm_tp_probe, "run_child", lambda job: order.append("run") or {"steps": [1]})
+    monkeypatch.setattr(batch, "fresh_drift", lambda c, db, t=1: order.append("drift") or tps.append(t) or next(drifts))
+    monkeypatch.setattr(batch, "_DRIFTS", {})
+    raw, job = tmp_path / "tp.raw.json", {"mode": "steps", "items": []}
+    args = SimpleNamespace(real_from=None, raw=str(raw), resume=False, real_runs=2, recheck_host=True, db="db",
+                           kv_gib=1.0)
+    tp.real("qwen0.5b", 2, job, args, log=lambda *_: None)
+    assert order == ["drift", "run", "run", "drift"] and tps == [2, 2]   # the TP=2 shards re-timed
+    assert batch._DRIFTS["qwen0.5b.tp2"].factors == pytest.approx((1.0, 0.5 ** 0.5))
 
-    def no_retiming(*a, **k):
-        raise AssertionError("a replay re-timed the host")
-    monkeypatch.setattr(tp, "fresh_drift", no_retiming)
-    monkeypatch.setattr(batch, "fresh_drift", no_retiming)
-    args = Namespace(real_from=str(raw), resume=False, recheck_host=True, real_runs=1, raw=str(raw))
-    assert tp.real("qwen0.5b", 2, job, args) == [{"steps": []}]
-
-    class Pred:
-        tp, drift = 2, None
-    pred = Pred()
-    figs = batch.recheck(pred, "unused.db", "qwen0.5b.tp2", True, "unused.json")
-    assert pred.drift.factors == (0.8, 1.1) and figs["qwen0.5b.tp2.drift_T512"] == 1.1
+    monkeypatch.setattr(batch, "fresh_drift", lambda *a, **k: pytest.fail("a replay re-timed the host"))
+    monkeypatch.setattr(batch, "_DRIFTS", {})
+    replay = SimpleNamespace(**{**vars(args), "real_from": str(raw)})
+    assert tp.real("qwen0.5b", 2, job, replay) == [{"steps": [1]}] * 2
+    pred = SimpleNamespace(tp=2, drift=None)
+    figs = batch.recheck(pred, "db", "qwen0.5b.tp2", True, "cfg")
+    assert figs["qwen0.5b.tp2.drift_T1"] == pytest.approx(1.0) and json.loads(raw.read_text())["qwen0.5b@tp2:steps"]["drift"]
