@@ -116,7 +116,7 @@ def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
             bracket_drift(entry, name, args, save, tp=tp)
     if steps:
         saved_drift(name, entry, args, key=f"{name}.tp{tp}")
-    return runs[:args.real_runs]
+    return runs if args.real_from else runs[:args.real_runs]   # a replay scores every saved run
 
 
 def score_steps(runs: list[dict], pred) -> dict:
