@@ -24,3 +24,28 @@ def test_cold_model_info_is_inspected_without_a_subprocess(monkeypatch):
         registry._try_inspect_model_cls.cache_clear()
     assert vc.model_config.architecture == "LlamaForCausalLM"
     assert registry._run_in_subprocess is no_subprocess   # vLLM's own hook is put back
+
+
+_FIRST_CAPTURE = """
+import sys
+from torch._dynamo import funcname_cache, symbolic_convert
+from vllm.engine import arg_utils
+from dooly.config import load_config
+from dooly.engines.vllm_capture import capture_vllm
+hooks = (symbolic_convert.get_funcname, arg_utils.is_ray_initialized, arg_utils.is_in_ray_actor)
+capture_vllm(load_config(sys.argv[1]), 1)
+print("ray" in sys.modules, len(funcname_cache.cache),
+      hooks == (symbolic_convert.get_funcname, arg_utils.is_ray_initialized,
+                arg_utils.is_in_ray_actor))
+"""
+
+
+@needs_vllm
+def test_a_first_capture_imports_no_ray_and_tokenizes_no_source_for_log_names():
+    import subprocess
+    import sys
+    # a fresh process: an earlier test may have imported Ray or filled Dynamo's cache
+    out = subprocess.run([sys.executable, "-c", _FIRST_CAPTURE,
+                          config("HuggingFaceTB__SmolLM2-135M-Instruct")],
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split()[-3:] == ["False", "0", "True"]   # hooks put back

@@ -19,7 +19,8 @@ import torch
 from dooly.config import ModelConfig
 from dooly.engines import set_vllm_environ
 from dooly.engines.vllm_compat import (REMOTE_CODE_KEYS, all_on_meta, config_class_for,
-                                       dynamo_hooks_removed, model_class_inspected_here,
+                                       dynamo_hooks_removed, first_capture_trimmed,
+                                       model_class_inspected_here,
                                        transformers_classes_restored)
 from dooly.errors import DoolyInputError
 from dooly.graph.capture import Captured
@@ -160,19 +161,20 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None, tp: int = 1) -> Ca
 
     full = layers is None
     layers = layers or cfg.traced_layers()
-    vc = _vllm_config(cfg, layers, tp)
-    torch._dynamo.reset()
-    _SLOT.clear()
-    with set_current_vllm_config(vc):
-        _init_distributed()
-        with fake_tp_group(tp), dynamo_hooks_removed(), transformers_classes_restored():
-            with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
-                model = initialize_model(vc)
-            all_on_meta(model)
-            _process_meta_weights(model)
-            _run_forward(model, vc)
-            attention = _attention_attrs(model)
-            parallel = parallel_attrs(model, tp)
+    with first_capture_trimmed():
+        vc = _vllm_config(cfg, layers, tp)
+        torch._dynamo.reset()
+        _SLOT.clear()
+        with set_current_vllm_config(vc):
+            _init_distributed()
+            with fake_tp_group(tp), dynamo_hooks_removed(), transformers_classes_restored():
+                with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
+                    model = initialize_model(vc)
+                all_on_meta(model)
+                _process_meta_weights(model)
+                _run_forward(model, vc)
+                attention = _attention_attrs(model)
+                parallel = parallel_attrs(model, tp)
     if "gm" not in _SLOT:
         err = _SLOT.pop("error", None)
         why = f": {type(err).__name__}: {str(err).splitlines()[0][:150]}" if err else ""

@@ -119,3 +119,32 @@ def model_class_inspected_here():
         yield
     finally:
         registry._run_in_subprocess = original
+
+
+@contextlib.contextmanager
+def first_capture_trimmed():
+    """Two costs of a process's first capture that buy Dooly nothing. Dynamo names the
+    function of each traced line for a debug log even when that log is off, tokenizing
+    every source file it passes through (vLLM's model and layer files: about 0.3 s on
+    this 2-core host); the name goes only into that log. And vLLM's engine arguments
+    import Ray (0.1 s) to ask whether Ray is initialized or this is a Ray actor, which
+    neither can be in a process that never imported Ray. A hook this torch or vLLM
+    lacks is left alone; all are put back after the capture."""
+    import sys
+
+    from torch._dynamo import symbolic_convert
+    from vllm.engine import arg_utils
+    saved = []
+    if hasattr(symbolic_convert, "get_funcname"):
+        saved.append((symbolic_convert, "get_funcname", symbolic_convert.get_funcname))
+        symbolic_convert.get_funcname = lambda filename, lineno: None
+    for name in ("is_ray_initialized", "is_in_ray_actor"):
+        check = getattr(arg_utils, name, None)
+        if check is not None:
+            saved.append((arg_utils, name, check))
+            setattr(arg_utils, name, lambda check=check: "ray" in sys.modules and check())
+    try:
+        yield
+    finally:
+        for mod, name, original in saved:
+            setattr(mod, name, original)
