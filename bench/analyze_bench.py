@@ -89,10 +89,12 @@ def main(argv=None) -> int:
            "import_s": round(import_s, 2),
            "first_model_s": round(next(iter(times.values()), 0.0), 2),
            "warm_median_s": round(statistics.median(warm), 2) if warm else 0.0,
+           "warm_mean_s": round(statistics.fmean(warm), 2) if warm else 0.0,
            "warm_max_s": round(max(warm), 2) if warm else 0.0,
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     print(f"engine {engine}: imports {res['import_s']} s, first model {res['first_model_s']} s, "
-          f"warm median {res['warm_median_s']} s / max {res['warm_max_s']} s per model, "
+          f"warm median {res['warm_median_s']} s / mean {res['warm_mean_s']} s / max {res['warm_max_s']} s "
+          f"per model, "
           f"peak RSS {res['peak_rss_mb']} MB, {len(failed)} failed of {len(paths)}")
     if args.cli:
         res.update(time_cli(paths[: args.cli], engine))

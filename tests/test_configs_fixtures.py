@@ -1,7 +1,8 @@
 """Published configs that once stopped a run: OLMo-2 (vLLM runs it through its
 Transformers modeling backend, whose norm weights left the meta device), InternLM2 (a
 type only its repository's code defines) and Gemma-3 (a hybrid sliding-window layer
-pattern: five 512-token windowed layers, then one full)."""
+pattern: five 512-token windowed layers, then one full), and Phi-3.5 (LongRoPE: a
+factor list per rotary frequency, which the perturbed capture must resize)."""
 import pytest
 
 from conftest import config, needs_vllm
@@ -11,6 +12,7 @@ from dooly.config import load_config
 OLMO2 = config("allenai__OLMo-2-1124-7B")
 GEMMA3 = config("google__gemma-3-1b-it")
 INTERNLM2 = config("internlm__internlm2_5-7b-chat")
+PHI35 = config("microsoft__Phi-3.5-mini-instruct")
 
 
 def _attention(inv, prefix: str) -> dict[str, tuple[int, int]]:
@@ -31,6 +33,43 @@ def test_gemma3_layer_pattern():
     assert cfg.period() == 6 and cfg.traced_layers() == 12
     assert sum(cfg.traced_multiplicity().values()) == 26
     assert cfg.sliding_window("sliding_attention") == 512
+
+
+def test_longrope_lists_grow_with_the_perturbed_heads_and_no_head_dim_is_added():
+    from dooly.symbolic.perturb import perturbed
+    raw = load_config(PHI35).raw    # hidden 3072, 32 heads, no head_dim: 48 factors
+    out = perturbed(raw)
+    head = out["hidden_size"] // out["num_attention_heads"]
+    assert "head_dim" not in out and head == 5 * 96
+    for name in ("short_factor", "long_factor"):
+        assert len(raw["rope_scaling"][name]) == 48 and len(out["rope_scaling"][name]) == head // 2
+    plain = perturbed(load_config(config("HuggingFaceTB__SmolLM2-135M-Instruct")).raw)
+    assert plain["head_dim"] == 2 * 64    # other configs perturb head_dim as before
+
+
+@needs_vllm
+def test_a_longrope_model_names_its_config_fields():
+    inv = analyze([PHI35], "vllm", use_cache=False).inventories[0]
+    assert not any("config fields unknown" in n for n in inv.notes), inv.notes
+
+
+@needs_vllm
+def test_a_config_vllm_cannot_parse_is_refused_without_waiting_for_a_retry(tmp_path, monkeypatch):
+    import json
+
+    from vllm.transformers_utils import repo_utils
+
+    from dooly.engines.vllm_capture import _vllm_config
+    from dooly.errors import DoolyInputError
+    raw = load_config(PHI35).raw
+    raw["rope_scaling"] = {**raw["rope_scaling"], "short_factor": [1.0] * 5}
+    path = tmp_path / "phi.json"
+    path.write_text(json.dumps(raw))
+    waits = []
+    monkeypatch.setattr(repo_utils.time, "sleep", waits.append)
+    with pytest.raises(DoolyInputError):
+        _vllm_config(load_config(path), 1)
+    assert waits == []
 
 
 @needs_vllm

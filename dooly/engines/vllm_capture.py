@@ -19,7 +19,7 @@ import torch
 from dooly.config import ModelConfig
 from dooly.engines import set_vllm_environ
 from dooly.engines.vllm_compat import (REMOTE_CODE_KEYS, all_on_meta, config_class_for,
-                                       dynamo_hooks_removed, first_capture_trimmed,
+                                       detours_skipped, dynamo_hooks_removed,
                                        model_class_inspected_here,
                                        transformers_classes_restored)
 from dooly.errors import DoolyInputError
@@ -98,7 +98,8 @@ def _vllm_config(cfg: ModelConfig, layers: int, tp: int = 1):
     """vLLM's config for this model at `layers` layers; a config vLLM refuses is a
     one-line input error (an unknown architecture names the `architectures` field)."""
     raw = {k: v for k, v in cfg.raw.items() if k not in REMOTE_CODE_KEYS}
-    with config_class_for(cfg.model_type), model_class_inspected_here(), tempfile.TemporaryDirectory() as tmp:
+    with config_class_for(cfg.model_type), model_class_inspected_here(), detours_skipped(), \
+            tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "config.json").write_text(json.dumps(raw))
         try:
             return _engine_args(cfg, tmp, layers, None, tp).create_engine_config()
@@ -161,7 +162,7 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None, tp: int = 1) -> Ca
 
     full = layers is None
     layers = layers or cfg.traced_layers()
-    with first_capture_trimmed():
+    with detours_skipped():
         vc = _vllm_config(cfg, layers, tp)
         torch._dynamo.reset()
         _SLOT.clear()

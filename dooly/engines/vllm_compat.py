@@ -122,27 +122,33 @@ def model_class_inspected_here():
 
 
 @contextlib.contextmanager
-def first_capture_trimmed():
-    """Two costs of a process's first capture that buy Dooly nothing. Dynamo names the
-    function of each traced line for a debug log even when that log is off, tokenizing
-    every source file it passes through (vLLM's model and layer files: about 0.3 s on
-    this 2-core host); the name goes only into that log. And vLLM's engine arguments
-    import Ray (0.1 s) to ask whether Ray is initialized or this is a Ray actor, which
-    neither can be in a process that never imported Ray. A hook this torch or vLLM
-    lacks is left alone; all are put back after the capture."""
+def detours_skipped():
+    """What vLLM and Dynamo do around a capture that buys Dooly nothing. Dynamo names
+    the function of each traced line for a debug log even when that log is off,
+    tokenizing every source file it passes through (vLLM's model and layer files: about
+    0.3 s of a process's first capture on this 2-core host); the name goes only into
+    that log. vLLM's engine arguments import Ray (0.1 s) to ask whether Ray is running
+    or this is a Ray actor, which neither can be in a process that never imported Ray.
+    And vLLM retries a config it cannot parse after 2 s, for a hub cache being
+    refreshed; Dooly wrote that file itself a moment before, so the first error is the
+    answer. A hook this torch or vLLM lacks is left alone; all are put back after."""
     import sys
 
     from torch._dynamo import symbolic_convert
     from vllm.engine import arg_utils
+    from vllm.transformers_utils import config as hf_config
     saved = []
-    if hasattr(symbolic_convert, "get_funcname"):
-        saved.append((symbolic_convert, "get_funcname", symbolic_convert.get_funcname))
-        symbolic_convert.get_funcname = lambda filename, lineno: None
+
+    def swap(mod, name, new) -> None:
+        if hasattr(mod, name):
+            saved.append((mod, name, getattr(mod, name)))
+            setattr(mod, name, new)
+
+    swap(symbolic_convert, "get_funcname", lambda filename, lineno: None)
     for name in ("is_ray_initialized", "is_in_ray_actor"):
         check = getattr(arg_utils, name, None)
-        if check is not None:
-            saved.append((arg_utils, name, check))
-            setattr(arg_utils, name, lambda check=check: "ray" in sys.modules and check())
+        swap(arg_utils, name, lambda check=check: "ray" in sys.modules and check())
+    swap(hf_config, "with_retry", lambda func, log_msg, **kwargs: func())
     try:
         yield
     finally:

@@ -19,6 +19,9 @@ FACTORS = {"hidden_size": 45, "intermediate_size": 7, "num_attention_heads": 9,
            "moe_intermediate_size": 19}
 
 
+_ROPE_LISTS = ("short_factor", "long_factor")
+
+
 def _sym(field: str) -> sympy.Symbol:
     return make_symbol(SymKind.CONFIG, field)
 
@@ -40,7 +43,38 @@ def perturbed(raw: dict) -> dict:
         out[f] = v * FACTORS[f]
     if out.get("layer_types") is None and "num_key_value_heads" not in raw:
         out["num_key_value_heads"] = vals.get("num_key_value_heads", 1) * FACTORS["num_key_value_heads"]
+    _rope_factors_resized(out, raw)
     return out
+
+
+def _rope_factors_resized(out: dict, raw: dict) -> None:
+    """LongRoPE lists one factor per rotary frequency (half a head's rotary dims), and
+    the engines refuse lists that do not fit the heads: the perturbed config's lists
+    grow with its head size. Where the config gives no head_dim, vLLM checks the lists
+    against hidden_size / num_attention_heads but builds the rotary cache from a
+    head_dim when there is one, so the perturbed config gains none either (its head
+    dims are then named by that quotient). The factors' values shape nothing."""
+    ropes = [k for k in ("rope_scaling", "rope_parameters") if isinstance(out.get(k), dict)
+             and any(isinstance(out[k].get(n), list) and out[k][n] for n in _ROPE_LISTS)]
+    if not ropes:
+        return
+    given = isinstance(raw.get("head_dim"), int)
+    if not given:
+        out.pop("head_dim", None)
+
+    def head(c: dict) -> int:
+        return c["head_dim"] if given else c.get("hidden_size", 0) // max(c.get("num_attention_heads", 1), 1)
+    if not head(raw):
+        return
+    ratio = head(out) / head(raw)
+    for key in ropes:
+        rope = dict(out[key])
+        for name in _ROPE_LISTS:
+            factors = rope.get(name)
+            if isinstance(factors, list) and factors:
+                n = round(len(factors) * ratio)
+                rope[name] = (factors * (n // len(factors) + 1))[:n]
+        out[key] = rope
 
 
 def candidates(fields: list[str]) -> list[sympy.Expr]:
