@@ -20,10 +20,10 @@ from dooly.inventory import Inventory
 # so a run served from the capture cache starts in about a second.
 
 
-def _labelled(cfg: ModelConfig, engine: str, tp: int = 1):
+def _labelled(cfg: ModelConfig, engine: str, tp: int = 1, request_dims: bool = True):
     from dooly.graph.label_pass import label_pass
     from dooly.graph.normalize import normalize_pass
-    cap, sym_map, extra = capture(cfg, engine, tp)
+    cap, sym_map, extra = capture(cfg, engine, tp, request_dims)
     return cap, sym_map, extra, label_pass(normalize_pass(cap.gm), sym_map)
 
 
@@ -38,7 +38,7 @@ def analyze_config(cfg: ModelConfig, engine: str, registry=None,
         from dooly.symbolic.perturb import FieldMatcher, perturbed
         try:
             pcfg = ModelConfig(cfg.path, perturbed(cfg.raw), cfg.architecture, cfg.model_type)
-            pgm = _labelled(pcfg, engine, tp)[3]
+            pgm = _labelled(pcfg, engine, tp, request_dims=False)[3]
             gm = fields_pass(gm, pgm, FieldMatcher(cfg.raw, tp))
         except Exception as err:  # the dims keep their values; only the field names are lost
             cap.notes.append(f"config fields unknown: perturbed capture failed ({type(err).__name__})")

@@ -103,3 +103,15 @@ def test_transformers_analyses_olmo2_and_gemma3():
     sdpa = "scaled_dot_product_attention"
     assert _attention(olmo, sdpa) == {"full_attention": (32, 0)}
     assert _attention(gemma, sdpa) == {"sliding_attention": (22, 512), "full_attention": (4, 0)}
+
+
+def test_transformers_names_the_config_fields_of_every_gemm_dim():
+    # gemma-2's perturbed capture once lost every name (its op sequence differed by a node)
+    inv = analyze([config("google__gemma-2-2b")], "transformers", use_cache=False).inventories[0]
+    gemms = [e.unit for e in inv.entries.values() if e.unit.op == "linear"]
+    assert gemms
+    for unit in gemms:
+        for sig in unit.inputs:
+            # (the LM head's 1 is logits_to_keep, no config field)
+            assert all(d.config_fields for d in sig.dims
+                       if d.label.value == "CONFIG" and d.value_or_expr > 1), unit

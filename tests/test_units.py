@@ -93,7 +93,7 @@ def test_one_period_times_counts_equals_full_depth(name, layers):
     traced = analyze_config(cfg, "transformers", RegionRegistry()).counts()
     real = capture_hf.capture_hf
     try:  # full depth: every layer traced once
-        capture_hf.capture_hf = lambda c, layers=None: real(c, c.num_layers)
+        capture_hf.capture_hf = lambda c, layers=None, **kw: real(c, c.num_layers, **kw)
         full = analyze_config(cfg, "transformers", RegionRegistry()).counts()
     finally:
         capture_hf.capture_hf = real

@@ -70,9 +70,12 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-def capture(cfg, engine: str, tp: int = 1):
+def capture(cfg, engine: str, tp: int = 1, request_dims: bool = True):
     """(Captured, symbol map capture-symbol -> Dooly symbol, units the engine runs
-    outside its graph). `tp` > 1: one rank of a tensor-parallel group of that size."""
+    outside its graph). `tp` > 1: one rank of a tensor-parallel group of that size.
+    `request_dims=False`: the request dims may be traced at their example sizes, where
+    the engine's trace is faster that way (the perturbed capture, which reads only the
+    config dims)."""
     if check_engine(engine) == "vllm":
         from dooly.engines.vllm_capture import capture_vllm
         from dooly.graph.label_pass import capture_symbols
@@ -86,7 +89,7 @@ def capture(cfg, engine: str, tp: int = 1):
         raise DoolyInputError("--tp", f"{tp}: the {engine} engine has no tensor parallelism "
                               "(use --engine vllm)")
     from dooly.engines.hf_capture import capture_hf
-    cap, sym_map = capture_hf(cfg)
+    cap, sym_map = capture_hf(cfg, symbolic=request_dims)
     return cap, sym_map, []
 
 
