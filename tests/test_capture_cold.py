@@ -49,3 +49,21 @@ def test_a_first_capture_imports_no_ray_and_tokenizes_no_source_for_log_names():
                           config("HuggingFaceTB__SmolLM2-135M-Instruct")],
                          capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split()[-3:] == ["False", "0", "True"]   # hooks put back
+
+
+@needs_vllm
+def test_parallel_groups_are_rebuilt_only_for_a_model_that_needs_other_groups(monkeypatch):
+    import vllm.distributed
+    from vllm.distributed import parallel_state
+
+    from dooly.engines.vllm_capture import capture_vllm
+    builds = []
+    real = vllm.distributed.initialize_model_parallel
+    monkeypatch.setattr(vllm.distributed, "initialize_model_parallel",
+                        lambda *a, **k: builds.append(1) or real(*a, **k))
+    capture_vllm(load_config(config("HuggingFaceTB__SmolLM2-135M-Instruct")), 1)
+    builds.clear()
+    capture_vllm(load_config(config("Qwen__Qwen2.5-0.5B")), 1)
+    assert builds == []                       # dense after dense: the same groups
+    capture_vllm(load_config(config("mistralai__Mixtral-8x7B-Instruct-v0.1-2L")), 1)
+    assert builds == [1] and parallel_state._EP is not None   # MoE: an expert group too

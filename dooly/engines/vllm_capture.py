@@ -29,6 +29,7 @@ from dooly.unit import MLA_ATTRS
 BACKEND = "dooly.engines.vllm_capture.capture_backend"
 _SLOT: dict = {}
 _DIST_READY = False
+_GROUPS_FOR: tuple | None = None   # what the live parallel groups were built for
 
 
 class _CaptureDone(Exception):
@@ -53,18 +54,28 @@ def _engine_args(cfg: ModelConfig, model_dir: str, layers: int, backend: str | N
 
 
 def _init_distributed() -> None:
-    """One-process distributed state. The parallel groups are rebuilt for each model
-    under its own config: vLLM creates the expert-parallel group only for MoE models."""
-    global _DIST_READY
+    """One-process distributed state, under the current vLLM config. The parallel groups
+    are rebuilt only when this model needs other groups than the last one did: vLLM
+    creates the expert-parallel group only for MoE models (and an Engram group where
+    the config has one)."""
+    global _DIST_READY, _GROUPS_FOR
+    from vllm.config import get_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    from vllm.distributed.parallel_state import destroy_model_parallel
+    from vllm.distributed.parallel_state import (destroy_model_parallel,
+                                                 model_parallel_is_initialized)
+    vc = get_current_vllm_config()
+    needs = (vc.model_config is None or bool(vc.model_config.is_moe),
+             repr(getattr(vc, "engram_config", None)))
     if not _DIST_READY:
         init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
                                      distributed_init_method=f"file://{tempfile.mktemp()}")
         _DIST_READY = True
-    else:
+    elif needs == _GROUPS_FOR and model_parallel_is_initialized():
+        return
+    elif model_parallel_is_initialized():
         destroy_model_parallel()
     initialize_model_parallel(1, 1)
+    _GROUPS_FOR = needs
 
 
 def _attention_attrs(model) -> dict[int, dict]:
