@@ -82,7 +82,8 @@ def capture_hf(cfg: ModelConfig, layers: int | None = None, symbolic: bool = Tru
                ) -> tuple[Captured, dict]:
     """`symbolic=False`: batch and sequence traced at their example sizes, as plain ints
     (about six times faster than tracing them as symbols, whose shape arithmetic
-    dominates the trace): the graph has the same ops and config dims."""
+    dominates the trace): the same ops and config dims, but for a no-op slice the trace
+    may drop (dooly.graph.label_pass.fields_pass pairs the graphs across it)."""
     from torch.fx.experimental.proxy_tensor import make_fx
     full = layers is None
     layers = layers or cfg.traced_layers()
