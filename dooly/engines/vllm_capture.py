@@ -173,20 +173,20 @@ def capture_vllm(cfg: ModelConfig, layers: int | None = None, tp: int = 1) -> Ca
 
     full = layers is None
     layers = layers or cfg.traced_layers()
-    with detours_skipped():
-        vc = _vllm_config(cfg, layers, tp)
-        torch._dynamo.reset()
-        _SLOT.clear()
-        with set_current_vllm_config(vc):
-            _init_distributed()
-            with fake_tp_group(tp), dynamo_hooks_removed(), transformers_classes_restored():
-                with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
-                    model = initialize_model(vc)
-                all_on_meta(model)
-                _process_meta_weights(model)
+    vc = _vllm_config(cfg, layers, tp)
+    torch._dynamo.reset()
+    _SLOT.clear()
+    with set_current_vllm_config(vc):
+        _init_distributed()
+        with fake_tp_group(tp), dynamo_hooks_removed(), transformers_classes_restored():
+            with set_default_torch_dtype(vc.model_config.dtype), torch.device("meta"):
+                model = initialize_model(vc)
+            all_on_meta(model)
+            _process_meta_weights(model)
+            with detours_skipped():   # _vllm_config skipped the config-time ones
                 _run_forward(model, vc)
-                attention = _attention_attrs(model)
-                parallel = parallel_attrs(model, tp)
+            attention = _attention_attrs(model)
+            parallel = parallel_attrs(model, tp)
     if "gm" not in _SLOT:
         err = _SLOT.pop("error", None)
         why = f": {type(err).__name__}: {str(err).splitlines()[0][:150]}" if err else ""

@@ -112,7 +112,7 @@ def fields_pass(gm: torch.fx.GraphModule, perturbed: torch.fx.GraphModule, match
     from dooly.symbolic.labels import Label
     a = [n for n in gm.graph.nodes if n.meta.get("dooly", {}).get("out")]
     b = [n for n in perturbed.graph.nodes if n.meta.get("dooly", {}).get("out")]
-    pairs = dict((id(na), nb) for na, nb in _aligned(a, b))
+    pairs = {id(na): nb for na, nb in _aligned(a, b)}
     if not pairs:
         return gm
 
