@@ -33,9 +33,11 @@ PARTS = {"update_states": "_update_states", "prepare_inputs": "_prepare_inputs",
          "model_forward": "_model_forward", "sampler": "_sample"}
 
 
-def _preemptions() -> int:
+def _rusage() -> tuple[int, int]:
+    """(involuntary context switches, minor page faults) of this process so far."""
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_nivcsw, r.ru_minflt
 
 
 def scheduled_batch(so) -> list[tuple[int, int]]:
@@ -98,14 +100,16 @@ class StepRecorder:
 
         def step(self, *a, **k):
             rec._pending = None
-            p0, c0, t0 = _preemptions(), time.process_time(), time.perf_counter()
+            (p0, f0), c0, t0 = _rusage(), time.process_time(), time.perf_counter()
             out = orig_step(self, *a, **k)
             if rec._pending is not None:
                 # on a shared host: the CPU time of all the process's threads (a low share
                 # of the wall time: they were not all running) and how often another
-                # process took a core from them
+                # process took a core from them; and the pages the step's fresh buffers
+                # faulted in (work a unit timed alone, reusing its buffers, never does)
+                p1, f1 = _rusage()
                 rec._pending["cpu_ms"] = (time.process_time() - c0) * 1e3
-                rec._pending["preemptions"] = _preemptions() - p0
+                rec._pending["preemptions"], rec._pending["minor_faults"] = p1 - p0, f1 - f0
                 rec._finish((time.perf_counter() - t0) * 1e3)
             return out
 
