@@ -48,8 +48,8 @@ class Predictor:
         self.engine_step = engine_step  # fitted step model, when the engine was calibrated
         self.refitted = list(refitted or [])
         self._by_driver: dict[str, list[tuple[str, object, int]]] = {}
-        from dooly.fit.step_model import gemm_out_bytes
-        self._gemm_out_per_token = gemm_out_bytes(counts, units)   # the step model's per-token term
+        from dooly.fit.gemm_family import is_gemm   # scikit-learn's ensembles: not at import time
+        self._gemm_keys = {key for key in counts if is_gemm(units[key])}   # the step model's prefill term
         for key, count in counts.items():
             d = units[key].driver
             self._by_driver.setdefault(d, []).append((key, _fast(models[key], d), count))
@@ -112,7 +112,7 @@ class Predictor:
 
         def units_ms_for(h):
             p = other(h)
-            return None if p is None else p.units_and_gemm_out
+            return None if p is None else p.units_and_gemm_ms
 
         def structure_of(h):
             p = other(h)
@@ -164,18 +164,17 @@ class Predictor:
             for key, fn, count in entries:
                 out[key] = scale * count * max(fn(x, point), 0.0)
         units = float(sum(out.values()))
-        engine = self.engine_step.predict_one(seqs, units, self.gemm_out_mb(t)) if self.engine_step else 0.0
+        engine = self.engine_step.predict_one(seqs, units, self.gemm_ms(out)) if self.engine_step else 0.0
         return Prediction(units, out, engine)
 
-    def gemm_out_mb(self, tokens: float) -> float:
-        """What the step's GEMMs write at `tokens` tokens, in MB (the step model's per-token term)."""
-        return self._gemm_out_per_token * tokens / 1e6
+    def gemm_ms(self, breakdown: dict[str, float]) -> float:
+        """The GEMM units' share of a prediction's breakdown (the step model's prefill term)."""
+        return float(sum(v for k, v in breakdown.items() if k in self._gemm_keys))
 
-    def units_and_gemm_out(self, seqs) -> tuple[float, float]:
-        """A batch's units alone and what its GEMMs write (MB), as the engine-step pool is fitted on."""
+    def units_and_gemm_ms(self, seqs) -> tuple[float, float]:
+        """A batch's units alone and their GEMMs, as the engine-step pool is fitted on."""
         pr = self.predict(seqs)
-        t = float(sum(int(q) for q, _ in seqs))
-        return pr.units_ms, self.gemm_out_mb(float(self.graphs.padded(int(t))) if self.graphs is not None else t)
+        return pr.units_ms, self.gemm_ms(pr.breakdown)
 
     def step_ms(self, batch) -> float:
         """Simulator hook: a step's list of scheduled sequences (query_len, context_len):

@@ -85,8 +85,8 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
     for r in pool_rows(store, env.key, structure_of):
         p = units_pred(r["model"]) if r["model"] in models else None
         if p is not None:
-            units, out_mb = p.units_and_gemm_out(r["seqs"])
-            rows.append(dict(r, units_ms=units, gemm_out_mb=out_mb))
+            units, gemm = p.units_and_gemm_ms(r["seqs"])
+            rows.append(dict(r, units_ms=units, gemm_ms=gemm))
     out = {}
     for h in models:
         train = [r for r in rows if r["model"] != h]
@@ -95,7 +95,7 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
             continue
         model = EngineStepModel(select_terms(train, test[0]["structure"])).fit(train)
         errs = [abs(max(r["units_ms"] + model.predict_one(r["seqs"], r["structure"], r.get("graph"), r["units_ms"],
-                                                          r["gemm_out_mb"]),
+                                                          r["gemm_ms"]),
                         0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"] for r in test]
         out[h] = 100.0 * float(np.mean(errs))
     return out

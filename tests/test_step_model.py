@@ -330,44 +330,28 @@ def test_structure_terms_interpolate_between_the_pools_models_and_never_extrapol
     assert model.model.terms == TERM_SETS["structure-free"]
 
 
-def test_what_gemms_write_in_the_engine_carries_by_width_from_two_models_to_a_narrow_third():
-    """Inside the engine a GEMM writes its output to memory the ops in between left cold, at
-    one cost per megabyte for every model: two calibrated models learn it from their steps
-    (the structure-free terms) and carry it to a model they never saw whose GEMMs write four
-    times as much per unit of their time (a narrow model), prefill and decode alike."""
+def test_a_prefills_gemms_slower_inside_the_engine_carry_from_two_models_to_a_third():
+    """A prefill's GEMMs run a share longer in the engine than alone, decode's do not: two
+    calibrated models (the structure-free terms) learn that share of their GEMM time, in
+    proportion to the step's prefill tokens, and carry it to a model never calibrated."""
     from dooly.fit.step_model import TERM_SETS, select_terms
-    ms_per_mb = 0.3
-    out_per_token = {"m1": 2e5, "m2": 3e5, "m3": 8e5}   # bytes the GEMMs write per token
+    slow = 0.25
 
-    def truth(h, seqs):
-        units = _units_ms(POOL[h])(seqs)
-        mb = out_per_token[h] * sum(q for q, _ in seqs) / 1e6
-        engine = 3.0 + 0.05 * len(seqs) + 1.5 * sum(1 for q, _ in seqs if q > 1)   # no per-layer term
-        return units, mb, units + engine + ms_per_mb * mb
+    def truth(structure, seqs):
+        units = _units_ms(structure)(seqs)
+        prefill = [q for q, _ in seqs if q > 1]
+        engine = 3.0 + 0.05 * len(seqs) + 1.5 * len(prefill)   # no term that grows with layers
+        return units, 0.8 * units, units + engine + slow * 0.8 * units * sum(prefill) / sum(q for q, _ in seqs)
 
     rows = []
     for i, h in enumerate(("m1", "m2")):
         for b in _batches(40, seed=i):
-            units, mb, step = truth(h, b)
+            units, gemm, step = truth(POOL[h], b)
             rows.append({"model": h, "structure": POOL[h], "seqs": b, "step_ms": step, "units_ms": units,
-                         "gemm_out_mb": mb})
-    assert "gemm_out" in select_terms(rows) == TERM_SETS["structure-free"]
+                         "gemm_ms": gemm})
+    assert "prefill_gemm" in select_terms(rows) == TERM_SETS["structure-free"]
     model = EngineStepModel(select_terms(rows)).fit(rows)
     for b in _batches(30, seed=5):
-        units, mb, step = truth("m3", b)
-        pred = units + model.predict_one(b, POOL["m3"], units_ms=units, gemm_out_mb=mb)
+        units, gemm, step = truth(POOL["m3"], b)
+        pred = units + model.predict_one(b, POOL["m3"], units_ms=units, gemm_ms=gemm)
         assert abs(pred - step) / step < 0.02
-
-
-def test_gemm_output_bytes_count_each_token_driven_gemm_row_but_not_the_lm_head():
-    """A SmolLM2-like layer's QKV [T,576]x[960,576] and down [T,1536]x[576,1536] in bf16,
-    30 of each per step, write (960 + 576) x 2 bytes x 30 per token; the LM head, which runs
-    once per sequence, and the activation are not GEMM outputs the term counts."""
-    from test_families import act, linear
-    from dooly.fit.step_model import gemm_out_bytes
-    qkv, down, head = linear(576, 960), linear(1536, 576), linear(576, 49152, role="lm_head")
-    norm = act(3072)
-    units = {u.key: u for u in (qkv, down, head, norm)}
-    counts = {qkv.key: 30, down.key: 30, head.key: 1, norm.key: 61}
-    assert gemm_out_bytes(counts, units) == (960 + 576) * 2 * 30
-    assert gemm_out_bytes({k: n for k, n in counts.items() if k == head.key}, units) == 0

@@ -162,7 +162,7 @@ def test_step_ms_is_units_plus_engine_floored_at_half_the_units(db):
     assert Prediction(10.0, {}, -8.0).step_ms == 5.0
 
     class Engine:
-        def predict_one(self, seqs, units_ms=0.0, gemm_out_mb=0.0):
+        def predict_one(self, seqs, units_ms=0.0, gemm_ms=0.0):
             return -1e6
     pred = Predictor.load(SMOL, db)
     pred.engine_step = Engine()

