@@ -94,18 +94,53 @@ def mape(pairs) -> float | None:
 
 
 # -- the DB: units swept, fits stored, every model calibrated -------------------------------
-def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=print) -> None:
+_SCORED_ENV: dict = {}   # threads -> the DB's environment a replay on another host scores
+
+
+def bench_env(threads: int | None = None):
+    """The environment the bench scores: this host's, or for a replay (--real-from) made on
+    another host, the DB's, where the saved runs were made (`use_db_env`)."""
+    from dooly.engines import environment
+    return _SCORED_ENV.get(threads) or environment("vllm", "cpu", threads=threads)
+
+
+def use_db_env(db: str, threads: int | None = None) -> None:
+    """--real-from: score the vLLM CPU environment the DB holds when this host's is not in
+    it (runs saved on one host, replayed on another: sweeping this host into the DB would
+    score them against units and calibrations they never saw); exit naming the DB when it
+    holds none or several with these threads."""
+    from dooly.db import Store
+    from dooly.engines import environment
+    here = environment("vllm", "cpu", threads=threads)
+    if not Path(db).is_file():
+        raise SystemExit(f"{db}: --real-from replays against the DB its runs were scored with; no such file")
+    with Store.open(db, create=False) as store:
+        envs = [e for e in store.find_environment(engine="vllm", device_kind="cpu", threads=here.threads,
+                                                  execution=here.execution, dtype=here.dtype, cache=here.cache)]
+    if any(e.key == here.key for e in envs):
+        return
+    if len(envs) != 1:
+        raise SystemExit(f"{db}: environments: --real-from needs the one its runs were made in; this host's "
+                         f"({here.key}) is not there and {len(envs)} vLLM CPU environments with "
+                         f"{here.threads} threads are")
+    _SCORED_ENV[threads] = envs[0]
+    print(f"replaying on another host: scoring the DB's environment {envs[0].key} ({envs[0].device_name})", flush=True)
+
+
+def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=print, replay: bool = False) -> None:
     """Sweep, fit and calibrate what the DB lacks (each step resumable: a rerun measures
     only what is missing). Calibration runs for every model: the protocol leaves a
-    model's own steps out when scoring it."""
+    model's own steps out when scoring it. `replay` (--real-from): nothing is measured;
+    the DB must hold every model's calibration already."""
     from dooly.cli import main as dooly
     from dooly.config import load_config
     from dooly.db import Store
-    from dooly.engines import environment
     from dooly.profile.calibrate import calibrated_models
     cfgs = [str(MODELS[n]) for n in names]
+    if replay:
+        use_db_env(db)
     tok, batch, ctx = limits
-    for c in cfgs:
+    for c in cfgs if not replay else []:
         t0 = time.perf_counter()
         rc = dooly(["sweep", c, "--db", db, "--engine", "vllm", "--max-tokens", str(tok), "--max-batch",
                     str(batch), "--max-context", str(ctx), "--no-progress"])
@@ -114,10 +149,13 @@ def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=prin
         log(f"  swept {Path(c).stem} in {time.perf_counter() - t0:.0f} s")
     if dooly(["fit", "--db", db]) != 0:
         raise SystemExit("dooly fit failed")
-    env = environment("vllm", "cpu")
+    env = bench_env()
     with Store.open(db) as store:
         done = calibrated_models(store, env.key)
     todo = [c for c in cfgs if load_config(c).hash not in done]
+    if todo and replay:
+        raise SystemExit(f"{db}: calibrations: --real-from needs every model calibrated; "
+                         f"{', '.join(Path(c).stem for c in todo)} are not")
     if todo and dooly(["calibrate", *todo, "--db", db]) != 0:
         raise SystemExit("dooly calibrate failed")
 
@@ -125,10 +163,9 @@ def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=prin
 def model_out_predictor(name: str, db: str, prefer: str = "pool", exclude_self: bool = True):
     """The model's predictor whose engine-step model never saw this model's steps."""
     from dooly.config import load_config
-    from dooly.engines import environment
     from dooly.predict import Predictor
     cfg = load_config(MODELS[name])
-    return Predictor.load(str(MODELS[name]), db, "vllm", env_key=environment("vllm", "cpu").key,
+    return Predictor.load(str(MODELS[name]), db, "vllm", env_key=bench_env().key,
                           step_model=prefer, exclude=[cfg.hash] if exclude_self else [])
 
 
@@ -146,6 +183,9 @@ def recheck(pred, db: str, key: str, enabled: bool, config: str, known=None) -> 
         return {}
     if known is not None:
         _DRIFTS[key] = known
+    if key not in _DRIFTS and _SCORED_ENV:
+        print(f"[{key}] no re-timing saved with these runs, made on another host: not scaled", flush=True)
+        return {}
     if key not in _DRIFTS:
         _DRIFTS[key] = d = fresh_drift(config, db, pred.tp)
         print(f"[{key}] host drift since the sweep (now / stored, by step tokens): " + (", ".join(
@@ -325,10 +365,9 @@ def host_state(runs, db: str) -> dict:
     the sweep's is mis-predicted by that much whatever the model. `host_factor`: the real
     runs' reference time over the sweep's (a diagnostic: a prediction cannot know it)."""
     from dooly.db import Store
-    from dooly.engines import environment
     from dooly.hostspeed import Reading, host_factor
     with Store.open(db, create=False) as store:
-        rows = store.host_probes(environment("vllm", "cpu").key)
+        rows = store.host_probes(bench_env().key)
     sweep = [Reading(t, g, m) for t, g, m, src in rows if src == "sweep"]
     calib = [Reading(t, g, m) for t, g, m, src in rows if src == "calibrate"]
     real = [Reading(*r) for run in runs for r in run.get("host", [])]
@@ -489,9 +528,8 @@ def family_db(name: str, names: list[str], db: str, limits, tolerance: float, lo
     from dooly.cli import main as dooly
     from dooly.config import load_config
     from dooly.db import Store
-    from dooly.engines import environment
     out = str(Path(db).with_suffix(f".families-{name}.db"))
-    env = environment("vllm", "cpu").key
+    env = bench_env().key
     if not Path(out).exists():
         with Store.open(out) as fam:
             fam.merge_from(db)
@@ -557,7 +595,7 @@ def main(argv=None) -> int:
         ap.error("--real-runs and --repeats must be at least 1")
     args.raw = args.raw or str(Path(args.json_path or ROOT / "out" / "accuracy_batch.json").with_suffix(".raw.json"))
     its = items(args.quick)
-    prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"])
+    prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"], replay=bool(args.real_from))
     runs = real_runs(names, its, args)
     result: dict = {"models": names, "protocol": "leave-one-model-out", "real_runs": args.real_runs}
     for n in names:

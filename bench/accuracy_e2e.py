@@ -379,7 +379,7 @@ def main(argv=None) -> int:
         ap.error(f"--trace: no such file {args.trace}")
     args.raw = args.raw or str(Path(args.json_path or ROOT / "out" / "accuracy_e2e.json").with_suffix(".raw.json"))
     rates = parse_rates(args.rates, names)
-    prepare_db(names, args.db, limits)
+    prepare_db(names, args.db, limits, replay=bool(args.real_from))
     result: dict = {"models": names, "protocol": "leave-one-model-out", "real_runs": args.real_runs}
     for n in names:
         result.update(score_model(n, loads, rates, args))

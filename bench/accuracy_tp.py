@@ -29,27 +29,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bracket_drift,  # noqa: E402
-                            items, keep, mape, model_out_predictor, noise_pct, prepare_db, recheck,
-                            save_raw, saved_drift)
+from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bench_env,  # noqa: E402
+                            bracket_drift, items, keep, mape, model_out_predictor, noise_pct, prepare_db,
+                            recheck, save_raw, saved_drift, use_db_env)
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
                           sim_latencies, workload)
 
 DEFAULT_MODELS = "qwen0.5b,qwen3-0.6b"
 
 
-def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=print) -> None:
-    """TP=N sweep and fit of every model, then its real TP=N calibration steps."""
+def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=print, replay: bool = False) -> None:
+    """TP=N sweep and fit of every model, then its real TP=N calibration steps; `replay`
+    (--real-from): nothing is measured, the DB must hold every model's TP=N calibration."""
     from dooly.cli import main as dooly
     from dooly.config import load_config
     from dooly.db import Store
-    from dooly.engines import default_threads, environment
+    from dooly.engines import default_threads
     from dooly.graph.units import inventory_key
     from dooly.parallel import rank_threads
     from dooly.profile.calibrate import calibrated_models
     from dooly.profile.calibrate_tp import calibrate_tp
+    threads = rank_threads(default_threads("vllm", "cpu"), tp)
+    if replay:
+        use_db_env(db, threads)
     tok, batch, ctx = limits
-    for n in names:
+    for n in names if not replay else []:
         t0 = time.perf_counter()
         if dooly(["sweep", str(MODELS[n]), "--db", db, "--tp", str(tp), "--max-tokens", str(tok),
                   "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress"]) != 0:
@@ -57,12 +61,13 @@ def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=pr
         log(f"  swept {n} at TP={tp} in {time.perf_counter() - t0:.0f} s")
     if dooly(["fit", "--db", db]) != 0:
         raise SystemExit("dooly fit failed")
-    env = environment("vllm", "cpu", threads=rank_threads(default_threads("vllm", "cpu"), tp))
     with Store.open(db) as store:
-        done = calibrated_models(store, env.key)
+        done = calibrated_models(store, bench_env(threads).key)
     for n in names:
         if inventory_key(load_config(MODELS[n]).hash, tp) in done:
             continue
+        if replay:
+            raise SystemExit(f"{db}: calibrations: --real-from needs {n} calibrated at TP={tp}")
         t0 = time.perf_counter()
         r = calibrate_tp(str(MODELS[n]), db, tp, BUDGET, MAX_SEQS, kv_gib=kv_gib)
         log(f"  calibrated {n} at TP={tp}, ranks on cores {r['bind']}: {r['steps']} steps in "
@@ -293,8 +298,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     limits = LIMITS["quick" if args.quick else "full"]
-    prepare_db(args.names, args.db, limits)
-    prepare_tp(args.names, args.db, limits, args.tp, args.kv_gib)
+    prepare_db(args.names, args.db, limits, replay=bool(args.real_from))
+    prepare_tp(args.names, args.db, limits, args.tp, args.kv_gib, replay=bool(args.real_from))
     its = items(args.quick)
     result: dict = {"models": ",".join(args.names), "tp": args.tp, "protocol": "leave-one-model-out"}
     for n in args.names:

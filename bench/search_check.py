@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import LIMITS, MODELS, ROOT, prepare_db, recheck, save_raw  # noqa: E402
+from accuracy_batch import LIMITS, MODELS, ROOT, bench_env, prepare_db, recheck, save_raw, use_db_env  # noqa: E402
 from accuracy_e2e import DEFAULT_TRACE, as_jobs, capacity, real_latencies, workload  # noqa: E402
 
 
@@ -70,8 +70,7 @@ def load_model(name: str, db: str, env_key: str | None):
     from dooly.predict import Predictor
     from dooly.uncertainty import predictor_uncertainty
     if env_key is None:
-        from dooly.engines import environment
-        env_key = environment("vllm", "cpu").key
+        env_key = bench_env().key
     own = load_config(MODELS[name]).hash
     pred = Predictor.load(str(MODELS[name]), db, "vllm", env_key=env_key, exclude=[own])
     with Store.open(db, create=False) as store:
@@ -334,7 +333,9 @@ def main(argv=None) -> int:
     args.raw = str(Path(args.json_path).with_suffix(".raw.json")) if args.json_path and not args.real_from else None
     src = args.real_from or (args.raw if args.resume else None)
     raw = json.loads(Path(src).read_text()) if src and Path(src).exists() else {}
-    if not args.no_prepare and not args.real_from:
+    if args.real_from:
+        use_db_env(args.db)
+    elif not args.no_prepare:
         prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"])
     args.t0 = time.perf_counter()
     out: dict = {"models": ",".join(names), "configs": args.configs, "requests": args.requests,

@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     pool = [m.strip() for m in args.pool.split(",") if m.strip()]
     if any(m not in MODELS for m in pool):
         ap.error(f"--pool: choose from {', '.join(MODELS)}")
-    prepare_db(list(dict.fromkeys([args.model] + pool)), args.db, LIMITS["quick" if args.quick else "full"])
+    prepare_db(list(dict.fromkeys([args.model] + pool)), args.db, LIMITS["quick" if args.quick else "full"],
+               replay=bool(args.real_from))
     pred = model_out_predictor(args.model, args.db)
     wls = [(f"rate{r:g}", workload(args.trace, args.requests, r, args.seed)) for r in parse_rates(args, pred)]
     if args.sim_only:

@@ -285,3 +285,28 @@ def test_tp_batches_are_retimed_at_both_ends_and_a_replay_scales_by_what_they_sa
     pred = SimpleNamespace(tp=2, drift=None)
     figs = batch.recheck(pred, "db", "qwen0.5b.tp2", True, "cfg")
     assert figs["qwen0.5b.tp2.drift_T1"] == pytest.approx(1.0) and json.loads(raw.read_text())["qwen0.5b@tp2:steps"]["drift"]
+
+
+def test_a_replay_made_on_another_host_scores_the_db_environment_and_measures_nothing(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import dooly.cli
+    from dooly.db import Store
+    from dooly.engines import environment
+    here = environment("vllm", "cpu")
+    there = replace(here, device_name="another CPU")
+    db = str(tmp_path / "x.db")
+    with Store.open(db) as store:
+        store.add_environment(there)
+    calls = []
+    monkeypatch.setattr(dooly.cli, "main", lambda argv: calls.append(argv[0]) or 0)
+    monkeypatch.setattr(ab, "_SCORED_ENV", {})
+    with pytest.raises(SystemExit, match="calibrations"):   # nothing calibrated: no vLLM run instead
+        ab.prepare_db(["smollm2"], db, ab.LIMITS["quick"], log=lambda *_: None, replay=True)
+    assert calls == ["fit"]
+    assert ab.bench_env().key == there.key != here.key
+    with Store.open(db) as store:
+        store.add_environment(replace(here, device_name="a third CPU"))
+    monkeypatch.setattr(ab, "_SCORED_ENV", {})
+    with pytest.raises(SystemExit, match="environments"):
+        ab.use_db_env(db)
