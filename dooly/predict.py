@@ -157,7 +157,7 @@ class Predictor:
         points = {"tokens": {"T": t}, "seqs": {"B": float(len(seqs))}, "attention": {"seqs": seqs},
                   "none": {}}
         out: dict[str, float] = {}
-        scale = self.drift.at(t) if self.drift is not None else 1.0
+        scale = self.drift.scale(t) if self.drift is not None else 1.0
         for driver, entries in self._by_driver.items():
             point = points[driver]
             x = t if driver == "tokens" else float(len(seqs))

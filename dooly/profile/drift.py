@@ -11,8 +11,8 @@ that depends on the work's size. No fixed probe tracks that; the DB's own points
 heaviest token-driven units (the GEMMs, mostly) at anchor token counts spread over the
 measured range, with the sweep's own runners and timer. `Drift` holds the median
 now/stored ratio per anchor and interpolates it in log2(tokens): a prediction for a step
-of T tokens scales the units by `Drift.at(T)` (`Predictor.drift`). It is data: stored,
-shown and replayed as JSON, never code.
+of T tokens scales the units by `Drift.scale(T)` (`Predictor.drift`; one-token steps are
+memory-bound and not scaled). It is data: stored, shown and replayed as JSON, never code.
 
 One re-timing reads the host of that minute. To score runs that took several minutes,
 `bracket` joins one taken before them and one after."""
@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 ANCHOR_TOKENS = (1, 16, 64, 256, 1024)
 ANCHOR_UNITS = 3        # the model's heaviest token-driven units re-timed at each anchor
+# Steps of this many tokens or fewer stream their weights from memory: their re-timing is
+# shown but never scales a prediction (`Drift.scale`).
+MEMORY_BOUND_TOKENS = 1
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,19 @@ class Drift:
             if x <= x1:
                 return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
         return self.factors[-1]
+
+    def scale(self, tokens: float) -> float:
+        """The factor a prediction for a step of `tokens` tokens is scaled by: `at`, with
+        the memory-bound anchors held at 1.0. A one-token step's GEMMs read their weights
+        from memory, at the speed of memory and of the caches' and pages' luck, not of the
+        compute the drift tracks. On the AMD host of 2026-12-05 Llama-3.2-1B's one-token
+        points re-timed at 0.81 and 0.70 of the sweep around its real runs and at 1.30 forty
+        minutes later, while inside the engine its one-token GEMMs ran at 1.02x the stored
+        units. Replayed over every saved run (`bench/results/2026-12-05b/README.md`), holding
+        them took the worst decode set of that run from 21.4 to 12.3%, a TP=2 run's from
+        22.0 to 12.1%, and one run's serving TPOT from 52.0 to 15.7%."""
+        held = tuple(1.0 if t <= MEMORY_BOUND_TOKENS else f for t, f in zip(self.tokens, self.factors))
+        return Drift(self.tokens, held, self.points).at(tokens)
 
     def to_json(self) -> dict:
         return {"tokens": list(self.tokens), "factors": list(self.factors), "points": self.points}
