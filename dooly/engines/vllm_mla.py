@@ -91,6 +91,9 @@ class VllmMLARunner(VllmAttentionRunner):
                                       q_lora_rank=None, kv_lora_rank=self.kv_lora_rank,
                                       kv_b_proj=kv_b_proj, cache_config=vc.cache_config,
                                       quant_config=None, prefix=LAYER_NAME)
+            # as vLLM's loader: every linear's quant method first (on CPU it gives kv_b_proj
+            # the GEMM an MLA backend without its own up-projection calls), attention after
+            kv_b_proj.quant_method.process_weights_after_loading(kv_b_proj)
             self.layer.process_weights_after_loading(self.dtype)
         self.layer_name = self.layer.layer_name
         backend = self.layer.get_attn_backend()
