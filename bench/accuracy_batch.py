@@ -104,6 +104,12 @@ def bench_env(threads: int | None = None):
     return _SCORED_ENV.get(threads) or environment("vllm", "cpu", threads=threads)
 
 
+def bad_input(msg: str):
+    """One line on stderr naming the file and the field, exit code 2."""
+    print(msg, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def use_db_env(db: str, threads: int | None = None) -> None:
     """--real-from: score the vLLM CPU environment the DB holds when this host's is not in
     it (runs saved on one host, replayed on another: sweeping this host into the DB would
@@ -113,14 +119,14 @@ def use_db_env(db: str, threads: int | None = None) -> None:
     from dooly.engines import environment
     here = environment("vllm", "cpu", threads=threads)
     if not Path(db).is_file():
-        raise SystemExit(f"{db}: --real-from replays against the DB its runs were scored with; no such file")
+        bad_input(f"{db}: --real-from replays against the DB its runs were scored with; no such file")
     with Store.open(db, create=False) as store:
         envs = [e for e in store.find_environment(engine="vllm", device_kind="cpu", threads=here.threads,
                                                   execution=here.execution, dtype=here.dtype, cache=here.cache)]
     if any(e.key == here.key for e in envs):
         return
     if len(envs) != 1:
-        raise SystemExit(f"{db}: environments: --real-from needs the one its runs were made in; this host's "
+        bad_input(f"{db}: environments: --real-from needs the one its runs were made in; this host's "
                          f"({here.key}) is not there and {len(envs)} vLLM CPU environments with "
                          f"{here.threads} threads are")
     _SCORED_ENV[threads] = envs[0]
@@ -154,7 +160,7 @@ def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=prin
         done = calibrated_models(store, env.key)
     todo = [c for c in cfgs if load_config(c).hash not in done]
     if todo and replay:
-        raise SystemExit(f"{db}: calibrations: --real-from needs every model calibrated; "
+        bad_input(f"{db}: calibrations: --real-from needs every model calibrated; "
                          f"{', '.join(Path(c).stem for c in todo)} are not")
     if todo and dooly(["calibrate", *todo, "--db", db]) != 0:
         raise SystemExit("dooly calibrate failed")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bench_env,  # noqa: E402
+from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bad_input, bench_env,  # noqa: E402
                             bracket_drift, items, keep, mape, model_out_predictor, noise_pct, prepare_db,
                             recheck, save_raw, saved_drift, use_db_env)
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
@@ -67,7 +67,7 @@ def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=pr
         if inventory_key(load_config(MODELS[n]).hash, tp) in done:
             continue
         if replay:
-            raise SystemExit(f"{db}: calibrations: --real-from needs {n} calibrated at TP={tp}")
+            bad_input(f"{db}: calibrations: --real-from needs {n} calibrated at TP={tp}")
         t0 = time.perf_counter()
         r = calibrate_tp(str(MODELS[n]), db, tp, BUDGET, MAX_SEQS, kv_gib=kv_gib)
         log(f"  calibrated {n} at TP={tp}, ranks on cores {r['bind']}: {r['steps']} steps in "

@@ -287,7 +287,7 @@ def test_tp_batches_are_retimed_at_both_ends_and_a_replay_scales_by_what_they_sa
     assert figs["qwen0.5b.tp2.drift_T1"] == pytest.approx(1.0) and json.loads(raw.read_text())["qwen0.5b@tp2:steps"]["drift"]
 
 
-def test_a_replay_made_on_another_host_scores_the_db_environment_and_measures_nothing(tmp_path, monkeypatch):
+def test_a_replay_made_on_another_host_scores_the_db_environment_and_measures_nothing(tmp_path, monkeypatch, capsys):
     from dataclasses import replace
 
     import dooly.cli
@@ -301,12 +301,14 @@ def test_a_replay_made_on_another_host_scores_the_db_environment_and_measures_no
     calls = []
     monkeypatch.setattr(dooly.cli, "main", lambda argv: calls.append(argv[0]) or 0)
     monkeypatch.setattr(ab, "_SCORED_ENV", {})
-    with pytest.raises(SystemExit, match="calibrations"):   # nothing calibrated: no vLLM run instead
+    with pytest.raises(SystemExit) as exit_:   # nothing calibrated: no vLLM run instead
         ab.prepare_db(["smollm2"], db, ab.LIMITS["quick"], log=lambda *_: None, replay=True)
+    assert exit_.value.code == 2 and f"{db}: calibrations:" in capsys.readouterr().err
     assert calls == ["fit"]
     assert ab.bench_env().key == there.key != here.key
     with Store.open(db) as store:
         store.add_environment(replace(here, device_name="a third CPU"))
     monkeypatch.setattr(ab, "_SCORED_ENV", {})
-    with pytest.raises(SystemExit, match="environments"):
+    with pytest.raises(SystemExit) as exit_:
         ab.use_db_env(db)
+    assert exit_.value.code == 2 and f"{db}: environments:" in capsys.readouterr().err
