@@ -121,8 +121,8 @@ def use_db_env(db: str, threads: int | None = None) -> None:
     if not Path(db).is_file():
         bad_input(f"{db}: --real-from replays against the DB its runs were scored with; no such file")
     with Store.open(db, create=False) as store:
-        envs = [e for e in store.find_environment(engine="vllm", device_kind="cpu", threads=here.threads,
-                                                  execution=here.execution, dtype=here.dtype, cache=here.cache)]
+        envs = store.find_environment(engine="vllm", device_kind="cpu", threads=here.threads,
+                                      execution=here.execution, dtype=here.dtype, cache=here.cache)
     if any(e.key == here.key for e in envs):
         return
     if len(envs) != 1:
@@ -146,7 +146,7 @@ def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=prin
     if replay:
         use_db_env(db)
     tok, batch, ctx = limits
-    for c in cfgs if not replay else []:
+    for c in [] if replay else cfgs:
         t0 = time.perf_counter()
         rc = dooly(["sweep", c, "--db", db, "--engine", "vllm", "--max-tokens", str(tok), "--max-batch",
                     str(batch), "--max-context", str(ctx), "--no-progress"])

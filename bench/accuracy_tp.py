@@ -53,7 +53,7 @@ def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=pr
     if replay:
         use_db_env(db, threads)
     tok, batch, ctx = limits
-    for n in names if not replay else []:
+    for n in [] if replay else names:
         t0 = time.perf_counter()
         if dooly(["sweep", str(MODELS[n]), "--db", db, "--tp", str(tp), "--max-tokens", str(tok),
                   "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress"]) != 0:
