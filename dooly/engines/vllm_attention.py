@@ -46,7 +46,7 @@ import torch
 from dooly.engines import amx_permission, set_vllm_environ
 from dooly.engines.vllm_capture import _init_distributed
 from dooly.engines.vllm_compat import model_class_inspected_here
-from dooly.env import cache_bytes, copies_to_span
+from dooly.env import cold_span, copies_to_span
 
 LAYER_NAME = "model.layers.0.self_attn.attn"
 MAX_KV_BYTES = 2 << 30  # cap on the KV cache allocation
@@ -155,14 +155,14 @@ class VllmAttentionRunner:
 
     def _kv_budget(self) -> int:
         """Bytes for max_batch sequences of max_context tokens, capped (at least one
-        max_model_len request); with cold KV, room for block sets that together overflow
-        the last-level cache."""
+        max_model_len request); with cold KV, room for twice the block sets a cold
+        rotation spans, so that its random sets seldom share a block."""
         spec = self.spec
         per_seq = -(-self.max_context // spec.block_size) + 1
         want = max(self.max_batch * per_seq, per_seq) * spec.page_size_bytes
         mem = max(min(want, MAX_KV_BYTES), per_seq * spec.page_size_bytes)
         if self.cold_kv:
-            mem = max(mem, min(4 * cache_bytes(self.device.type), MAX_KV_BYTES))
+            mem = max(mem, min(2 * cold_span(self.device.type), MAX_KV_BYTES))
         return mem
 
     def _bind_kv_cache(self, vc, backend):
@@ -317,8 +317,8 @@ class VllmAttentionRunner:
         return {"kv_update": kv_update, "attention": attention, "step": step}
 
     def _copies(self, seqs) -> int:
-        """Block sets to rotate through so the KV a call reads spans twice the
-        last-level cache over a rotation (1 when the KV is warm by choice)."""
+        """Block sets to rotate through so the KV a call reads spans the last-level
+        caches `copies_to_span` asks for over a rotation (1 when the KV is warm by choice)."""
         if not self.cold_kv:
             return 1
         per_token = self.kv_cache[0].numel() * self.kv_cache.element_size() // self.block_size

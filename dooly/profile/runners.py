@@ -131,17 +131,18 @@ def is_weight(sig: TensorSig) -> bool:
     return bool(sig.dims) and all(d.label is Label.CONFIG for d in sig.dims)
 
 
-# Weight sets a cold timing rotates through, at most: together they span twice the
-# last-level cache down to weights of 2 * LLC / 1024 (about 200 KiB for a 105 MiB L3),
-# below which reading the weight from memory costs microseconds.
+# Weight sets a cold timing rotates through, at most: together they span four CPU
+# last-level caches (dooly.env.SPAN_CACHES) down to weights of 4 * LLC / 1024 (about 420 KiB
+# for a 105 MiB L3), below which reading the weight from memory costs microseconds.
 MAX_WEIGHT_COPIES = 1024
 
 
 def cold_copies(unit: Unit, values: dict, device: str) -> int:
     """How many weight sets to rotate through so that no timed call finds its weights
-    still cached by an earlier one: together they span twice the last-level cache, as a
-    real forward streams every layer's weights between two calls of one layer (16 sets of
-    a SmolLM2 layer's 0.7-3.5 MB weights span less than a 105 MiB L3). Activations stay
+    still cached by an earlier one: together they span several last-level caches
+    (dooly.env.copies_to_span), as a real forward streams every layer's weights between
+    two calls of one layer (16 sets of a SmolLM2 layer's 0.7-3.5 MB weights span less
+    than a 105 MiB L3). Activations stay
     shared: in a real forward they were just written by the previous op and are cache-hot."""
     weights = sum(nbytes(s, values) for s in unit.inputs if is_weight(s))
     return copies_to_span(weights, device, MAX_WEIGHT_COPIES) if weights else 1
@@ -200,7 +201,7 @@ class StatelessRunner:
         self.release()
 
     def release(self) -> None:
-        """Drop the cold weight sets (up to twice the last-level cache): the sweep calls
+        """Drop the cold weight sets (up to four last-level caches): the sweep calls
         this when it moves on to another unit."""
         self._sets: list[dict[int, torch.Tensor]] = []   # weight copies, shared by every point
         self._linears: list = []                          # the engine's GEMM per weight copy

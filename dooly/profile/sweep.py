@@ -80,7 +80,7 @@ class Runners:
                                                             self.env.device_kind, self.env.execution,
                                                             cold=self.env.cache != "warm")
         if self._last is not None and self._last is not runner:
-            self._last.release()   # its cold weight sets span twice the last-level cache
+            self._last.release()   # its cold weight sets span several last-level caches
         self._last = runner
         return runner.prepare(point)
 
