@@ -142,8 +142,8 @@ def cold_copies(unit: Unit, values: dict, device: str) -> int:
     still cached by an earlier one: together they span several last-level caches
     (dooly.env.copies_to_span), as a real forward streams every layer's weights between
     two calls of one layer (16 sets of a SmolLM2 layer's 0.7-3.5 MB weights span less
-    than a 105 MiB L3). Activations stay
-    shared: in a real forward they were just written by the previous op and are cache-hot."""
+    than a 105 MiB L3). Activations stay shared: in a real forward they were just written
+    by the previous op and are cache-hot."""
     weights = sum(nbytes(s, values) for s in unit.inputs if is_weight(s))
     return copies_to_span(weights, device, MAX_WEIGHT_COPIES) if weights else 1
 
