@@ -24,15 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import flatjson  # noqa: E402
 
 
-def linear_unit(n: int, k: int):
-    from dooly.symbolic.labels import DimLabel, Label
-    from dooly.unit import TensorSig, Unit
-    t = DimLabel("T", Label.REQUEST)
-    c = lambda v: DimLabel(v, Label.CONFIG)  # noqa: E731
-    return Unit("linear", (TensorSig((t, c(k)), "bfloat16"), TensorSig((c(n), c(k)), "bfloat16")),
-                (TensorSig((t, c(n)), "bfloat16"),))
-
-
 def time_spans(units: dict, tokens: list[int], spans: list[int], trials: int, engine: str) -> dict:
     """{(shape, T, span): median ms over trials}: each trial times every span in turn."""
     import torch
@@ -79,7 +70,9 @@ def main(argv=None) -> int:
         return 2
     from dooly.env import cache_bytes
     print(f"last-level cache {cache_bytes('cpu') / 2**20:.0f} MiB; median ms per call over {a.trials} trials")
-    ms = time_spans({s: linear_unit(*v) for s, v in shapes.items()}, tokens, spans, a.trials, a.engine)
+    from dooly.unit import linear_unit
+    units = {s: linear_unit(k, n, "bfloat16") for s, (n, k) in shapes.items()}
+    ms = time_spans(units, tokens, spans, a.trials, a.engine)
     result = {"llc_mib": cache_bytes("cpu") / 2**20}
     for shape in shapes:
         for t in tokens:

@@ -143,6 +143,13 @@ class Unit:
                    graph_hash=obj.get("graph_hash", ""), stateful=bool(obj.get("stateful")))
 
 
+def linear_unit(k: int, n: int, dtype: str) -> Unit:
+    """`x [T, k] @ W[n, k]^T` without bias, as a captured `linear` of those config dims."""
+    t, c = DimLabel("T", Label.REQUEST), lambda v: DimLabel(int(v), Label.CONFIG)
+    return Unit(op="linear", inputs=(TensorSig((t, c(k)), dtype), TensorSig((c(n), c(k)), dtype)),
+                outputs=(TensorSig((t, c(n)), dtype),), attrs=(("bias", False),))
+
+
 def _plain(obj):
     # sets have no stable text of their own: sort them so a key never depends on the run
     if isinstance(obj, (set, frozenset)):

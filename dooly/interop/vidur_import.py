@@ -48,7 +48,7 @@ from pathlib import Path
 from dooly.env import Environment, Measurement
 from dooly.errors import DoolyInputError
 from dooly.symbolic.labels import DimLabel, Label
-from dooly.unit import TensorSig, Unit
+from dooly.unit import TensorSig, Unit, linear_unit
 
 VIDUR_MLP_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
                  "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
@@ -114,8 +114,7 @@ def _sig(*dims, dtype: str = DTYPE) -> TensorSig:
 
 
 def _linear(K: int, N: int) -> Unit:
-    return Unit(op="linear", inputs=(_sig("T", K), _sig(N, K)), outputs=(_sig("T", N),),
-                attrs=(("bias", False),))
+    return linear_unit(K, N, DTYPE)
 
 
 def _pointwise(op: str, inputs: tuple, outputs: tuple, attrs: tuple = ()) -> Unit:
