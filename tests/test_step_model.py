@@ -355,3 +355,20 @@ def test_a_prefills_gemms_slower_inside_the_engine_carry_from_two_models_to_a_th
         units, gemm, step = truth(POOL["m3"], b)
         pred = units + model.predict_one(b, POOL["m3"], units_ms=units, gemm_ms=gemm)
         assert abs(pred - step) / step < 0.02
+
+
+def test_a_term_set_is_fitted_on_its_own_terms_whatever_the_others_would_shadow():
+    """With two models, per-sequence cost times vocabulary is a combination of per-sequence
+    and per-sequence-per-layer cost; a term set holding only the first keeps it, since the
+    other two are not in the set to stand in for it."""
+    names = [f[0] for f in FEATURES]
+    rows = []
+    for i, h in enumerate(("m1", "m2")):
+        st = POOL[h]
+        for b in _batches(40, seed=i):
+            units = _units_ms(st)(b)
+            rows.append({"model": h, "structure": st, "seqs": b, "units_ms": units,
+                         "step_ms": units + 2.0 + 0.5 * len(b) * st["vocab"] / 1e5})
+    model = EngineStepModel(("step", "seq_vocab")).fit(rows)
+    assert model.coef_[names.index("seq_vocab")] == pytest.approx(0.5, rel=0.02)
+    assert model.coef_[names.index("step")] == pytest.approx(2.0, rel=0.02)

@@ -212,9 +212,10 @@ class EngineStepModel:
         per = {g: groups.count(g) for g in set(groups)}
         w = np.array([1.0 / per[g] for g in groups])
         scale = np.abs(x).max(axis=0)
-        keep = _independent(x, scale)
         if self.terms is not None:
-            keep &= np.array([f[0] in self.terms for f in FEATURES])
+            # a term outside the set must not crowd out one inside it (`_independent`)
+            scale[[f[0] not in self.terms for f in FEATURES]] = 0.0
+        keep = _independent(x, scale)
         reg = HuberRegressor(fit_intercept=False, alpha=1e-4, max_iter=5000)
         reg.fit(x[:, keep] / scale[keep], y, sample_weight=w * len(w) / w.sum())
         self.coef_ = np.zeros(len(FEATURES))
