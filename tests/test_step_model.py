@@ -359,8 +359,8 @@ def test_a_prefills_gemms_slower_inside_the_engine_carry_from_two_models_to_a_th
 
 def test_a_term_set_is_fitted_on_its_own_terms_whatever_the_others_would_shadow():
     """With two models, per-sequence cost times vocabulary is a combination of per-sequence
-    and per-sequence-per-layer cost; a term set holding only the first keeps it, since the
-    other two are not in the set to stand in for it."""
+    and per-sequence-per-layer cost; a term set that holds it without those two fits it,
+    since neither is in the set to stand in for it."""
     names = [f[0] for f in FEATURES]
     rows = []
     for i, h in enumerate(("m1", "m2")):
