@@ -164,6 +164,7 @@ def band_coverage(reqs, pred, settings: dict, fig: dict, unc, draws: int, seed: 
     out["band_coverage_pct"] = 100.0 * sum(inside) / len(inside)
     out["band_width_pct"] = statistics.fmean(width)
     out["band_step_error_pct"], out["band_step_error_source"] = unc.step_pct, unc.step_source
+    out.update({f"band_step_error_{k}_pct": p for k, p in unc.kind_pct})
     return out
 
 
@@ -251,7 +252,10 @@ def print_load(name, load, rate, fig) -> None:
     if "band_coverage_pct" in fig:
         print(f"  => {fig['band_coverage_pct']:.0f}% of the real percentiles inside their 90% band (mean width "
               f"{fig['band_width_pct']:.0f}% of its middle; step error "
-              f"{fig['band_step_error_pct']:.1f}%, {fig['band_step_error_source']}): " + ", ".join(
+              f"{fig['band_step_error_pct']:.1f}%" + "".join(
+                  f", {k} {fig[f'band_step_error_{k}_pct']:.1f}%" for k in ("prefill", "decode", "mixed")
+                  if f"band_step_error_{k}_pct" in fig)
+              + f", {fig['band_step_error_source']}): " + ", ".join(
                   f"{m.upper()} {p} [{fig[f'{m}_{p}_band_lo_ms']:.0f}-{fig[f'{m}_{p}_band_hi_ms']:.0f}]"
                   + ("" if fig[f"{m}_{p}_in_band"] else " out") for m in ("ttft", "tpot") for p in PCTS))
 

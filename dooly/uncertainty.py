@@ -10,7 +10,8 @@ that the simulator draws from (`dooly simulate --intervals`, `dooly search`'s ba
   error: each calibrated model left out in turn, the step model fitted on the others'
   steps and scored on the left-out model's, the mean over models. A pool of one model
   has no model-out check: its in-sample error stands in (said in `step_source`). No
-  engine-step model: none.
+  engine-step model: none. Beside the whole, the same error per step kind (prefill,
+  decode, mixed: `dooly.sim.intervals.step_kind`), which the draws use when it is there.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import math
 
 import numpy as np
 
-from dooly.sim.intervals import UNKNOWN_ERROR_PCT, Uncertainty
+from dooly.sim.intervals import STEP_KINDS, UNKNOWN_ERROR_PCT, Uncertainty, step_kind
 
 
 def unit_error_pct(model) -> float:
@@ -30,43 +31,58 @@ def predictor_uncertainty(pred, store=None, config_hash: str | None = None) -> U
     """`pred`: a loaded `dooly.predict.Predictor` of the model whose config hash is
     `config_hash`; `store`: its DB (an open `dooly.db.Store`), for the step errors."""
     units = tuple((k, unit_error_pct(pred.models[k])) for k in sorted(pred.counts))
-    step_pct, source = step_model_error(pred, store, config_hash)
-    return Uncertainty(units, step_pct, source, scope=pred.env.key)
+    step_pct, source, kinds = step_model_error(pred, store, config_hash)
+    return Uncertainty(units, step_pct, source, scope=pred.env.key, kind_pct=kinds)
 
 
-def step_model_error(pred, store, config_hash: str | None = None) -> tuple[float, str]:
+def step_model_error(pred, store, config_hash: str | None = None) -> tuple[float, str, tuple]:
+    """(MAPE % of whole steps, how it was found, per step kind: ((kind, pct), ...) or ())."""
     es = pred.engine_step
     if es is None:
-        return 0.0, "none: no engine-step model"
+        return 0.0, "none: no engine-step model", ()
     fitted = es.model
-    insample = (float(fitted.in_sample_mape_pct_), "in-sample: one calibrated model")
+    insample = (float(fitted.in_sample_mape_pct_), "in-sample: one calibrated model", ())
     if store is None:
         return insample
     if config_hash in fitted.models_:
-        own = own_step_error(store, pred, config_hash)
-        if own is not None:
-            return own
+        own = own_step_errors(store, pred, config_hash)
+        if own:
+            return _summarise({config_hash: own}, f"its own {len(own)} calibrated steps")
     if len(fitted.models_) < 2:
         return insample
     errs = model_out_errors(store, pred, list(fitted.models_))
     if not errs:
         return insample
-    return float(np.mean(list(errs.values()))), f"model-out over {len(errs)} calibrated models"
+    return _summarise(errs, f"model-out over {len(errs)} calibrated models")
 
 
-def own_step_error(store, pred, config_hash: str) -> tuple[float, str] | None:
-    """MAPE of the model's own calibrated steps as `pred` predicts them."""
+def _summarise(errs: dict[str, list[tuple[str, float]]], source: str) -> tuple[float, str, tuple]:
+    """`errs`: model -> [(step kind, signed relative error)]. The MAPE over all steps and per
+    step kind, each the mean over models of that model's MAPE. A serving metric leans on one
+    kind (TTFT on prefill steps at low load, TPOT on decode and mixed ones), and the step
+    model errs by kind (decode transfers worst), so each kind is drawn with its own error."""
+    def mape(values) -> float:
+        return 100.0 * float(np.mean([np.mean(np.abs(v)) for v in values]))
+    overall = mape([[e for _, e in rows] for rows in errs.values()])
+    kinds = []
+    for kind in STEP_KINDS:
+        per_model = [v for rows in errs.values() if (v := [e for k, e in rows if k == kind])]
+        if per_model:
+            kinds.append((kind, mape(per_model)))
+    return overall, source, tuple(kinds)
+
+
+def own_step_errors(store, pred, config_hash: str) -> list[tuple[str, float]]:
+    """[(step kind, signed relative error)] of the model's own calibrated steps as `pred`
+    predicts them."""
     from dooly.fit.step_model import pool_rows
     rows = [r for r in pool_rows(store, pred.env.key) if r["model"] == config_hash]
-    if not rows:
-        return None
-    errs = [abs(pred.predict(r["seqs"]).step_ms - r["step_ms"]) / r["step_ms"] for r in rows]
-    return 100.0 * float(np.mean(errs)), f"its own {len(rows)} calibrated steps"
+    return [(step_kind(r["seqs"]), pred.predict(r["seqs"]).step_ms / r["step_ms"] - 1.0) for r in rows]
 
 
-def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
-    """Config hash -> MAPE (%) of whole steps of that model, predicted with an engine-step
-    model fitted on the other models' steps only."""
+def model_out_errors(store, pred, models: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """Config hash -> [(step kind, signed relative error)] of whole steps of that model,
+    predicted with an engine-step model fitted on the other models' steps only."""
     from dooly.fit.step_model import MIN_ROWS, EngineStepModel, model_structure, pool_rows, select_terms
     from dooly.predict import _units_only
     env = pred.env
@@ -94,8 +110,8 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, float]:
         if len(train) < MIN_ROWS or not test:
             continue
         model = EngineStepModel(select_terms(train, test[0]["structure"])).fit(train)
-        errs = [abs(max(r["units_ms"] + model.predict_one(r["seqs"], r["structure"], r.get("graph"), r["units_ms"],
-                                                          r["gemm_ms"]),
-                        0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"] for r in test]
-        out[h] = 100.0 * float(np.mean(errs))
+        out[h] = [(step_kind(r["seqs"]),
+                   max(r["units_ms"] + model.predict_one(r["seqs"], r["structure"], r.get("graph"), r["units_ms"],
+                                                         r["gemm_ms"]), 0.5 * r["units_ms"]) / r["step_ms"] - 1.0)
+                  for r in test]
     return out

@@ -12,7 +12,7 @@ import pytest
 from conftest import config
 from dooly.cli import main
 from dooly.sim.intervals import (UNKNOWN_ERROR_PCT, DrawnStep, Uncertainty, band, draw_factors,
-                                 run_draws, summary_bands)
+                                 run_draws, step_kind, summary_bands)
 from dooly.sim.metrics import summarize
 from dooly.sim.scheduler import SchedulerConfig
 from dooly.sim.simulator import simulate
@@ -110,6 +110,34 @@ def test_uncertainty_refuses_a_negative_or_infinite_error():
     for pct in (-1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="unit_pct"):
             Uncertainty((("u", pct),))
+    with pytest.raises(ValueError, match="kind_pct"):
+        Uncertainty(kind_pct=(("verify", 5.0),))
+
+
+def test_a_step_is_drawn_with_the_error_of_its_kind():
+    """Decode steps transfer worse than prefill ones: stated per kind, each kind of step
+    gets its own factor, the same in every step of that kind."""
+    assert [step_kind(b) for b in ([(1, 9), (1, 40)], [(64, 0), (30, 64)], [(64, 0), (1, 9)])] == \
+        ["decode", "prefill", "mixed"]
+    unc = Uncertainty((), 5.0, kind_pct=(("prefill", 0.0), ("decode", 30.0)))
+    units, step = draw_factors(unc, 2)
+    assert step["prefill"] == 1.0 and step["decode"] != 1.0 and "mixed" not in step
+    drawn = DrawnStep(fake_predict, units, step)
+    for batch in ([(64, 0, True)], [(1, 100, False), (1, 7, False)], [(64, 0, True), (1, 7, False)]):
+        factor = {"prefill": 1.0, "decode": step["decode"], "mixed": 1.0}[step_kind(batch)]
+        assert drawn(batch) == pytest.approx(nominal(batch) * factor)
+
+
+def test_ttft_at_low_load_takes_its_band_from_prefill_steps():
+    """A prefill error widens a lone request's TTFT band; a decode error hardly touches it
+    (only where a request arrives during another's decode step)."""
+    reqs, sched = workload(rate=0.02, n=30), SchedulerConfig(max_num_seqs=16)
+
+    def p90_width(kinds):
+        runs = run_draws(reqs, fake_predict, Uncertainty((), 10.0, kind_pct=kinds), sched, 12)
+        lo, hi = band([s.latency["ttft_ms"]["p90"] for s in runs])
+        return hi - lo
+    assert p90_width((("prefill", 0.0), ("decode", 20.0))) < 0.05 * p90_width((("prefill", 20.0), ("decode", 0.0)))
 
 
 # -- errors read from a DB ----------------------------------------------------------------------
@@ -154,6 +182,11 @@ def test_step_error_is_own_steps_when_calibrated_and_model_out_when_not(tmp_path
         u_out = predictor_uncertainty(out, store, load_config(SMOL).hash)
     assert u_own.step_source == "its own 30 calibrated steps"
     assert u_out.step_source == "model-out over 3 calibrated models"
+    # the pool's steps hold every kind; the whole's error lies among the kinds'
+    for u in (u_own, u_out):
+        kinds = dict(u.kind_pct)
+        assert set(kinds) == {"prefill", "decode", "mixed"}
+        assert min(kinds.values()) <= u.step_pct <= max(kinds.values())
     assert u_own.scope == own.env.key and len(u_own.unit_pct) == 1
     assert 0 < u_own.unit_pct[0][1] < 10
     assert unit_error_pct(type("M", (), {"cv_mape_pct": None})()) == UNKNOWN_ERROR_PCT

@@ -2,9 +2,10 @@
 
 A step is the sum of units (each with its stated error: cross-validated MAPE, or the GEMM
 family's held-out MAPE where the family answers for it) and the engine-step model (with
-its error on whole steps of models it was not fitted on). An error is systematic, not
-noise: a unit predicted 5% fast is 5% fast in every step. So one draw fixes one factor
-per unit and one for the whole step, for the whole run, and the run is simulated again;
+its error on whole steps of models it was not fitted on, per step kind where stated). An
+error is systematic, not noise: a unit predicted 5% fast is 5% fast in every step. So one
+draw fixes one factor per unit and one for the whole step (one per step kind where the
+errors are stated per kind), for the whole run, and the run is simulated again;
 the spread of a metric over draws is its band. A stated mean absolute error E becomes a
 normal error of sigma E * sqrt(pi/2) (a normal's mean absolute value is sigma *
 sqrt(2/pi)). Draws are keyed by the environment, the unit and the draw number, so draw i
@@ -24,6 +25,7 @@ UNKNOWN_ERROR_PCT = 10.0   # a unit fitted on too few points to cross-validate
 MIN_FACTOR = 0.2           # a draw never makes a part five times faster
 BAND_PCT = 90
 STEP_PART = "engine.step"
+STEP_KINDS = ("prefill", "decode", "mixed")
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,15 @@ class Uncertainty:
     step_pct: float = 0.0
     step_source: str = "none"    # how step_pct was found (model-out, in-sample, none)
     scope: str = ""              # the environment: draws of two environments are independent
+    kind_pct: tuple[tuple[str, float], ...] = ()   # per step kind (STEP_KINDS); empty: step_pct for all
 
     def __post_init__(self):
-        for key, pct in self.unit_pct + ((STEP_PART, self.step_pct),):
+        for key, pct in self.unit_pct + ((STEP_PART, self.step_pct),) + self.kind_pct:
             if not (math.isfinite(pct) and 0 <= pct <= 1000):
                 raise ValueError(f"unit_pct: error of {key} must be from 0 to 1000 %, got {pct}")
+        for kind, _ in self.kind_pct:
+            if kind not in STEP_KINDS:
+                raise ValueError(f"kind_pct: step kind must be one of {', '.join(STEP_KINDS)}, got {kind!r}")
 
     @property
     def mean_unit_pct(self) -> float:
@@ -51,9 +57,19 @@ def _factor(scope: str, key: str, pct: float, draw: int, seed: int) -> float:
     return max(1.0 + rng.normal(0.0, pct / 100.0 * SIGMA_PER_MAE), MIN_FACTOR)
 
 
-def draw_factors(unc: Uncertainty, draw: int, seed: int = 0) -> tuple[dict[str, float], float]:
-    """(unit key -> factor, whole-step factor) of draw number `draw`."""
+def step_kind(batch) -> str:
+    """A step's kind by its sequences' query lengths: all one token (decode), none (prefill)
+    or both (mixed)."""
+    ones = sum(1 for s in batch if s[0] == 1)
+    return "decode" if ones == len(batch) else "prefill" if ones == 0 else "mixed"
+
+
+def draw_factors(unc: Uncertainty, draw: int, seed: int = 0):
+    """(unit key -> factor, whole-step factor) of draw number `draw`; the step's factor is
+    {kind: factor} when `unc` states errors per step kind."""
     units = {k: _factor(unc.scope, k, p, draw, seed) for k, p in unc.unit_pct}
+    if unc.kind_pct:
+        return units, {k: _factor(unc.scope, f"{STEP_PART}.{k}", p, draw, seed) for k, p in unc.kind_pct}
     return units, _factor(unc.scope, STEP_PART, unc.step_pct, draw, seed)
 
 
@@ -63,14 +79,16 @@ class DrawnStep:
     the predictor's own rule (units plus engine, the engine never taking more than half
     the units away) with each unit scaled by its factor, then the whole by the step's."""
 
-    def __init__(self, predict: Callable, unit_factors: dict[str, float], step_factor: float):
+    def __init__(self, predict: Callable, unit_factors: dict[str, float], step_factor):
         self.predict, self.factors, self.step_factor = predict, dict(unit_factors), step_factor
 
     def __call__(self, batch) -> float:
         r = self.predict([(s[0], s[1]) for s in batch])
         f = self.factors
         units = sum(f.get(k, 1.0) * ms for k, ms in r.breakdown.items())
-        return max(units + r.engine_ms, 0.5 * units) * self.step_factor
+        sf = self.step_factor
+        sf = sf.get(step_kind(batch), 1.0) if isinstance(sf, dict) else sf
+        return max(units + r.engine_ms, 0.5 * units) * sf
 
 
 def band(values, pct: float = BAND_PCT) -> tuple[float, float]:
@@ -128,8 +146,12 @@ def bands_table(summary, bands: dict, unc: Uncertainty, draws: int, title: str =
     tok = bands["output_tokens_per_s"]
     table.caption = (f"output tok/s {_cell(summary.output_tokens_per_s, tok)}; errors drawn: "
                      f"{len(unc.unit_pct)} units (mean {unc.mean_unit_pct:.1f}%), engine step "
-                     f"{unc.step_pct:.1f}% ({unc.step_source}); one draw per run, not per step")
+                     f"{unc.step_pct:.1f}%{_kinds(unc)} ({unc.step_source}); one draw per run, not per step")
     return table
+
+
+def _kinds(unc: Uncertainty) -> str:
+    return (" (" + ", ".join(f"{k} {p:.1f}%" for k, p in unc.kind_pct) + ")") if unc.kind_pct else ""
 
 
 def _cell(value: float, lohi: dict) -> str:

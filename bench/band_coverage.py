@@ -1,0 +1,120 @@
+"""How often the simulator's 90% bands hold the real serving percentiles, pooled over every
+saved protocol run. One run's 24 percentiles (four models, two loads, TTFT and TPOT at
+p50/p90/p99) say little about a 90% band; ten runs' 480 do. Each run is replayed
+(`bench/accuracy_e2e.py --real-from`: nothing is measured) on a copy of its DB, so the
+bands are the repository's code on that run's sweep, calibrations and real runs.
+
+    python bench/band_coverage.py [--runs bench/results/2026-12-04/x4,...] [--draws 40]
+                                  [--no-recheck-host] [--json PATH]
+
+A run is a path prefix P: P.db is its DB, Pe2e.raw.json its saved real serving runs; the
+models, loads and request count are read from the raw file. Default: the ten protocol runs
+of bench/results (x4, x6-x14). Prints per run and pooled the share of real percentiles
+inside their band and the mean band width (as % of the band's middle), and pooled per
+metric and load; --json: flat `band_coverage_all_pct`, `band_width_pct`,
+`min_run_band_coverage_pct`, `<metric>.<load>.band_coverage_pct`, `<run>.*`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flatjson  # noqa: E402
+from accuracy_batch import LIMITS, ROOT  # noqa: E402
+from accuracy_e2e import serving  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_RUNS = ["2026-12-04/x4", "2026-12-04/x6", "2026-12-04/x7", "2026-12-04/x8", "2026-12-05/x9",
+                "2026-12-05/x10", "2026-12-05/x11", "2026-12-05b/x12", "2026-12-06/x13", "2026-12-06/x14"]
+IN_BAND = re.compile(r"^(?P<model>.+)\.(?P<load>low|high)\.(?P<metric>ttft|tpot)_p\d+_in_band$")
+
+
+def replay_args(raw: dict) -> list[str]:
+    """accuracy_e2e's flags that reproduce the saved run's workload."""
+    models = list(raw)
+    key = raw[models[0]]["key"]
+    loads = list(key["loads"])
+    args = ["--models", ",".join(models), "--loads", ",".join(loads),
+            "--num-requests", str(len(key["loads"][loads[0]])), "--real-runs", str(len(raw[models[0]]["runs"]))]
+    return args + (["--quick"] if key["serving"] == serving(LIMITS["quick"]) else [])
+
+
+def replay(prefix: Path, workdir: Path, draws: int, recheck: bool) -> dict:
+    """The replayed run's flat JSON (accuracy_e2e's keys)."""
+    raw_path = prefix.parent / f"{prefix.name}e2e.raw.json"
+    db = workdir / f"{prefix.name}.db"
+    shutil.copyfile(prefix.with_suffix(".db"), db)   # a replay may record what it fits
+    out = workdir / f"{prefix.name}.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "accuracy_e2e.py"), *replay_args(json.loads(raw_path.read_text())),
+           "--db", str(db), "--json", str(out), "--raw", str(workdir / f"{prefix.name}.raw.json"),
+           "--real-from", str(raw_path), "--draws", str(draws)] + (["--recheck-host"] if recheck else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"band_coverage: replay of {prefix} failed:\n{done.stderr[-2000:]}")
+    db.unlink()
+    return json.loads(out.read_text())
+
+
+def pool(runs: dict[str, dict]) -> dict:
+    """Pooled and per-run coverage and width from the replays' flat keys."""
+    result, every, by_cell, widths = {}, [], {}, []
+    for name, fig in runs.items():
+        inside = [(m, v) for k, v in fig.items() if (m := IN_BAND.match(k))]
+        every += [v for _, v in inside]
+        for m, v in inside:
+            by_cell.setdefault(f"{m['metric']}.{m['load']}", []).append(v)
+        result[f"{name}.band_coverage_pct"] = 100.0 * sum(v for _, v in inside) / len(inside)
+        result[f"{name}.band_width_pct"] = fig["band_width_pct"]
+        result[f"{name}.ttft_mape_pct"], result[f"{name}.tpot_mape_pct"] = fig["ttft_mape_pct"], fig["tpot_mape_pct"]
+        widths.append(fig["band_width_pct"])
+    result["band_coverage_all_pct"] = 100.0 * sum(every) / len(every)
+    result["percentiles"] = len(every)
+    result["band_width_pct"] = statistics.fmean(widths)
+    result["min_run_band_coverage_pct"] = min(result[f"{n}.band_coverage_pct"] for n in runs)
+    for cell, vs in sorted(by_cell.items()):
+        result[f"{cell}.band_coverage_pct"] = 100.0 * sum(vs) / len(vs)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", help="comma-separated path prefixes (default: the ten saved protocol runs)")
+    ap.add_argument("--draws", type=int, default=40)
+    ap.add_argument("--no-recheck-host", action="store_true", help="replay without the saved host drift")
+    ap.add_argument("--json", dest="json_path")
+    args = ap.parse_args(argv)
+    prefixes = [Path(p) for p in args.runs.split(",")] if args.runs else [RESULTS / r for r in DEFAULT_RUNS]
+    missing = [f for p in prefixes for f in (p.with_suffix(".db"), p.parent / f"{p.name}e2e.raw.json")
+               if not f.is_file()]
+    if missing or args.draws < 2:
+        print(f"band_coverage: --runs: no such file {missing[0]}" if missing
+              else "band_coverage: --draws must be at least 2", file=sys.stderr)
+        return 2
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in prefixes:
+            runs[p.name] = replay(p, Path(tmp), args.draws, not args.no_recheck_host)
+            fig = runs[p.name]
+            print(f"{p.name:5s} coverage {fig['band_coverage_all_pct']:5.1f}%  width {fig['band_width_pct']:5.1f}%  "
+                  f"(TTFT {fig['ttft_mape_pct']:.1f}%, TPOT {fig['tpot_mape_pct']:.1f}% at worst)", flush=True)
+    result = pool(runs)
+    print(f"pooled over {len(runs)} runs: {result['band_coverage_all_pct']:.1f}% of {result['percentiles']} real "
+          f"percentiles inside their 90% band (target >= 80%, and under 100%), mean width "
+          f"{result['band_width_pct']:.1f}%; worst run {result['min_run_band_coverage_pct']:.0f}%")
+    print("  " + ", ".join(f"{c} {result[f'{c}.band_coverage_pct']:.0f}%"
+                           for c in ("ttft.low", "tpot.low", "ttft.high", "tpot.high")
+                           if f"{c}.band_coverage_pct" in result))
+    flatjson.write(args.json_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
