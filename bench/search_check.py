@@ -187,8 +187,9 @@ def real_goodput(name, conf, unit_reqs, slos, guess, args, raw: dict, log=print)
                 failed = min(failed, x)
         width = hi / lo
         lo, hi = (passed if passed > 0 else lo / width), (failed if failed < math.inf else hi * width)
-    out = {"real_goodput_rps": passed, "real_fail_rps": None if failed == math.inf else failed}
-    if args.repeat:
+    out = {"real_goodput_rps": passed, "real_fail_rps": None if failed == math.inf else failed,
+           "real_rounds": min(len(rounds), args.rounds)}
+    if args.repeat and out["real_rounds"]:
         out.update(real_repeat(name, conf, unit_reqs, slos, [x for x in (passed, failed) if x in seen],
                                seen, args, raw, log))
     return out
@@ -236,7 +237,7 @@ def check_model(name, confs, args, raw, out) -> None:
     res = sim_search(name, pred, unc, confs, reqs, slos, args)
     print(f"[search-check] {name}: SLOs " + ", ".join(f"{s.name} <= {s.limit_ms:g} ms" for s in slos)
           + f"; step error {unc.step_pct:.1f}% ({unc.step_source}), units {unc.mean_unit_pct:.1f}%")
-    sims, reals, details = [], [], []
+    sims, reals, details, served = [], [], [], []
     for r in res.ranked:
         c = (r.candidate.get("max_num_batched_tokens"), r.candidate.get("max_num_seqs"))
         tag = f"{name}.b{c[0]}s{c[1]}"
@@ -247,6 +248,9 @@ def check_model(name, confs, args, raw, out) -> None:
             g = max(r.goodput.rate, args.rate_lo)
             real = real_goodput(name, c, reqs, slos, (min(lo, g) / 2, max(hi, g) * 2), args, raw)
             out.update({f"{tag}.{k}": v for k, v in real.items()})
+            if not real["real_rounds"]:   # the time budget ran out first: no real goodput to rank
+                print(line + ", not served (time budget; --resume serves it)", flush=True)
+                continue
             line += f", real {real['real_goodput_rps']:.3g} req/s (misses at {real['real_fail_rps']})"
             if "repeat_spread_pct" in real:
                 line += (f"; served again: SLO statistics moved {real['repeat_spread_pct']:.0f}%, "
@@ -254,13 +258,15 @@ def check_model(name, confs, args, raw, out) -> None:
             sims.append(r.goodput.rate)
             reals.append(real["real_goodput_rps"])
             details.append(real)
+            served.append(r)
         print(line, flush=True)
-    if args.sim_only:
+    if args.sim_only or not served:
         return
-    tags = [f"b{r.candidate.get('max_num_batched_tokens')}s{r.candidate.get('max_num_seqs')}" for r in res.ranked]
+    tags = [f"b{r.candidate.get('max_num_batched_tokens')}s{r.candidate.get('max_num_seqs')}" for r in served]
+    out[f"{name}.served_candidates"] = len(served)
     real_best = max(range(len(reals)), key=reals.__getitem__)
-    w_lo = res.ranked[0].band[0] if res.ranked[0].band else sims[0]
-    rb_hi = res.ranked[real_best].band[1] if res.ranked[real_best].band else sims[real_best]
+    w_lo = served[0].band[0] if served[0].band else sims[0]
+    rb_hi = served[real_best].band[1] if served[real_best].band else sims[real_best]
     out.update({f"{name}.rank_correlation": spearman(sims, reals), f"{name}.sim_winner": tags[0],
                 f"{name}.real_winner": tags[real_best], f"{name}.same_winner": real_best == 0,
                 f"{name}.tied_within_error": real_best == 0 or rb_hi >= w_lo})

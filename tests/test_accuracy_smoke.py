@@ -312,3 +312,27 @@ def test_a_replay_made_on_another_host_scores_the_db_environment_and_measures_no
     with pytest.raises(SystemExit) as exit_:
         ab.use_db_env(db)
     assert exit_.value.code == 2 and f"{db}: environments:" in capsys.readouterr().err
+
+
+def test_a_candidate_the_time_budget_left_unserved_is_left_out_of_the_ranking(monkeypatch, capsys):
+    """A candidate with no real round has no real goodput (not a goodput of 0): the rank
+    correlation and the winners are over the candidates real vLLM served."""
+    from types import SimpleNamespace as NS
+    sc = _load("search_check")
+    ranked = [NS(candidate={"max_num_batched_tokens": b, "max_num_seqs": s}, goodput=NS(rate=g), band=(0.9 * g, 1.1 * g))
+              for b, s, g in ((2048, 8, 3.0), (256, 8, 2.0), (256, 64, 1.0))]
+    real = {(2048, 8): (2.0, 1), (256, 8): (2.9, 2), (256, 64): (0.0, 0)}
+    monkeypatch.setattr(sc, "load_model", lambda *a: (None, NS(step_pct=5.0, step_source="stated", mean_unit_pct=1.0)))
+    monkeypatch.setattr(sc, "host_drift", lambda *a: {})
+    monkeypatch.setattr(sc, "workload", lambda *a: [])
+    monkeypatch.setattr(sc, "run_slos", lambda *a: [])
+    monkeypatch.setattr(sc, "sim_search", lambda *a: NS(ranked=ranked))
+    monkeypatch.setattr(sc, "real_goodput", lambda name, c, *a, **k: {
+        "real_goodput_rps": real[c][0], "real_fail_rps": None, "real_rounds": real[c][1]})
+    out = {}
+    sc.check_model("smollm2", [(2048, 8)], NS(db="db", env=None, trace="t", requests=1, seed=0, sim_only=False,
+                                     rate_lo=0.01, repeat=False), {}, out)
+    assert "b256s64: sim 1 req/s [0.9-1.1], not served" in capsys.readouterr().out
+    assert out["smollm2.served_candidates"] == 2 and out["smollm2.real_winner"] == "b256s8"
+    assert out["smollm2.rank_correlation"] == pytest.approx(-1.0)
+    assert out["smollm2.sim_winner"] == "b2048s8" and not out["smollm2.same_winner"]

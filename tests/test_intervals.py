@@ -121,11 +121,12 @@ def test_a_step_is_drawn_with_the_error_of_its_kind():
         ["decode", "prefill", "mixed"]
     unc = Uncertainty((), 5.0, kind_pct=(("prefill", 0.0), ("decode", 30.0)))
     units, step = draw_factors(unc, 2)
-    assert step["prefill"] == 1.0 and step["decode"] != 1.0 and "mixed" not in step
+    # no error stated for mixed steps (none calibrated): they take the whole step's
+    assert step["prefill"] == 1.0 and step["decode"] != 1.0
+    assert step["mixed"] == draw_factors(Uncertainty((), 5.0), 2)[1] != 1.0
     drawn = DrawnStep(fake_predict, units, step)
     for batch in ([(64, 0, True)], [(1, 100, False), (1, 7, False)], [(64, 0, True), (1, 7, False)]):
-        factor = {"prefill": 1.0, "decode": step["decode"], "mixed": 1.0}[step_kind(batch)]
-        assert drawn(batch) == pytest.approx(nominal(batch) * factor)
+        assert drawn(batch) == pytest.approx(nominal(batch) * step[step_kind(batch)])
 
 
 def test_ttft_at_low_load_takes_its_band_from_prefill_steps():
@@ -137,7 +138,8 @@ def test_ttft_at_low_load_takes_its_band_from_prefill_steps():
         runs = run_draws(reqs, fake_predict, Uncertainty((), 10.0, kind_pct=kinds), sched, 12)
         lo, hi = band([s.latency["ttft_ms"]["p90"] for s in runs])
         return hi - lo
-    assert p90_width((("prefill", 0.0), ("decode", 20.0))) < 0.05 * p90_width((("prefill", 20.0), ("decode", 0.0)))
+    assert p90_width((("prefill", 0.0), ("decode", 20.0), ("mixed", 0.0))) < \
+        0.05 * p90_width((("prefill", 20.0), ("decode", 0.0), ("mixed", 0.0)))
 
 
 # -- errors read from a DB ----------------------------------------------------------------------

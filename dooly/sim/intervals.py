@@ -66,11 +66,15 @@ def step_kind(batch) -> str:
 
 def draw_factors(unc: Uncertainty, draw: int, seed: int = 0):
     """(unit key -> factor, whole-step factor) of draw number `draw`; the step's factor is
-    {kind: factor} when `unc` states errors per step kind."""
+    {kind: factor} when `unc` states errors per step kind (a kind it has no error for, as
+    one the calibrated steps never ran, takes the whole step's)."""
     units = {k: _factor(unc.scope, k, p, draw, seed) for k, p in unc.unit_pct}
-    if unc.kind_pct:
-        return units, {k: _factor(unc.scope, f"{STEP_PART}.{k}", p, draw, seed) for k, p in unc.kind_pct}
-    return units, _factor(unc.scope, STEP_PART, unc.step_pct, draw, seed)
+    whole = _factor(unc.scope, STEP_PART, unc.step_pct, draw, seed)
+    if not unc.kind_pct:
+        return units, whole
+    stated = dict(unc.kind_pct)
+    return units, {k: _factor(unc.scope, f"{STEP_PART}.{k}", stated[k], draw, seed) if k in stated else whole
+                   for k in STEP_KINDS}
 
 
 class DrawnStep:
