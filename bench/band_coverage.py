@@ -1,6 +1,6 @@
 """How often the simulator's 90% bands hold the real serving percentiles, pooled over every
 saved protocol run. One run's 24 percentiles (four models, two loads, TTFT and TPOT at
-p50/p90/p99) say little about a 90% band; ten runs' 480 do. Each run is replayed
+p50/p90/p99) say little about a 90% band; eleven runs' 528 do. Each run is replayed
 (`bench/accuracy_e2e.py --real-from`: nothing is measured) on a copy of its DB, so the
 bands are the repository's code on that run's sweep, calibrations and real runs.
 
@@ -8,8 +8,8 @@ bands are the repository's code on that run's sweep, calibrations and real runs.
                                   [--no-recheck-host] [--json PATH]
 
 A run is a path prefix P: P.db is its DB, Pe2e.raw.json its saved real serving runs; the
-models, loads and request count are read from the raw file. Default: the ten protocol runs
-of bench/results (x4, x6-x14). Prints per run and pooled the share of real percentiles
+models, loads and request count are read from the raw file. Default: the eleven protocol runs
+of bench/results (x4, x6-x15). Prints per run and pooled the share of real percentiles
 inside their band and the mean band width (as % of the band's middle), and pooled per
 metric and load; --json: flat `band_coverage_all_pct`, `band_width_pct`,
 `min_run_band_coverage_pct`, `<metric>.<load>.band_coverage_pct`, `<run>.*`.
@@ -33,7 +33,8 @@ from accuracy_e2e import serving  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_RUNS = ["2026-12-04/x4", "2026-12-04/x6", "2026-12-04/x7", "2026-12-04/x8", "2026-12-05/x9",
-                "2026-12-05/x10", "2026-12-05/x11", "2026-12-05b/x12", "2026-12-06/x13", "2026-12-06/x14"]
+                "2026-12-05/x10", "2026-12-05/x11", "2026-12-05b/x12", "2026-12-06/x13", "2026-12-06/x14",
+                "2026-12-06b/x15"]
 IN_BAND = re.compile(r"^(?P<model>.+)\.(?P<load>low|high)\.(?P<metric>ttft|tpot)_p\d+_in_band$")
 
 
@@ -86,7 +87,7 @@ def pool(runs: dict[str, dict]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", help="comma-separated path prefixes (default: the ten saved protocol runs)")
+    ap.add_argument("--runs", help="comma-separated path prefixes (default: the eleven saved protocol runs)")
     ap.add_argument("--draws", type=int, default=40)
     ap.add_argument("--no-recheck-host", action="store_true", help="replay without the saved host drift")
     ap.add_argument("--json", dest="json_path")
