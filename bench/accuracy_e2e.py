@@ -164,7 +164,7 @@ def band_coverage(reqs, pred, settings: dict, fig: dict, unc, draws: int, seed: 
     out["band_coverage_pct"] = 100.0 * sum(inside) / len(inside)
     out["band_width_pct"] = statistics.fmean(width)
     out["band_step_error_pct"], out["band_step_error_source"] = unc.step_pct, unc.step_source
-    out.update({f"band_step_error_{k}_pct": p for k, p in unc.kind_pct})
+    out.update(unc.kind_fields("band_step_error"))
     return out
 
 

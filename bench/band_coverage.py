@@ -38,6 +38,28 @@ DEFAULT_RUNS = ["2026-12-04/x4", "2026-12-04/x6", "2026-12-04/x7", "2026-12-04/x
 IN_BAND = re.compile(r"^(?P<model>.+)\.(?P<load>low|high)\.(?P<metric>ttft|tpot)_p\d+_in_band$")
 
 
+class BadRun(Exception):
+    """A run this bench cannot replay: one line naming the file and field."""
+
+
+def read_raw(path: Path) -> dict:
+    """A saved e2e raw file, checked for the fields `replay_args` reads."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BadRun(f"{path}: not a JSON raw file ({e.__class__.__name__})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise BadRun(f"{path}: expected an object of models")
+    for name, entry in raw.items():
+        key = entry.get("key") if isinstance(entry, dict) else None
+        loads = key.get("loads") if isinstance(key, dict) else None
+        if not isinstance(loads, dict) or not loads or not all(isinstance(v, list) for v in loads.values()):
+            raise BadRun(f"{path}: field {name}.key.loads missing or not lists of requests")
+        if "serving" not in key or not isinstance(entry.get("runs"), list):
+            raise BadRun(f"{path}: field {name}.key.serving or {name}.runs missing")
+    return raw
+
+
 def replay_args(raw: dict) -> list[str]:
     """accuracy_e2e's flags that reproduce the saved run's workload."""
     models = list(raw)
@@ -48,18 +70,22 @@ def replay_args(raw: dict) -> list[str]:
     return args + (["--quick"] if key["serving"] == serving(LIMITS["quick"]) else [])
 
 
-def replay(prefix: Path, workdir: Path, draws: int, recheck: bool) -> dict:
+def raw_path(prefix: Path) -> Path:
+    return prefix.parent / f"{prefix.name}e2e.raw.json"
+
+
+def replay(prefix: Path, raw: dict, workdir: Path, draws: int, recheck: bool) -> dict:
     """The replayed run's flat JSON (accuracy_e2e's keys)."""
-    raw_path = prefix.parent / f"{prefix.name}e2e.raw.json"
     db = workdir / f"{prefix.name}.db"
     shutil.copyfile(prefix.with_suffix(".db"), db)   # a replay may record what it fits
     out = workdir / f"{prefix.name}.json"
-    cmd = [sys.executable, str(ROOT / "bench" / "accuracy_e2e.py"), *replay_args(json.loads(raw_path.read_text())),
+    cmd = [sys.executable, str(ROOT / "bench" / "accuracy_e2e.py"), *replay_args(raw),
            "--db", str(db), "--json", str(out), "--raw", str(workdir / f"{prefix.name}.raw.json"),
-           "--real-from", str(raw_path), "--draws", str(draws)] + (["--recheck-host"] if recheck else [])
+           "--real-from", str(raw_path(prefix)), "--draws", str(draws)] + (["--recheck-host"] if recheck else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"band_coverage: replay of {prefix} failed:\n{done.stderr[-2000:]}")
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise BadRun(f"replay of {prefix} failed: {last}")
     db.unlink()
     return json.loads(out.read_text())
 
@@ -93,19 +119,22 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     prefixes = [Path(p) for p in args.runs.split(",")] if args.runs else [RESULTS / r for r in DEFAULT_RUNS]
-    missing = [f for p in prefixes for f in (p.with_suffix(".db"), p.parent / f"{p.name}e2e.raw.json")
-               if not f.is_file()]
+    missing = [f for p in prefixes for f in (p.with_suffix(".db"), raw_path(p)) if not f.is_file()]
     if missing or args.draws < 2:
         print(f"band_coverage: --runs: no such file {missing[0]}" if missing
               else "band_coverage: --draws must be at least 2", file=sys.stderr)
         return 2
     runs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for p in prefixes:
-            runs[p.name] = replay(p, Path(tmp), args.draws, not args.no_recheck_host)
-            fig = runs[p.name]
-            print(f"{p.name:5s} coverage {fig['band_coverage_all_pct']:5.1f}%  width {fig['band_width_pct']:5.1f}%  "
-                  f"(TTFT {fig['ttft_mape_pct']:.1f}%, TPOT {fig['tpot_mape_pct']:.1f}% at worst)", flush=True)
+    try:
+        raws = {p: read_raw(raw_path(p)) for p in prefixes}   # every file checked before any replay
+        with tempfile.TemporaryDirectory() as tmp:
+            for p in prefixes:
+                runs[p.name] = fig = replay(p, raws[p], Path(tmp), args.draws, not args.no_recheck_host)
+                print(f"{p.name:5s} coverage {fig['band_coverage_all_pct']:5.1f}%  width {fig['band_width_pct']:5.1f}%  "
+                      f"(TTFT {fig['ttft_mape_pct']:.1f}%, TPOT {fig['tpot_mape_pct']:.1f}% at worst)", flush=True)
+    except BadRun as e:
+        print(f"band_coverage: {e}", file=sys.stderr)
+        return 2
     result = pool(runs)
     print(f"pooled over {len(runs)} runs: {result['band_coverage_all_pct']:.1f}% of {result['percentiles']} real "
           f"percentiles inside their 90% band (target >= 80%, and under 100%), mean width "

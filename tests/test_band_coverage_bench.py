@@ -47,3 +47,18 @@ def test_a_missing_run_is_one_line_naming_the_flag(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--runs" in err[0] and "x1.db" in err[0]
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_raw_file_without_its_workload_is_one_line_naming_the_field(capsys, tmp_path):
+    import json
+    (tmp_path / "x1.db").write_bytes(b"")
+    raw = _raw()
+    del raw["qwen0.5b"]["key"]
+    (tmp_path / "x1e2e.raw.json").write_text(json.dumps(raw))
+    assert band_coverage.main(["--runs", str(tmp_path / "x1"), "--json", str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x1e2e.raw.json" in err[0] and "qwen0.5b.key.loads" in err[0]
+    assert not (tmp_path / "o.json").exists()
+    (tmp_path / "x1e2e.raw.json").write_text("{not json")
+    assert band_coverage.main(["--runs", str(tmp_path / "x1")]) == 2
+    assert "not a JSON raw file" in capsys.readouterr().err

@@ -43,4 +43,4 @@ def simulate_intervals(args, requests, step_ms, sched, summary) -> dict:
               "in for the model-out error (`dooly calibrate` another model)", file=sys.stderr)
     return {"draws": args.intervals, "band_pct": BAND_PCT, "unit_error_pct_mean": unc.mean_unit_pct,
             "step_error_pct": unc.step_pct, "step_error_source": unc.step_source,
-            **{f"step_error_{k}_pct": p for k, p in unc.kind_pct}, **bands}
+            **unc.kind_fields(), **bands}

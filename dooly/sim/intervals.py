@@ -45,6 +45,10 @@ class Uncertainty:
             if kind not in STEP_KINDS:
                 raise ValueError(f"kind_pct: step kind must be one of {', '.join(STEP_KINDS)}, got {kind!r}")
 
+    def kind_fields(self, prefix: str = "step_error") -> dict[str, float]:
+        """{"<prefix>_<kind>_pct": error} for each kind stated, as the JSON outputs carry them."""
+        return {f"{prefix}_{k}_pct": p for k, p in self.kind_pct}
+
     @property
     def mean_unit_pct(self) -> float:
         return float(np.mean([p for _, p in self.unit_pct])) if self.unit_pct else 0.0
@@ -81,7 +85,8 @@ class DrawnStep:
     """A step-time function under one draw. `predict(pairs)` answers like
     `dooly.predict.Predictor.predict` (`.breakdown` per unit, `.engine_ms`); the step is
     the predictor's own rule (units plus engine, the engine never taking more than half
-    the units away) with each unit scaled by its factor, then the whole by the step's."""
+    the units away) with each unit scaled by its factor, then the whole by the step's
+    (a float, or {step kind: factor} as `draw_factors` gives it)."""
 
     def __init__(self, predict: Callable, unit_factors: dict[str, float], step_factor):
         self.predict, self.factors, self.step_factor = predict, dict(unit_factors), step_factor

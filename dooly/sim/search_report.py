@@ -36,7 +36,7 @@ def rows(result) -> list[dict]:
                **{f"slo_{k}_ms": v for k, v in (at.values if at else {}).items()},
                "unit_error_pct": unc.mean_unit_pct, "step_error_pct": unc.step_pct,
                "step_error_source": unc.step_source,
-               **{f"step_error_{k}_pct": p for k, p in unc.kind_pct}, "winner": i == 1,
+               **unc.kind_fields(), "winner": i == 1,
                "within_error": result.within_error if i == 1 else None,
                "runner_up_wins_share": result.runner_up_wins if i == 1 else None}
         out.append({k: _num(v) for k, v in row.items()})
