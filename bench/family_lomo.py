@@ -1,15 +1,23 @@
 """Unit families and the GEMM family scored leave-one-model-out, shared by the benches
-that do it (`vidur_fit.py` on Vidur's profiles, `gpu_check.py` on a sweep of this device).
+that do it (`vidur_fit.py` on Vidur's profiles, `gpu_check.py` on a sweep of this device),
+and on its own over any Dooly DB that holds two or more models' inventories:
+
+    python bench/family_lomo.py --db DB [--engine vllm] [--env KEY] [--tolerance 3] [--json PATH]
 
 A model's units are predicted by families trained on the other models' units only (a
 unit of the same key held out too, even where another model shares it); per label (an op
 name) the per-point errors are pooled, and each held-out unit's three check points are
 judged at the tolerance (dooly.fit.checks), with the served unit's error over all its
-points."""
+points. Nothing is measured: the DB is copied to a temporary directory and read there."""
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
+import sys
+import tempfile
 import time
+from pathlib import Path
 from collections import defaultdict
 from typing import Iterable, Mapping
 
@@ -102,3 +110,61 @@ def gemm_table(rows: list, shapes_of: Mapping[str, set], out: dict, key: str, la
     if errs:
         out[key] = round(float(np.mean(errs)), 3)
         print(f"  {'mean':40s} {np.mean(errs):7.2f}   ({time.time() - t0:.1f}s)")
+
+
+def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, dict]:
+    """(units, measurements of the chosen environment, model name -> [(op, unit key)]) of a
+    Dooly DB; engine-step pseudo-units are left out (they are whole steps, not units)."""
+    from dooly.db import Store
+    from dooly.db.envs import choose_environment
+    from dooly.fit.step_model import STEP_OP
+    with Store.open(db, create=False, readonly=True) as store:
+        env = choose_environment(store, engine, env_key, db)
+        units = {u.key: u for u in store.units() if u.op != STEP_OP}
+        meas = [m for m in store.measurements(env_key=env.key) if m.unit_key in units]
+        held = {name: [(units[k].op, k) for k in store.inventory(h, engine) if k in units]
+                for h, name in store.models(engine).items()}
+    return units, meas, held
+
+
+def main(argv=None) -> int:
+    from dooly.errors import DoolyInputError
+    ap = argparse.ArgumentParser(description="unit families leave-one-model-out over a Dooly DB")
+    ap.add_argument("--db", required=True, help="a Dooly DB with two or more models' inventories")
+    ap.add_argument("--engine", default="vllm", help="the engine whose inventories are held out (default vllm)")
+    ap.add_argument("--env", help="environment key (default: the engine's most measured)")
+    ap.add_argument("--tolerance", type=float, default=3.0, help="check-point tolerance %% (default 3)")
+    ap.add_argument("--json", help="write the figures as one flat JSON object here")
+    args = ap.parse_args(argv)
+    if not 0 < args.tolerance < 100:
+        print(f"--tolerance: expected a percentage in (0, 100), got {args.tolerance}", file=sys.stderr)
+        return 2
+    if not Path(args.db).is_file():
+        print(f"{args.db}: no such DB (--db)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = str(Path(tmp) / "copy.db")
+        shutil.copyfile(args.db, copy)
+        try:
+            units, meas, held = db_inputs(copy, args.engine, args.env)
+        except DoolyInputError as e:
+            print(str(e).replace(copy, args.db), file=sys.stderr)
+            return 2
+    if sum(bool(v) for v in held.values()) < 2:
+        print(f"{args.db}: inventories of {args.engine}: two models or more are needed, "
+              f"found {sum(bool(v) for v in held.values())}", file=sys.stderr)
+        return 2
+    print(f"{args.db}: {len(held)} models, {len(units)} units, {len(meas)} measurements; "
+          f"check points at {args.tolerance:g}%")
+    out: dict = {"models": len(held), "units": len(units)}
+    errs, checks = lomo(units, meas, held, args.tolerance)
+    table(errs, checks, out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    raise SystemExit(main())

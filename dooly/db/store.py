@@ -291,6 +291,12 @@ class Store(Leases):
             "SELECT unit_key, count FROM inventories WHERE config_hash = ? AND engine = ? "
             "ORDER BY unit_key", (config_hash, engine))}
 
+    def models(self, engine: str) -> dict[str, str]:
+        """Config hash -> model name of every model with an inventory for `engine`."""
+        return {r[0]: r[1] for r in self._conn.execute(
+            "SELECT DISTINCT config_hash, model_name FROM inventories WHERE engine = ? "
+            "ORDER BY model_name, config_hash", (engine,))}
+
     # -- captured inventories (dooly.cache) ----------------------------------------
     def put_capture(self, key: str, config_hash: str, engine: str, inventory_json: str) -> None:
         import time

@@ -1,0 +1,60 @@
+"""bench/family_lomo.py over a Dooly DB: each model's units predicted by families trained on
+the other models' units only, their check points judged, nothing measured and the DB
+left as it was."""
+import json
+import sys
+from pathlib import Path
+
+from dooly.db import Store
+from dooly.env import Measurement
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import family_lomo  # noqa: E402
+from test_families import ENV, gemm_ms, linear  # noqa: E402
+
+SHAPES = {"a": [(512, 1536), (1536, 512)], "b": [(768, 2304), (2304, 768)], "c": [(1024, 3072), (3072, 1024)]}
+
+
+def _db(path, models=SHAPES) -> Path:
+    with Store.open(path) as s:
+        s.add_environment(ENV)
+        for name, shapes in models.items():
+            units = [linear(k, n) for k, n in shapes]
+            for u in units:
+                s.add_unit(u)
+                for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+                    s.add_measurement(Measurement(u.key, ENV.key, {"T": t}, gemm_ms(u, t), samples=5))
+            s.set_inventory(f"hash-{name}", "vllm", name, {u.key: 4 for u in units})
+    return path
+
+
+def test_every_models_units_are_judged_by_families_of_the_others(tmp_path, capsys):
+    db = _db(tmp_path / "m.db")
+    before = db.read_bytes()
+    out = tmp_path / "f.json"
+    assert family_lomo.main(["--db", str(db), "--json", str(out)]) == 0
+    fig = json.loads(out.read_text())
+    assert fig["models"] == 3 and fig["units"] == 6
+    passed, total = (int(v) for v in fig["family.linear.checks_passed"].split("/"))
+    assert total == 6 and 0 <= passed <= total
+    assert fig["family.linear.median_pct"] >= 0
+    assert db.read_bytes() == before          # read from a copy
+    assert "3 models, 6 units" in capsys.readouterr().out
+
+
+def test_a_db_with_one_model_or_none_is_one_line_and_exit_2(tmp_path, capsys):
+    one = _db(tmp_path / "one.db", {"a": SHAPES["a"]})
+    assert family_lomo.main(["--db", str(one)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one.db" in err[0] and "two models" in err[0]
+    assert family_lomo.main(["--db", str(tmp_path / "none.db")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.db" in err[0] and "--db" in err[0]
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_an_unknown_environment_is_one_line_naming_the_flag(tmp_path, capsys):
+    db = _db(tmp_path / "m.db")
+    assert family_lomo.main(["--db", str(db), "--env", "0123"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--env" in err[0] and str(db) in err[0]
