@@ -3,7 +3,7 @@ steps, and of TTFT/TPOT on Poisson workloads, beside the same figures at TP=1, a
 TP=1 vs TP=N winner at two loads, judged on the real engine.
 
     python bench/accuracy_tp.py --db out/tp.db --json out/tp.json        # builds what it needs
-        [--models qwen0.5b,qwen3-0.6b] [--tp 2] [--quick] [--real-runs 1] [--no-serve]
+        [--models qwen0.5b,qwen3-0.6b,llama3.2-1b] [--tp 2] [--quick] [--real-runs 1] [--no-serve]
         [--rates qwen0.5b=0.2:0.8] [--real-from PATH] [--resume]
 
 The DB: every model swept and calibrated at TP=1 as bench/accuracy_batch.py does, then
@@ -35,7 +35,9 @@ from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bad_in
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
                           sim_latencies, workload)
 
-DEFAULT_MODELS = "qwen0.5b,qwen3-0.6b"
+# three, so that each model's TP=N steps are predicted from a pool of two (with a pool of one,
+# bench/results/2026-12-06c/tp13 named the faster TP in one case of four; with two, in four)
+DEFAULT_MODELS = "qwen0.5b,qwen3-0.6b,llama3.2-1b"
 
 
 def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=print, replay: bool = False) -> None:
