@@ -35,8 +35,8 @@ from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bad_in
 from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
                           sim_latencies, workload)
 
-# three, so that each model's TP=N steps are predicted from a pool of two (with a pool of one,
-# bench/results/2026-12-06c/tp13 named the faster TP in one case of four; with two, in four)
+# three, so that each model's TP=N steps are predicted from a pool of two TP=N calibrations
+# (bench/results/2026-12-06c: TP=2 within 8% per set in both runs of three models)
 DEFAULT_MODELS = "qwen0.5b,qwen3-0.6b,llama3.2-1b"
 
 

@@ -17,8 +17,8 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections import defaultdict
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -113,8 +113,10 @@ def gemm_table(rows: list, shapes_of: Mapping[str, set], out: dict, key: str, la
 
 
 def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, dict]:
-    """(units, measurements of the chosen environment, model name -> [(op, unit key)]) of a
-    Dooly DB; engine-step pseudo-units are left out (they are whole steps, not units)."""
+    """(units, measurements of the chosen environment, model name -> [(op, unit key)] of its
+    units measured there) of a Dooly DB. Tensor-parallel inventories are left out (a TP=N
+    shard may be the model's own TP=1 unit, which would then train its family), and so are
+    engine-step pseudo-units (whole steps, not units)."""
     from dooly.db import Store
     from dooly.db.envs import choose_environment
     from dooly.fit.step_model import STEP_OP
@@ -122,9 +124,10 @@ def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, di
         env = choose_environment(store, engine, env_key, db)
         units = {u.key: u for u in store.units() if u.op != STEP_OP}
         meas = [m for m in store.measurements(env_key=env.key) if m.unit_key in units]
-        held = {name: [(units[k].op, k) for k in store.inventory(h, engine) if k in units]
-                for h, name in store.models(engine).items()}
-    return units, meas, held
+        measured = {m.unit_key for m in meas}
+        held = {name: [(units[k].op, k) for k in store.inventory(h, engine) if k in measured]
+                for h, name in store.models(engine).items() if "@" not in h}
+    return units, meas, {name: pairs for name, pairs in held.items() if pairs}
 
 
 def main(argv=None) -> int:
@@ -150,13 +153,14 @@ def main(argv=None) -> int:
         except DoolyInputError as e:
             print(str(e).replace(copy, args.db), file=sys.stderr)
             return 2
-    if sum(bool(v) for v in held.values()) < 2:
-        print(f"{args.db}: inventories of {args.engine}: two models or more are needed, "
-              f"found {sum(bool(v) for v in held.values())}", file=sys.stderr)
+    if len(held) < 2:
+        print(f"{args.db}: inventories of {args.engine}: two models or more with measured units are "
+              f"needed, found {len(held)}", file=sys.stderr)
         return 2
-    print(f"{args.db}: {len(held)} models, {len(units)} units, {len(meas)} measurements; "
+    n_units = len({k for pairs in held.values() for _, k in pairs})
+    print(f"{args.db}: {len(held)} models, {n_units} units, {len(meas)} measurements; "
           f"check points at {args.tolerance:g}%")
-    out: dict = {"models": len(held), "units": len(units)}
+    out: dict = {"models": len(held), "units": n_units}
     errs, checks = lomo(units, meas, held, args.tolerance)
     table(errs, checks, out)
     if args.json:
