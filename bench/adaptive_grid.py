@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -134,14 +133,11 @@ def synthetic_curves(seed: int = 0) -> dict:
 def cpu_adaptive(dbs: list[Path], tol: float = 3.0) -> dict:
     """Adaptive subsets of one-axis units swept on the octave grid (copies of the DBs)."""
     from dooly.db import Store
+    from dooly.db.store import copy_db
     counts, errs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, db in enumerate(dbs):
-            dst = Path(tmp) / f"{i}.db"
-            for suffix in ("", "-wal", "-shm"):
-                if Path(f"{db}{suffix}").exists():
-                    shutil.copyfile(f"{db}{suffix}", f"{dst}{suffix}")
-            with Store.open(dst, readonly=True) as s:
+            with Store.open(copy_db(db, Path(tmp) / f"{i}.db"), readonly=True) as s:
                 by: dict = defaultdict(dict)
                 for m in s.measurements():
                     if len(m.point) == 1 and next(iter(m.point)) in ("T", "B"):

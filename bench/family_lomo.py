@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -131,6 +130,7 @@ def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, di
 
 
 def main(argv=None) -> int:
+    from dooly.db.store import copy_db
     from dooly.errors import DoolyInputError
     ap = argparse.ArgumentParser(description="unit families leave-one-model-out over a Dooly DB")
     ap.add_argument("--db", required=True, help="a Dooly DB with two or more models' inventories")
@@ -146,8 +146,7 @@ def main(argv=None) -> int:
         print(f"{args.db}: no such DB (--db)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        copy = str(Path(tmp) / "copy.db")
-        shutil.copyfile(args.db, copy)
+        copy = str(copy_db(args.db, Path(tmp) / "copy.db"))
         try:
             units, meas, held = db_inputs(copy, args.engine, args.env)
         except DoolyInputError as e:

@@ -72,18 +72,14 @@ TARGET_PCT = 75.0
 def calibrated_cpu(dbs: list[Path], tolerance: float = 3.0):
     """(HARDWARE["cpu"] recalibrated from copies of `dbs` (a DB in use is never opened),
     (checks passed, checks made) on their swept units)."""
-    import shutil
     import tempfile
     from dooly.db import Store
+    from dooly.db.store import copy_db
     from dooly.profile.cost import calibrate_cpu
     with tempfile.TemporaryDirectory() as tmp:
         stores = []
         for i, db in enumerate(dbs):
-            dst = Path(tmp) / f"{i}-{db.name}"
-            for suffix in ("", "-wal", "-shm"):
-                if Path(f"{db}{suffix}").exists():
-                    shutil.copyfile(f"{db}{suffix}", f"{dst}{suffix}")
-            stores.append(Store.open(dst, readonly=True))
+            stores.append(Store.open(copy_db(db, Path(tmp) / f"{i}-{db.name}"), readonly=True))
         try:
             return calibrate_cpu(stores)[0], check_pass_rate(stores, tolerance)
         finally:

@@ -35,6 +35,17 @@ def db_identity(path) -> str:
     return str(Path(path).resolve())
 
 
+def copy_db(src, dst) -> Path:
+    """A SQLite DB copied for reading elsewhere: `src` and its -wal and -shm files, where
+    present (a DB in WAL mode keeps its latest rows beside it), to `dst`; returns `dst`.
+    The benches read such copies, never a DB a sweep may be writing."""
+    import shutil
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{src}{suffix}").exists():
+            shutil.copyfile(f"{src}{suffix}", f"{dst}{suffix}")
+    return Path(dst)
+
+
 def point_json(point: dict) -> str:
     """The exact text a point is stored under (same as Measurement.point_json)."""
     return Measurement("", "", point).point_json
