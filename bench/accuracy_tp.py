@@ -38,9 +38,11 @@ from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, 
 # three, so that each model's TP=N steps are predicted from a pool of two TP=N calibrations
 # (bench/results/2026-12-06c: TP=2 within 8% per set in both runs of three models)
 DEFAULT_MODELS = "qwen0.5b,qwen3-0.6b,llama3.2-1b"
+# the serving engines' settings unless told (the batches and calibrations always use them)
+DEFAULTS = {"kv_gib": 1.0, "max_model_len": 4096}
 
 
-def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=print, replay: bool = False) -> None:
+def prepare_tp(names: list[str], db: str, limits, tp: int, log=print, replay: bool = False) -> None:
     """TP=N sweep and fit of every model, then its real TP=N calibration steps; `replay`
     (--real-from): nothing is measured, the DB must hold every model's TP=N calibration."""
     from dooly.cli import main as dooly
@@ -71,24 +73,42 @@ def prepare_tp(names: list[str], db: str, limits, tp: int, kv_gib: float, log=pr
         if replay:
             bad_input(f"{db}: calibrations: --real-from needs {n} calibrated at TP={tp}")
         t0 = time.perf_counter()
-        r = calibrate_tp(str(MODELS[n]), db, tp, BUDGET, MAX_SEQS, kv_gib=kv_gib)
+        r = calibrate_tp(str(MODELS[n]), db, tp, BUDGET, MAX_SEQS)
         log(f"  calibrated {n} at TP={tp}, ranks on cores {r['bind']}: {r['steps']} steps in "
             f"{time.perf_counter() - t0:.0f} s (env {r['env_key']})")
 
 
-def tp_predictor(name: str, db: str, tp: int, names: list[str], drift: bool = False, out: dict | None = None):
+def others_calibrated(name: str, db: str, tp: int) -> bool:
+    """Whether the DB holds another model's engine steps at this TP (in the environment the
+    bench scores), so that this model can be predicted from a pool without its own: the
+    DB decides, not --models, so a one-model run on a DB of several stays model-out."""
+    from dooly.config import load_config
+    from dooly.db import Store
+    from dooly.engines import default_threads
+    from dooly.graph.units import inventory_key
+    from dooly.parallel import rank_threads
+    from dooly.profile.calibrate import calibrated_models
+    cfg = load_config(MODELS[name])
+    env = bench_env(rank_threads(default_threads("vllm", "cpu"), tp) if tp > 1 else None)
+    with Store.open(db) as store:
+        pool = calibrated_models(store, env.key)
+    return bool(pool - {cfg.hash if tp == 1 else inventory_key(cfg.hash, tp)})
+
+
+def tp_predictor(name: str, db: str, tp: int, drift: bool = False, out: dict | None = None):
     """The TP=N predictor whose engine-step model never saw this model's steps (its own
-    steps when it is the only model calibrated); with `drift`, scaled by the host's drift
+    steps when no other model is calibrated); with `drift`, scaled by the host's drift
     since the sweep (--recheck-host), its factors into `out`."""
     from dooly.config import load_config
     from dooly.predict import Predictor
+    pooled = others_calibrated(name, db, tp)
     if tp == 1:
-        pred = model_out_predictor(name, db, exclude_self=len(names) > 1)
+        pred = model_out_predictor(name, db, exclude_self=pooled)
     else:
         from dooly.graph.units import inventory_key
         own = inventory_key(load_config(MODELS[name]).hash, tp)   # how the pool names its TP steps
-        pred = Predictor.load(str(MODELS[name]), db, "vllm", tp=tp, exclude=[own] if len(names) > 1 else [],
-                              step_model="pool" if len(names) > 1 else "model")
+        pred = Predictor.load(str(MODELS[name]), db, "vllm", tp=tp, exclude=[own] if pooled else [],
+                              step_model="pool" if pooled else "model")
     factors = recheck(pred, db, f"{name}.tp{tp}", drift, str(MODELS[name]))
     if out is not None:
         out.update(factors)
@@ -116,7 +136,7 @@ def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
             bracket_drift(entry, name, args, save, before=len(runs) < args.real_runs, tp=tp)
         while len(runs) < args.real_runs:
             t0 = time.perf_counter()
-            runs.append(run_child(dict(job, config=str(MODELS[name]), tp=tp, kv_gib=args.kv_gib)))
+            runs.append(run_child(dict(job, config=str(MODELS[name]), tp=tp)))
             save()
             log(f"[{name}] TP={tp} real {job['mode']} run {len(runs)} in {time.perf_counter() - t0:.0f} s")
         if steps:
@@ -148,11 +168,13 @@ def score_steps(runs: list[dict], pred) -> dict:
     return fig
 
 
-def score_serve(loads: dict, runs: list[dict], pred) -> dict:
-    """Per load: real and simulated TTFT/TPOT percentiles and mean E2E (ms)."""
+def score_serve(loads: dict, runs: list[dict], pred, kv_blocks: int) -> dict:
+    """Per load: real and simulated TTFT/TPOT percentiles and mean E2E (ms). The simulator
+    gets the engine's scheduler settings but Dooly's own KV blocks (`kv_blocks`, from the
+    units), not the count the engine reports: capacity is part of what it predicts."""
     fig: dict = {}
+    settings = dict(runs[0]["settings"], num_gpu_blocks=kv_blocks)
     for i, (ld, reqs) in enumerate(loads.items()):
-        settings = runs[0]["settings"]
         sim, _ = sim_latencies(reqs, pred, settings)
         reals = [real_latencies(reqs, r["results"][i]["token_times"]) for r in runs]
         for metric in ("ttft", "tpot"):
@@ -227,25 +249,35 @@ def saved_rates(name: str, args) -> tuple | None:
     return tuple(float(f"{unit / t:.3g}") for t in last)
 
 
+def serve_job(loads: dict, args) -> dict:
+    """The real serving job: the workloads, and --kv-gib / --max-model-len only when not the
+    defaults, so that runs saved before those options existed still replay."""
+    job = {"mode": "serve", "budget": SERVING["budget"], "max_num_seqs": SERVING["max_num_seqs"],
+           "workloads": [{"name": k, "requests": as_jobs(v)} for k, v in loads.items()]}
+    job.update({k: v for k, v in (("kv_gib", args.kv_gib), ("max_model_len", args.max_model_len))
+                if v != DEFAULTS[k]})
+    return job
+
+
 def serve(name: str, tp: int, args, result: dict) -> None:
-    pred1 = tp_predictor(name, args.db, 1, args.names)
+    pred1 = tp_predictor(name, args.db, 1)
     rates = args.rates.get(name) or saved_rates(name, args)
     if rates is None:   # 0.4x and 1.3x the TP=1 capacity the simulator predicts
         cap = capacity(workload(args.trace, args.num_requests, 1.0, 0), pred1)
         rates = (float(f"{0.4 * cap:.3g}"), float(f"{1.3 * cap:.3g}"))
     loads = {ld: workload(args.trace, args.num_requests, r, 0) for ld, r in zip(("low", "high"), rates)}
-    job = {"mode": "serve", "budget": SERVING["budget"], "max_num_seqs": SERVING["max_num_seqs"],
-           "workloads": [{"name": k, "requests": as_jobs(v)} for k, v in loads.items()]}
+    job = serve_job(loads, args)
     from dooly.parallel import kv_cache_blocks
     figs = {}
     recheck(pred1, args.db, f"{name}.tp1", args.recheck_host, str(MODELS[name]))   # after the rates: they name the workload
-    for t, p in ((1, pred1), (tp, tp_predictor(name, args.db, tp, args.names, args.recheck_host))):
+    for t, p in ((1, pred1), (tp, tp_predictor(name, args.db, tp, args.recheck_host))):
         runs = real(name, t, job, args)
-        figs[t] = score_serve(loads, runs, p)
         st = runs[0]["settings"]
-        # the KV capacity of t devices: vLLM's blocks against Dooly's from the (shard) units
-        figs[t]["kv_blocks_real"] = st.get("num_gpu_blocks")
-        figs[t]["kv_blocks_dooly"] = kv_cache_blocks(p.units, p.counts, args.kv_gib, st["block_size"])
+        # the KV capacity of t devices: Dooly's blocks from the (shard) units, which the
+        # simulation uses, against vLLM's
+        blocks = kv_cache_blocks(p.units, p.counts, args.kv_gib, st["block_size"])
+        figs[t] = score_serve(loads, runs, p, blocks)
+        figs[t]["kv_blocks_real"], figs[t]["kv_blocks_dooly"] = st.get("num_gpu_blocks"), blocks
     print(f"[{name}] serving at {rates[0]:g} and {rates[1]:g} req/s ({args.num_requests} requests):")
     for t, f in figs.items():
         print(f"  TP={t}: KV blocks vLLM {f['kv_blocks_real']}, Dooly {f['kv_blocks_dooly']} "
@@ -266,8 +298,13 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="small sweep limits, fewer batches, 20 requests")
     ap.add_argument("--real-runs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1, help="passes over the batches within one real run")
-    ap.add_argument("--kv-gib", type=float, default=1.0, help="VLLM_CPU_KVCACHE_SPACE of each rank")
+    ap.add_argument("--kv-gib", type=float, default=DEFAULTS["kv_gib"],
+                    help="KV cache of each rank in GiB for the serving runs (fractions too: a small one "
+                         "makes the KV capacity bind, where N ranks hold N times the blocks of one)")
+    ap.add_argument("--max-model-len", type=int, default=DEFAULTS["max_model_len"],
+                    help="the serving engines' max_model_len (vLLM wants the KV cache to hold one)")
     ap.add_argument("--no-serve", action="store_true", help="per-batch figures only")
+    ap.add_argument("--serve-only", action="store_true", help="serving and the winner only, no batches")
     ap.add_argument("--rates", default="", help="per model low:high req/s, e.g. qwen0.5b=0.2:0.8")
     ap.add_argument("--trace", default=str(DEFAULT_TRACE))
     ap.add_argument("--num-requests", type=int, default=40)
@@ -289,6 +326,10 @@ def parse_args(argv):
             check_tp(load_config(MODELS[n]), args.tp)
         except DoolyInputError as err:
             ap.error(f"{n}: {err}")
+    if not args.kv_gib > 0 or args.max_model_len < 1:
+        bad_input(f"--kv-gib {args.kv_gib:g}, --max-model-len {args.max_model_len}: both must be positive")
+    if args.serve_only and args.no_serve:
+        bad_input("--serve-only and --no-serve: choose one")
     args.rates = {k.strip(): tuple(float(x) for x in v.split(":")) for k, _, v in
                   (p.partition("=") for p in args.rates.split(",") if p.strip())}
     if args.quick:
@@ -301,13 +342,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     limits = LIMITS["quick" if args.quick else "full"]
     prepare_db(args.names, args.db, limits, replay=bool(args.real_from))
-    prepare_tp(args.names, args.db, limits, args.tp, args.kv_gib, replay=bool(args.real_from))
+    prepare_tp(args.names, args.db, limits, args.tp, replay=bool(args.real_from))
     its = items(args.quick)
     result: dict = {"models": ",".join(args.names), "tp": args.tp, "protocol": "leave-one-model-out"}
     for n in args.names:
+        if args.serve_only:
+            serve(n, args.tp, args, result)
+            continue
         job = {"mode": "steps", "budget": BUDGET, "max_num_seqs": MAX_SEQS, "items": its, "repeats": args.repeats}
-        figs = {t: score_steps(real(n, t, job, args), tp_predictor(n, args.db, t, args.names,
-                                                                  args.recheck_host, result))
+        figs = {t: score_steps(real(n, t, job, args), tp_predictor(n, args.db, t, args.recheck_host, result))
                 for t in (1, args.tp)}
         print_steps(n, args.tp, figs)
         for t, f in figs.items():

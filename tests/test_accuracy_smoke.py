@@ -336,3 +336,21 @@ def test_a_candidate_the_time_budget_left_unserved_is_left_out_of_the_ranking(mo
     assert out["smollm2.served_candidates"] == 2 and out["smollm2.real_winner"] == "b256s8"
     assert out["smollm2.rank_correlation"] == pytest.approx(-1.0)
     assert out["smollm2.sim_winner"] == "b2048s8" and not out["smollm2.same_winner"]
+
+
+def test_the_tp_serving_check_simulates_dooly_s_own_kv_blocks_and_saves_a_small_kv_in_the_job(monkeypatch):
+    """A KV-bound winner check: the engine's serving job carries the fraction of a GiB it
+    was given, and the simulation runs on the blocks Dooly sized from the units, not on the
+    count the engine reported."""
+    from types import SimpleNamespace
+    tp = _load("accuracy_tp")
+    seen = []
+    monkeypatch.setattr(tp, "sim_latencies", lambda reqs, pred, st: seen.append(st) or ({"ttft": [1.0], "tpot": []}, None))
+    monkeypatch.setattr(tp, "real_latencies", lambda reqs, times: {"ttft": [1.0], "tpot": []})
+    req = SimpleNamespace(rid=0, arrival_s=0.0, prompt_len=64, output_len=1)
+    runs = [{"settings": {"num_gpu_blocks": 99, "block_size": 128}, "results": [{"token_times": []}]}]
+    tp.score_serve({"high": [req]}, runs, None, kv_blocks=7)
+    assert seen[0]["num_gpu_blocks"] == 7 and seen[0]["block_size"] == 128
+    small = tp.serve_job({"high": [req]}, SimpleNamespace(kv_gib=0.0125, max_model_len=512))
+    assert (small["kv_gib"], small["max_model_len"]) == (0.0125, 512)
+    assert "kv_gib" not in tp.serve_job({"high": [req]}, SimpleNamespace(**tp.DEFAULTS))   # old runs replay

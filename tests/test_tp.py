@@ -272,7 +272,22 @@ def test_sweep_predict_simulate_export_at_tp2(tmp_path, capsys):
     assert rows and {r["num_workers"] for r in rows} == {"2"} and rows[0]["size"] == str(1 * 128 * 2)
 
 
-def test_rank_kv_space_is_whole_gib_as_vllm_reads_it():
-    from dooly.engines.vllm_tp_probe import kv_space_gib
-    # a float "1.0" in VLLM_CPU_KVCACHE_SPACE fails vLLM's config validation at start
-    assert [kv_space_gib(x) for x in (1.0, 1, 0.25, 2.5, "3")] == [1, 1, 1, 3, 3]
+def test_a_rank_gets_a_fraction_of_a_gib_of_kv_cache_and_no_legacy_override(monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    from dooly.engines import vllm_tp_probe
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen["env"], seen["job"] = env, json.loads(Path(cmd[-2]).read_text())
+        Path(cmd[-1]).write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(vllm_tp_probe.subprocess, "run", fake_run)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    vllm_tp_probe.run_child({"mode": "serve", "tp": 2, "kv_gib": 0.0125})
+    # VLLM_CPU_KVCACHE_SPACE takes whole GiB and overrides kv_cache_memory_bytes: dropped
+    assert "VLLM_CPU_KVCACHE_SPACE" not in seen["env"] and seen["job"]["kv_gib"] == 0.0125
+    assert vllm_tp_probe.kv_cache_bytes(0.0125) == 13421772
+    with pytest.raises(ValueError, match="kv_gib"):
+        vllm_tp_probe.kv_cache_bytes(0)

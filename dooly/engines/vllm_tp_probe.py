@@ -7,14 +7,15 @@ makes it: `Scheduler.schedule`'s output, in the engine's process (the engine cor
 in-process, VLLM_ENABLE_V1_MULTIPROCESSING=0), and each step is timed around
 `LLMEngine.step`, which waits for every rank. On a CPU host each rank is bound to its own
 cores (VLLM_CPU_OMP_THREADS_BIND "0|1" on two cores: vLLM's automatic binding wants one
-NUMA node per rank) and gets VLLM_CPU_KVCACHE_SPACE GiB of KV cache.
+NUMA node per rank) and gets the job's "kv_gib" of KV cache (vLLM's kv_cache_memory_bytes,
+which each rank reads as its own; VLLM_CPU_KVCACHE_SPACE takes whole GiB only, too coarse for
+a KV-bound check on small models, and would override it, so the child never gets it).
 
 A child job is JSON data: {"mode": "steps" | "serve", "tp", "bind", "kv_gib", "config",
 "budget", "max_num_seqs", ...} with the fields of vllm_probe's and vllm_serve's jobs."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -71,14 +72,16 @@ class SchedulerSteps:
         LLMEngine.step = step
 
 
-def start_llm(config: Path, tp: int, budget: int, max_num_seqs: int, max_model_len: int = 4096):
+def start_llm(config: Path, tp: int, budget: int, max_num_seqs: int, max_model_len: int = 4096,
+              kv_gib: float = 1.0):
     from vllm import LLM
 
     from dooly.engines.vllm_probe import model_dir
     extra = {"distributed_executor_backend": "mp"} if tp > 1 else {}
     return LLM(model=model_dir(config), load_format="dummy", skip_tokenizer_init=True,
                dtype="bfloat16", max_model_len=max_model_len, max_num_batched_tokens=budget,
-               max_num_seqs=max_num_seqs, enable_prefix_caching=False, tensor_parallel_size=tp, **extra)
+               max_num_seqs=max_num_seqs, enable_prefix_caching=False, tensor_parallel_size=tp,
+               kv_cache_memory_bytes=kv_cache_bytes(kv_gib), **extra)
 
 
 def run_job(job: dict) -> dict:
@@ -89,7 +92,7 @@ def run_job(job: dict) -> dict:
     rec.install()
     tp = int(job.get("tp", 1))
     llm = start_llm(Path(job["config"]), tp, int(job.get("budget", 8192)), int(job.get("max_num_seqs", 128)),
-                    int(job.get("max_model_len", 4096)))
+                    int(job.get("max_model_len", 4096)), float(job.get("kv_gib", 1.0)))
     out = {"tp": tp, "settings": engine_settings(llm), "bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
     if job["mode"] == "steps":
         out["steps"] = run_items(llm, rec, job["items"], int(job.get("repeats", 1)))
@@ -101,10 +104,12 @@ def run_job(job: dict) -> dict:
     return out
 
 
-def kv_space_gib(kv_gib) -> int:
-    """VLLM_CPU_KVCACHE_SPACE for `kv_gib` GiB per rank: a whole number of GiB (rounded
-    up, at least 1), the only form vLLM's CPU worker accepts."""
-    return max(1, math.ceil(float(kv_gib) - 1e-9))
+def kv_cache_bytes(kv_gib) -> int:
+    """vLLM's kv_cache_memory_bytes for `kv_gib` GiB per rank (any fraction)."""
+    b = int(float(kv_gib) * (1 << 30))
+    if b <= 0:
+        raise ValueError(f"kv_gib: {kv_gib} GiB holds no KV cache")
+    return b
 
 
 def run_child(job: dict, timeout: float = 7200) -> dict:
@@ -116,8 +121,7 @@ def run_child(job: dict, timeout: float = 7200) -> dict:
     env = vllm_environ()
     tp = int(job.get("tp", 1))
     env["VLLM_CPU_OMP_THREADS_BIND"] = job.get("bind") or (bind_list(tp) if tp > 1 else "auto")
-    # vLLM reads whole GiB: "1.0" fails its config validation
-    env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_space_gib(job.get("kv_gib", 1)))
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)   # it would override the job's kv_gib
     proc = subprocess.run([sys.executable, "-m", "dooly.engines.vllm_tp_probe", str(tmp / "job.json"), str(out)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0 or not out.exists():
