@@ -98,7 +98,8 @@ def run_job(job: dict) -> dict:
         out["steps"] = run_items(llm, rec, job["items"], int(job.get("repeats", 1)))
         return out
     import random
-    generate(llm, prompts([300, 40, 40, int(job["budget"]) + 100], 1), [4] * 4)  # warm-up
+    longest = int(job.get("max_model_len", 4096)) - 8   # a KV-bound job's engine takes no longer prompt
+    generate(llm, prompts([min(n, longest) for n in (300, 40, 40, int(job["budget"]) + 100)], 1), [4] * 4)  # warm-up
     rng = random.Random(1)
     out["results"] = [dict(replay(llm, rec, wl["requests"], rng), name=wl["name"]) for wl in job["workloads"]]
     return out
