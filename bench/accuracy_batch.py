@@ -337,7 +337,7 @@ def score(name, runs, pred) -> dict:
     """Per set: whole-step MAPE (units + engine) over every run's batches (each the median
     of its repeats in that run), the units alone against the model's execution, and the
     real-vs-real noise."""
-    from dooly.fit.step_model import quiet_steps
+    from dooly.fit.step_pool import quiet_steps
     fig: dict = {}
     steps = [s for r in runs for s in representative(r["steps"]) if keep(s["set"][0], s["batch"])]
     quiet = {id(s) for r in runs for s in quiet_steps(r["steps"], max(r.get("threads") or [1]))}

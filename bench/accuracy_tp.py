@@ -119,29 +119,32 @@ def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
     """--real-runs results of one job (saved to --raw as each ends; --resume reuses them).
     With --recheck-host, the batches' host is re-timed right before and right after them
     and saved with them (accuracy_batch.bracket_drift); the serving runs are scaled by that
-    too, and a replay by what the run saved."""
+    too (by their own re-timing with --serve-only), and a replay by what the run saved."""
     from dooly.engines.vllm_tp_probe import run_child
     key = f"{name}@tp{tp}:{job['mode']}"
     src = args.real_from or (args.raw if args.resume else None)
     saved = json.loads(Path(src).read_text()) if src and Path(src).exists() else {}
     entry = saved[key] if saved.get(key, {}).get("job") == job else {"job": job, "runs": []}
-    runs, steps = entry["runs"], job["mode"] == "steps"
+    runs = entry["runs"]
+    # the host's drift is re-timed around the batches, or around the serving runs when
+    # they run alone (--serve-only), and saved with them for a replay
+    bracket = job["mode"] == "steps" or getattr(args, "serve_only", False)
     if args.real_from:
         if not runs:
             raise SystemExit(f"--real-from {args.real_from}: no runs of {key} for this job")
     else:
         def save():
             save_raw(args.raw, key, entry)
-        if steps:
+        if bracket:
             bracket_drift(entry, name, args, save, before=len(runs) < args.real_runs, tp=tp)
         while len(runs) < args.real_runs:
             t0 = time.perf_counter()
             runs.append(run_child(dict(job, config=str(MODELS[name]), tp=tp)))
             save()
             log(f"[{name}] TP={tp} real {job['mode']} run {len(runs)} in {time.perf_counter() - t0:.0f} s")
-        if steps:
+        if bracket:
             bracket_drift(entry, name, args, save, tp=tp)
-    if steps:
+    if bracket:
         saved_drift(name, entry, args, key=f"{name}.tp{tp}")
     return runs if args.real_from else runs[:args.real_runs]   # a replay scores every saved run
 
@@ -182,6 +185,9 @@ def score_serve(loads: dict, runs: list[dict], pred, kv_blocks: int) -> dict:
             for p in PCTS:
                 fig[f"{ld}.{metric}_{p}_real_ms"] = statistics.fmean(r[p] for r in rs)
                 fig[f"{ld}.{metric}_{p}_sim_ms"] = s[p]
+            # the issue's serving figure: mean |sim/real - 1| over p50, p90, p99
+            fig[f"{ld}.{metric}_err_pct"] = statistics.fmean(
+                100 * abs(fig[f"{ld}.{metric}_{p}_sim_ms"] / fig[f"{ld}.{metric}_{p}_real_ms"] - 1) for p in PCTS)
         outs = [r.output_len for r in reqs]
         e2e = lambda lat: statistics.fmean(t + (o - 1) * d for t, d, o in zip(  # noqa: E731
             lat["ttft"], lat["tpot"] + [0.0] * len(outs), outs))
@@ -269,9 +275,11 @@ def serve(name: str, tp: int, args, result: dict) -> None:
     job = serve_job(loads, args)
     from dooly.parallel import kv_cache_blocks
     figs = {}
-    recheck(pred1, args.db, f"{name}.tp1", args.recheck_host, str(MODELS[name]))   # after the rates: they name the workload
-    for t, p in ((1, pred1), (tp, tp_predictor(name, args.db, tp, args.recheck_host))):
+    for t in (1, tp):
         runs = real(name, t, job, args)
+        # after the runs, which may have saved the host's drift; after the rates: they name the workload
+        p = pred1 if t == 1 else tp_predictor(name, args.db, tp)
+        recheck(p, args.db, f"{name}.tp{t}", args.recheck_host, str(MODELS[name]))
         st = runs[0]["settings"]
         # the KV capacity of t devices: Dooly's blocks from the (shard) units, which the
         # simulation uses, against vLLM's
@@ -283,7 +291,9 @@ def serve(name: str, tp: int, args, result: dict) -> None:
         print(f"  TP={t}: KV blocks vLLM {f['kv_blocks_real']}, Dooly {f['kv_blocks_dooly']} "
               f"({args.kv_gib:g} GiB per rank); " + "; ".join(f"{ld} TTFT p50 real {f[f'{ld}.ttft_p50_real_ms']:.0f} sim "
                                       f"{f[f'{ld}.ttft_p50_sim_ms']:.0f} ms, TPOT p50 real "
-                                      f"{f[f'{ld}.tpot_p50_real_ms']:.1f} sim {f[f'{ld}.tpot_p50_sim_ms']:.1f} ms"
+                                      f"{f[f'{ld}.tpot_p50_real_ms']:.1f} sim {f[f'{ld}.tpot_p50_sim_ms']:.1f} ms "
+                                      f"(p50/p90/p99 mean error TTFT {f[f'{ld}.ttft_err_pct']:.1f}%, "
+                                      f"TPOT {f[f'{ld}.tpot_err_pct']:.1f}%)"
                                       for ld in loads))
         result.update({f"{name}.tp{t}.serve.{k}": v for k, v in f.items()})
     for ld, w in winner(figs, loads).items():
@@ -361,10 +371,11 @@ def main(argv=None) -> int:
         for s in SETS:
             vals = [result[f"{n}.tp{t}.mape_{s}_pct"] for n in args.names if f"{n}.tp{t}.mape_{s}_pct" in result]
             result[f"tp{t}.mape_{s}_pct"] = max(vals) if vals else None
-    print("\nworst model per set: " + "; ".join(
-        f"TP={t}: " + ", ".join(f"{s} {result[f'tp{t}.mape_{s}_pct']:.1f}%" for s in SETS
-                                if result[f"tp{t}.mape_{s}_pct"] is not None) for t in (1, args.tp))
-        + " (first target at TP=2: at most 8% per set)")
+    if not args.serve_only:
+        print("\nworst model per set: " + "; ".join(
+            f"TP={t}: " + ", ".join(f"{s} {result[f'tp{t}.mape_{s}_pct']:.1f}%" for s in SETS
+                                    if result[f"tp{t}.mape_{s}_pct"] is not None) for t in (1, args.tp))
+            + " (first target at TP=2: at most 8% per set)")
     flatjson.write(args.json_path, result)
     return 0
 

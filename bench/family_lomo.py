@@ -118,7 +118,7 @@ def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, di
     engine-step pseudo-units (whole steps, not units)."""
     from dooly.db import Store
     from dooly.db.envs import choose_environment
-    from dooly.fit.step_model import STEP_OP
+    from dooly.fit.step_features import STEP_OP
     with Store.open(db, create=False, readonly=True) as store:
         env = choose_environment(store, engine, env_key, db)
         units = {u.key: u for u in store.units() if u.op != STEP_OP}

@@ -96,7 +96,8 @@ class Predictor:
         predicted from its own inventory, applied to this model's structure; with
         prefer="model" this model's own steps when it was calibrated; "none": no model.
         Sets `step_model_source` and `structure`; on a CUDA-graph host, `graphs`."""
-        from dooly.fit.step_model import load_step_model, model_structure
+        from dooly.fit.step_features import model_structure
+        from dooly.fit.step_pool import load_step_model
         if env.execution == "cudagraph" and self.graphs is None:
             from dooly.fit.cudagraph import GraphPolicy
             self.graphs = GraphPolicy.for_serving()   # vLLM's defaults; set_serving() to change

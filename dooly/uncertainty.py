@@ -75,7 +75,7 @@ def _summarise(errs: dict[str, list[tuple[str, float]]], source: str) -> tuple[f
 def own_step_errors(store, pred, config_hash: str) -> list[tuple[str, float]]:
     """[(step kind, signed relative error)] of the model's own calibrated steps as `pred`
     predicts them."""
-    from dooly.fit.step_model import pool_rows
+    from dooly.fit.step_pool import pool_rows
     rows = [r for r in pool_rows(store, pred.env.key) if r["model"] == config_hash]
     return [(step_kind(r["seqs"]), pred.predict(r["seqs"]).step_ms / r["step_ms"] - 1.0) for r in rows]
 
@@ -83,7 +83,9 @@ def own_step_errors(store, pred, config_hash: str) -> list[tuple[str, float]]:
 def model_out_errors(store, pred, models: list[str]) -> dict[str, list[tuple[str, float]]]:
     """Config hash -> [(step kind, signed relative error)] of whole steps of that model,
     predicted with an engine-step model fitted on the other models' steps only."""
-    from dooly.fit.step_model import MIN_ROWS, EngineStepModel, model_structure, pool_rows, select_terms
+    from dooly.fit.step_features import MIN_ROWS, model_structure
+    from dooly.fit.step_model import EngineStepModel
+    from dooly.fit.step_pool import pool_rows, select_terms
     from dooly.predict import _units_only
     env = pred.env
     units_of: dict = {}

@@ -78,7 +78,8 @@ def test_predictor_pads_token_driven_units_on_a_cudagraph_host():
 
 
 def test_step_model_makes_no_per_layer_calls_for_a_full_replay():
-    from dooly.fit.step_model import FEATURES, EngineStepModel
+    from dooly.fit.step_features import FEATURES
+    from dooly.fit.step_model import EngineStepModel
     import numpy as np
     m = EngineStepModel()
     m.coef_ = np.array([1.0 if name == "step_layer" else 0.0 for name, _, _ in FEATURES])

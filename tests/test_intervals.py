@@ -149,7 +149,7 @@ def _pool_db(tmp_path):
     from dooly.config import load_config
     from dooly.db import Store
     from dooly.env import Measurement
-    from dooly.fit.step_model import record_steps
+    from dooly.fit.step_pool import record_steps
     from dooly.fit.stored import fit_environment
     from dooly.unit import Unit
     me = load_config(SMOL).hash

@@ -3,7 +3,7 @@ vLLM's own MLA layer and backend, with a one-latent KV cache."""
 import pytest
 import torch
 
-from dooly.fit.step_model import model_structure
+from dooly.fit.step_features import model_structure
 from dooly.parallel import kv_bytes_per_token
 from dooly.unit import DimLabel, Label, TensorSig, Unit, is_mla
 

@@ -43,8 +43,8 @@ def drive(requests, cfg, step_ms=10.0, check=None):
 def block_invariants(cfg):
     def check(sched, seqs, batch):
         used = sched.used_blocks()
-        assert 0 <= sched.free_blocks <= cfg.num_blocks
-        assert used + sched.free_blocks == cfg.num_blocks
+        assert 0 <= sched.free_blocks <= cfg.usable_blocks
+        assert used + sched.free_blocks == cfg.usable_blocks
         for s in sched.waiting:
             assert s.blocks == 0 and s.computed == 0
         for s, b in zip(seqs, batch):
@@ -105,7 +105,7 @@ def test_preemption_frees_and_reallocates_blocks():
 
     sched, states = drive(reqs, cfg, check=check)
     assert sched.num_preemptions > 0
-    assert sched.free_blocks == cfg.num_blocks and not sched.running and not sched.waiting
+    assert sched.free_blocks == cfg.usable_blocks and not sched.running and not sched.waiting
     for s in states:
         assert s.generated == s.req.output_len == len(s.token_times)
     # Generated tokens are recomputed as prompt: the recompute covers prompt + output so far.
@@ -115,7 +115,7 @@ def test_preemption_frees_and_reallocates_blocks():
 
 
 def test_preemption_takes_most_recently_admitted():
-    cfg = SchedulerConfig(max_num_batched_tokens=1000, block_size=16, num_blocks=12)
+    cfg = SchedulerConfig(max_num_batched_tokens=1000, block_size=16, num_blocks=13)   # 12 hold KV
     reqs = [Request(0, 0.0, 64, 80), Request(1, 0.0, 64, 80), Request(2, 0.0, 64, 80)]
     sched = Scheduler(cfg)
     states = [SeqState(r) for r in reqs]
@@ -227,3 +227,33 @@ def test_summary_metrics():
     assert s.latency["tpot_ms"]["p50"] == pytest.approx(10.0)  # 1-token output skipped
     assert s.latency["ttft_ms"]["mean"] == pytest.approx(10.0)
     assert not math.isnan(s.batch_seqs["mean"])
+
+
+def test_one_block_of_the_kv_cache_is_vllm_s_null_block():
+    """vLLM's BlockPool keeps block 0 as a placeholder: N blocks hold the KV of N - 1. With
+    6 blocks of 128 tokens two 288-token requests (3 blocks each) do not run together."""
+    cfg = SchedulerConfig(max_num_batched_tokens=2048, block_size=128, num_blocks=6)
+    sched = Scheduler(cfg)
+    a, b = SeqState(Request(0, 0.0, 280, 8)), SeqState(Request(1, 0.0, 280, 8))
+    sched.add(a)
+    sched.add(b)
+    seqs, _ = sched.schedule(0.0)
+    assert seqs == [a] and sched.free_blocks == 2
+    with pytest.raises(ValueError, match="null block"):
+        simulate([Request(0, 0.0, 700, 68)], linear_ms, cfg)   # 768 tokens: 6 blocks, 5 usable
+
+
+def test_a_waiting_request_is_admitted_only_when_its_whole_prompt_fits():
+    """vLLM 0.32 (scheduler_reserve_full_isl) checks the whole prompt's blocks, not the
+    first chunk's: a 1000-token prompt waits while its 256-token chunk alone would fit."""
+    cfg = SchedulerConfig(max_num_batched_tokens=256, block_size=16, num_blocks=40)
+    sched = Scheduler(cfg)
+    first, second = SeqState(Request(0, 0.0, 400, 50)), SeqState(Request(1, 0.0, 1000, 5))
+    sched.add(first)
+    seqs, batch = sched.schedule(0.0)
+    sched.complete(seqs, batch, 0.01)
+    sched.add(second)
+    seqs, _ = sched.schedule(0.01)
+    # 39 usable blocks, 25 held by the first prompt: 14 free; the second's 112-token first
+    # chunk needs 7 of them, its whole prompt 63
+    assert second not in seqs and sched.waiting[0] is second

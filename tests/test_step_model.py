@@ -7,8 +7,9 @@ import pytest
 
 from dooly.db import Store
 from dooly.env import Environment
-from dooly.fit.step_model import (FEATURES, STRUCTURE, EngineStepModel, engine_step_unit, load_step_model,
-                                  model_structure, pool_rows, record_steps)
+from dooly.fit.step_features import FEATURES, STRUCTURE, engine_step_unit, model_structure
+from dooly.fit.step_model import EngineStepModel
+from dooly.fit.step_pool import load_step_model, pool_rows, record_steps
 
 ENV = Environment("cpu0", "cpu", "vllm", "0.32", "CPU_ATTN", "bfloat16", threads=2)
 
@@ -284,7 +285,8 @@ def test_steps_slowed_by_another_process_are_left_out(tmp_path):
 def test_a_pool_of_two_models_fits_no_structure_terms():
     """Two models cannot say how a term grows with layers: their pool keeps the per-step,
     per-sequence and per-chunk terms only, and a stored model says which it used."""
-    from dooly.fit.step_model import STRUCTURE_MODELS, TERM_SETS, EngineStepModel, select_terms
+    from dooly.fit.step_model import EngineStepModel
+    from dooly.fit.step_pool import STRUCTURE_MODELS, TERM_SETS, select_terms
     rows = [{"model": m, "seqs": [[1, 64]] * b, "structure": {}, "step_ms": 1.0, "units_ms": 1.0}
             for m in ("a", "b") for b in (1, 2)]
     assert STRUCTURE_MODELS > 2 and select_terms(rows) == TERM_SETS["structure-free"]
@@ -297,7 +299,7 @@ def test_kernels_slower_inside_the_engine_are_learned_as_a_share_of_the_units():
     """Units timed alone under the engine's own step by a fixed share (the same kernels
     beside other ops' data in the caches): a pool of three models learns that share and
     carries it to a model it never saw; the model selection picks the set with that term."""
-    from dooly.fit.step_model import TERM_SETS, select_terms
+    from dooly.fit.step_pool import TERM_SETS, select_terms
     slow = 0.15
     rows = []
     for i, (h, st) in enumerate(POOL.items()):
@@ -317,7 +319,7 @@ def test_structure_terms_interpolate_between_the_pools_models_and_never_extrapol
     three put a 30-layer model past its 16-28 and took half its units off every step): a
     model whose layers, widths or vocabulary lie outside the pool's range gets the
     structure-free terms, one inside it the term set the pool chose."""
-    from dooly.fit.step_model import TERM_SETS, inside_pool, select_terms
+    from dooly.fit.step_pool import TERM_SETS, inside_pool, select_terms
     rows = [r for i, (h, st) in enumerate(POOL.items()) for r in _rows(h, st, seed=i)]
     chosen = select_terms(rows)
     assert chosen != TERM_SETS["structure-free"] and select_terms(rows, HELD_OUT) == chosen
@@ -334,7 +336,7 @@ def test_a_prefills_gemms_slower_inside_the_engine_carry_from_two_models_to_a_th
     """A prefill's GEMMs run a share longer in the engine than alone, decode's do not: two
     calibrated models (the structure-free terms) learn that share of their GEMM time, in
     proportion to the step's prefill tokens, and carry it to a model never calibrated."""
-    from dooly.fit.step_model import TERM_SETS, select_terms
+    from dooly.fit.step_pool import TERM_SETS, select_terms
     slow = 0.25
 
     def truth(structure, seqs):

@@ -177,11 +177,11 @@ def _check_kv(cands, requests, args) -> None:
     longest = max(r.prompt_len + r.output_len for r in requests)
     for c in cands:
         s = c.scheduler(SchedulerConfig())
-        if s.num_blocks is not None and s.blocks_for(longest - 1) > s.num_blocks:
+        if s.num_blocks is not None and s.blocks_for(longest - 1) > s.usable_blocks:
             flag = "--vary" if "num_blocks" in c.varied or "block_size" in c.varied else "--num-blocks"
             raise DoolyInputError(flag, f"{c.label}: the longest request ({longest} tokens) needs "
                                   f"{s.blocks_for(longest - 1)} KV blocks of {s.block_size}, "
-                                  f"num_blocks is {s.num_blocks}")
+                                  f"num_blocks is {s.num_blocks} (one of them vLLM's null block)")
 
 
 def run(args) -> int:

@@ -10,7 +10,7 @@ from dooly.errors import DoolyInputError
 def stored_structure(store, cfg, engine: str) -> dict:
     """The model's structure from the inventory the DB holds (`dooly sweep` and `dooly
     analyze --db` store it)."""
-    from dooly.fit.step_model import model_structure
+    from dooly.fit.step_features import model_structure
     counts = store.inventory(cfg.hash, engine)
     units = {k: store.get_unit(k) for k in counts}
     if not counts or any(u is None for u in units.values()):
@@ -30,7 +30,7 @@ def calibrate(config: str, db_path: str, threads: int | None = None, budget: int
     from dooly.db import Store
     from dooly.engines import environment
     from dooly.engines.vllm_probe import calibration_items, run_child
-    from dooly.fit.step_model import quiet_steps, record_steps
+    from dooly.fit.step_pool import quiet_steps, record_steps
     cfg = load_config(config)
     env = environment("vllm", "cpu", threads=threads)
     with Store.open(db_path) as store:
@@ -51,6 +51,6 @@ def calibrate(config: str, db_path: str, threads: int | None = None, budget: int
 
 def calibrated_models(store, env_key: str) -> set[str]:
     """Config hashes of the models whose engine steps the DB holds in this environment."""
-    from dooly.fit.step_model import STEP_OP
+    from dooly.fit.step_features import STEP_OP
     return {u.attr.get("model", u.key) for u in store.units()
             if u.op == STEP_OP and store.measurements(unit_key=u.key, env_key=env_key)}

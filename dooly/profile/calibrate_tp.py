@@ -16,7 +16,8 @@ def calibrate_tp(config: str, db_path: str, tp: int, budget: int = 8192, max_num
     from dooly.engines import default_threads, environment
     from dooly.engines.vllm_probe import calibration_items
     from dooly.engines.vllm_tp_probe import run_child
-    from dooly.fit.step_model import model_structure, record_steps
+    from dooly.fit.step_features import model_structure
+    from dooly.fit.step_pool import record_steps
     from dooly.graph.units import inventory_key
     from dooly.parallel import rank_threads
     from dooly.profile.calibrate import calibrated_models

@@ -22,7 +22,9 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     block_size: int = 16
-    num_blocks: int | None = None        # None: KV cache never runs out (no preemption)
+    # vLLM's num_gpu_blocks; None: the KV cache never runs out (no preemption). Its block 0
+    # is a placeholder that never holds KV (BlockPool's null block): num_blocks - 1 do.
+    num_blocks: int | None = None
     long_prefill_token_threshold: int = 0  # 0: off, as in vLLM
     max_model_len: int | None = None
 
@@ -30,8 +32,8 @@ class SchedulerConfig:
         for name in ("max_num_batched_tokens", "max_num_seqs", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_blocks is not None and self.num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.num_blocks is not None and self.num_blocks < 2:
+            raise ValueError(f"num_blocks must be >= 2 (one is vLLM's null block), got {self.num_blocks}")
         if self.long_prefill_token_threshold < 0:
             raise ValueError("long_prefill_token_threshold must be >= 0, "
                              f"got {self.long_prefill_token_threshold}")
@@ -40,6 +42,11 @@ class SchedulerConfig:
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
+
+    @property
+    def usable_blocks(self) -> int | None:
+        """The blocks that hold KV (None: unbounded)."""
+        return None if self.num_blocks is None else self.num_blocks - 1
 
 
 class ScheduledSeq(NamedTuple):
@@ -77,7 +84,7 @@ class Scheduler:
         self.cfg = cfg
         self.waiting: deque[SeqState] = deque()
         self.running: list[SeqState] = []   # admission order; the tail is preempted first
-        self.capacity = cfg.num_blocks if cfg.num_blocks is not None else sys.maxsize
+        self.capacity = cfg.usable_blocks if cfg.num_blocks is not None else sys.maxsize
         self.free_blocks = self.capacity
         self.num_preemptions = 0
         self.last_num_tokens = 0
@@ -158,6 +165,10 @@ class Scheduler:
             while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
                 s = waiting[0]
                 n = s.num_tokens  # waiting requests hold no KV (computed == 0)
+                # vLLM admits a request only if its whole prompt fits, not just the first
+                # chunk (scheduler_reserve_full_isl, on by default in 0.32)
+                if (min(n, limit + 1) + bs - 1) // bs > free:
+                    break
                 if 0 < thresh < n:
                     n = thresh
                 if n > budget:

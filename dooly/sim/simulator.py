@@ -57,10 +57,10 @@ def _check_fits(requests: Sequence[Request], cfg: SchedulerConfig) -> None:
         if cfg.max_model_len is not None and total > cfg.max_model_len:
             raise ValueError(f"request {r.rid}: prompt_len + output_len = {total} exceeds "
                              f"max_model_len {cfg.max_model_len}")
-        if cfg.num_blocks is not None and cfg.blocks_for(total - 1) > cfg.num_blocks:
+        if cfg.num_blocks is not None and cfg.blocks_for(total - 1) > cfg.usable_blocks:
             raise ValueError(f"request {r.rid}: {total} tokens need "
                              f"{cfg.blocks_for(total - 1)} KV blocks, num_blocks is "
-                             f"{cfg.num_blocks}")
+                             f"{cfg.num_blocks} (one of them vLLM's null block)")
 
 
 def simulate(requests: Sequence[Request], step_time_fn: StepTimeFn,

@@ -1,0 +1,198 @@
+"""The engine-step pool of one environment: every calibrated model's real steps (stored by
+`record_steps` as measurements of the `engine.step` pseudo-unit), and the engine-step model
+fitted on them for a target model (`load_step_model`): the pool's models but the excluded
+ones, the term set chosen by leave-one-model-out error (`select_terms`), each model's units
+predicted from the unit fits at load time."""
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable
+
+import numpy as np
+
+from dooly.env import Environment, Measurement
+from dooly.fit.step_features import FEATURES, MIN_ROWS, STEP_OP, STRUCTURE, engine_step_unit, structure_terms
+from dooly.fit.step_model import EngineStepModel
+
+QUIET_SHARE = 0.8   # a step whose threads ran less of its time shared the host's cores
+
+
+def quiet_steps(steps: list[dict], threads: int) -> list[dict]:
+    """The steps that ran with their threads on a CPU (`cpu_ms` >= QUIET_SHARE x threads x
+    wall): units are timed with no thread preempted (dooly.profile.timing), so the engine's
+    own work must be fitted on steps that were not slowed by another process either (on a
+    2-core host a preempted step's small kernels run 100x slower). Steps recorded without
+    `cpu_ms` count as quiet."""
+    return [s for s in steps if s.get("cpu_ms") is None
+            or float(s["cpu_ms"]) >= QUIET_SHARE * max(threads, 1) * float(s["ms"])]
+
+
+def record_steps(store, env: Environment, steps: list[dict], structure: dict, config_hash: str,
+                 threads: int | None = None) -> int:
+    """steps: {"batch": [[q, c], ...], "ms": the whole engine step, "cpu_ms" and "graph":
+    optional}. With `threads`, only the quiet steps (`quiet_steps`) are kept, unless too
+    few distinct batches would remain. They replace the model's earlier calibration in
+    this environment; repeated batches keep their median."""
+    unit = engine_step_unit(structure, config_hash)
+    store.add_environment(env)
+    store.add_unit(unit)
+    quiet = quiet_steps(steps, threads) if threads else steps
+    rows = _step_rows(unit.key, env.key, quiet)
+    if len(rows) < MIN_ROWS:
+        rows = _step_rows(unit.key, env.key, steps)
+    # the model's earlier steps, under this structure's key or an older one
+    old = [u.key for u in store.units() if u.op == STEP_OP and u.attr.get("model") == config_hash]
+    for key in old:
+        if key != unit.key:
+            store.replace_measurements(key, env.key, [])
+    store.replace_measurements(unit.key, env.key, rows)
+    return len(rows)
+
+
+def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measurement]:
+    by_point: dict[str, tuple[dict, list[float]]] = {}
+    for s in steps:
+        batch = [[int(q), int(c)] for q, c in s["batch"]]
+        if batch and float(s["ms"]) > 0:
+            point = {"seqs": batch}
+            if s.get("graph") and s["graph"] != "none":
+                point["graph"] = str(s["graph"])
+            by_point.setdefault(json.dumps(point, sort_keys=True), (point, []))[1].append(float(s["ms"]))
+    return [Measurement(unit_key, env_key, point, float(np.median(ms)), min(ms), max(ms),
+                        float(np.mean(ms)), float(np.std(ms)), len(ms))
+            for point, ms in by_point.values()]
+
+
+
+# the feature sets a pool of several models chooses from by leave-one-model-out error
+# (`select_terms`): terms scaled by the model's structure extrapolate from a few models
+# (two Qwens with 24 and 28 layers put SmolLM2's 30-layer decode steps 50% under), the
+# structure-free ones only carry the engine's per-step, per-sequence and per-chunk work
+# and a prefill's GEMMs slowed in the engine (a share of the model's own GEMM time)
+# The units term (the kernels' speed inside the engine) is a candidate only beside the
+# structure terms: with one or two models it stands in for per-layer overhead that grows
+# with the model (a SmolLM2-only fit put Qwen2.5's decode steps 23% over).
+TERM_SETS = {"all": tuple(f[0] for f in FEATURES if f[0] not in ("units", "prefill_gemm")),
+             "all+units": tuple(f[0] for f in FEATURES if f[0] != "prefill_gemm"),
+             "structure-free": ("step", "seq", "prefill", "prefill_gemm")}
+STRUCTURE_MODELS = 3
+
+
+def pool_rows(store, env_key: str, structure_of: Callable[[str], dict | None] | None = None) -> list[dict]:
+    """Every stored engine step of `env_key`: {"model": config hash, "structure", "seqs",
+    "step_ms", "graph"}. Steps stored before structure attributes existed get theirs from
+    `structure_of(config_hash)` (None: left out)."""
+    rows = []
+    for u in store.units():
+        if u.op != STEP_OP:
+            continue
+        a = u.attr
+        structure = {k: int(a[k]) for k in STRUCTURE} if all(k in a for k in STRUCTURE) else None
+        if structure is None and structure_of is not None:
+            structure = structure_of(a.get("model", ""))
+        if structure is None:
+            continue
+        for m in store.measurements(unit_key=u.key, env_key=env_key):
+            rows.append({"model": a.get("model", u.key), "structure": structure,
+                         "seqs": m.point["seqs"], "graph": m.point.get("graph"), "step_ms": m.median_ms})
+    return rows
+
+
+def load_step_model(store, env, cfg, structure: dict, units_ms_for: Callable[[str], Callable | None],
+                    exclude: Iterable[str] = (), prefer: str = "pool", structure_of=None, graphs=None):
+    """(BoundStepModel or None, source). `prefer`: "pool" (every calibrated model's steps
+    but those in `exclude`, a list of config hashes), "model" (this model's own steps only,
+    when it was calibrated; else the pool) or "none". `units_ms_for(config_hash)` gives a
+    function seqs -> the units' ms of that model (or the pair: units' ms, their GEMMs' ms),
+    or None when it cannot be predicted here. source: "pool(N models, NAME terms)" (NAME: the
+    TERM_SETS entry it chose), "model" or "none"."""
+    if prefer not in ("pool", "model", "none"):
+        raise ValueError(f"prefer: expected pool, model or none, got {prefer!r}")
+    if prefer == "none":
+        return None, "none"
+    excluded = set(exclude)
+    rows = [r for r in pool_rows(store, env.key, structure_of) if r["model"] not in excluded]
+    own_hash = getattr(cfg, "hash", None)
+    if prefer == "model":
+        own = [r for r in rows if r["model"] == own_hash]
+        fitted = _fit_rows(own, units_ms_for)
+        if fitted is not None:
+            return fitted.bind(structure, graphs), "model"
+    fitted = _fit_rows(rows, units_ms_for, structure)
+    if fitted is None:
+        return None, "none"
+    return fitted.bind(structure, graphs), f"pool({len(fitted.models_)} models, {term_set_name(fitted.terms)} terms)"
+
+
+def term_set_name(terms: tuple[str, ...] | None) -> str:
+    """The TERM_SETS name of `terms` ("all" for None: every feature allowed)."""
+    if terms is None:
+        return "all"
+    return next((name for name, ts in TERM_SETS.items() if tuple(terms) == ts), ",".join(terms))
+
+
+def _fit_rows(rows: list[dict], units_ms_for, target: dict | None = None) -> EngineStepModel | None:
+    """The model fitted on `rows`, each model's units predicted by `units_ms_for` (a model
+    it cannot predict is left out), for a model of structure `target` (select_terms); None
+    with too few usable steps."""
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    usable = []
+    for h, rs in by_model.items():
+        fn = units_ms_for(h)
+        if fn is not None:
+            for r in rs:
+                units, gemm = _units_gemm(fn(r["seqs"]))
+                usable.append(dict(r, units_ms=units, gemm_ms=gemm))
+    if len(usable) < MIN_ROWS:
+        return None
+    return EngineStepModel(select_terms(usable, target)).fit(usable)
+
+
+def _units_gemm(v) -> tuple[float, float]:
+    """A units_ms_for answer: the units' ms, or (units' ms, their GEMMs' ms)."""
+    return (float(v[0]), float(v[1])) if isinstance(v, tuple) else (float(v), 0.0)
+
+
+def held_out_error(rows: list[dict], terms: tuple[str, ...] | None) -> float | None:
+    """Mean over models of the MAPE of a model's whole steps predicted by a model fitted
+    on the other models' steps only (None: fewer than two models)."""
+    models = sorted({r["model"] for r in rows})
+    errs = []
+    for h in models:
+        train = [r for r in rows if r["model"] != h]
+        if len(train) < MIN_ROWS:
+            continue
+        m = EngineStepModel(terms).fit(train)
+        errs.append(np.mean([abs(max(r["units_ms"] + m.predict_one(r["seqs"], r["structure"], r.get("graph"),
+                                                                    r["units_ms"], r.get("gemm_ms", 0.0)),
+                                     0.5 * r["units_ms"]) - r["step_ms"]) / r["step_ms"]
+                             for r in rows if r["model"] == h]))
+    return float(np.mean(errs)) if errs else None
+
+
+def inside_pool(rows: list[dict], structure: dict | None) -> bool:
+    """Whether every structure term of `structure` (layers, pieces, KV and query width per
+    layer, vocabulary) lies within the range the pool's models span. A term fitted across a
+    few models interpolates between them; beyond them it extrapolates a line through
+    model-to-model differences it cannot tell apart (on 2026-12-03 a pool of three put
+    SmolLM2's 30 layers past its 16-28 and took half its units off every step)."""
+    if structure is None:
+        return True
+    pool = [structure_terms(st) for st in {r["model"]: r["structure"] for r in rows}.values()]
+    target = structure_terms(structure)
+    return all(min(p[k] for p in pool) <= v <= max(p[k] for p in pool) for k, v in target.items())
+
+
+def select_terms(rows: list[dict], target: dict | None = None) -> tuple[str, ...] | None:
+    """Structure-free terms for a pool of fewer than STRUCTURE_MODELS models (two models
+    cannot say how a term grows with layers: each left-out check is then a one-model fit,
+    which has no structure terms, so it cannot see the extrapolation either) or for a
+    `target` structure outside the pool's (inside_pool); otherwise the TERM_SETS entry with
+    the lowest leave-one-model-out error."""
+    if len({r["model"] for r in rows}) < STRUCTURE_MODELS or not inside_pool(rows, target):
+        return TERM_SETS["structure-free"]
+    scored = [(held_out_error(rows, terms), name) for name, terms in TERM_SETS.items()]
+    scored = [(e, name) for e, name in scored if e is not None]
+    return TERM_SETS[min(scored)[1]] if scored else None
