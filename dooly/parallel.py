@@ -132,7 +132,7 @@ def kv_cache_blocks(units: dict[str, Unit], counts: dict[str, int], gib_per_devi
         raise DoolyInputError("--kv-cache-gib", "the model's inventory has no attention units "
                               "to size a KV cache from")
     blocks = int(gib_per_device * 2**30 // (per_token * block_size))
-    if blocks < 1:
-        raise DoolyInputError("--kv-cache-gib", f"{gib_per_device} GiB holds no block of "
+    if blocks < 2:   # vLLM's block 0 is a placeholder: one block holds no KV
+        raise DoolyInputError("--kv-cache-gib", f"{gib_per_device} GiB holds fewer than two blocks of "
                               f"{block_size} tokens ({per_token} bytes per token per device)")
     return blocks

@@ -67,6 +67,7 @@ CASES = [
     ("simulate", ["--block-size", "0"], ("--block-size",)),
     ("simulate", ["--max-num-seqs", "0"], ("--max-num-seqs",)),
     ("simulate", ["--num-blocks", "x"], ("--num-blocks",)),
+    ("simulate", ["--num-blocks", "1"], ("--num-blocks",)),   # vLLM's block 0 holds no KV
     ("simulate", ["--arrival", "zipf"], ("--arrival",)),
     ("simulate", ["--step-model", "linear:a"], ("--step-model",)),
     ("export", ["--max-model-len", "10"], ("--max-model-len",)),

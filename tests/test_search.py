@@ -66,7 +66,8 @@ def test_vary_reads_knobs_in_either_spelling():
 @pytest.mark.parametrize("spec,says", [("pp=2", "not modelled yet"), ("dtype=fp8", "not modelled yet"),
                                        ("tp=0", "from 1"),
                                        ("frobs=1", "unknown knob"), ("max_num_seqs", "KNOB=V1"),
-                                       ("max_num_seqs=0", "from 1"), ("max_num_seqs=8,,16", "empty"),
+                                       ("max_num_seqs=0", "from 1"), ("num_blocks=1", "from 2"),
+                                       ("max_num_seqs=8,,16", "empty"),
                                        ("max_num_seqs=8,8", "twice"), ("max_num_seqs=x", "integers"),
                                        ("max_num_seqs=" + "9" * 40, "integers")])
 def test_bad_vary_is_a_value_error_saying_why(spec, says):

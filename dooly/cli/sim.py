@@ -81,8 +81,9 @@ def register(subparsers) -> None:
                    default=d.max_num_batched_tokens)
     p.add_argument("--max-num-seqs", type=int_range(1), default=d.max_num_seqs)
     p.add_argument("--block-size", type=int_range(1), default=d.block_size)
-    p.add_argument("--num-blocks", type=int_range(1),
-                   help="KV-cache blocks (default: unlimited, never preempts)")
+    p.add_argument("--num-blocks", type=int_range(2),
+                   help="KV-cache blocks, as vLLM's num_gpu_blocks: block 0 is its placeholder "
+                        "(default: unlimited, never preempts)")
     from dooly.cli.flags import MAX_TP, RECHECK_HELP, ROUTING_HELP, TP_HELP, routing
     p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
                    help=TP_HELP + "; steps from `dooly sweep --tp N`'s shards and collectives")

@@ -47,7 +47,7 @@ MAX_CANDIDATES = 10_000
 
 
 def _int(knob: str, text: str) -> int:
-    lo = 0 if knob == "long_prefill_token_threshold" else 1
+    lo = {"long_prefill_token_threshold": 0, "num_blocks": 2}.get(knob, 1)   # vLLM's block 0 holds no KV
     hi = MAX_TP if knob == "tp" else MAX_VALUE
     digits = text.lstrip("+")
     if not (digits.isdigit() and len(digits) <= 10 and lo <= int(digits) <= hi):
