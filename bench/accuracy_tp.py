@@ -5,6 +5,8 @@ TP=1 vs TP=N winner at two loads, judged on the real engine.
     python bench/accuracy_tp.py --db out/tp.db --json out/tp.json        # builds what it needs
         [--models qwen0.5b,qwen3-0.6b,llama3.2-1b] [--tp 2] [--quick] [--real-runs 1] [--no-serve]
         [--rates qwen0.5b=0.2:0.8] [--real-from PATH] [--resume]
+    python bench/accuracy_tp.py --models qwen0.5b --serve-only --kv-gib 0.01 --max-model-len 512 ...
+        # the winner where the KV cache binds (6 blocks at TP=1; N ranks hold N times the blocks)
 
 The DB: every model swept and calibrated at TP=1 as bench/accuracy_batch.py does, then
 swept at --tp N (`dooly sweep --tp N`: one rank's shards in the ranks' environment, on a
@@ -178,8 +180,14 @@ def score_serve(loads: dict, runs: list[dict], pred, kv_blocks: int) -> dict:
     fig: dict = {}
     settings = dict(runs[0]["settings"], num_gpu_blocks=kv_blocks)
     for i, (ld, reqs) in enumerate(loads.items()):
-        sim, _ = sim_latencies(reqs, pred, settings)
+        sim, res = sim_latencies(reqs, pred, settings)
         reals = [real_latencies(reqs, r["results"][i]["token_times"]) for r in runs]
+        # the schedule apart from the step times: steps and tokens computed (recomputes
+        # after preemptions included), the engine's (first run) against the simulator's
+        real_steps = runs[0]["results"][i].get("steps") or []
+        fig[f"{ld}.steps_real"], fig[f"{ld}.steps_sim"] = len(real_steps), res.num_steps
+        fig[f"{ld}.tokens_real"] = sum(int(q) for s in real_steps for q, _ in s["batch"])
+        fig[f"{ld}.tokens_sim"], fig[f"{ld}.preemptions_sim"] = int(res.step_num_tokens.sum()), res.num_preemptions
         for metric in ("ttft", "tpot"):
             s, rs = pct(sim[metric]), [pct(r[metric]) for r in reals]
             for p in PCTS:
@@ -293,7 +301,9 @@ def serve(name: str, tp: int, args, result: dict) -> None:
                                       f"{f[f'{ld}.ttft_p50_sim_ms']:.0f} ms, TPOT p50 real "
                                       f"{f[f'{ld}.tpot_p50_real_ms']:.1f} sim {f[f'{ld}.tpot_p50_sim_ms']:.1f} ms "
                                       f"(p50/p90/p99 mean error TTFT {f[f'{ld}.ttft_err_pct']:.1f}%, "
-                                      f"TPOT {f[f'{ld}.tpot_err_pct']:.1f}%)"
+                                      f"TPOT {f[f'{ld}.tpot_err_pct']:.1f}%; steps real {f[f'{ld}.steps_real']} sim "
+                                      f"{f[f'{ld}.steps_sim']}, tokens real {f[f'{ld}.tokens_real']} sim "
+                                      f"{f[f'{ld}.tokens_sim']})"
                                       for ld in loads))
         result.update({f"{name}.tp{t}.serve.{k}": v for k, v in f.items()})
     for ld, w in winner(figs, loads).items():

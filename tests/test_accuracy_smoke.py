@@ -345,12 +345,38 @@ def test_the_tp_serving_check_simulates_dooly_s_own_kv_blocks_and_saves_a_small_
     from types import SimpleNamespace
     tp = _load("accuracy_tp")
     seen = []
-    monkeypatch.setattr(tp, "sim_latencies", lambda reqs, pred, st: seen.append(st) or ({"ttft": [1.0], "tpot": []}, None))
+    import numpy as np
+    res = SimpleNamespace(num_steps=3, step_num_tokens=np.array([64, 1, 1]), num_preemptions=0)
+    monkeypatch.setattr(tp, "sim_latencies", lambda reqs, pred, st: seen.append(st) or ({"ttft": [1.0], "tpot": []}, res))
     monkeypatch.setattr(tp, "real_latencies", lambda reqs, times: {"ttft": [1.0], "tpot": []})
     req = SimpleNamespace(rid=0, arrival_s=0.0, prompt_len=64, output_len=1)
-    runs = [{"settings": {"num_gpu_blocks": 99, "block_size": 128}, "results": [{"token_times": []}]}]
-    tp.score_serve({"high": [req]}, runs, None, kv_blocks=7)
+    runs = [{"settings": {"num_gpu_blocks": 99, "block_size": 128},
+             "results": [{"token_times": [], "steps": [{"batch": [[64, 0]]}, {"batch": [[1, 64]]}]}]}]
+    fig = tp.score_serve({"high": [req]}, runs, None, kv_blocks=7)
     assert seen[0]["num_gpu_blocks"] == 7 and seen[0]["block_size"] == 128
+    # the schedule apart from the step times: the engine's steps and tokens beside Dooly's
+    assert (fig["high.steps_real"], fig["high.tokens_real"], fig["high.steps_sim"], fig["high.tokens_sim"]) == (2, 65, 3, 66)
     small = tp.serve_job({"high": [req]}, SimpleNamespace(kv_gib=0.0125, max_model_len=512))
     assert (small["kv_gib"], small["max_model_len"]) == (0.0125, 512)
     assert "kv_gib" not in tp.serve_job({"high": [req]}, SimpleNamespace(**tp.DEFAULTS))   # old runs replay
+
+
+def test_a_one_model_tp_run_is_model_out_when_the_db_holds_other_models(tmp_path, monkeypatch):
+    """The pool a model is predicted from is decided by the DB, not by --models: a run of one
+    model on a DB that holds another model's calibration leaves its own steps out."""
+    from dooly.config import load_config
+    from dooly.db import Store
+    from dooly.engines import environment
+    from dooly.fit.step_features import STRUCTURE
+    from dooly.fit.step_pool import record_steps
+    tp = _load("accuracy_tp")
+    batch = sys.modules["accuracy_batch"]   # the copy accuracy_tp reads its environment from
+    monkeypatch.setattr(batch, "_SCORED_ENV", {})
+    db, env = str(tmp_path / "p.db"), environment("vllm", "cpu")
+    steps = [{"batch": [[1, 64 + i]], "ms": 10.0 + i} for i in range(3)]
+    with Store.open(db) as store:
+        record_steps(store, env, steps, dict.fromkeys(STRUCTURE, 1), load_config(tp.MODELS["qwen0.5b"]).hash)
+    assert not tp.others_calibrated("qwen0.5b", db, 1)   # its own steps only: in-sample, said so
+    with Store.open(db) as store:
+        record_steps(store, env, steps, dict.fromkeys(STRUCTURE, 2), load_config(tp.MODELS["smollm2"]).hash)
+    assert tp.others_calibrated("qwen0.5b", db, 1) and tp.others_calibrated("smollm2", db, 1)
