@@ -63,7 +63,6 @@ def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measureme
             for point, ms in by_point.values()]
 
 
-
 # the feature sets a pool of several models chooses from by leave-one-model-out error
 # (`select_terms`): terms scaled by the model's structure extrapolate from a few models
 # (two Qwens with 24 and 28 layers put SmolLM2's 30-layer decode steps 50% under), the
