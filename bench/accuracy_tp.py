@@ -130,7 +130,7 @@ def real(name: str, tp: int, job: dict, args, log=print) -> list[dict]:
     runs = entry["runs"]
     # the host's drift is re-timed around the batches, or around the serving runs when
     # they run alone (--serve-only), and saved with them for a replay
-    bracket = job["mode"] == "steps" or getattr(args, "serve_only", False)
+    bracket = job["mode"] == "steps" or args.serve_only
     if args.real_from:
         if not runs:
             raise SystemExit(f"--real-from {args.real_from}: no runs of {key} for this job")

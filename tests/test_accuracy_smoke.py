@@ -273,7 +273,7 @@ def test_tp_batches_are_retimed_at_both_ends_and_a_replay_scales_by_what_they_sa
     monkeypatch.setattr(batch, "_DRIFTS", {})
     raw, job = tmp_path / "tp.raw.json", {"mode": "steps", "items": []}
     args = SimpleNamespace(real_from=None, raw=str(raw), resume=False, real_runs=2, recheck_host=True, db="db",
-                           kv_gib=1.0)
+                           serve_only=False)
     tp.real("qwen0.5b", 2, job, args, log=lambda *_: None)
     assert order == ["drift", "run", "run", "drift"] and tps == [2, 2]   # the TP=2 shards re-timed
     assert batch._DRIFTS["qwen0.5b.tp2"].factors == pytest.approx((1.0, 0.5 ** 0.5))

@@ -166,7 +166,8 @@ class Scheduler:
                 s = waiting[0]
                 n = s.num_tokens  # waiting requests hold no KV (computed == 0)
                 # vLLM admits a request only if its whole prompt fits, not just the first
-                # chunk (scheduler_reserve_full_isl, on by default in 0.32)
+                # chunk (scheduler_reserve_full_isl, on by default in 0.32); so the chunk
+                # fits too. FCFS: the head blocks everyone behind it.
                 if (min(n, limit + 1) + bs - 1) // bs > free:
                     break
                 if 0 < thresh < n:
@@ -174,8 +175,6 @@ class Scheduler:
                 if n > budget:
                     n = budget
                 need = (n + bs - 1) // bs
-                if need > free:
-                    break  # FCFS: the head blocks everyone behind it
                 waiting.popleft()
                 free -= need
                 s.blocks = need
