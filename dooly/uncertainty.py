@@ -117,3 +117,17 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, list[tuple[str
                                                          r["gemm_ms"]), 0.5 * r["units_ms"]) / r["step_ms"] - 1.0)
                   for r in test]
     return out
+
+
+def expected_step_error(unc: Uncertainty, batch) -> tuple[float | None, str]:
+    """What one step's prediction may be off by, as `dooly predict` states it: the
+    stated whole-step MAPE of the batch's kind (prefill, decode or mixed; the whole
+    pool's where that kind was never calibrated), and where it comes from. (None, why)
+    without an engine-step model: the units alone state no whole-step error."""
+    if unc.step_source.startswith("none"):
+        return None, "no engine-step model (`dooly calibrate` a model on this environment)"
+    kind = step_kind(batch)
+    kinds = dict(unc.kind_pct)
+    if kind in kinds:
+        return kinds[kind], f"{kind} steps, {unc.step_source}"
+    return unc.step_pct, f"whole steps, {unc.step_source}"

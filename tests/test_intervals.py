@@ -212,3 +212,24 @@ def test_simulate_intervals_with_a_stand_in_has_zero_width_bands(tmp_path, capsy
                  "--num-requests", "10", "--intervals", "3", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["intervals"]["e2e_ms"]["p50"] == {"lo": data["e2e_ms"]["p50"], "hi": data["e2e_ms"]["p50"]}
+
+
+def test_a_step_s_expected_error_is_its_kind_s_then_the_whole_step_s_then_none():
+    from dooly.uncertainty import expected_step_error
+    unc = Uncertainty((), 7.0, "model-out over 3 calibrated models", kind_pct=(("decode", 11.0), ("prefill", 4.0)))
+    assert expected_step_error(unc, [(1, 100), (1, 50)]) == (11.0, "decode steps, model-out over 3 calibrated models")
+    assert expected_step_error(unc, [(512, 0)])[0] == 4.0
+    # no mixed step was calibrated: the whole step's error stands for it
+    assert expected_step_error(unc, [(512, 0), (1, 50)]) == (7.0, "whole steps, model-out over 3 calibrated models")
+    pct, why = expected_step_error(Uncertainty(step_source="none: no engine-step model"), [(1, 1)])
+    assert pct is None and "dooly calibrate" in why
+
+
+def test_predict_states_the_expected_error_of_the_batch_s_step_kind(tmp_path, capsys):
+    db, _ = _pool_db(tmp_path)
+    out = tmp_path / "p.json"
+    assert main(["predict", SMOL, "--db", db, "--batch", "decode:8@256", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["expected_error_source"] == "decode steps, its own 30 calibrated steps"
+    assert 0 < data["expected_error_pct"] < 50
+    assert f"± {data['expected_error_pct']:.1f}%" in " ".join(capsys.readouterr().out.split())

@@ -97,6 +97,17 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def _expected_error(pred, db: str, cfg, batch) -> tuple[float | None, str]:
+    """The step's stated error (dooly.uncertainty.expected_step_error): measured on whole
+    calibrated steps, the model's own when they are in the pool, else model-out."""
+    from dooly.db import Store
+    from dooly.graph.units import inventory_key
+    from dooly.uncertainty import expected_step_error, predictor_uncertainty
+    with Store.open(db, create=False) as store:
+        unc = predictor_uncertainty(pred, store, inventory_key(cfg.hash, pred.tp))
+    return expected_step_error(unc, batch)
+
+
 def run_predict(args) -> int:
     from dooly.cli.batchspec import parse_batch
     from dooly.predict import Predictor, refit_note
@@ -112,11 +123,13 @@ def run_predict(args) -> int:
     from dooly.cli.flags import recheck_host
     recheck_host(pred, args)
     res = pred.predict(batch)
+    err_pct, err_source = _expected_error(pred, args.db, cfg, batch)
     t = Table(title=f"{len(batch)} sequences, {sum(q for q, _ in batch)} tokens: units "
-                    f"{res.units_ms:.3f} ms, engine step {res.step_ms:.3f} ms ({pred.env.label()}; "
-                    f"engine-step model: {pred.step_model_source}"
+                    f"{res.units_ms:.3f} ms, engine step {res.step_ms:.3f} ms"
+                    + (f" ± {err_pct:.1f}%" if err_pct is not None else "")
+                    + f" ({pred.env.label()}; engine-step model: {pred.step_model_source}"
                     + (f"; TP={pred.tp}, collectives from {_escape(pred.collective_env.label())}"
-                       if pred.collective_env else "") + ")")
+                       if pred.collective_env else "") + f"; expected error: {_escape(err_source)})")
     for col in ("unit", "op", "count", "ms", "%"):
         t.add_column(col)
     for key, ms in sorted(res.breakdown.items(), key=lambda kv: -kv[1]):
@@ -132,6 +145,7 @@ def run_predict(args) -> int:
             json.dump({"units_ms": res.units_ms, "engine_ms": res.engine_ms, "step_ms": res.step_ms,
                        "breakdown": res.breakdown, "env": pred.env.key, "refitted": pred.refitted,
                        "step_model": pred.step_model_source, "tp": pred.tp,
+                       "expected_error_pct": err_pct, "expected_error_source": err_source,
                        "collective_env": pred.collective_env.key if pred.collective_env else None,
                        "drift": pred.drift.to_json() if pred.drift else None}, f)
     return 0
