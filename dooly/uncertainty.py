@@ -128,6 +128,8 @@ def expected_step_error(unc: Uncertainty, batch) -> tuple[float | None, str]:
         return None, "no engine-step model (`dooly calibrate` a model on this environment)"
     kind = step_kind(batch)
     kinds = dict(unc.kind_pct)
+    # a model's own calibrated steps were fitted on: say so
+    source = ("in-sample, " if unc.step_source.startswith("its own") else "") + unc.step_source
     if kind in kinds:
-        return kinds[kind], f"{kind} steps, {unc.step_source}"
-    return unc.step_pct, f"whole steps, {unc.step_source}"
+        return kinds[kind], f"{kind} steps, {source}"
+    return unc.step_pct, f"whole steps, {source}"

@@ -230,6 +230,6 @@ def test_predict_states_the_expected_error_of_the_batch_s_step_kind(tmp_path, ca
     out = tmp_path / "p.json"
     assert main(["predict", SMOL, "--db", db, "--batch", "decode:8@256", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["expected_error_source"] == "decode steps, its own 30 calibrated steps"
+    assert data["expected_error_source"] == "decode steps, in-sample, its own 30 calibrated steps"
     assert 0 < data["expected_error_pct"] < 50
     assert f"± {data['expected_error_pct']:.1f}%" in " ".join(capsys.readouterr().out.split())
