@@ -97,15 +97,12 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _expected_error(pred, db: str, cfg, batch) -> tuple[float | None, str]:
+def _expected_error(pred, store, cfg, batch) -> tuple[float | None, str]:
     """The step's stated error (dooly.uncertainty.expected_step_error): measured on whole
     calibrated steps, the model's own when they are in the pool, else model-out."""
-    from dooly.db import Store
     from dooly.graph.units import inventory_key
     from dooly.uncertainty import expected_step_error, predictor_uncertainty
-    with Store.open(db, create=False) as store:
-        unc = predictor_uncertainty(pred, store, inventory_key(cfg.hash, pred.tp))
-    return expected_step_error(unc, batch)
+    return expected_step_error(predictor_uncertainty(pred, store, inventory_key(cfg.hash, pred.tp)), batch)
 
 
 def run_predict(args) -> int:
@@ -117,13 +114,16 @@ def run_predict(args) -> int:
     if args.tp > 1:
         from dooly.parallel import check_tp
         check_tp(cfg, args.tp, args.engine or "vllm")
-    pred = Predictor.load(args.config, args.db, args.engine, args.env, tp=args.tp, routing=args.routing)
-    if pred.refitted:
-        print(refit_note(pred.refitted, args.db), file=sys.stderr)
-    from dooly.cli.flags import recheck_host
-    recheck_host(pred, args)
-    res = pred.predict(batch)
-    err_pct, err_source = _expected_error(pred, args.db, cfg, batch)
+    from dooly.db import Store
+    with Store.open(args.db, create=False) as store:   # one open (and quick check) for both reads
+        pred = Predictor.load(args.config, args.db, args.engine, args.env, store=store, tp=args.tp,
+                              routing=args.routing)
+        if pred.refitted:
+            print(refit_note(pred.refitted, args.db), file=sys.stderr)
+        from dooly.cli.flags import recheck_host
+        recheck_host(pred, args)
+        res = pred.predict(batch)
+        err_pct, err_source = _expected_error(pred, store, cfg, batch)
     t = Table(title=f"{len(batch)} sequences, {sum(q for q, _ in batch)} tokens: units "
                     f"{res.units_ms:.3f} ms, engine step {res.step_ms:.3f} ms"
                     + (f" ± {err_pct:.1f}%" if err_pct is not None else "")
