@@ -77,6 +77,7 @@ CASES = [
     ("export", ["--block-size", "0"], ("--block-size",)),
     ("calibrate", ["--threads", "0"], ("--threads",)),
     ("calibrate", ["--max-num-seqs", "0"], ("--max-num-seqs",)),
+    ("calibrate", ["--passes", "0"], ("--passes",)),
     ("calibrate", ["--max-num-batched-tokens", "abc"], ("--max-num-batched-tokens",)),
     ("predict", [], ("--batch",)),
     ("analyze", ["--hardware", "tpu"], ("--hardware",)),

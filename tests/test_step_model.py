@@ -176,6 +176,44 @@ def test_repeated_batches_keep_their_median(tmp_path):
     assert rows[str([[1, 128]])]["step_ms"] == 21.0
 
 
+def test_a_slow_pass_is_outvoted_whatever_its_step_count(tmp_path):
+    """Each pass weighs the same: three steps of one slow pass lose to one step each of two
+    others (the median of all five steps would have been the slow pass's)."""
+    from dooly.profile.calibrate import tag_pass
+    steps = tag_pass([], [{"batch": [[1, 128]], "ms": 30.0}] * 3)
+    steps = tag_pass(steps, [{"batch": [[1, 128]], "ms": 20.0}])
+    steps = tag_pass(steps, [{"batch": [[1, 128]], "ms": 21.0}, {"batch": [[64, 0]], "ms": 50.0}])
+    assert [s["pass"] for s in steps] == [0, 0, 0, 1, 2, 2]
+    with Store.open(str(tmp_path / "p.db")) as s:
+        assert record_steps(s, ENV, steps, POOL["m1"], "m1") == 2
+        rows = {str(r["seqs"]): r for r in pool_rows(s, ENV.key)}
+        m = s.measurements(unit_key=engine_step_unit(POOL["m1"], "m1").key, env_key=ENV.key)
+    assert rows[str([[1, 128]])]["step_ms"] == 21.0 and rows[str([[64, 0]])]["step_ms"] == 50.0
+    assert sorted(x.samples for x in m) == [1, 5]
+
+
+def test_calibrate_interleaves_the_models_passes_and_hands_each_its_earlier_ones(tmp_path, monkeypatch, capsys):
+    """`dooly calibrate A B --passes 2` runs A, B, A, B: a model's passes lie minutes apart,
+    and each run stores the median over that model's passes so far."""
+    import dooly.profile.calibrate as cal
+    from dooly.cli import main
+    from dooly.config import load_config
+    cfgs = ["fixtures/configs/HuggingFaceTB__SmolLM2-135M-Instruct.json", "fixtures/configs/Qwen__Qwen3-0.6B.json"]
+    calls = []
+
+    def fake(path, db, threads, budget, max_seqs, earlier=()):
+        calls.append((load_config(path).name, len(earlier)))
+        steps = cal.tag_pass(earlier, [{"batch": [[1, 8]], "ms": 10.0}])
+        return {"env_key": "e", "steps": 1, "tagged_steps": steps, "points": 1, "quiet_steps": 1,
+                "worker_threads": [2], "pool_models": 2}
+    monkeypatch.setattr(cal, "calibrate", fake)
+    monkeypatch.setattr(cal, "stored_structure", lambda store, cfg, engine: {})
+    assert main(["calibrate", *cfgs, "--db", str(tmp_path / "c.db"), "--passes", "2"]) == 0
+    smol, qwen = (load_config(c).name for c in cfgs)
+    assert calls == [(smol, 0), (qwen, 0), (smol, 1), (qwen, 1)]
+    assert "(pass 2 of 2)" in capsys.readouterr().out
+
+
 def test_recalibration_replaces_that_models_steps_only(tmp_path):
     with Store.open(str(tmp_path / "r.db")) as s:
         record_steps(s, ENV, [{"batch": [[1, 10 * i]], "ms": 20.0} for i in range(1, 9)], POOL["m1"], "m1")

@@ -9,6 +9,7 @@ from pathlib import Path
 from dooly.cli.batchspec import MAX_SEQS
 from dooly.cli.flags import MAX_THREADS, MAX_TP, ROUTING_HELP, TP_HELP, int_range, percent, routing
 from dooly.errors import DoolyInputError
+from dooly.profile.calibrate import PASSES
 
 
 def register(sub) -> None:
@@ -132,6 +133,10 @@ def register_calibrate(sub) -> None:
     p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
                    help="real engine at tensor-parallel size N, each rank on its share of the cores, "
                         "for the inventory of `dooly sweep --tp N` (CPU)")
+    p.add_argument("--passes", type=int_range(1, 20), default=PASSES,
+                   help="times each model's workload runs, the models' passes interleaved; each batch "
+                        f"keeps the median over passes (default {PASSES}: one pass taken while a shared "
+                        "host runs slow is outvoted)")
     p.set_defaults(func=run_calibrate)
 
 
@@ -150,19 +155,33 @@ def run_calibrate(args) -> int:
     with Store.open(args.db) as store:  # every model's inventory before the first engine run
         for cfg in cfgs:
             stored_structure(store, cfg, "vllm")
-    for cfg in cfgs:
+    earlier: dict[str, list[dict]] = {}
+    for n, cfg in _passes(cfgs, args.passes):
         try:
             r = calibrate(cfg.path, args.db, args.threads, args.max_num_batched_tokens,
-                          args.max_num_seqs)
+                          args.max_num_seqs, earlier=earlier.get(cfg.hash, []))
         except RuntimeError as err:  # the real engine refused the model (e.g. an unknown architecture)
             raise DoolyInputError(cfg.path, str(err), "architectures") from None
-        print(f"calibrated {cfg.name}: {r['points']} distinct batches from {r['steps']} real vLLM steps, "
-              f"{r['quiet_steps']} of them with no other process on their cores (worker threads "
-              f"{r['worker_threads']}) into env {r['env_key']}; the pool now holds {r['pool_models']} model(s)")
+        earlier[cfg.hash] = r["tagged_steps"]
+        print(f"calibrated {cfg.name}{_pass_label(n, args.passes)}: {r['points']} distinct batches from "
+              f"{r['steps']} real vLLM steps, {r['quiet_steps']} of them with no other process on their "
+              f"cores (worker threads {r['worker_threads']}) into env {r['env_key']}; the pool now holds "
+              f"{r['pool_models']} model(s)")
         if r["quiet_steps"] < r["steps"] / 2:
             print(f"dooly: most of {cfg.name}'s steps shared their cores with another process; "
                   "calibrate again on an idle host", file=sys.stderr)
     return 0
+
+
+def _passes(cfgs, passes: int):
+    """(pass number, config) with the models interleaved: every model's first pass, then
+    every model's second, so one model's passes lie minutes apart (a shared host's speed
+    moves over minutes) and an interrupted run has stored whole passes of every model."""
+    return [(n, cfg) for n in range(1, passes + 1) for cfg in cfgs]
+
+
+def _pass_label(n: int, passes: int) -> str:
+    return f" (pass {n} of {passes})" if passes > 1 else ""
 
 
 def _calibrate_tp(cfgs, args) -> int:
@@ -170,12 +189,16 @@ def _calibrate_tp(cfgs, args) -> int:
     from dooly.profile.calibrate_tp import calibrate_tp
     for cfg in cfgs:
         check_tp(cfg, args.tp)
-    for cfg in cfgs:
+    earlier: dict[str, list[dict]] = {}
+    for n, cfg in _passes(cfgs, args.passes):
         try:
-            r = calibrate_tp(cfg.path, args.db, args.tp, args.max_num_batched_tokens, args.max_num_seqs)
+            r = calibrate_tp(cfg.path, args.db, args.tp, args.max_num_batched_tokens, args.max_num_seqs,
+                             earlier=earlier.get(cfg.hash, []))
         except RuntimeError as err:  # the real engine refused the model or the group
             raise DoolyInputError(cfg.path, str(err), "architectures") from None
-        print(f"calibrated {cfg.name} at TP={args.tp} (ranks bound to cores {r['bind']}): {r['points']} "
+        earlier[cfg.hash] = r["tagged_steps"]
+        print(f"calibrated {cfg.name} at TP={args.tp}{_pass_label(n, args.passes)} (ranks bound to cores "
+              f"{r['bind']}): {r['points']} "
               f"distinct batches from {r['steps']} real vLLM steps into env {r['env_key']}; the pool "
               f"now holds {r['pool_models']} model(s)")
     return 0

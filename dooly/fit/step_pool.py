@@ -29,10 +29,10 @@ def quiet_steps(steps: list[dict], threads: int) -> list[dict]:
 
 def record_steps(store, env: Environment, steps: list[dict], structure: dict, config_hash: str,
                  threads: int | None = None) -> int:
-    """steps: {"batch": [[q, c], ...], "ms": the whole engine step, "cpu_ms" and "graph":
-    optional}. With `threads`, only the quiet steps (`quiet_steps`) are kept, unless too
-    few distinct batches would remain. They replace the model's earlier calibration in
-    this environment; repeated batches keep their median."""
+    """steps: {"batch": [[q, c], ...], "ms": the whole engine step, "cpu_ms", "graph" and
+    "pass": optional}. With `threads`, only the quiet steps (`quiet_steps`) are kept, unless
+    too few distinct batches would remain. They replace the model's earlier calibration in
+    this environment; a batch keeps the median over passes of each pass's median (`_step_rows`)."""
     unit = engine_step_unit(structure, config_hash)
     store.add_environment(env)
     store.add_unit(unit)
@@ -50,17 +50,25 @@ def record_steps(store, env: Environment, steps: list[dict], structure: dict, co
 
 
 def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measurement]:
-    by_point: dict[str, tuple[dict, list[float]]] = {}
+    """One measurement per batch: the median over passes of each pass's median, so that a
+    pass taken while the host ran slow (a shared VM's state moves over minutes, and one pass
+    of a model lasts about one) is outvoted by the others, whatever its step count."""
+    by_point: dict[str, tuple[dict, dict[int, list[float]]]] = {}
     for s in steps:
         batch = [[int(q), int(c)] for q, c in s["batch"]]
         if batch and float(s["ms"]) > 0:
             point = {"seqs": batch}
             if s.get("graph") and s["graph"] != "none":
                 point["graph"] = str(s["graph"])
-            by_point.setdefault(json.dumps(point, sort_keys=True), (point, []))[1].append(float(s["ms"]))
-    return [Measurement(unit_key, env_key, point, float(np.median(ms)), min(ms), max(ms),
-                        float(np.mean(ms)), float(np.std(ms)), len(ms))
-            for point, ms in by_point.values()]
+            passes = by_point.setdefault(json.dumps(point, sort_keys=True), (point, {}))[1]
+            passes.setdefault(int(s.get("pass", 0)), []).append(float(s["ms"]))
+    rows = []
+    for point, passes in by_point.values():
+        ms = [v for vs in passes.values() for v in vs]
+        mid = float(np.median([np.median(vs) for vs in passes.values()]))
+        rows.append(Measurement(unit_key, env_key, point, mid, min(ms), max(ms), float(np.mean(ms)),
+                                float(np.std(ms)), len(ms)))
+    return rows
 
 
 # the feature sets a pool of several models chooses from by leave-one-model-out error

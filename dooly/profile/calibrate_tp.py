@@ -10,7 +10,7 @@ from dooly.errors import DoolyInputError
 
 
 def calibrate_tp(config: str, db_path: str, tp: int, budget: int = 8192, max_num_seqs: int = 128,
-                 items: list[dict] | None = None, kv_gib: float = 1.0) -> dict:
+                 items: list[dict] | None = None, kv_gib: float = 1.0, earlier: list[dict] = ()) -> dict:
     from dooly.config import load_config
     from dooly.db import Store
     from dooly.engines import default_threads, environment
@@ -20,7 +20,7 @@ def calibrate_tp(config: str, db_path: str, tp: int, budget: int = 8192, max_num
     from dooly.fit.step_pool import record_steps
     from dooly.graph.units import inventory_key
     from dooly.parallel import rank_threads
-    from dooly.profile.calibrate import calibrated_models
+    from dooly.profile.calibrate import calibrated_models, tag_pass
     cfg = load_config(config)
     key = inventory_key(cfg.hash, tp)
     # the environment `dooly sweep --tp N` measured the shards in
@@ -37,7 +37,9 @@ def calibrate_tp(config: str, db_path: str, tp: int, budget: int = 8192, max_num
                      "kv_gib": kv_gib})
     with Store.open(db_path) as store:
         # no per-step CPU time here (the ranks are other processes): every step counts
-        n = record_steps(store, env, res["steps"], structure, key)
+        steps = tag_pass(earlier, res["steps"])
+        n = record_steps(store, env, steps, structure, key)
         pooled = calibrated_models(store, env.key)
-    return {"env_key": env.key, "steps": len(res["steps"]), "points": n, "pool_models": len(pooled),
+    return {"env_key": env.key, "steps": len(res["steps"]), "tagged_steps": steps, "points": n,
+            "pool_models": len(pooled),
             "bind": res.get("bind"), "settings": res.get("settings", {})}
