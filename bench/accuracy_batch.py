@@ -9,9 +9,10 @@ calibration steps only, against the real `LLMEngine.step`.
 Given an empty --db it sweeps every model (`LIMITS`: --max-tokens 1024 --max-batch 64
 --max-context 2048; --quick 512/32/1024; the real batches stay inside them), stores the unit fits
 (`dooly fit`) and calibrates every model (`dooly calibrate`, its default three passes); a
-model's own calibration steps are never used to score it. The real side runs --real-runs times (each a fresh
-engine in a child process, dooly.engines.vllm_probe); the difference between two real runs
-of the same batches is printed beside each sim-vs-real error (this machine's noise floor).
+model's own calibration steps are never used to score it. The real side runs --real-runs
+times (each a fresh engine in a child process, dooly.engines.vllm_probe); the difference
+between two real runs of the same batches is printed beside each sim-vs-real error (this
+machine's noise floor).
 Within a run each batch is run --repeats times (the whole list, then again) and scored by its median.
 Raw real runs are written to --raw (default: beside --json) as each one ends; --resume
 reuses the complete ones found there, --real-from replays them without starting vLLM.

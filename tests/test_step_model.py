@@ -192,13 +192,15 @@ def test_a_slow_pass_is_outvoted_whatever_its_step_count(tmp_path):
     assert sorted(x.samples for x in m) == [1, 5]
 
 
-def test_calibrate_interleaves_the_models_passes_and_hands_each_its_earlier_ones(tmp_path, monkeypatch, capsys):
+def test_calibrate_interleaves_the_models_passes_and_hands_each_its_earlier_ones(tmp_path, monkeypatch,
+                                                                                    capsys):
     """`dooly calibrate A B --passes 2` runs A, B, A, B: a model's passes lie minutes apart,
     and each run stores the median over that model's passes so far."""
     import dooly.profile.calibrate as cal
+    from conftest import config
     from dooly.cli import main
     from dooly.config import load_config
-    cfgs = ["fixtures/configs/HuggingFaceTB__SmolLM2-135M-Instruct.json", "fixtures/configs/Qwen__Qwen3-0.6B.json"]
+    cfgs = [config("HuggingFaceTB__SmolLM2-135M-Instruct"), config("Qwen__Qwen3-0.6B")]
     calls = []
 
     def fake(path, db, threads, budget, max_seqs, earlier=()):

@@ -176,7 +176,8 @@ def run_calibrate(args) -> int:
 def _passes(cfgs, passes: int):
     """(pass number, config) with the models interleaved: every model's first pass, then
     every model's second, so one model's passes lie minutes apart (a shared host's speed
-    moves over minutes) and an interrupted run has stored whole passes of every model."""
+    moves over minutes) and an interrupted run has stored every model's first pass before
+    any model's second."""
     return [(n, cfg) for n in range(1, passes + 1) for cfg in cfgs]
 
 
