@@ -53,7 +53,7 @@ def prepare_tp(names: list[str], db: str, limits, tp: int, log=print, replay: bo
     from dooly.engines import default_threads
     from dooly.graph.units import inventory_key
     from dooly.parallel import rank_threads
-    from dooly.profile.calibrate import PASSES, calibrated_models
+    from dooly.profile.calibrate import PASSES, calibrated_models, interleaved_passes
     from dooly.profile.calibrate_tp import calibrate_tp
     threads = rank_threads(default_threads("vllm", "cpu"), tp)
     if replay:
@@ -72,14 +72,13 @@ def prepare_tp(names: list[str], db: str, limits, tp: int, log=print, replay: bo
     todo = [n for n in names if inventory_key(load_config(MODELS[n]).hash, tp) not in done]
     if replay and todo:
         bad_input(f"{db}: calibrations: --real-from needs {todo[0]} calibrated at TP={tp}")
-    earlier: dict[str, list[dict]] = {}
+    t0 = time.perf_counter()
     # as `dooly calibrate` does: the models' passes interleaved, each batch the median over passes
-    for p, n in [(p, n) for p in range(1, PASSES + 1) for n in todo]:
-        t0 = time.perf_counter()
-        r = calibrate_tp(str(MODELS[n]), db, tp, BUDGET, MAX_SEQS, earlier=earlier.get(n, []))
-        earlier[n] = r["tagged_steps"]
+    run = lambda n, earlier: calibrate_tp(str(MODELS[n]), db, tp, BUDGET, MAX_SEQS, earlier=earlier)  # noqa: E731
+    for p, n, r in interleaved_passes([(n, n) for n in todo], PASSES, run):
         log(f"  calibrated {n} at TP={tp} (pass {p} of {PASSES}), ranks on cores {r['bind']}: "
             f"{r['steps']} steps in {time.perf_counter() - t0:.0f} s (env {r['env_key']})")
+        t0 = time.perf_counter()
 
 
 def others_calibrated(name: str, db: str, tp: int) -> bool:

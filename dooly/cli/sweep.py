@@ -142,7 +142,7 @@ def register_calibrate(sub) -> None:
 
 def run_calibrate(args) -> int:
     from dooly.config import load_config
-    from dooly.profile.calibrate import calibrate, stored_structure
+    from dooly.profile.calibrate import calibrate, interleaved_passes, stored_structure
     cfgs = [load_config(c) for c in args.configs]  # one-line error for a bad config before an engine
     for flag in ("max_num_batched_tokens", "max_num_seqs"):
         if getattr(args, flag) < 1:
@@ -155,14 +155,14 @@ def run_calibrate(args) -> int:
     with Store.open(args.db) as store:  # every model's inventory before the first engine run
         for cfg in cfgs:
             stored_structure(store, cfg, "vllm")
-    earlier: dict[str, list[dict]] = {}
-    for n, cfg in _passes(cfgs, args.passes):
+
+    def one(cfg, earlier):
         try:
-            r = calibrate(cfg.path, args.db, args.threads, args.max_num_batched_tokens,
-                          args.max_num_seqs, earlier=earlier.get(cfg.hash, []))
+            return calibrate(cfg.path, args.db, args.threads, args.max_num_batched_tokens,
+                             args.max_num_seqs, earlier=earlier)
         except RuntimeError as err:  # the real engine refused the model (e.g. an unknown architecture)
             raise DoolyInputError(cfg.path, str(err), "architectures") from None
-        earlier[cfg.hash] = r["tagged_steps"]
+    for n, cfg, r in interleaved_passes([(c.hash, c) for c in cfgs], args.passes, one):
         print(f"calibrated {cfg.name}{_pass_label(n, args.passes)}: {r['points']} distinct batches from "
               f"{r['steps']} real vLLM steps, {r['quiet_steps']} of them with no other process on their "
               f"cores (worker threads {r['worker_threads']}) into env {r['env_key']}; the pool now holds "
@@ -173,31 +173,24 @@ def run_calibrate(args) -> int:
     return 0
 
 
-def _passes(cfgs, passes: int):
-    """(pass number, config) with the models interleaved: every model's first pass, then
-    every model's second, so one model's passes lie minutes apart (a shared host's speed
-    moves over minutes) and an interrupted run has stored every model's first pass before
-    any model's second."""
-    return [(n, cfg) for n in range(1, passes + 1) for cfg in cfgs]
-
-
 def _pass_label(n: int, passes: int) -> str:
     return f" (pass {n} of {passes})" if passes > 1 else ""
 
 
 def _calibrate_tp(cfgs, args) -> int:
     from dooly.parallel import check_tp
+    from dooly.profile.calibrate import interleaved_passes
     from dooly.profile.calibrate_tp import calibrate_tp
     for cfg in cfgs:
         check_tp(cfg, args.tp)
-    earlier: dict[str, list[dict]] = {}
-    for n, cfg in _passes(cfgs, args.passes):
+
+    def one(cfg, earlier):
         try:
-            r = calibrate_tp(cfg.path, args.db, args.tp, args.max_num_batched_tokens, args.max_num_seqs,
-                             earlier=earlier.get(cfg.hash, []))
+            return calibrate_tp(cfg.path, args.db, args.tp, args.max_num_batched_tokens, args.max_num_seqs,
+                                earlier=earlier)
         except RuntimeError as err:  # the real engine refused the model or the group
             raise DoolyInputError(cfg.path, str(err), "architectures") from None
-        earlier[cfg.hash] = r["tagged_steps"]
+    for n, cfg, r in interleaved_passes([(c.hash, c) for c in cfgs], args.passes, one):
         print(f"calibrated {cfg.name} at TP={args.tp}{_pass_label(n, args.passes)} (ranks bound to cores "
               f"{r['bind']}): {r['points']} "
               f"distinct batches from {r['steps']} real vLLM steps into env {r['env_key']}; the pool "

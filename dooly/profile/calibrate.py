@@ -71,6 +71,20 @@ def tag_pass(earlier: list[dict], new: list[dict]) -> list[dict]:
     return [*earlier, *(dict(s, **{"pass": following}) for s in new)]
 
 
+def interleaved_passes(jobs: list[tuple[str, object]], passes: int, run):
+    """(pass number, job, result) of `run(job, earlier)` for every (key, job) of `jobs`,
+    `passes` times, the jobs interleaved: every model's first pass, then every model's
+    second, so one model's passes lie minutes apart (a shared host's speed moves over
+    minutes) and an interrupted run has stored every model's first pass before any model's
+    second. `earlier`: the "tagged_steps" of that key's previous pass (`tag_pass`)."""
+    earlier: dict[str, list[dict]] = {}
+    for n in range(1, passes + 1):
+        for key, job in jobs:
+            r = run(job, earlier.get(key, []))
+            earlier[key] = r["tagged_steps"]
+            yield n, job, r
+
+
 def calibrated_models(store, env_key: str) -> set[str]:
     """Config hashes of the models whose engine steps the DB holds in this environment."""
     from dooly.fit.step_features import STEP_OP
