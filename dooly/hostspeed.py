@@ -57,10 +57,12 @@ class HostProbe:
             samples.append((time.perf_counter_ns() - t0) / 1e6)
         return statistics.median(samples)
 
-    def read(self) -> Reading:
+    def read(self, mark: bool = True) -> Reading:
+        """`mark=False`: a reading that does not put off the next `maybe` one."""
         import torch
         import torch.nn.functional as F
-        self._last = time.monotonic()
+        if mark:
+            self._last = time.monotonic()
         gemm = self._median_ms(lambda: F.linear(self._a, self._w))
         stream = self._median_ms(lambda: torch.add(self._x, self._y, out=self._z))
         return Reading(time.time(), gemm, stream)
@@ -78,3 +80,32 @@ def host_factor(readings: list[Reading], reference: list[Reading]) -> float:
     med = lambda rs, f: statistics.median(getattr(r, f) for r in rs)  # noqa: E731
     return statistics.fmean(med(readings, f) / med(reference, f) for f in ("gemm_ms", "stream_ms"))
 
+
+# beyond this ratio (either way) of either part of the reference workload, a reading is not the
+# host the environment's points were taken on, though the environment key (CPU name, threads,
+# engine) is the same: on 2026-12-06 a fresh 2-core AMD EPYC VM ran the reference GEMM in
+# 0.32-0.42 ms where the DB's sweep of the same key had 0.72 ms (its two vCPUs a core each, the
+# earlier VM's nearer one core's worth), and its re-timed TP=1 units at 0.44-0.71x their
+# stored times. The same host drifts too (1.4-2x within an hour on the Xeon VM of 2026-12-04).
+OTHER_HOST = 1.5
+
+
+def stored_change(store, env_key: str, readings: list[Reading]) -> dict[str, float] | None:
+    """Each part's ratio of `readings` to the environment's stored sweep readings (median
+    over each), when either lies beyond OTHER_HOST either way; None when both lie within or
+    nothing was stored to compare with."""
+    stored = [Reading(t, g, s) for t, g, s, _ in store.host_probes(env_key, source="sweep")]
+    if not stored or not readings:
+        return None
+    med = lambda rs, f: statistics.median(getattr(r, f) for r in rs)  # noqa: E731
+    ratio = {f.removesuffix("_ms"): med(readings, f) / med(stored, f) for f in ("gemm_ms", "stream_ms")}
+    return ratio if any(not 1 / OTHER_HOST <= r <= OTHER_HOST for r in ratio.values()) else None
+
+
+def change_warning(env_key: str, db: str, change: dict[str, float], what: str) -> str:
+    """One line for stderr: `what` (a clause) on a host unlike the one the environment's
+    points were swept on."""
+    parts = ", ".join(f"{k} {v:.2f}x" for k, v in change.items())
+    return (f"dooly: {db}: this host runs the reference workload at {parts} the times of the "
+            f"DB's sweep of environment {env_key}: {what}; sweep into a new DB on this host, or "
+            f"predict with --recheck-host")

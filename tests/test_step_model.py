@@ -135,6 +135,19 @@ def test_uncalibrated_units_leave_a_model_out_of_the_pool(tmp_path):
     assert source == "pool(2 models, structure-free terms)"   # the source names its terms
 
 
+
+def test_a_model_beyond_the_pools_structures_is_told_which_terms(tmp_path):
+    """A target smaller than every pooled model gets their per-step excess as it is: the
+    source names the terms it lies beyond, with the pool's range, in the user's units."""
+    db = _pool_db(tmp_path)
+    small = _structure(40, 32000, 256)   # more layers, smaller vocabulary than any pooled model
+    with Store.open(db) as s:
+        _, source = load_step_model(s, ENV, None, small, _units_for(POOL))
+        _, inside = load_step_model(s, ENV, None, HELD_OUT, _units_for(POOL))
+    assert source.startswith("pool(3 models, structure-free terms; beyond its models in ")
+    assert "attention layers 40 (pool 16-30)" in source and "vocabulary 32000 (pool 49152-151936)" in source
+    assert "beyond" not in inside
+
 class _Cfg:
     def __init__(self, h):
         self.hash = h
@@ -207,13 +220,18 @@ def test_calibrate_interleaves_the_models_passes_and_hands_each_its_earlier_ones
         calls.append((load_config(path).name, len(earlier)))
         steps = cal.tag_pass(earlier, [{"batch": [[1, 8]], "ms": 10.0}])
         return {"env_key": "e", "steps": 1, "tagged_steps": steps, "points": 1, "quiet_steps": 1,
-                "worker_threads": [2], "pool_models": 2}
+                "worker_threads": [2], "pool_models": 2,
+                # the second model's engine ran on a host twice as fast as the units' sweep
+                "host_change": {"gemm": 0.5, "stream": 1.0} if "Qwen3" in path else None}
     monkeypatch.setattr(cal, "calibrate", fake)
     monkeypatch.setattr(cal, "stored_structure", lambda store, cfg, engine: {})
     assert main(["calibrate", *cfgs, "--db", str(tmp_path / "c.db"), "--passes", "2"]) == 0
     smol, qwen = (load_config(c).name for c in cfgs)
     assert calls == [(smol, 0), (qwen, 0), (smol, 1), (qwen, 1)]
-    assert "(pass 2 of 2)" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "(pass 2 of 2)" in out.out
+    warned = [line for line in out.err.splitlines() if "reference workload" in line]
+    assert len(warned) == 2 and all(qwen in line and "gemm 0.50x" in line for line in warned)
 
 
 def test_recalibration_replaces_that_models_steps_only(tmp_path):

@@ -37,6 +37,23 @@ def test_sweep_measures_every_unit_then_nothing(swept):
     assert again.units_measured == [] and len(again.units_reused) == len(first.units_measured)
 
 
+
+def test_a_sweep_on_a_host_unlike_the_dbs_says_so(swept, tmp_path, capsys):
+    """The environment key (CPU name, threads, engine) is the same on two VMs whose cores
+    differ 2x: the reference workload tells them apart, and the sweep says so on stderr."""
+    import shutil
+    import sqlite3
+    db = str(tmp_path / "other.db")
+    shutil.copy(swept[0], db)
+    with sqlite3.connect(db) as c:   # the DB's sweep as if taken on a host 3x slower
+        c.execute("UPDATE host_probes SET gemm_ms = 3 * gemm_ms, stream_ms = 3 * stream_ms")
+    again = sweep(analyze([SMOL], "transformers"), db, lim=LIM)
+    assert again.units_measured == [] and again.host_change["gemm"] < 1 / 1.5
+    assert main(["sweep", SMOL, "--engine", "transformers", "--db", db, "--max-tokens", "16",
+                 "--max-batch", "2", "--max-context", "32"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "reference workload" in line]
+    assert len(warned) == 1 and db in warned[0] and "another host" in warned[0]
+
 def test_interrupted_sweep_resumes_to_the_same_rows(swept, tmp_path, monkeypatch):
     db_full, _ = swept
     db = str(tmp_path / "b.db")

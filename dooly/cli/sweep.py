@@ -97,6 +97,11 @@ def run(args) -> int:
           f"{out['units_reused']} reused, {out['units_failed']} failed; {out['points_measured']} points "
           f"ok, {out['points_failed']} failed; {out['seconds']:.1f} s, of which the second pass "
           f"{out['recheck_seconds']:.1f} s ({out['points_rechecked_faster']} points faster) (env {s.env_key})")
+    if s.host_change:
+        from dooly.hostspeed import change_warning
+        what = ("the points this sweep added sit beside another host's (or host state's)" if s.units_measured
+                else "its points, reused here, are another host's (or host state's)")
+        print(change_warning(s.env_key, args.db, s.host_change, what), file=sys.stderr)
     if analysis.failed:
         print(f"skipped {len(analysis.failed)} model(s) the engine could not capture (errors on "
               f"stderr): {', '.join(f['config'] for f in analysis.failed)}")
@@ -142,6 +147,7 @@ def register_calibrate(sub) -> None:
 
 def run_calibrate(args) -> int:
     from dooly.config import load_config
+    from dooly.hostspeed import change_warning
     from dooly.profile.calibrate import calibrate, interleaved_passes, stored_structure
     cfgs = [load_config(c) for c in args.configs]  # one-line error for a bad config before an engine
     for flag in ("max_num_batched_tokens", "max_num_seqs"):
@@ -167,6 +173,10 @@ def run_calibrate(args) -> int:
               f"{r['steps']} real vLLM steps, {r['quiet_steps']} of them with no other process on their "
               f"cores (worker threads {r['worker_threads']}) into env {r['env_key']}; the pool now holds "
               f"{r['pool_models']} model(s)")
+        if r["host_change"]:
+            print(change_warning(r["env_key"], args.db, r["host_change"], f"{cfg.name}'s engine steps "
+                                 "were timed on another host (or host state) than the units they correct"),
+                  file=sys.stderr)
         if r["quiet_steps"] < r["steps"] / 2:
             print(f"dooly: most of {cfg.name}'s steps shared their cores with another process; "
                   "calibrate again on an idle host", file=sys.stderr)

@@ -128,7 +128,9 @@ def load_step_model(store, env, cfg, structure: dict, units_ms_for: Callable[[st
     fitted = _fit_rows(rows, units_ms_for, structure)
     if fitted is None:
         return None, "none"
-    return fitted.bind(structure, graphs), f"pool({len(fitted.models_)} models, {term_set_name(fitted.terms)} terms)"
+    beyond = beyond_pool([r for r in rows if r["model"] in fitted.models_], structure)
+    return fitted.bind(structure, graphs), (f"pool({len(fitted.models_)} models, {term_set_name(fitted.terms)} terms"
+                                            + (f"; beyond its models in {', '.join(beyond)}" if beyond else "") + ")")
 
 
 def term_set_name(terms: tuple[str, ...] | None) -> str:
@@ -185,11 +187,31 @@ def inside_pool(rows: list[dict], structure: dict | None) -> bool:
     few models interpolates between them; beyond them it extrapolates a line through
     model-to-model differences it cannot tell apart (on 2026-12-03 a pool of three put
     SmolLM2's 30 layers past its 16-28 and took half its units off every step)."""
-    if structure is None:
-        return True
+    return not beyond_pool(rows, structure)
+
+
+# how a structure term reads to a user: its name and the scale structure_terms divides by
+_TERM_NAMES = {"layers": ("attention layers", 1), "pieces": ("graph pieces", 1),
+               "kv_layers": ("KV width x layers", 1e3), "q_layers": ("query width x layers", 1e3),
+               "vocab": ("vocabulary", 1e5)}
+
+
+def beyond_pool(rows: list[dict], structure: dict | None) -> list[str]:
+    """The structure terms of `structure` outside the range the pool's models span, each as
+    "name value (pool lo-hi)". The structure-free terms a target beyond the pool gets carry the
+    pool's per-step and per-sequence work as it is: a model much smaller or faster than every
+    pooled one gets their excess in milliseconds (SmolLM2-135M's one-sequence decode 60% over,
+    predicted from three larger models, on 2026-12-06), so the predictor names them."""
+    if structure is None or not rows:
+        return []
     pool = [structure_terms(st) for st in {r["model"]: r["structure"] for r in rows}.values()]
-    target = structure_terms(structure)
-    return all(min(p[k] for p in pool) <= v <= max(p[k] for p in pool) for k, v in target.items())
+    out = []
+    for k, v in structure_terms(structure).items():
+        lo, hi = min(p[k] for p in pool), max(p[k] for p in pool)
+        if k in _TERM_NAMES and not lo <= v <= hi:
+            name, scale = _TERM_NAMES[k]
+            out.append(f"{name} {v * scale:.0f} (pool {lo * scale:.0f}-{hi * scale:.0f})")
+    return out
 
 
 def select_terms(rows: list[dict], target: dict | None = None) -> tuple[str, ...] | None:

@@ -46,7 +46,9 @@ def calibrate(config: str, db_path: str, threads: int | None = None, budget: int
                      "max_num_seqs": max_num_seqs, "items": items or calibration_items()})
     threads = max(res["threads"] or [env.threads])
     steps = tag_pass(earlier, res["steps"])
+    from dooly.hostspeed import Reading, stored_change
     with Store.open(db_path) as store:
+        change = stored_change(store, env.key, [Reading(*r) for r in res.get("host", [])])
         n = record_steps(store, env, steps, structure, cfg.hash, threads)
         for ts, gemm_ms, stream_ms in res.get("host", []):
             store.add_host_probe(env.key, ts, gemm_ms, stream_ms, "calibrate")
@@ -54,7 +56,7 @@ def calibrate(config: str, db_path: str, threads: int | None = None, budget: int
     return {"env_key": env.key, "steps": len(res["steps"]), "tagged_steps": steps, "points": n,
             "quiet_steps": len(quiet_steps(res["steps"], threads)),
             "worker_threads": res["threads"], "worker": res.get("worker", {}),
-            "pool_models": len(pooled)}
+            "pool_models": len(pooled), "host_change": change}
 
 
 def tag_pass(earlier: list[dict], new: list[dict]) -> list[dict]:

@@ -38,6 +38,7 @@ class SweepSummary:
     recheck_seconds: float = 0.0
     collective_envs: dict[int, str] = field(default_factory=dict)  # group size -> env key
     family_served: dict[str, float] = field(default_factory=dict)  # unit key -> check error %
+    host_change: dict[str, float] | None = None   # dooly.hostspeed.stored_change at the start
 
     def to_json(self) -> dict:
         return {"env_key": self.env_key, "units_measured": len(self.units_measured),
@@ -48,7 +49,7 @@ class SweepSummary:
                 "seconds": round(self.seconds, 2), "recheck_seconds": round(self.recheck_seconds, 2),
                 "interrupted": self.interrupted,
                 "collective_envs": {str(k): v for k, v in self.collective_envs.items()},
-                "units_family_served": len(self.family_served)}
+                "units_family_served": len(self.family_served), "host_change": self.host_change}
 
 
 def grid_for(unit: Unit, lim: GridLimits, routing: str = "balanced") -> list[dict]:
@@ -152,8 +153,10 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
         if families or adaptive:
             from dooly.profile.checkpoints import SweepPolicy
             policy = SweepPolicy(store, env.key, tolerance_pct, families, adaptive)
-        from dooly.hostspeed import HostProbe
+        from dooly.hostspeed import HostProbe, stored_change
         probe = HostProbe() if device == "cpu" else None
+        if probe is not None:   # before this sweep's own readings join the stored ones
+            summary.host_change = stored_change(store, env.key, [probe.read(mark=False) for _ in range(3)])
         job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress, policy, probe,
                    routing)
         try:
