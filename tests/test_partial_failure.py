@@ -105,7 +105,7 @@ def test_sweep_skips_a_model_it_cannot_capture(tmp_path, capsys, monkeypatch):
         return _empty_inventory(cfg)
 
     class Summary:
-        interrupted, env_key, collective_envs = False, "env", {}
+        interrupted, env_key, collective_envs, host_change = False, "env", {}, None
 
         def to_json(self):
             return {k: 0 for k in ("units_measured", "units_reused", "units_failed", "points_measured",
