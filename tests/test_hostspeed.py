@@ -51,6 +51,7 @@ def test_a_host_unlike_the_environments_sweep_is_named_part_by_part(tmp_path):
         s.add_host_probe("env", 9.0, 0.1, 0.1, "calibrate")   # only the sweep's readings are the reference
         assert stored_change(s, "env", [Reading(10.0, 0.36, 1.8)]) == pytest.approx({"gemm": 0.5, "stream": 1.8 / 1.7})
         assert stored_change(s, "env", [Reading(10.0, 0.8, 2.0)]) is None     # drift within the bound
+        assert stored_change(s, "env", [Reading(10.0, 0.72, 5.1)]) is None    # the stream part alone: noise
         assert stored_change(s, "env", []) is None
         assert stored_change(s, "other", [Reading(10.0, 0.36, 1.8)]) is None  # nothing stored to compare with
     line = change_warning("env", "a.db", {"gemm": 0.5, "stream": 1.06}, "its points are another host's")
