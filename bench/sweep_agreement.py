@@ -44,11 +44,11 @@ def points(db: str, env: str | None) -> tuple[dict, dict]:
 def host_readings(db: str, env: str | None) -> list:
     """The host-speed readings the DB's sweeps took (empty before schema 5)."""
     from dooly.db import Store
-    from dooly.hostspeed import Reading
+    from dooly.hostspeed import stored_readings
     with Store.open(db, create=False) as store:
         if not hasattr(store, "host_probes"):
             return []
-        return [Reading(t, g, s) for t, g, s, _ in store.host_probes(env, source="sweep")]
+        return stored_readings(store, env)
 
 
 def adjusted(a: dict, b: dict, factor: float) -> dict:

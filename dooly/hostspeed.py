@@ -72,13 +72,24 @@ class HostProbe:
         return self.read() if time.monotonic() - self._last >= self.every_s else None
 
 
+PARTS = ("gemm_ms", "stream_ms")
+
+
+def _median(readings: list[Reading], part: str) -> float:
+    return statistics.median(getattr(r, part) for r in readings)
+
+
+def stored_readings(store, env_key: str, source: str = "sweep") -> list[Reading]:
+    """The readings the DB holds for an environment, taken by `source` (sweep, calibrate)."""
+    return [Reading(t, g, s) for t, g, s, _ in store.host_probes(env_key, source=source)]
+
+
 def host_factor(readings: list[Reading], reference: list[Reading]) -> float:
     """How much slower the host ran during `readings` than during `reference`: the ratio
     of their median GEMM and stream times, averaged (1.0: the same host state)."""
     if not readings or not reference:
         return 1.0
-    med = lambda rs, f: statistics.median(getattr(r, f) for r in rs)  # noqa: E731
-    return statistics.fmean(med(readings, f) / med(reference, f) for f in ("gemm_ms", "stream_ms"))
+    return statistics.fmean(_median(readings, f) / _median(reference, f) for f in PARTS)
 
 
 # beyond this ratio (either way) of the reference GEMM, a reading is not the host the
@@ -96,11 +107,10 @@ def stored_change(store, env_key: str, readings: list[Reading]) -> dict[str, flo
     """Each part's ratio of `readings` to the environment's stored sweep readings (median
     over each), when the GEMM's lies beyond OTHER_HOST either way; None when it lies within
     or nothing was stored to compare with."""
-    stored = [Reading(t, g, s) for t, g, s, _ in store.host_probes(env_key, source="sweep")]
+    stored = stored_readings(store, env_key)
     if not stored or not readings:
         return None
-    med = lambda rs, f: statistics.median(getattr(r, f) for r in rs)  # noqa: E731
-    ratio = {f.removesuffix("_ms"): med(readings, f) / med(stored, f) for f in ("gemm_ms", "stream_ms")}
+    ratio = {f.removesuffix("_ms"): _median(readings, f) / _median(stored, f) for f in PARTS}
     return None if 1 / OTHER_HOST <= ratio["gemm"] <= OTHER_HOST else ratio
 
 
