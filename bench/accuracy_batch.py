@@ -523,7 +523,37 @@ def breakdown(name: str, its: list[dict], args) -> dict:
             key = label.strip().split(" (")[0].replace(" ", "_").replace(":", "").replace("+", "and")
             out[f"breakdown.{name}.{set_name}.{key}.measured_ms"] = meas
             out[f"breakdown.{name}.{set_name}.{key}.units_ms"] = units
+        gemm_shapes(name, set_name, parts, pred, out)
     return out
+
+
+def gemm_shapes(name: str, set_name: str, parts: list, pred, out: dict) -> None:
+    """Per GEMM weight (K x N): its kernels' time in the engine against its units' for the
+    same batches (the median over steps of each), where the layer run recorded shapes."""
+    from dooly.fit.gemm_family import gemm_shape
+    by_kn: dict[tuple[int, int], list[str]] = {}
+    for key in pred.units:
+        shape = gemm_shape(pred.units[key])
+        if shape is not None and isinstance(shape[1], int) and isinstance(shape[2], int):
+            by_kn.setdefault(shape[1:], []).append(key)
+    rows = []
+    for (k, n), keys in sorted(by_kn.items()):
+        meas, units = [], []
+        for s, _ in parts:
+            got = [v for dims, v in (s.get("k_gemm_shapes") or {}).items()
+                   if tuple(int(d) for d in dims.split("x")[1:]) == (k, n)]
+            if got:
+                meas.append(sum(ms for ms, _ in got))
+                units.append(sum(pred.predict(s["batch"]).breakdown.get(u, 0.0) for u in keys))
+        if meas and statistics.median(units) > 0:
+            rows.append((k, n, statistics.median(meas), statistics.median(units)))
+    if not rows:
+        return
+    print(f"    GEMM kernels by weight (K x N, MiB bf16): measured / units ms per step")
+    for k, n, meas, units in rows:
+        print(f"      {k:6d} x {n:6d} ({2 * k * n / 2**20:6.1f}) {meas:9.2f} {units:9.2f} {meas / units:11.2f}")
+        out[f"breakdown.{name}.{set_name}.gemm_{k}x{n}.measured_ms"] = meas
+        out[f"breakdown.{name}.{set_name}.gemm_{k}x{n}.units_ms"] = units
 
 
 # -- family-served side by side (--families) ---------------------------------------------------

@@ -52,3 +52,21 @@ def test_fused_kernels_are_named_by_what_they_compute():
     assert kernel_kind("cpp_fused__to_copy_add_mean_mul_onednn_mm_pow_rsqrt_3") == "norm"
     assert kernel_kind("cpp_fused_mul_onednn_mm_silu_slice_2") == "act"
     assert kernel_kind("cpp_fused_add_index_select_mul_split_4") == "rope"
+
+
+def test_gemm_kernels_are_summed_per_weight_shape():
+    """Inductor's `mm(a, b)` returns its product; vLLM's CPU ops write their first
+    argument: both give (M, K, N), so a step's GEMM time splits by weight."""
+    import torch
+    from dooly.engines.vllm_layers import gemm_dims
+    a, b = torch.zeros(3, 4), torch.zeros(4, 5)
+    assert gemm_dims((a, b), {}, a @ b) == (3, 4, 5)
+    assert gemm_dims((torch.empty(3, 5), a, None, torch.zeros(8)), {}, None) == (3, 4, 5)
+    assert gemm_dims((a, b), {"out": torch.empty(3, 5)}, None) == (3, 4, 5)
+    assert gemm_dims((torch.zeros(2, 3, 4), b), {}, None) is None
+    timer = LayerTimer()
+    mm = timer.timed(lambda x, w: x @ w, "gemm")
+    for _ in range(2):
+        mm(a, b)
+    ms, calls = timer.summary(1.0)["k_gemm_shapes"]["3x4x5"]
+    assert calls == 2 and ms >= 0.0

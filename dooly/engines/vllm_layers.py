@@ -34,6 +34,20 @@ def kernel_kind(name: str) -> str:
     return "other_fused"
 
 
+def gemm_dims(args, kwargs, result) -> tuple[int, int, int] | None:
+    """(M, K, N) of a GEMM call as compiled code makes it: `mm(a [M, K], b [K, N])` returns
+    its product (or writes `out=`); vLLM's CPU ops write a preallocated first argument,
+    `onednn_mm(out [M, N], x [M, K], bias, handle)`. None when neither form is recognised."""
+    mats = [t for t in (*args, *kwargs.values()) if getattr(t, "dim", lambda: 0)() == 2]
+    res = result if getattr(result, "dim", lambda: 0)() == 2 else kwargs.get("out")
+    if res is None and len(mats) >= 2 and mats[0] is args[0]:
+        res = mats[0]
+    x = next((t for t in mats if t is not res and res is not None and t.shape[0] == res.shape[0]), None)
+    if res is None or x is None:
+        return None
+    return int(res.shape[0]), int(x.shape[1]), int(res.shape[1])
+
+
 class _Extern:
     """Stands in for a compiled module's `extern_kernels`, timing its GEMMs."""
 
@@ -81,6 +95,7 @@ class LayerTimer:
         self.ms = dict.fromkeys(KERNEL_KINDS, 0.0)
         self.calls = dict.fromkeys(KERNEL_KINDS, 0)
         self.piece_ms, self.pieces, self.gap_ms = 0.0, 0, 0.0
+        self.gemm_shapes: dict[str, list] = {}   # "MxKxN" -> [ms, calls]
         self._last_end = None
         self.patch_compiled()
 
@@ -89,12 +104,23 @@ class LayerTimer:
 
         def wrapper(*a, **k):
             t0 = time.perf_counter()
+            out = None
             try:
-                return fn(*a, **k)
+                out = fn(*a, **k)
+                return out
             finally:
-                timer.ms[kind] += (time.perf_counter() - t0) * 1e3
+                ms = (time.perf_counter() - t0) * 1e3
+                timer.ms[kind] += ms
                 timer.calls[kind] += 1
+                if kind == "gemm":
+                    timer._add_shape(gemm_dims(a, k, out), ms)
         return wrapper
+
+    def _add_shape(self, dims, ms: float) -> None:
+        if dims is not None:
+            entry = self.gemm_shapes.setdefault("x".join(map(str, dims)), [0.0, 0])
+            entry[0] += ms
+            entry[1] += 1
 
     def patch_compiled(self) -> None:
         """Wrap the kernels of every compiled graph loaded since the last call (the first
@@ -144,6 +170,7 @@ class LayerTimer:
         out.update({f"k_{k}_calls": v for k, v in self.calls.items()})
         out.update(pieces_ms=self.piece_ms, n_pieces=self.pieces, gaps_ms=self.gap_ms,
                    graph_other_ms=forward_ms - sum(self.ms.values()))
+        out["k_gemm_shapes"] = {k: list(v) for k, v in self.gemm_shapes.items()}
         return out
 
 
