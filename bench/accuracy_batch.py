@@ -536,15 +536,16 @@ def gemm_shapes(name: str, set_name: str, parts: list, pred, out: dict) -> None:
         shape = gemm_shape(pred.units[key])
         if shape is not None and isinstance(shape[1], int) and isinstance(shape[2], int):
             by_kn.setdefault(shape[1:], []).append(key)
+    predicted = [pred.predict(s["batch"]).breakdown for s, _ in parts]
     rows = []
     for (k, n), keys in sorted(by_kn.items()):
         meas, units = [], []
-        for s, _ in parts:
+        for (s, _), per_unit in zip(parts, predicted):
             got = [v for dims, v in (s.get("k_gemm_shapes") or {}).items()
                    if tuple(int(d) for d in dims.split("x")[1:]) == (k, n)]
             if got:
                 meas.append(sum(ms for ms, _ in got))
-                units.append(sum(pred.predict(s["batch"]).breakdown.get(u, 0.0) for u in keys))
+                units.append(sum(per_unit.get(u, 0.0) for u in keys))
         if meas and statistics.median(units) > 0:
             rows.append((k, n, statistics.median(meas), statistics.median(units)))
     if not rows:

@@ -29,13 +29,14 @@ DEFAULT_CONFIG = ROOT / "fixtures" / "configs" / "meta-llama__Llama-3.2-1B-Instr
 ORDER = ("qkv", "o", "gate_up", "down")
 
 
-def layer_weights(raw: dict) -> dict[str, tuple[int, int]]:
-    """name -> (K, N) of one decoder layer's projections, from a Llama-like config."""
-    h, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
-    kv, hd = int(raw.get("num_key_value_heads") or heads), int(raw.get("head_dim") or h // heads)
-    inter = int(raw["intermediate_size"])
-    return {"qkv": (h, (heads + 2 * kv) * hd), "o": (heads * hd, h), "gate_up": (h, 2 * inter),
-            "down": (inter, h)}
+def layer_weights(raw: dict, path: str) -> dict[str, tuple[int, int]]:
+    """name -> (K, N) of one decoder layer's projections (a gated MLP), from the config's
+    dims as the Vidur exporter reads them (a missing one: DoolyInputError naming it)."""
+    from dooly.interop.vidur_export import model_dims
+    d = model_dims(raw, path)
+    q, kv = d.n_head * d.head_dim, d.n_kv_head * d.head_dim
+    return {"qkv": (d.n_embd, q + 2 * kv), "o": (q, d.n_embd), "gate_up": (d.n_embd, 2 * d.n_expanded_embd),
+            "down": (d.n_expanded_embd, d.n_embd)}
 
 
 def forward_order(engine: str, shapes: dict, layers: int, t: int, calls: int) -> dict[str, float]:
@@ -82,16 +83,15 @@ def main(argv=None) -> int:
     from dooly.errors import DoolyInputError
     try:
         raw = load_config(str(a.config)).raw
-        shapes = layer_weights(raw)
+        shapes = layer_weights(raw, str(a.config))
         tokens = [int(t) for t in a.tokens.split(",")]
     except DoolyInputError as e:
         print(e, file=sys.stderr)
         return 2
-    except (KeyError, ValueError) as e:
-        print(f"{a.config}: {e}: a decoder config with hidden_size, num_attention_heads and "
-              f"intermediate_size, and --tokens positive integers", file=sys.stderr)
+    except ValueError:
+        print(f"gemm_order: --tokens {a.tokens!r}: expected positive integers", file=sys.stderr)
         return 2
-    layers = a.layers or int(raw.get("num_hidden_layers") or 1)
+    layers = a.layers if a.layers is not None else int(raw.get("num_hidden_layers") or 1)
     if min(tokens) < 1 or layers < 1 or a.trials < 1:
         print("gemm_order: --tokens, --layers and --trials must be positive", file=sys.stderr)
         return 2
