@@ -1,5 +1,6 @@
 """A GEMM unit is timed the way vLLM's compiled CPU graph calls its GEMM, not through the
 Python dispatch the graph was traced from."""
+import pytest
 import torch
 
 from conftest import needs_vllm
@@ -19,7 +20,6 @@ def test_the_onednn_gemm_is_called_directly_and_computes_the_product():
     bias = torch.randn(96, dtype=torch.bfloat16)
     linear = cpu_linear_of(w.clone())
     if "direct_onednn" not in linear.__qualname__:
-        import pytest
         pytest.skip("vLLM picked another CPU GEMM kernel on this host")
     out = linear(x, bias)   # [T, N]
     assert out.shape == (5, 96)

@@ -38,9 +38,10 @@ def direct_onednn(cpu_linear) -> Callable[..., object] | None:
     op, n, k = torch.ops._C.onednn_mm.default, int(handler.n), int(handler.k)
 
     def run(x, bias):
-        out = torch.empty((*x.shape[:-1], n), dtype=x.dtype)   # [T, N]
-        op(out, x if x.dim() == 2 else x.reshape(-1, k), bias, handler.handler_tensor)
-        return out
+        x2 = x.reshape(-1, k)                                   # [T, K]
+        out = torch.empty((x2.shape[0], n), dtype=x.dtype)      # [T, N]
+        op(out, x2, bias, handler.handler_tensor)
+        return out.view(*x.shape[:-1], n)
     return run
 
 
