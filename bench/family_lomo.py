@@ -8,7 +8,11 @@ A model's units are predicted by families trained on the other models' units onl
 unit of the same key held out too, even where another model shares it); per label (an op
 name) the per-point errors are pooled, and each held-out unit's three check points are
 judged at the tolerance (dooly.fit.checks), with the served unit's error over all its
-points. Nothing is measured: the DB is copied to a temporary directory and read there."""
+points. Beside it, the rule's ceiling: how many of the same units would pass if the
+predictor were the unit's own grid (each check point from the line between its measured
+neighbours, the point left out), so a reader can tell a family's miss from a tolerance the
+data's own steps (a GPU's tile quantisation, say) do not allow. Nothing is measured: the DB
+is copied to a temporary directory and read there."""
 from __future__ import annotations
 
 import argparse
@@ -23,20 +27,54 @@ from typing import Iterable, Mapping
 import numpy as np
 
 
+def own_grid_passes(unit, rows: list, tolerance: float) -> bool | None:
+    """Whether `unit` would pass its check points with a perfect-but-for-the-data predictor:
+    each check point predicted by the log-log line between the unit's other measured points,
+    judged by the family's rule (one leave-one-out scale, every point within `tolerance`).
+    None where the grid is not one request axis (attention batches) or too small."""
+    from dooly.fit.checks import loo_scaled_errors
+    from dooly.profile.checkpoints import check_points, one_axis
+    pts = [m.point for m in rows]
+    if len(pts) < 4 or not one_axis(pts):
+        return None
+    x = np.log([float(next(iter(p.values()))) for p in pts])
+    y = np.log([m.median_ms for m in rows])
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    picked = {json.dumps(p, sort_keys=True) for p in check_points(unit, pts)}
+    idx = [i for i, j in enumerate(order) if json.dumps(pts[j], sort_keys=True) in picked]
+    pred = [float(np.exp(np.interp(x[i], np.delete(x, i), np.delete(y, i)))) for i in idx]
+    return max(loo_scaled_errors(np.exp(y[idx]), pred)[1]) <= tolerance
+
+
+def one_per_point(meas: Iterable) -> list:
+    """The ok measurements, one per (unit, environment, point): where several profiles
+    measured the same unit at the same point (Vidur profiled every model on its own, so
+    a shape two models share is in both files) the median of their latencies, as a DB
+    holds one row per point. Judging a check on four copies of a point would judge the
+    copies' disagreement with each other, not the family."""
+    from dataclasses import replace
+    groups: dict = defaultdict(list)
+    for m in meas:
+        if m.status == "ok":
+            groups[(m.unit_key, m.env_key, json.dumps(m.point, sort_keys=True))].append(m)
+    return [ms[0] if len(ms) == 1 else replace(ms[0], median_ms=float(np.median([m.median_ms for m in ms])))
+            for ms in groups.values()]
+
+
 def lomo(units: Mapping, meas: Iterable, held: Mapping[str, list[tuple[str, str]]],
          tolerance: float) -> tuple[dict, dict]:
     """`held`: model -> [(label, unit key)]. Returns (label -> point errors %,
-    label -> [(served, served unit's MAPE %)])."""
+    label -> [(served, served unit's MAPE %, own_grid_passes)])."""
     from dooly.fit.checks import judge
     from dooly.fit.families import design, family_data, select_family
     from dooly.graph.family import family_key
     from dooly.profile.checkpoints import check_points
-    meas = list(meas)
+    meas = one_per_point(meas)
     data = family_data(units, meas)
     by_unit = defaultdict(list)
     for m in meas:
-        if m.status == "ok":
-            by_unit[m.unit_key].append(m)
+        by_unit[m.unit_key].append(m)
     errs, checks = defaultdict(list), defaultdict(list)
     for name, pairs in sorted(held.items()):
         keys = {k for _, k in pairs}
@@ -56,38 +94,47 @@ def lomo(units: Mapping, meas: Iterable, held: Mapping[str, list[tuple[str, str]
             errs[label] += list(np.abs(pred - y) / y * 100.0)
             pts = {json.dumps(p, sort_keys=True) for p in check_points(unit, [m.point for m in rows])}
             v = judge(unit, fam, [m for m in rows if json.dumps(m.point, sort_keys=True) in pts], tolerance)
-            checks[label].append((v.served, float(np.mean(np.abs(v.scale * pred - y) / y * 100.0))))
+            checks[label].append((v.served, float(np.mean(np.abs(v.scale * pred - y) / y * 100.0)),
+                                  own_grid_passes(unit, rows, tolerance)))
     return errs, checks
 
 
 def table(errs: dict, checks: dict, out: dict, labels: Iterable[str] | None = None) -> None:
-    """Per label: median and p90 point error, checks passed, served units' MAPE, into `out`."""
+    """Per label: median and p90 point error, checks passed, served units' MAPE, and the
+    rule's ceiling (own_grid_passes: passed of those it could judge), into `out`."""
     if not any(errs.values()):
         print("  nothing could be scored: it needs the ops of two models or more")
         return
     print(f"{'op':26s} {'median':>7s} {'p90':>7s} {'points':>7s}  {'checks passed':>13s} "
-          f"{'served units MAPE':>17s}")
+          f"{'served units MAPE':>17s}  {'own-grid ceiling':>16s}")
     for op in (labels or sorted(errs)):
         if not errs.get(op):
             continue
         e = np.array(errs[op])
-        served = [err for ok, err in checks[op] if ok]
+        served = [err for ok, err, _ in checks[op] if ok]
+        ceiling = [c for _, _, c in checks[op] if c is not None]
         out[f"family.{op}.median_pct"] = round(float(np.median(e)), 3)
         out[f"family.{op}.p90_pct"] = round(float(np.percentile(e, 90)), 3)
         out[f"family.{op}.checks_passed"] = f"{len(served)}/{len(checks[op])}"
+        out[f"family.{op}.own_grid_passed"] = f"{sum(ceiling)}/{len(ceiling)}"
         if served:
             out[f"family.{op}.served_mape_pct"] = round(float(np.mean(served)), 3)
         print(f"{op[:26]:26s} {np.median(e):7.2f} {np.percentile(e, 90):7.2f} {len(e):7d}  "
               f"{len(served):6d} of {len(checks[op]):3d} "
-              f"{(f'{np.mean(served):.2f}' if served else '-'):>17s}")
+              f"{(f'{np.mean(served):.2f}' if served else '-'):>17s}  "
+              f"{(f'{sum(ceiling)} of {len(ceiling)}' if ceiling else '-'):>16s}")
     every = np.concatenate([np.array(v) for v in errs.values() if v])
-    passed = sum(ok for v in checks.values() for ok, _ in v)
+    passed = sum(ok for v in checks.values() for ok, _, _ in v)
     total = sum(len(v) for v in checks.values())
+    ceiling = [c for v in checks.values() for _, _, c in v if c is not None]
+    if ceiling:
+        out["family.own_grid_pass_pct"] = round(100.0 * sum(ceiling) / len(ceiling), 1)
     out["family.all_ops.median_pct"] = round(float(np.median(every)), 3)
     out["family.all_ops.p90_pct"] = round(float(np.percentile(every, 90)), 3)
     out["family.check_pass_pct"] = round(100.0 * passed / max(total, 1), 1)
     print(f"{'(all ops)':26s} {np.median(every):7.2f} {np.percentile(every, 90):7.2f} {len(every):7d}  "
-          f"{passed:6d} of {total:3d}")
+          f"{passed:6d} of {total:3d} {'':17s}  "
+          + (f"{sum(ceiling)} of {len(ceiling)}".rjust(16) if ceiling else ""))
 
 
 def gemm_table(rows: list, shapes_of: Mapping[str, set], out: dict, key: str, label: str = "",

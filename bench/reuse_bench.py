@@ -116,7 +116,14 @@ def check_pass_rate(stores, tolerance: float) -> tuple[int, int]:
     return passed, total
 
 
-def print_families(engine: str, f: dict) -> None:
+def expected_reduction_pct(f: dict, pass_rate: float) -> float:
+    """The families' reduction when a share `pass_rate` (0-1) of the checks pass: a failed
+    check costs the rest of the unit's grid, what a passing one saves (`check_savings_s`)."""
+    cost = f["families_cost_s"] + (1 - pass_rate) * f["check_savings_s"]
+    return round(100.0 * (1 - cost / f["independent_cost_s"]), 2)
+
+
+def print_families(engine: str, f: dict, source: str = "given") -> None:
     be = f["break_even_pass_pct"]
     print(f"{'':13s} exact-key dedup {f['dedup_reduction_pct']:5.1f}% ({f['dedup_points']} points); "
           f"families + check points {f['families_reduction_pct']:5.1f}% ({f['families_points']} points, "
@@ -125,7 +132,7 @@ def print_families(engine: str, f: dict) -> None:
           + ("more than every check to pass" if be is None or be > 100 else f"{be:.0f}% of checks to pass")
           + ")", flush=True)
     if "expected_reduction_pct" in f:
-        print(f"{'':13s} at the pass rate measured on the calibration sweeps: families + check points "
+        print(f"{'':13s} at the pass rate {source}: families + check points "
               f"{f['expected_reduction_pct']:5.1f}%", flush=True)
 
 
@@ -143,8 +150,16 @@ def main(argv=None) -> int:
     ap.add_argument("--hardware", default="h100")
     ap.add_argument("--json", type=Path, help="write the figures as one flat JSON object here")
     ap.add_argument("--tp", default="1", help="tensor-parallel sizes, each a variant (e.g. 1,2,4,8)")
+    ap.add_argument("--pass-rate", type=float, metavar="PCT",
+                    help="the share of checks that pass, in %% (one measured elsewhere: bench/vidur_fit.py, "
+                         "bench/family_lomo.py): also print the reduction expected at that rate")
     args = ap.parse_args(argv)
-    args.pass_rate = None
+    if args.pass_rate is not None and not 0 <= args.pass_rate <= 100:
+        ap.error(f"--pass-rate: expected a percentage in [0, 100], got {args.pass_rate:g}")
+    if args.pass_rate is not None and args.calibrate:
+        ap.error("--pass-rate: not with --calibrate, which measures the pass rate on its DBs")
+    args.pass_source = "given (--pass-rate)"
+    args.pass_rate = None if args.pass_rate is None else args.pass_rate / 100.0
     try:
         tps = sorted({int(t) for t in args.tp.split(",") if t.strip()}) or [1]
     except ValueError:
@@ -162,6 +177,7 @@ def main(argv=None) -> int:
                      + (f" (missing: {', '.join(missing)})" if missing else ""))
         hw, (passed, checked) = calibrated_cpu(args.calibrate)
         args.pass_rate = passed / checked if checked else None
+        args.pass_source = "measured on the calibration sweeps"
         print(f"check points on those sweeps: {passed} of {checked} swept units would pass at 3% "
               f"(leave-one-unit-out within their families)", flush=True)
     print(f"cost model on {args.hardware}: {hw.source} ({hw.point_overhead_s:g} s per point, "
@@ -199,11 +215,10 @@ def run_set(paths, args, tps, hw, tag, out, reuse_with_families) -> None:
               f"cost {r['independent_cost_s']:.1f} s -> {r['dedup_cost_s']:.1f} s on {args.hardware}  "
               f"[{len(variants.inventories)} variants of {len(paths)} models, {secs:.1f} s]", flush=True)
         f = reuse_with_families(variants.inventories, hw, target_pct=TARGET_PCT)
-        if args.pass_rate is not None:  # a failed check costs the rest of the unit's grid
-            cost = f["families_cost_s"] + (1 - args.pass_rate) * f["check_savings_s"]
-            f["expected_reduction_pct"] = round(100.0 * (1 - cost / f["independent_cost_s"]), 2)
+        if args.pass_rate is not None:
+            f["expected_reduction_pct"] = expected_reduction_pct(f, args.pass_rate)
         out.update({f"{e}.{k}": v for k, v in f.items() if k not in ("hardware", "cost_model")})
-        print_families(engine, f)
+        print_families(engine, f, args.pass_source)
 
 
 if __name__ == "__main__":

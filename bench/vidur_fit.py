@@ -39,7 +39,8 @@ DEFAULT_ROOT = ROOT / "fixtures" / "vidur" / "a100"
 
 
 def load(files: list[Path], tp: int):
-    """Units, measurements and environments of every file, and per model its op -> unit key."""
+    """Units, measurements (one per unit and point: the median where several files measured
+    it) and environments of every file, and per model its op -> unit key."""
     units, meas, envs = {}, [], {}
     op_units: dict[str, dict[str, str]] = {}
     for p in files:
@@ -54,7 +55,8 @@ def load(files: list[Path], tp: int):
         present = {u.key for u in us}
         op_units[model_name_from_path(p)] = {op: u.key for op, u in vidur_units(row, tp).items()
                                              if u.key in present}
-    return units, meas, envs, op_units
+    # a shape two models share was profiled in both files: one row per point, as in a DB
+    return units, family_lomo.one_per_point(meas), envs, op_units
 
 
 def unit_cv_mape(fits, meas, op_units, out: dict) -> None:

@@ -58,3 +58,35 @@ def test_an_unknown_environment_is_one_line_naming_the_flag(tmp_path, capsys):
     assert family_lomo.main(["--db", str(db), "--env", "0123"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--env" in err[0] and str(db) in err[0]
+
+
+def test_the_own_grid_ceiling_passes_a_smooth_curve_and_fails_a_step_at_a_check_point():
+    u = linear(512, 1536)
+    ts = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    smooth = [Measurement(u.key, ENV.key, {"T": t}, 0.01 * t ** 0.8, samples=5) for t in ts]
+    assert family_lomo.own_grid_passes(u, smooth, 3.0) is True
+    # a tile step at T=32 (a middle check point): no predictor that reads the curve from
+    # its neighbours can see it, so the rule's ceiling fails the unit
+    step = [Measurement(u.key, ENV.key, {"T": t}, 0.01 * t ** 0.8 * (1.2 if t == 32 else 1.0),
+                        samples=5) for t in ts]
+    assert family_lomo.own_grid_passes(u, step, 3.0) is False
+    assert family_lomo.own_grid_passes(u, smooth[:3], 3.0) is None   # too few points to judge
+
+
+def test_copies_of_a_point_from_several_profiles_count_once_at_their_median():
+    u = linear(512, 1536)
+    copies = [Measurement(u.key, ENV.key, {"T": 8}, ms, samples=5) for ms in (1.0, 1.3, 1.1)]
+    other = Measurement(u.key, ENV.key, {"T": 16}, 2.0, samples=5)
+    failed = Measurement(u.key, ENV.key, {"T": 32}, 0.0, samples=0, status="failed")
+    out = sorted(family_lomo.one_per_point(copies + [other, failed]), key=lambda m: m.point["T"])
+    assert [(m.point["T"], m.median_ms) for m in out] == [(8, 1.1), (16, 2.0)]
+
+
+def test_the_json_carries_the_rules_ceiling_beside_the_checks(tmp_path):
+    db = _db(tmp_path / "m.db")
+    out = tmp_path / "f.json"
+    assert family_lomo.main(["--db", str(db), "--json", str(out)]) == 0
+    fig = json.loads(out.read_text())
+    passed, total = (int(v) for v in fig["family.linear.own_grid_passed"].split("/"))
+    assert total == 6 and passed <= total
+    assert 0.0 <= fig["family.own_grid_pass_pct"] <= 100.0
