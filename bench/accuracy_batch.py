@@ -24,9 +24,11 @@ whole time slices): the median share is printed per model.
 --breakdown: one more real run timing every compiled piece and attention call inside the
 worker, compared part by part with the units (dooly.engines.vllm_layers).
 --families [MODELS]: each model (or those named) also scored family-served: a copy of --db
-without the units only it runs, swept with `dooly sweep --families --tolerance T` (its
-check points timed for real, families trained on the other models only), printed beside
-its fully swept figures per set (`families.<model>.*` in the JSON).
+without the units only it runs, swept with `dooly sweep --families --tolerance T
+[--step-tolerance S]` (its check points timed for real, families trained on the other
+models only), printed beside its fully swept figures per set (`families.<model>.*` in the
+JSON), and beside its twin: the same DB with the family-served units then swept in full,
+minutes later, so that the two differ in those units only (`families_twin.<model>.*`).
 """
 from __future__ import annotations
 
@@ -558,7 +560,8 @@ def gemm_shapes(name: str, set_name: str, parts: list, pred, out: dict) -> None:
 
 
 # -- family-served side by side (--families) ---------------------------------------------------
-def family_db(name: str, names: list[str], db: str, limits, tolerance: float, log=print) -> str:
+def family_db(name: str, names: list[str], db: str, limits, tolerance: float, log=print,
+              step_tolerance: float | None = None) -> str:
     """A DB where `name` is family-served: a copy of the fully swept `db` without the
     measurements of the units only `name` runs, then `dooly sweep --families` of `name`
     (its check points measured for real; a unit whose check fails is swept in full) and
@@ -581,21 +584,42 @@ def family_db(name: str, names: list[str], db: str, limits, tolerance: float, lo
     tok, batch, ctx = limits
     rc = dooly(["sweep", str(MODELS[name]), "--db", out, "--engine", "vllm", "--max-tokens", str(tok),
                 "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress", "--families",
-                "--tolerance", str(tolerance)])
+                "--tolerance", str(tolerance)]
+               + ([] if step_tolerance is None else ["--step-tolerance", str(step_tolerance)]))
     if rc != 0 or dooly(["fit", "--db", out]) != 0:
         raise SystemExit(f"family sweep or fit of {name} failed (rc {rc})")
     return out
 
 
-def print_side_by_side(name: str, full: dict, fam: dict, pred) -> None:
+def twin_db(name: str, fdb: str, limits) -> str:
+    """`fdb` with its family-served units swept in full (`dooly sweep` without --families
+    measures the rest of their grids; a unit measured beyond its check points is no longer
+    served): the fully swept twin of the family-served model, timed minutes apart rather
+    than hours. Resumable."""
+    from dooly.cli import main as dooly
+    from dooly.db import Store
+    out = str(Path(fdb).with_suffix(".twin.db"))
+    if not Path(out).exists():
+        with Store.open(out) as twin:
+            twin.merge_from(fdb)
+    tok, batch, ctx = limits
+    rc = dooly(["sweep", str(MODELS[name]), "--db", out, "--engine", "vllm", "--max-tokens", str(tok),
+                "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress"])
+    if rc != 0 or dooly(["fit", "--db", out]) != 0:
+        raise SystemExit(f"twin sweep or fit of {name} failed (rc {rc})")
+    return out
+
+
+def print_side_by_side(name: str, full: dict, fam: dict, pred, twin: dict) -> None:
     served = {k: m.cv_mape_pct for k, m in pred.models.items() if pred.fallback.get(k) == "family"}
     worst = f", largest check error {max(served.values()):.1f}%" if served else ""
     print(f"[{name}] family-served vs fully swept: {len(served)} of {len(pred.counts)} units family-served{worst}")
-    print(f"  {'set':8s} {'fully swept MAPE %':>19s} {'family-served MAPE %':>21s} {'difference pp':>14s}")
+    print(f"  {'set':8s} {'fully swept MAPE %':>19s} {'family-served MAPE %':>21s} {'twin MAPE %':>12s} "
+          f"{'family - twin pp':>17s}")
     for s in SETS:
-        a, b = full.get(f"mape_{s}_pct"), fam.get(f"mape_{s}_pct")
-        if a is not None and b is not None:
-            print(f"  {s:8s} {a:19.1f} {b:21.1f} {b - a:+14.1f}")
+        a, b, t = full.get(f"mape_{s}_pct"), fam.get(f"mape_{s}_pct"), twin.get(f"mape_{s}_pct")
+        if a is not None and b is not None and t is not None:
+            print(f"  {s:8s} {a:19.1f} {b:21.1f} {t:12.1f} {b - t:+17.1f}")
 
 
 def main(argv=None) -> int:
@@ -622,6 +646,8 @@ def main(argv=None) -> int:
                     help="also score each model (or these) family-served, trained on the other "
                          "models' units, beside its fully swept figures (a DB per model beside --db)")
     ap.add_argument("--tolerance", type=float, default=3.0, help="check-point tolerance %% (--families)")
+    ap.add_argument("--step-tolerance", type=float, default=None,
+                    help="--families: also serve units whose share-weighted check errors are within this %%")
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [n for n in names if n not in MODELS]
@@ -657,16 +683,21 @@ def main(argv=None) -> int:
         for s in SETS if result[f"mape_{s}_pct"] is not None))
     if args.families:
         fam_names = names if args.families == "all" else [m.strip() for m in args.families.split(",")]
-        if any(n not in names for n in fam_names) or not 0 < args.tolerance < 100:
-            ap.error(f"--families: models from --models ({', '.join(names)}); --tolerance in (0, 100)")
+        if any(n not in names for n in fam_names) or not 0 < args.tolerance < 100 or not (
+                args.step_tolerance is None or 0 < args.step_tolerance < 100):
+            ap.error(f"--families: models from --models ({', '.join(names)}); --tolerance and "
+                     "--step-tolerance in (0, 100)")
+        lim = LIMITS["quick" if args.quick else "full"]
         for n in fam_names:
-            fdb = family_db(n, names, args.db, LIMITS["quick" if args.quick else "full"], args.tolerance)
-            pred = model_out_predictor(n, fdb)
+            fdb = family_db(n, names, args.db, lim, args.tolerance, step_tolerance=args.step_tolerance)
+            pred, twin = model_out_predictor(n, fdb), model_out_predictor(n, twin_db(n, fdb, lim))
             pred.set_serving(BUDGET, MAX_SEQS)
-            fig = score(n, runs[n], pred)
+            twin.set_serving(BUDGET, MAX_SEQS)
+            fig, tfig = score(n, runs[n], pred), score(n, runs[n], twin)
             print_side_by_side(n, {k[len(n) + 1:]: v for k, v in result.items() if k.startswith(f"{n}.")},
-                               fig, pred)
+                               fig, pred, tfig)
             result.update({f"families.{n}.{k}": v for k, v in fig.items()})
+            result.update({f"families_twin.{n}.{k}": v for k, v in tfig.items()})
             result[f"families.{n}.units_family_served"] = sum(v == "family" for v in pred.fallback.values())
     if args.breakdown:
         for n in names:

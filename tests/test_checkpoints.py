@@ -272,5 +272,5 @@ def test_a_unit_whose_every_point_failed_is_unsupported_with_its_reason(tmp_path
         s.add_measurement(Measurement(partly.key, ENV.key, {"T": 8}, 0.1, 0.1, 0.1, 0.1, 0.0, 3, 0))
         st = unit_status(s, ENV.key, {u.key: u for u in (never, partly)}, hw, LIM)
     assert st[never.key] == {"status": "unsupported", "points": 0, "cost_s": 0.0,
-                             "check_error_pct": None, "reason": why}
+                             "check_error_pct": None, "check_step_error_pct": None, "reason": why}
     assert st[partly.key]["status"] == "measured"

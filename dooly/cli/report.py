@@ -32,7 +32,8 @@ def unit_state(plan: dict, key: str, hits: set) -> str:
     if st is None:
         return "hit" if key in hits else "miss"
     if st["status"] == "family-served":
-        return f"family ({st['check_error_pct']:.1f}%)"
+        step = st.get("check_step_error_pct")
+        return f"family ({st['check_error_pct']:.1f}%" + (f", {step:.2f}% of the step)" if step is not None else ")")
     if st["status"] == "unsupported":
         return f"unsupported here: {st['reason'][:60]}"
     return {"measured": "measured", "check": "check points", "sweep": "to sweep"}[st["status"]]

@@ -39,6 +39,9 @@ def register(sub) -> None:
                    help="sweep one-axis units coarse first, refining only where interpolation misses")
     p.add_argument("--tolerance", type=percent, default=3.0,
                    help="%% a check point or an interpolated point may miss by (default 3)")
+    p.add_argument("--step-tolerance", type=percent, default=None, metavar="PCT",
+                   help="with --families: also serve a unit whose check errors, each weighed by the "
+                        "unit's share of its model's units there, are within PCT%% of the step")
     p.add_argument("--routing", type=routing, default="balanced", help=ROUTING_HELP)
     from dooly.cli.sweep_ray import add_flags
     add_flags(p)  # --ray [ADDRESS], --ray-workers N
@@ -54,6 +57,8 @@ def run(args) -> int:
     from dooly.analyze import analyze
     from dooly.db import Store
     from dooly.profile.sweep import sweep
+    if args.step_tolerance is not None and not args.families:
+        raise DoolyInputError("--step-tolerance", "it weighs check points: use it with --families")
     for cfg in map(load_config, args.configs):  # every config and flag before the DB or an engine
         cfg.check_length("--max-context", args.max_context)
         cfg.check_length("--max-tokens", args.max_tokens)
@@ -90,7 +95,8 @@ def run(args) -> int:
         if args.ray is None:  # else measured on Ray above
             s = sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
                       recheck=False if args.no_recheck else None, families=args.families,
-                      adaptive=args.adaptive, tolerance_pct=args.tolerance, routing=args.routing)
+                      adaptive=args.adaptive, tolerance_pct=args.tolerance, routing=args.routing,
+                      step_tolerance_pct=args.step_tolerance)
     out = s.to_json()
     out["failed"] = list(analysis.failed)
     print(f"sweep {'interrupted' if s.interrupted else 'done'}: {out['units_measured']} units measured, "
@@ -111,7 +117,8 @@ def run(args) -> int:
     served = getattr(s, "family_served", {})
     if served:
         print(f"{len(served)} units served by their family from check points (largest check error "
-              f"{max(served.values()):.1f}%, tolerance {args.tolerance:g}%)")
+              f"{max(served.values()):.1f}%, tolerance {args.tolerance:g}%"
+              + (f", or {args.step_tolerance:g}% of the step" if args.step_tolerance is not None else "") + ")")
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(out, f)

@@ -7,6 +7,14 @@ The scale is fitted leave-one-out: each check point is judged by the scale of th
 others, so no point vouches for itself. A unit that passes is served by the family
 (times its scale); one that fails is swept in full and joins the family's training.
 
+A step tolerance (opt-in, `dooly sweep --families --step-tolerance PCT`) weighs each check
+error by the unit's share of its model's units at that point (`shares`, an upper bound
+from dooly.profile.shares): a unit is also served when every weighted error is within the
+step tolerance. A simulator is judged on steps, and a norm that takes 1% of a step may
+miss by 10% at the cost of 0.1% of the step (replayed on this CPU's saved runs, serving
+every unit that passes at 0.5% moved no model's per-set MAPE by more than 0.2 points;
+bench/results/2026-12-07b).
+
 `CheckVerdict` is plain data, stored beside the unit in the fits table as
 "check:<unit_key>" (dooly.fit.family_store), with the family model it was judged on:
 a unit is served by exactly the model that was checked, whatever members join the
@@ -55,6 +63,8 @@ class CheckVerdict:
     tolerance_pct: float
     family_fingerprint: str = ""
     family_json: str = ""    # the FittedFamily judged (its to_json() text)
+    shares: tuple = ()       # the unit's share of its model's units at each check point (or none)
+    step_tolerance_pct: float | None = None
 
     def __post_init__(self):
         if not self.unit_key or not self.family_key or not self.env_key:
@@ -66,6 +76,12 @@ class CheckVerdict:
         vals = list(self.measured_ms) + list(self.predicted_ms)
         if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in vals):
             raise ValueError("measured_ms, predicted_ms: latencies are finite and >= 0")
+        if self.shares and (len(self.shares) != len(self.points) or not all(
+                isinstance(v, (int, float)) and 0 < v <= 1 for v in self.shares)):
+            raise ValueError("shares: one share in (0, 1] per check point, or none")
+        if self.step_tolerance_pct is not None and not (
+                isinstance(self.step_tolerance_pct, (int, float)) and 0 < self.step_tolerance_pct < 100):
+            raise ValueError(f"step_tolerance_pct: expected a percentage in (0, 100), got {self.step_tolerance_pct!r}")
 
     def family(self):
         """The family model this verdict was judged on (None for a verdict without one)."""
@@ -86,12 +102,24 @@ class CheckVerdict:
         return max(self.errors_pct)
 
     @property
+    def step_error_pct(self) -> float | None:
+        """The largest check error weighted by the unit's share there (None without shares)."""
+        if not self.shares:
+            return None
+        return max(e * s for e, s in zip(self.errors_pct, self.shares))
+
+    @property
     def served(self) -> bool:
-        return self.error_pct <= self.tolerance_pct
+        if self.error_pct <= self.tolerance_pct:
+            return True
+        weighted = self.step_error_pct
+        return weighted is not None and self.step_tolerance_pct is not None and weighted <= self.step_tolerance_pct
 
     def fingerprint(self) -> str:
         blob = json.dumps([self.points, [repr(float(v)) for v in self.measured_ms],
-                           self.family_fingerprint, self.tolerance_pct], sort_keys=True)
+                           self.family_fingerprint, self.tolerance_pct]
+                          + ([[repr(float(v)) for v in self.shares], self.step_tolerance_pct]
+                             if self.shares or self.step_tolerance_pct is not None else []), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
@@ -100,7 +128,9 @@ class CheckVerdict:
                 "measured_ms": list(self.measured_ms), "predicted_ms": list(self.predicted_ms),
                 "tolerance_pct": self.tolerance_pct, "family_fingerprint": self.family_fingerprint,
                 "family": json.loads(self.family_json) if self.family_json else None,
-                "scale": self.scale, "error_pct": self.error_pct, "served": self.served}
+                "scale": self.scale, "error_pct": self.error_pct, "served": self.served,
+                "shares": list(self.shares), "step_tolerance_pct": self.step_tolerance_pct,
+                "step_error_pct": self.step_error_pct}
 
     @classmethod
     def from_json(cls, obj: dict) -> "CheckVerdict":
@@ -111,22 +141,29 @@ class CheckVerdict:
                    tuple(float(v) for v in obj["measured_ms"]),
                    tuple(float(v) for v in obj["predicted_ms"]), float(obj["tolerance_pct"]),
                    str(obj.get("family_fingerprint", "")),
-                   json.dumps(obj["family"], sort_keys=True) if obj.get("family") else "")
+                   json.dumps(obj["family"], sort_keys=True) if obj.get("family") else "",
+                   tuple(float(v) for v in obj.get("shares") or ()),
+                   None if obj.get("step_tolerance_pct") is None else float(obj["step_tolerance_pct"]))
 
 
-def judge(unit, family, measurements, tolerance_pct: float = DEFAULT_TOLERANCE_PCT) -> CheckVerdict:
+def judge(unit, family, measurements, tolerance_pct: float = DEFAULT_TOLERANCE_PCT,
+          shares: dict | None = None, step_tolerance_pct: float | None = None) -> CheckVerdict:
     """The verdict of `family` (a dooly.fit.families.FittedFamily not trained on this
-    unit) on the unit's ok `measurements` at its check points."""
+    unit) on the unit's ok `measurements` at its check points. `shares`: point_json -> the
+    unit's share of its model's units there; weighted only when every point has one."""
     rows = [m for m in measurements if m.status == "ok"]
     if not rows:
         raise ValueError(f"measurements: no check point of unit {unit.key} was measured")
     if unit.key in family.members:
         raise ValueError(f"family: {family.family_key} was trained on unit {unit.key} itself")
     pred = family.predict(unit, [m.point for m in rows])
+    keys = [m.point_json for m in rows]
+    weights = tuple(float(shares[k]) for k in keys) if shares and all(k in shares for k in keys) else ()
     return CheckVerdict(unit.key, family.family_key, rows[0].env_key, tuple(m.point for m in rows),
                         tuple(float(m.median_ms) for m in rows), tuple(float(v) for v in pred),
                         float(tolerance_pct), family.fingerprint,
-                        json.dumps(family.to_json(), sort_keys=True))
+                        json.dumps(family.to_json(), sort_keys=True), weights,
+                        step_tolerance_pct if weights else None)
 
 
 # a 1-D unit's served curve is tabulated once, 8 knots per octave up to 2**17 requests,

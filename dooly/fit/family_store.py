@@ -114,14 +114,16 @@ def verdicts(units: Mapping[str, Unit], by_unit: Mapping[str, list],
              ) -> dict[str, CheckVerdict]:
     """Every check-only unit of `units` judged again on its ok check points as they are
     now, by the family model its verdict was judged on (today's family, `families`, for
-    a verdict that kept none), at the tolerance it was checked at."""
+    a verdict that kept none), at the tolerances and shares it was checked at."""
     out = {}
     for key in check_only(stored, by_unit) & set(units):
         fam = _judged_family(stored[key], families)
         if fam is None or key in fam.members:
             continue
         rows = [m for m in by_unit[key] if m.status == "ok"]
-        out[key] = judge(units[key], fam, rows, stored[key].tolerance_pct)
+        old = stored[key]
+        shares = dict(zip(map(_key, old.points), old.shares)) if old.shares else None
+        out[key] = judge(units[key], fam, rows, old.tolerance_pct, shares, old.step_tolerance_pct)
     return out
 
 

@@ -51,6 +51,22 @@ def check_points(unit, grid: list[dict], n: int = N_CHECKS) -> list[dict]:
     return [pts[i] for i in idx]
 
 
+def heaviest_first(units: dict, lim) -> dict:
+    """The units by their work at the grid's largest request, heaviest first: a step
+    tolerance weighs a check by the unit's share of its model, read from the units measured
+    before it (dooly.profile.shares), so the GEMMs that make most of a step go first."""
+    ref = {"tokens": {"T": lim.max_tokens}, "seqs": {"B": lim.max_batch},
+           "attention": {"seqs": [[lim.max_tokens, 0]]}}
+
+    def work(unit) -> float:
+        try:
+            flops, nbytes = flops_bytes(unit, ref[unit.driver])
+        except (KeyError, ValueError, TypeError, ZeroDivisionError):  # no such request: last
+            return 0.0
+        return flops / 1e12 + nbytes / 1e10   # about a CPU's FLOPs per byte
+    return dict(sorted(units.items(), key=lambda kv: -work(kv[1])))
+
+
 def one_axis(grid: list[dict]) -> bool:
     return bool(grid) and all(len(p) == 1 and isinstance(next(iter(p.values())), (int, float))
                               for p in grid)
@@ -75,6 +91,8 @@ class SweepPolicy:
     tolerance_pct: float = DEFAULT_TOLERANCE_PCT
     families: bool = True
     adaptive: bool = True
+    step_tolerance_pct: float | None = None       # dooly.fit.checks: errors weighed by the unit's share
+    engine: str = ""                               # whose inventories the shares read
     verdicts: dict = field(default_factory=dict)   # unit key -> CheckVerdict judged here
     _models: dict = field(default_factory=dict)    # family key -> FittedFamily or None
     _stored: dict | None = None                    # the DB's verdicts, read once
@@ -82,6 +100,9 @@ class SweepPolicy:
     def __post_init__(self):
         if not (isinstance(self.tolerance_pct, (int, float)) and 0 < self.tolerance_pct < 100):
             raise ValueError(f"tolerance_pct: expected a percentage in (0, 100), got {self.tolerance_pct!r}")
+        if self.step_tolerance_pct is not None and not (
+                isinstance(self.step_tolerance_pct, (int, float)) and 0 < self.step_tolerance_pct < 100):
+            raise ValueError(f"step_tolerance_pct: expected a percentage in (0, 100), got {self.step_tolerance_pct!r}")
 
     def stored(self, key: str):
         """The unit's stored verdict (read once per sweep: asked after every point)."""
@@ -137,10 +158,22 @@ class SweepPolicy:
         have = [ok[point_key(p)] for p in checks if point_key(p) in ok]
         if not have:
             return None
-        verdict = judge(unit, fam, have, self.tolerance_pct if old is None else old.tolerance_pct)
+        shares, step = self._weights(unit, have, old)
+        verdict = judge(unit, fam, have, self.tolerance_pct if old is None else old.tolerance_pct, shares, step)
         if self.verdicts.get(key) != verdict:
             if old is None or old.fingerprint() != verdict.fingerprint():
                 self.store.put_fits([verdict_record(verdict)])
                 self._stored[key] = verdict
             self.verdicts[key] = verdict
         return verdict
+
+    def _weights(self, unit, have, old) -> tuple[dict | None, float | None]:
+        """(point_json -> share, step tolerance) to judge with: a stored verdict's own (what
+        was checked), else the unit's shares now when this sweep has a step tolerance."""
+        if old is not None:
+            return (dict(zip(map(point_key, old.points), old.shares)) if old.shares else None,
+                    old.step_tolerance_pct)
+        if self.step_tolerance_pct is None:
+            return None, None
+        from dooly.profile.shares import check_shares
+        return check_shares(self.store, self.env_key, self.engine, unit, have), self.step_tolerance_pct

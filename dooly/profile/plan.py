@@ -84,7 +84,8 @@ def plan_against_db(analysis, db_path: str, env_key: str | None, hardware: str) 
 def unit_status(store, env_key: str | None, units: dict, hw: Hardware,
                 lim: GridLimits = GridLimits()) -> dict[str, dict]:
     """Per unit, in order: {"status": measured | family-served | check | sweep, "points"
-    and "cost_s" left to measure, "check_error_pct" once judged} (see the module doc)."""
+    and "cost_s" left to measure, "check_error_pct" once judged, "check_step_error_pct" where
+    the check was weighed by the unit's share of its model} (see the module doc)."""
     from dooly.db import point_json
     from dooly.fit.family_store import check_only, load_families, stored_verdicts, verdicts
     rows: dict[str, list] = {}
@@ -110,7 +111,9 @@ def unit_status(store, env_key: str | None, units: dict, hw: Hardware,
             unit_cost(unit, "full" if status == "sweep" else "check", hw, lim,
                       {point_json(m.point) for m in rows.get(key, [])})
         out[key] = {"status": status, "points": n, "cost_s": round(cost, 4),
-                    "check_error_pct": None if v is None else round(v.error_pct, 3)}
+                    "check_error_pct": None if v is None else round(v.error_pct, 3),
+                    "check_step_error_pct": None if v is None or v.step_error_pct is None
+                    else round(v.step_error_pct, 3)}
         if status == "unsupported":
             out[key]["reason"] = reason
     return out

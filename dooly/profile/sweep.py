@@ -114,7 +114,8 @@ class Runners:
 def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = None,
           lim: GridLimits = GridLimits(), threads: int | None = None, progress=None,
           recheck: bool | None = None, comm: str = "engine", families: bool = False,
-          adaptive: bool = False, tolerance_pct: float = 3.0, routing: str = "balanced") -> SweepSummary:
+          adaptive: bool = False, tolerance_pct: float = 3.0, routing: str = "balanced",
+          step_tolerance_pct: float | None = None) -> SweepSummary:
     """Measure every unit of the analysed models (`analysis.engine`, `.inventories`: what
     `dooly.analyze.analyze` returns) that the DB lacks for this environment.
     `progress(unit, done, total)` is called after each point. `recheck` (default: on a
@@ -123,7 +124,9 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
     analysis) are timed across a real group of processes (dooly.profile.collective_sweep;
     `comm`: "engine" for the engine's communicator, "torch" for plain torch.distributed).
     `families`: a unit whose family covers it is measured at check points and served by
-    the family when they agree within `tolerance_pct`; `adaptive`: a one-axis unit swept
+    the family when they agree within `tolerance_pct` (or, with `step_tolerance_pct`, when
+    each check error weighed by the unit's share of its model is within it; dooly.fit.checks);
+    `adaptive`: a one-axis unit swept
     in full is refined only where interpolation misses (dooly.profile.checkpoints).
     `routing`: the expert distribution mixture-of-experts units are timed under
     (dooly.routing: "balanced" or "skew:S"), recorded in each of their points."""
@@ -149,10 +152,14 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
                 units.setdefault(key, e.unit)
         coll = {k: u for k, u in units.items() if u.op in COLLECTIVE_OPS}
         units = {k: u for k, u in units.items() if k not in coll}
+        if step_tolerance_pct is not None:
+            from dooly.profile.checkpoints import heaviest_first
+            units = heaviest_first(units, lim)
         policy = None
         if families or adaptive:
             from dooly.profile.checkpoints import SweepPolicy
-            policy = SweepPolicy(store, env.key, tolerance_pct, families, adaptive)
+            policy = SweepPolicy(store, env.key, tolerance_pct, families, adaptive,
+                                 step_tolerance_pct=step_tolerance_pct, engine=env.engine)
         from dooly.hostspeed import HostProbe, stored_change
         probe = HostProbe() if device == "cpu" else None
         if probe is not None:   # before this sweep's own readings join the stored ones
