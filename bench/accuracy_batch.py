@@ -612,7 +612,10 @@ def twin_db(name: str, fdb: str, limits) -> str:
 
 def print_side_by_side(name: str, full: dict, fam: dict, pred, twin: dict) -> None:
     served = {k: m.cv_mape_pct for k, m in pred.models.items() if pred.fallback.get(k) == "family"}
-    worst = f", largest check error {max(served.values()):.1f}%" if served else ""
+    steps = [m.verdict.step_error_pct for k, m in pred.models.items() if k in served
+             and m.verdict.step_error_pct is not None and m.verdict.error_pct > m.verdict.tolerance_pct]
+    worst = (f", largest check error {max(served.values()):.1f}%" if served else "") + (
+        f" ({len(steps)} served by the step tolerance, at most {max(steps):.2f}% of the step)" if steps else "")
     print(f"[{name}] family-served vs fully swept: {len(served)} of {len(pred.counts)} units family-served{worst}")
     print(f"  {'set':8s} {'fully swept MAPE %':>19s} {'family-served MAPE %':>21s} {'twin MAPE %':>12s} "
           f"{'family - twin pp':>17s}")

@@ -28,8 +28,8 @@ import numpy as np
 
 
 def own_grid_passes(unit, rows: list, tolerance: float) -> bool | None:
-    """Whether `unit` would pass its check points with a perfect-but-for-the-data predictor:
-    each check point predicted by the log-log line between the unit's other measured points,
+    """Whether `unit` would pass its check points with the best predictor short of measuring
+    them: each check point read off the log-log line between the unit's other measured points,
     judged by the family's rule (one leave-one-out scale, every point within `tolerance`).
     None where the grid is not one request axis (attention batches) or too small."""
     from dooly.fit.checks import loo_scaled_errors
