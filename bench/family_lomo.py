@@ -62,15 +62,43 @@ def one_per_point(meas: Iterable) -> list:
             for ms in groups.values()]
 
 
+class MemoryStore:
+    """The slice of a dooly.db Store that dooly.profile.shares reads, over lists in memory
+    (`inventories`: model -> {unit key: calls per step})."""
+
+    def __init__(self, units: Mapping, meas: Iterable, inventories: Mapping[str, dict]):
+        self._units, self._inv = units, inventories
+        self._rows: dict = defaultdict(list)
+        for m in meas:
+            self._rows[m.unit_key].append(m)
+
+    def models(self, engine: str) -> dict:
+        return {name: name for name in self._inv}
+
+    def inventory(self, name: str, engine: str) -> dict:
+        return dict(self._inv[name])
+
+    def get_unit(self, key: str):
+        return self._units.get(key)
+
+    def measurements(self, unit_key: str | None = None, env_key: str | None = None) -> list:
+        return [m for m in self._rows.get(unit_key, []) if env_key is None or m.env_key == env_key]
+
+
 def lomo(units: Mapping, meas: Iterable, held: Mapping[str, list[tuple[str, str]]],
-         tolerance: float) -> tuple[dict, dict]:
+         tolerance: float, step_tolerance: float | None = None,
+         counts: Mapping[str, dict] | None = None) -> tuple[dict, dict]:
     """`held`: model -> [(label, unit key)]. Returns (label -> point errors %,
-    label -> [(served, served unit's MAPE %, own_grid_passes)])."""
+    label -> [(served, served unit's MAPE %, own_grid_passes)]). With `step_tolerance`,
+    checks are also weighed by each unit's share of its model's units (dooly.profile.shares,
+    over `counts`: model -> {unit key: calls per step}; one call each where not given)."""
     from dooly.fit.checks import judge
     from dooly.fit.families import design, family_data, select_family
     from dooly.graph.family import family_key
     from dooly.profile.checkpoints import check_points
+    from dooly.profile.shares import check_shares
     meas = one_per_point(meas)
+    mem = MemoryStore(units, meas, counts or {n: {k: 1 for _, k in pairs} for n, pairs in held.items()})
     data = family_data(units, meas)
     by_unit = defaultdict(list)
     for m in meas:
@@ -93,7 +121,9 @@ def lomo(units: Mapping, meas: Iterable, held: Mapping[str, list[tuple[str, str]
             pred = fam.estimator.predict(design(unit, [m.point for m in rows], fam.columns))
             errs[label] += list(np.abs(pred - y) / y * 100.0)
             pts = {json.dumps(p, sort_keys=True) for p in check_points(unit, [m.point for m in rows])}
-            v = judge(unit, fam, [m for m in rows if json.dumps(m.point, sort_keys=True) in pts], tolerance)
+            chk = [m for m in rows if json.dumps(m.point, sort_keys=True) in pts]
+            shares = None if step_tolerance is None else check_shares(mem, chk[0].env_key, "", unit, chk)
+            v = judge(unit, fam, chk, tolerance, shares, step_tolerance)
             checks[label].append((v.served, float(np.mean(np.abs(v.scale * pred - y) / y * 100.0)),
                                   own_grid_passes(unit, rows, tolerance)))
     return errs, checks
@@ -158,9 +188,9 @@ def gemm_table(rows: list, shapes_of: Mapping[str, set], out: dict, key: str, la
         print(f"  {'mean':40s} {np.mean(errs):7.2f}   ({time.time() - t0:.1f}s)")
 
 
-def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, dict]:
+def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, dict, dict]:
     """(units, measurements of the chosen environment, model name -> [(op, unit key)] of its
-    units measured there) of a Dooly DB. Tensor-parallel inventories are left out (a TP=N
+    units measured there, model name -> its inventory {unit key: calls per step}) of a Dooly DB. Tensor-parallel inventories are left out (a TP=N
     shard may be the model's own TP=1 unit, which would then train its family), and so are
     engine-step pseudo-units (whole steps, not units)."""
     from dooly.db import Store
@@ -171,9 +201,10 @@ def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, di
         units = {u.key: u for u in store.units() if u.op != STEP_OP}
         meas = [m for m in store.measurements(env_key=env.key) if m.unit_key in units]
         measured = {m.unit_key for m in meas}
-        held = {name: [(units[k].op, k) for k in store.inventory(h, engine) if k in measured]
-                for h, name in store.models(engine).items() if "@" not in h}
-    return units, meas, {name: pairs for name, pairs in held.items() if pairs}
+        invs = {name: store.inventory(h, engine) for h, name in store.models(engine).items() if "@" not in h}
+    held = {name: [(units[k].op, k) for k in inv if k in measured] for name, inv in invs.items()}
+    held = {name: pairs for name, pairs in held.items() if pairs}
+    return units, meas, held, {name: invs[name] for name in held}
 
 
 def main(argv=None) -> int:
@@ -184,18 +215,21 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", default="vllm", help="the engine whose inventories are held out (default vllm)")
     ap.add_argument("--env", help="environment key (default: the engine's most measured)")
     ap.add_argument("--tolerance", type=float, default=3.0, help="check-point tolerance %% (default 3)")
+    ap.add_argument("--step-tolerance", type=float, default=None,
+                    help="also pass a check whose errors, weighed by the unit's share of its model, are within this %%")
     ap.add_argument("--json", help="write the figures as one flat JSON object here")
     args = ap.parse_args(argv)
-    if not 0 < args.tolerance < 100:
-        print(f"--tolerance: expected a percentage in (0, 100), got {args.tolerance}", file=sys.stderr)
-        return 2
+    for flag, v in (("--tolerance", args.tolerance), ("--step-tolerance", args.step_tolerance)):
+        if v is not None and not 0 < v < 100:
+            print(f"{flag}: expected a percentage in (0, 100), got {v}", file=sys.stderr)
+            return 2
     if not Path(args.db).is_file():
         print(f"{args.db}: no such DB (--db)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         copy = str(copy_db(args.db, Path(tmp) / "copy.db"))
         try:
-            units, meas, held = db_inputs(copy, args.engine, args.env)
+            units, meas, held, counts = db_inputs(copy, args.engine, args.env)
         except DoolyInputError as e:
             print(str(e).replace(copy, args.db), file=sys.stderr)
             return 2
@@ -205,9 +239,10 @@ def main(argv=None) -> int:
         return 2
     n_units = len({k for pairs in held.values() for _, k in pairs})
     print(f"{args.db}: {len(held)} models, {n_units} units, {len(meas)} measurements; "
-          f"check points at {args.tolerance:g}%")
-    out: dict = {"models": len(held), "units": n_units}
-    errs, checks = lomo(units, meas, held, args.tolerance)
+          f"check points at {args.tolerance:g}%" + ("" if args.step_tolerance is None else
+                                                    f" or {args.step_tolerance:g}% of the step"))
+    out: dict = {"models": len(held), "units": n_units, "step_tolerance_pct": args.step_tolerance}
+    errs, checks = lomo(units, meas, held, args.tolerance, args.step_tolerance, counts)
     table(errs, checks, out)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")

@@ -90,3 +90,21 @@ def test_the_json_carries_the_rules_ceiling_beside_the_checks(tmp_path):
     passed, total = (int(v) for v in fig["family.linear.own_grid_passed"].split("/"))
     assert total == 6 and passed <= total
     assert 0.0 <= fig["family.own_grid_pass_pct"] <= 100.0
+
+
+def test_a_step_tolerance_passes_every_check_the_3pct_rule_passes_and_more(tmp_path):
+    db = _db(tmp_path / "m.db")
+    figs = []
+    for extra in ([], ["--step-tolerance", "50"]):
+        out = tmp_path / f"f{len(extra)}.json"
+        assert family_lomo.main(["--db", str(db), "--json", str(out)] + extra) == 0
+        figs.append(json.loads(out.read_text()))
+    plain, step = (int(f["family.linear.checks_passed"].split("/")[0]) for f in figs)
+    assert step >= plain and figs[1]["step_tolerance_pct"] == 50
+
+
+def test_a_bad_step_tolerance_is_one_line_and_exit_2(tmp_path, capsys):
+    db = _db(tmp_path / "m.db")
+    assert family_lomo.main(["--db", str(db), "--step-tolerance", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--step-tolerance" in err[0]
