@@ -566,7 +566,6 @@ def family_db(name: str, names: list[str], db: str, limits, tolerance: float, lo
     measurements of the units only `name` runs, then `dooly sweep --families` of `name`
     (its check points measured for real; a unit whose check fails is swept in full) and
     `dooly fit`. Families are trained only on the other models' units. Resumable."""
-    from dooly.cli import main as dooly
     from dooly.config import load_config
     from dooly.db import Store
     out = str(Path(db).with_suffix(f".families-{name}.db"))
@@ -581,14 +580,19 @@ def family_db(name: str, names: list[str], db: str, limits, tolerance: float, lo
             for key in mine:  # only this model runs them: measured anew, from check points
                 fam.replace_measurements(key, env, [])
         log(f"  [{name}] {len(mine)} units of its own left to its families")
-    tok, batch, ctx = limits
-    rc = dooly(["sweep", str(MODELS[name]), "--db", out, "--engine", "vllm", "--max-tokens", str(tok),
-                "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress", "--families",
-                "--tolerance", str(tolerance)]
-               + ([] if step_tolerance is None else ["--step-tolerance", str(step_tolerance)]))
-    if rc != 0 or dooly(["fit", "--db", out]) != 0:
-        raise SystemExit(f"family sweep or fit of {name} failed (rc {rc})")
+    _sweep_and_fit(name, out, limits, "family", "--families", "--tolerance", str(tolerance),
+                   *([] if step_tolerance is None else ["--step-tolerance", str(step_tolerance)]))
     return out
+
+
+def _sweep_and_fit(name: str, db: str, limits, what: str, *flags: str) -> None:
+    """`dooly sweep` of `name` into `db` at the bench's limits (with `flags`), then `dooly fit`."""
+    from dooly.cli import main as dooly
+    tok, batch, ctx = limits
+    rc = dooly(["sweep", str(MODELS[name]), "--db", db, "--engine", "vllm", "--max-tokens", str(tok),
+                "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress", *flags])
+    if rc != 0 or dooly(["fit", "--db", db]) != 0:
+        raise SystemExit(f"{what} sweep or fit of {name} failed (rc {rc})")
 
 
 def twin_db(name: str, fdb: str, limits) -> str:
@@ -596,17 +600,12 @@ def twin_db(name: str, fdb: str, limits) -> str:
     measures the rest of their grids; a unit measured beyond its check points is no longer
     served): the fully swept twin of the family-served model, timed minutes apart rather
     than hours. Resumable."""
-    from dooly.cli import main as dooly
     from dooly.db import Store
     out = str(Path(fdb).with_suffix(".twin.db"))
     if not Path(out).exists():
         with Store.open(out) as twin:
             twin.merge_from(fdb)
-    tok, batch, ctx = limits
-    rc = dooly(["sweep", str(MODELS[name]), "--db", out, "--engine", "vllm", "--max-tokens", str(tok),
-                "--max-batch", str(batch), "--max-context", str(ctx), "--no-progress"])
-    if rc != 0 or dooly(["fit", "--db", out]) != 0:
-        raise SystemExit(f"twin sweep or fit of {name} failed (rc {rc})")
+    _sweep_and_fit(name, out, limits, "twin")
     return out
 
 

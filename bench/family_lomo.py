@@ -57,7 +57,7 @@ def one_per_point(meas: Iterable) -> list:
     groups: dict = defaultdict(list)
     for m in meas:
         if m.status == "ok":
-            groups[(m.unit_key, m.env_key, json.dumps(m.point, sort_keys=True))].append(m)
+            groups[(m.unit_key, m.env_key, m.point_json)].append(m)
     return [ms[0] if len(ms) == 1 else replace(ms[0], median_ms=float(np.median([m.median_ms for m in ms])))
             for ms in groups.values()]
 
