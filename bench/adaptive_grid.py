@@ -58,15 +58,23 @@ def interp_error(xs, ys, chosen: list[int]) -> float:
     return float(np.mean(np.abs(np.interp(xs, kx, ky) - ys) / ys) * 100.0)
 
 
-def compare(curves: dict[str, tuple[list, list]]) -> dict:
-    """Per curve set: the fixed grid's points and error, and the adaptive grid's per tolerance."""
-    fixed_n, fixed_e, adapt = [], [], defaultdict(lambda: ([], []))
+def seconds(ys_ms, hw) -> float:
+    """What measuring points of these latencies costs on `hw` (dooly.profile.cost's per-point
+    formula, with the measured latency in place of the roofline's)."""
+    return float(sum(hw.passes * hw.repeats * y / 1e3 + hw.point_overhead_s for y in ys_ms))
+
+
+def compare(curves: dict[str, tuple[list, list]], hw) -> dict:
+    """Per curve set: the fixed grid's points and error, and the adaptive grid's per tolerance
+    (points, error, and its seconds on `hw` over the fixed grid's, pooled over the curves)."""
+    fixed_n, fixed_e, fixed_s, adapt = [], [], 0.0, defaultdict(lambda: ([], [], []))
     for xs, ys in curves.values():
         have = dict(zip(xs, ys))
         lo, hi = min(xs), max(xs)
         grid = [x for x in octave_grid(lo, hi) if x in have]
         fixed_n.append(len(grid))
         fixed_e.append(interp_error(xs, ys, grid))
+        fixed_s += seconds([have[x] for x in grid], hw)
         # four per octave, and today's grid: the adaptive grid may pick any of them
         cands = sorted({x for x in fine_grid(lo, hi) if x in have} | set(grid))
         for tol in TOLERANCES:
@@ -76,23 +84,27 @@ def compare(curves: dict[str, tuple[list, list]]) -> dict:
             chosen = [cands[i] for i in got]
             adapt[tol][0].append(len(chosen))
             adapt[tol][1].append(interp_error(xs, ys, chosen))
+            adapt[tol][2].append(seconds([have[x] for x in chosen], hw))
     out = {"curves": len(curves), "fixed_points": float(np.mean(fixed_n)), "fixed_mape_pct": float(np.mean(fixed_e))}
-    for tol, (n, e) in adapt.items():
+    for tol, (n, e, sec) in adapt.items():
         out[f"adaptive_{tol:g}.points"] = float(np.mean(n))
         out[f"adaptive_{tol:g}.mape_pct"] = float(np.mean(e))
+        out[f"adaptive_{tol:g}.cost_ratio"] = float(sum(sec) / fixed_s) if fixed_s else 1.0
     ok = [t for t in TOLERANCES if out[f"adaptive_{t:g}.mape_pct"] <= out["fixed_mape_pct"]]
     if ok:
         t = max(ok)
-        n = out[f"adaptive_{t:g}.points"]
+        n, c = out[f"adaptive_{t:g}.points"], out[f"adaptive_{t:g}.cost_ratio"]
         nxt = [u for u in TOLERANCES if u > t]
         if nxt:  # the point count where the error crosses the fixed grid's, between tolerances
             e0, e1 = out[f"adaptive_{t:g}.mape_pct"], out[f"adaptive_{nxt[0]:g}.mape_pct"]
             if e1 > e0:
-                w = (out["fixed_mape_pct"] - e0) / (e1 - e0)
-                n += min(max(w, 0.0), 1.0) * (out[f"adaptive_{nxt[0]:g}.points"] - n)
+                w = min(max((out["fixed_mape_pct"] - e0) / (e1 - e0), 0.0), 1.0)
+                n += w * (out[f"adaptive_{nxt[0]:g}.points"] - n)
+                c += w * (out[f"adaptive_{nxt[0]:g}.cost_ratio"] - c)
         out["equal_error_tolerance_pct"] = t
         out["equal_error_points"] = n
         out["equal_error_point_ratio"] = n / out["fixed_points"]
+        out["equal_error_cost_ratio"] = c
     return out
 
 
@@ -134,7 +146,9 @@ def cpu_adaptive(dbs: list[Path], tol: float = 3.0) -> dict:
     """Adaptive subsets of one-axis units swept on the octave grid (copies of the DBs)."""
     from dooly.db import Store
     from dooly.db.store import copy_db
-    counts, errs = [], []
+    from dooly.profile.cost import get_hardware
+    hw = get_hardware("cpu")
+    counts, errs, kept_s, all_s = [], [], 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for i, db in enumerate(dbs):
             with Store.open(copy_db(db, Path(tmp) / f"{i}.db"), readonly=True) as s:
@@ -150,13 +164,16 @@ def cpu_adaptive(dbs: list[Path], tol: float = 3.0) -> dict:
                 chosen = {xs[j] for j in got}
                 skipped = [x for x in xs if x not in chosen]
                 counts.append((len(chosen), len(xs)))
+                kept_s += seconds([have[x] for x in chosen], hw)
+                all_s += seconds([have[x] for x in xs], hw)
                 if skipped:
                     truth = np.array([have[x] for x in skipped])
                     pred = np.interp(skipped, sorted(chosen), [have[x] for x in sorted(chosen)])
                     errs += list(np.abs(pred - truth) / truth * 100)
     return {"curves": len(counts), "grid_points": float(np.mean([b for _, b in counts])) if counts else 0.0,
             "adaptive_points": float(np.mean([a for a, _ in counts])) if counts else 0.0,
-            "skipped_mape_pct": float(np.mean(errs)) if errs else 0.0, "tolerance_pct": tol}
+            "skipped_mape_pct": float(np.mean(errs)) if errs else 0.0, "tolerance_pct": tol,
+            "cost_ratio": kept_s / all_s if all_s else 1.0}
 
 
 def report(name: str, r: dict) -> None:
@@ -164,11 +181,13 @@ def report(name: str, r: dict) -> None:
           f"interpolation MAPE {r['fixed_mape_pct']:.2f}%")
     for tol in TOLERANCES:
         print(f"  adaptive at {tol:>3g}%: {r[f'adaptive_{tol:g}.points']:5.1f} points, "
-              f"MAPE {r[f'adaptive_{tol:g}.mape_pct']:.2f}%")
+              f"MAPE {r[f'adaptive_{tol:g}.mape_pct']:.2f}%, "
+              f"{100 * r[f'adaptive_{tol:g}.cost_ratio']:.0f}% of the fixed grid's seconds")
     if "equal_error_points" in r:
         print(f"  at equal error (the fixed grid's {r['fixed_mape_pct']:.2f}%, reached past a "
               f"{r['equal_error_tolerance_pct']:g}% tolerance): {r['equal_error_points']:.1f} points vs "
-              f"{r['fixed_points']:.1f} fixed ({100 * r['equal_error_point_ratio']:.0f}%)")
+              f"{r['fixed_points']:.1f} fixed ({100 * r['equal_error_point_ratio']:.0f}%; "
+              f"{100 * r['equal_error_cost_ratio']:.0f}% of its seconds)")
     else:
         print("  no tolerance tried reaches the fixed grid's error")
 
@@ -178,6 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--vidur", type=Path, default=SHARED_VIDUR if SHARED_VIDUR.is_dir()
                     else ROOT / "fixtures" / "vidur" / "a100")
     ap.add_argument("--db", type=Path, nargs="*", default=[], help="DBs of real CPU sweeps (copied first)")
+    ap.add_argument("--hardware", default="a100",
+                    help="whose per-point cost weighs the Vidur and synthetic curves' seconds (default a100)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if not args.vidur.is_dir() or any(not p.is_file() for p in args.db):
@@ -185,15 +206,16 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     out = {}
+    from dooly.profile.cost import get_hardware
     for name, curves in (("vidur", vidur_curves(args.vidur)), ("synthetic", synthetic_curves())):
-        r = compare(curves)
+        r = compare(curves, get_hardware(args.hardware))
         report(name, r)
         out.update({f"{name}.{k}": v for k, v in r.items()})
     if args.db:
         c = cpu_adaptive(args.db)
         print(f"\nCPU sweeps: {c['curves']} one-axis curves; adaptive at {c['tolerance_pct']:g}% keeps "
-              f"{c['adaptive_points']:.1f} of {c['grid_points']:.1f} grid points; MAPE at the skipped ones "
-              f"{c['skipped_mape_pct']:.2f}%")
+              f"{c['adaptive_points']:.1f} of {c['grid_points']:.1f} grid points ({100 * c['cost_ratio']:.0f}% "
+              f"of their seconds on the cpu cost model); MAPE at the skipped ones {c['skipped_mape_pct']:.2f}%")
         out.update({f"cpu.{k}": v for k, v in c.items()})
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,18 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 import numpy as np
+
+
+class Check(NamedTuple):
+    """One held-out unit's check: served or not, the served unit's MAPE and worst error over
+    all its measured points (what the check points did not see), and the own-grid ceiling."""
+    served: bool
+    mape_pct: float
+    worst_pct: float
+    ceiling: bool | None
 
 
 def own_grid_passes(unit, rows: list, tolerance: float) -> bool | None:
@@ -89,7 +98,7 @@ def lomo(units: Mapping, meas: Iterable, held: Mapping[str, list[tuple[str, str]
          tolerance: float, step_tolerance: float | None = None,
          counts: Mapping[str, dict] | None = None) -> tuple[dict, dict]:
     """`held`: model -> [(label, unit key)]. Returns (label -> point errors %,
-    label -> [(served, served unit's MAPE %, own_grid_passes)]). With `step_tolerance`,
+    label -> [Check]). With `step_tolerance`,
     checks are also weighed by each unit's share of its model's units (dooly.profile.shares,
     over `counts`: model -> {unit key: calls per step}; one call each where not given)."""
     from dooly.fit.checks import judge
@@ -124,46 +133,56 @@ def lomo(units: Mapping, meas: Iterable, held: Mapping[str, list[tuple[str, str]
             chk = [m for m in rows if json.dumps(m.point, sort_keys=True) in pts]
             shares = None if step_tolerance is None else check_shares(mem, chk[0].env_key, "", unit, chk)
             v = judge(unit, fam, chk, tolerance, shares, step_tolerance)
-            checks[label].append((v.served, float(np.mean(np.abs(v.scale * pred - y) / y * 100.0)),
-                                  own_grid_passes(unit, rows, tolerance)))
+            e = np.abs(v.scale * pred - y) / y * 100.0
+            checks[label].append(Check(v.served, float(np.mean(e)), float(np.max(e)),
+                                       own_grid_passes(unit, rows, tolerance)))
     return errs, checks
 
 
 def table(errs: dict, checks: dict, out: dict, labels: Iterable[str] | None = None) -> None:
-    """Per label: median and p90 point error, checks passed, served units' MAPE, and the
-    rule's ceiling (own_grid_passes: passed of those it could judge), into `out`."""
+    """Per label: median and p90 point error, checks passed, served units' MAPE and worst
+    point (the largest error over their measured points: what three checks did not see), and the rule's ceiling (own_grid_passes: passed of those it could judge), into `out`."""
     if not any(errs.values()):
         print("  nothing could be scored: it needs the ops of two models or more")
         return
     print(f"{'op':26s} {'median':>7s} {'p90':>7s} {'points':>7s}  {'checks passed':>13s} "
-          f"{'served units MAPE':>17s}  {'own-grid ceiling':>16s}")
+          f"{'served units MAPE':>17s} {'worst':>6s}  {'own-grid ceiling':>16s}")
     for op in (labels or sorted(errs)):
         if not errs.get(op):
             continue
         e = np.array(errs[op])
-        served = [err for ok, err, _ in checks[op] if ok]
-        ceiling = [c for _, _, c in checks[op] if c is not None]
+        served = [c.mape_pct for c in checks[op] if c.served]
+        worst = max((c.worst_pct for c in checks[op] if c.served), default=None)
+        ceiling = [c.ceiling for c in checks[op] if c.ceiling is not None]
         out[f"family.{op}.median_pct"] = round(float(np.median(e)), 3)
         out[f"family.{op}.p90_pct"] = round(float(np.percentile(e, 90)), 3)
         out[f"family.{op}.checks_passed"] = f"{len(served)}/{len(checks[op])}"
         out[f"family.{op}.own_grid_passed"] = f"{sum(ceiling)}/{len(ceiling)}"
         if served:
             out[f"family.{op}.served_mape_pct"] = round(float(np.mean(served)), 3)
+            out[f"family.{op}.served_worst_pct"] = round(worst, 3)
         print(f"{op[:26]:26s} {np.median(e):7.2f} {np.percentile(e, 90):7.2f} {len(e):7d}  "
               f"{len(served):6d} of {len(checks[op]):3d} "
-              f"{(f'{np.mean(served):.2f}' if served else '-'):>17s}  "
+              f"{(f'{np.mean(served):.2f}' if served else '-'):>17s} "
+              f"{(f'{worst:.1f}' if served else '-'):>6s}  "
               f"{(f'{sum(ceiling)} of {len(ceiling)}' if ceiling else '-'):>16s}")
     every = np.concatenate([np.array(v) for v in errs.values() if v])
-    passed = sum(ok for v in checks.values() for ok, _, _ in v)
-    total = sum(len(v) for v in checks.values())
-    ceiling = [c for v in checks.values() for _, _, c in v if c is not None]
+    every_check = [c for v in checks.values() for c in v]
+    passed = sum(c.served for c in every_check)
+    total = len(every_check)
+    ceiling = [c.ceiling for c in every_check if c.ceiling is not None]
+    worst = [c.worst_pct for c in every_check if c.served]
+    if worst:
+        out["family.served_worst_max_pct"] = round(float(np.max(worst)), 3)
+        out["family.served_worst_median_pct"] = round(float(np.median(worst)), 3)
     if ceiling:
         out["family.own_grid_pass_pct"] = round(100.0 * sum(ceiling) / len(ceiling), 1)
     out["family.all_ops.median_pct"] = round(float(np.median(every)), 3)
     out["family.all_ops.p90_pct"] = round(float(np.percentile(every, 90)), 3)
     out["family.check_pass_pct"] = round(100.0 * passed / max(total, 1), 1)
     print(f"{'(all ops)':26s} {np.median(every):7.2f} {np.percentile(every, 90):7.2f} {len(every):7d}  "
-          f"{passed:6d} of {total:3d} {'':17s}  "
+          f"{passed:6d} of {total:3d} {'':17s} "
+          f"{(f'{np.max(worst):.1f}' if worst else '-'):>6s}  "
           + (f"{sum(ceiling)} of {len(ceiling)}".rjust(16) if ceiling else ""))
 
 

@@ -136,6 +136,17 @@ def print_families(engine: str, f: dict, source: str = "given") -> None:
               f"{f['expected_reduction_pct']:5.1f}%", flush=True)
 
 
+def print_adaptive(a: dict) -> None:
+    be = a["break_even_pass_pct"]
+    print(f"{'':13s} with adaptive grids ({100 * a['adaptive_keep']:.0f}% of a one-axis grid's seconds): "
+          f"exact-key dedup {a['dedup_adaptive_reduction_pct']:5.1f}%, families + check points "
+          f"{a['families_reduction_pct']:5.1f}% if every check passes ("
+          + ("more than every check must pass" if be is None or be > 100 else f"{be:.0f}% of checks must pass")
+          + f" for {TARGET_PCT:.0f}%)"
+          + (f", {a['expected_reduction_pct']:5.1f}% at the pass rate" if "expected_reduction_pct" in a else ""),
+          flush=True)
+
+
 def main(argv=None) -> int:
     from dooly.profile.cost import get_hardware
     from dooly.profile.plan import reuse_with_families
@@ -153,7 +164,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pass-rate", type=float, metavar="PCT",
                     help="the share of checks that pass, in %% (one measured elsewhere: bench/vidur_fit.py, "
                          "bench/family_lomo.py): also print the reduction expected at that rate")
+    ap.add_argument("--adaptive-keep", type=float, metavar="PCT",
+                    help="the share of a one-axis unit's grid seconds an adaptive sweep keeps, in %% (measured "
+                         "by bench/adaptive_grid.py): also print the reductions with adaptive full sweeps")
     args = ap.parse_args(argv)
+    if args.adaptive_keep is not None and not 0 < args.adaptive_keep <= 100:
+        ap.error(f"--adaptive-keep: expected a percentage in (0, 100], got {args.adaptive_keep:g}")
+    args.adaptive_keep = None if args.adaptive_keep is None else args.adaptive_keep / 100.0
     if args.pass_rate is not None and not 0 <= args.pass_rate <= 100:
         ap.error(f"--pass-rate: expected a percentage in [0, 100], got {args.pass_rate:g}")
     if args.pass_rate is not None and args.calibrate:
@@ -219,6 +236,14 @@ def run_set(paths, args, tps, hw, tag, out, reuse_with_families) -> None:
             f["expected_reduction_pct"] = expected_reduction_pct(f, args.pass_rate)
         out.update({f"{e}.{k}": v for k, v in f.items() if k not in ("hardware", "cost_model")})
         print_families(engine, f, args.pass_source)
+        if args.adaptive_keep is not None:
+            a = reuse_with_families(variants.inventories, hw, target_pct=TARGET_PCT,
+                                    adaptive_keep=args.adaptive_keep)
+            if args.pass_rate is not None:
+                a["expected_reduction_pct"] = expected_reduction_pct(a, args.pass_rate)
+            out.update({f"{e}.adaptive.{k}": v for k, v in a.items() if k.startswith(
+                ("dedup_adaptive", "families_reduction", "expected_reduction", "break_even"))})
+            print_adaptive(a)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dooly.fit.family_store import check_only, served_models, stored_verdicts
 from dooly.profile.checkpoints import SweepPolicy, check_points
 from dooly.profile.cost import get_hardware
 from dooly.profile.grid import GridLimits, attention_points, token_points
-from dooly.profile.plan import family_plan, reuse_with_families, unit_status
+from dooly.profile.plan import family_plan, reuse_with_families, unit_cost, unit_status
 from test_families import ENV, attention, gemm_ms, linear
 
 LIM = GridLimits(max_tokens=256, max_batch=8, max_context=64)
@@ -31,6 +31,20 @@ def test_check_points_are_three_grid_points_spread_over_the_range():
     apts = check_points(attention(8, 2, 64), att)
     assert len(apts) == 3 and all(p in att for p in apts)
 
+
+
+def test_check_points_on_a_dense_linear_grid_reach_down_to_decode_batches():
+    # Vidur's grid: 1, then every 8 tokens to 4096. By rank, the lowest check would sit at a
+    # tenth of 259 points (T=192): no check where decode batches live. In log scale it does.
+    grid = [{"T": 1}] + [{"T": t} for t in range(8, 4097, 16)]
+    ts = [p["T"] for p in check_points(linear(64, 64), grid)]
+    assert len(ts) == 3 and ts[0] <= 8 and 32 <= ts[1] <= 128 and ts[2] >= 1024
+
+
+def test_check_points_stay_distinct_on_a_short_grid():
+    grid = [{"B": b} for b in (1, 2, 3, 4, 6)]
+    pts = check_points(linear(64, 64), grid)
+    assert len({p["B"] for p in pts}) == 3 and all(p in grid for p in pts)
 
 def test_check_error_is_leave_one_out_after_the_units_scale():
     scale, errs = loo_scaled_errors([1.04, 2.08, 4.16], [1.0, 2.0, 4.0])  # 4% slower everywhere
@@ -141,6 +155,21 @@ def test_a_check_the_second_pass_turns_is_swept_in_full_and_fit_agrees(tmp_path,
             {u.key for u in CHECKED[1:3]}
 
 
+
+def test_a_unit_checked_before_keeps_its_verdicts_points_when_placement_moves(tmp_path, fake_timer, monkeypatch):
+    # a DB swept when check points sat elsewhere (placement changed on 2026-12-07): its
+    # served units are judged on the points their verdicts hold, not measured again
+    import dooly.profile.checkpoints as cp
+    units = SWEPT + CHECKED
+    with Store.open(tmp_path / "s.db") as s:
+        s.add_environment(ENV)
+        run(s, units)
+        before = len(fake_timer)
+        monkeypatch.setattr(cp, "CHECK_FRACTIONS", (0.25, 0.6, 0.95))
+        policy = run(s, units)
+        assert len(fake_timer) == before
+        assert all(policy.verdicts[u.key].served for u in CHECKED[:3])
+
 def test_interrupted_check_sweep_resumes_to_the_same_rows(tmp_path, fake_timer, monkeypatch):
     with Store.open(tmp_path / "full.db") as s:
         s.add_environment(ENV)
@@ -192,6 +221,26 @@ def test_family_plan_sweeps_the_first_member_and_checks_the_rest():
     assert r["checked_units"] == 2 and r["check_points"] == 6
     assert r["families_cost_s"] < r["dedup_cost_s"] and r["families_reduction_pct"] > r["dedup_reduction_pct"]
     assert "calibrated" in r["cost_model"]
+
+
+
+def test_adaptive_grids_cut_only_one_axis_units_full_sweeps_in_the_reuse_accounting():
+    units = [linear(1024, 1024), attention(8, 2, 64), linear(2048, 2048), attention(16, 4, 64)]
+
+    class Inv:
+        def __init__(self, us):
+            self.entries = {u.key: type("E", (), {"unit": u})() for u in us}
+    invs, hw = [Inv(units[:2]), Inv(units[2:])], get_hardware("cpu")
+    fixed = reuse_with_families(invs, hw, LIM)
+    assert fixed["dedup_adaptive_reduction_pct"] == fixed["dedup_reduction_pct"]
+    half = reuse_with_families(invs, hw, LIM, adaptive_keep=0.5)
+    assert half["dedup_reduction_pct"] == fixed["dedup_reduction_pct"]     # exact keys: unchanged
+    assert fixed["dedup_reduction_pct"] < half["dedup_adaptive_reduction_pct"] < 50.0 + fixed["dedup_reduction_pct"]
+    # the attention unit swept in full is swept whole: what adaptive saves is the GEMM's half
+    gemm = unit_cost(units[0], "full", hw, LIM)[1]
+    assert fixed["families_cost_s"] - half["families_cost_s"] == pytest.approx(gemm / 2, rel=1e-3)
+    with pytest.raises(ValueError, match="adaptive_keep"):
+        reuse_with_families(invs, hw, LIM, adaptive_keep=0.0)
 
 
 @pytest.mark.parametrize("value", ["0", "100", "-3", "nan", "x"])

@@ -65,9 +65,11 @@ def test_the_own_grid_ceiling_passes_a_smooth_curve_and_fails_a_step_at_a_check_
     ts = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     smooth = [Measurement(u.key, ENV.key, {"T": t}, 0.01 * t ** 0.8, samples=5) for t in ts]
     assert family_lomo.own_grid_passes(u, smooth, 3.0) is True
-    # a tile step at T=32 (a middle check point): no predictor that reads the curve from
-    # its neighbours can see it, so the rule's ceiling fails the unit
-    step = [Measurement(u.key, ENV.key, {"T": t}, 0.01 * t ** 0.8 * (1.2 if t == 32 else 1.0),
+    # a tile step at the middle check point: no predictor that reads the curve from its
+    # neighbours can see it, so the rule's ceiling fails the unit
+    from dooly.profile.checkpoints import check_points
+    mid = check_points(u, [{"T": t} for t in ts])[1]["T"]
+    step = [Measurement(u.key, ENV.key, {"T": t}, 0.01 * t ** 0.8 * (1.2 if t == mid else 1.0),
                         samples=5) for t in ts]
     assert family_lomo.own_grid_passes(u, step, 3.0) is False
     assert family_lomo.own_grid_passes(u, smooth[:3], 3.0) is None   # too few points to judge
@@ -108,3 +110,17 @@ def test_a_bad_step_tolerance_is_one_line_and_exit_2(tmp_path, capsys):
     assert family_lomo.main(["--db", str(db), "--step-tolerance", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--step-tolerance" in err[0]
+
+
+def test_a_served_units_worst_point_between_its_checks_is_reported(tmp_path):
+    # a bump at T=4, between two check points: the checks pass, the worst point says 30%
+    db = _db(tmp_path / "m.db")
+    with Store.open(db) as s:
+        u = linear(*SHAPES["c"][0])
+        s.add_measurement(Measurement(u.key, ENV.key, {"T": 4}, 1.3 * gemm_ms(u, 4), samples=5))
+    out = tmp_path / "f.json"
+    assert family_lomo.main(["--db", str(db), "--json", str(out)]) == 0
+    fig = json.loads(out.read_text())
+    assert fig["family.linear.served_worst_pct"] == fig["family.served_worst_max_pct"]
+    assert fig["family.served_worst_max_pct"] >= 20.0   # 1 - 1/1.3
+    assert fig["family.served_worst_median_pct"] < 20.0

@@ -1,5 +1,5 @@
-"""bench/reuse_bench.py's pass rate: the reduction a measured share of passing checks
-buys, and its bad values refused before any model is analysed."""
+"""bench/reuse_bench.py's pass rate and adaptive share: the reduction a measured share of
+passing checks buys, and bad values refused before any model is analysed."""
 import sys
 from pathlib import Path
 
@@ -23,3 +23,10 @@ def test_a_bad_pass_rate_exits_2_naming_the_flag(argv, capsys):
     with pytest.raises(SystemExit) as e:
         reuse_bench.main(argv)
     assert e.value.code == 2 and "--pass-rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "101", "-5"])
+def test_a_bad_adaptive_keep_exits_2_naming_the_flag(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        reuse_bench.main(["--adaptive-keep", value])
+    assert e.value.code == 2 and "--adaptive-keep" in capsys.readouterr().err

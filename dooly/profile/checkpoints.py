@@ -19,6 +19,7 @@ misses the point between them by more than the tolerance. Attention batches and 
 [B, Q] grids are swept whole."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from dooly.db import point_json as point_key
@@ -28,8 +29,12 @@ from dooly.graph.family import family_key
 from dooly.profile.cost import flops_bytes
 from dooly.profile.grid import adaptive_todo
 
-# where the check points sit along the grid ordered by work: low, middle, high (the top
-# of the range is where a long prefill spends its time, so it is checked too)
+# where the check points sit along the grid: low, middle, high (the top of the range is
+# where a long prefill spends its time, the bottom where decode steps do, so both are
+# checked). One request axis: fractions of the range in log scale, as the grids are
+# spaced (a dense linear grid, Vidur's, would otherwise put all three checks above a
+# tenth of the largest request and none where decode batches live); other grids
+# (attention batches, mixes of shapes): fractions of the grid ordered by work.
 CHECK_FRACTIONS = (0.1, 0.5, 0.9)
 
 
@@ -47,8 +52,21 @@ def check_points(unit, grid: list[dict], n: int = N_CHECKS) -> list[dict]:
         return pts
     fracs = CHECK_FRACTIONS if n == len(CHECK_FRACTIONS) else \
         [(i + 0.5) / n for i in range(n)]
-    idx = sorted({round(f * (len(pts) - 1)) for f in fracs})
-    return [pts[i] for i in idx]
+    if one_axis(pts) and float(next(iter(pts[0].values()))) > 0:
+        pos = [math.log(float(next(iter(p.values())))) for p in pts]
+    else:
+        pos = list(range(len(pts)))
+    return [pts[i] for i in _nearest_distinct(pos, [pos[0] + f * (pos[-1] - pos[0]) for f in fracs])]
+
+
+def _nearest_distinct(pos: list[float], targets: list[float]) -> list[int]:
+    """For each target in order the index of the nearest position not taken yet (the lower
+    one on a tie), so a short grid still yields one point per target."""
+    taken: list[int] = []
+    for t in targets:
+        free = [i for i in range(len(pos)) if i not in taken]
+        taken.append(min(free, key=lambda i: (abs(pos[i] - t), i)))
+    return sorted(taken)
 
 
 def heaviest_first(units: dict, lim) -> dict:
@@ -122,7 +140,8 @@ class SweepPolicy:
     def todo(self, key: str, unit, grid: list[dict]) -> list[dict]:
         rows = self.store.measurements(unit_key=key, env_key=self.env_key, status=None)
         done = {point_key(m.point): (m.median_ms if m.status == "ok" else None) for m in rows}
-        checks = check_points(unit, grid)
+        old = self.stored(key) if self.families else None
+        checks = list(old.points) if old is not None else check_points(unit, grid)
         if self.families and self._unswept(key, checks, done):
             verdict = self._check(key, unit, checks, rows)
             if isinstance(verdict, list):

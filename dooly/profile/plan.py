@@ -12,7 +12,7 @@ covers yet is swept in full, every later one costs its check points."""
 from __future__ import annotations
 
 from dooly.graph.family import family_key
-from dooly.profile.checkpoints import check_points
+from dooly.profile.checkpoints import check_points, one_axis
 from dooly.profile.cost import Hardware, get_hardware, points_cost, profiling_cost
 from dooly.profile.grid import GridLimits, points_for
 
@@ -130,34 +130,45 @@ def unsupported_reason(rows: list) -> str | None:
 
 
 def reuse_with_families(inventories, hw: Hardware, lim: GridLimits = GridLimits(),
-                        target_pct: float = 75.0) -> dict:
+                        target_pct: float = 75.0, adaptive_keep: float = 1.0) -> dict:
     """Profiling cost of the inventories' models on `hw`, every point counted: each model
     alone (`independent`), each distinct unit once (`dedup`, exact keys), and each unit
     family swept once with its other members checked (`families`: `family_plan` over the
     distinct units in order, as `dooly sweep --families` goes; a check that fails costs
     the unit's whole grid, its check points included). `families_*` assume every check
     passes; `break_even_pass_pct` is the share of checks that must pass for the
-    families' reduction to reach `target_pct`."""
+    families' reduction to reach `target_pct`. `adaptive_keep` (0-1]: the share of a
+    one-axis unit's full grid an adaptive sweep measures (bench/adaptive_grid.py measures
+    it); below 1 the `dedup_adaptive_*` figures and every full sweep of `families_*` count
+    it (attention batches are swept whole), and a failed check's points count toward its
+    adaptive grid."""
+    if not 0 < adaptive_keep <= 1:
+        raise ValueError(f"adaptive_keep: expected a share in (0, 1], got {adaptive_keep!r}")
     full: dict[str, tuple[int, float]] = {}
+    kept: dict[str, float] = {}       # unit key -> seconds of its full sweep, adaptive where it can be
     units, independent, total = [], 0.0, 0
     for inv in inventories:
         for key, e in inv.entries.items():
             if key not in full:
                 full[key] = unit_cost(e.unit, "full", hw, lim)
+                axis = one_axis(points_for(e.unit.driver, lim, e.unit.request_symbols()))
+                kept[key] = full[key][1] * (adaptive_keep if axis else 1.0)
                 units.append(e.unit)
             independent += full[key][1]
             total += 1
     plan = family_plan(units)
     check = {u.key: unit_cost(u, "check", hw, lim) for u in units if plan[u.key] == "check"}
     dedup = sum(c for _, c in full.values())
-    fam = sum(full[k][1] for k, m in plan.items() if m == "full") + sum(c for _, c in check.values())
-    gain = sum(full[k][1] - check[k][1] for k in check)   # what checks save when they pass
+    fam = sum(kept[k] for k, m in plan.items() if m == "full") + sum(c for _, c in check.values())
+    gain = sum(max(kept[k] - check[k][1], 0.0) for k in check)   # what checks save when they pass
     need = fam + gain - (1 - target_pct / 100) * independent   # savings the target asks of checks
     pct = lambda x: round(100.0 * (1 - x / independent), 2) if independent else 0.0  # noqa: E731
     return {"hardware": hw.name, "cost_model": hw.source, "total_units": total,
             "unique_units": len(full), "families": len({family_key(u) for u in units}),
             "checked_units": len(check), "independent_cost_s": round(independent, 3),
             "dedup_cost_s": round(dedup, 3), "dedup_reduction_pct": pct(dedup),
+            "adaptive_keep": adaptive_keep,
+            "dedup_adaptive_reduction_pct": pct(sum(kept.values())),
             "families_cost_s": round(fam, 3), "families_reduction_pct": pct(fam),
             "dedup_points": sum(n for n, _ in full.values()),
             "families_points": sum(full[k][0] for k, m in plan.items() if m == "full")
