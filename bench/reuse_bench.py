@@ -3,7 +3,7 @@ dedup (comparable to the paper's 56.4%) and unit families with check points.
 
     python bench/reuse_bench.py [--list FILE [FILE ...]] [--configs DIR] [--engines vllm,transformers]
                                 [--hardware h100|a100|cpu] [--calibrate DB [DB ...]] [--json PATH]
-                                [--tp 1,2,4,8]
+                                [--tp 1,2,4,8] [--pass-rate PCT] [--adaptive-keep PCT]
 
 --list names one config file per line (default: fixtures/benchmarks/reuse12.txt, the
 public 12-model set); names are looked up in --configs (default: fixtures/configs).
@@ -20,7 +20,14 @@ pass rate is the share of checks that must pass for the families' figure to reac
 The cost model is named in the output: GPUs (h100, a100) are a roofline plus an assumed
 per-point overhead; `cpu` has its per-point overhead calibrated from the seconds real
 sweeps took (dooly.profile.cost.calibrate_cpu; --calibrate recalibrates from DBs, each
-copied to a temporary directory first and opened read-only)."""
+copied to a temporary directory first and opened read-only).
+
+--pass-rate PCT: the reduction expected when that share of the checks passes (measured by
+bench/family_lomo.py or bench/vidur_fit.py; --calibrate measures it on its DBs).
+--adaptive-keep PCT: the share of a one-axis unit's grid seconds an adaptive sweep measures
+(bench/adaptive_grid.py; --calibrate measures it on its DBs' one-axis units): the
+reductions are printed again with every one-axis full sweep adaptive (attention batches
+and padded grids are swept whole); the exact-key figure above stays the fixed grid's."""
 from __future__ import annotations
 
 import argparse
@@ -197,6 +204,11 @@ def main(argv=None) -> int:
         args.pass_source = "measured on the calibration sweeps"
         print(f"check points on those sweeps: {passed} of {checked} swept units would pass at 3% "
               f"(leave-one-unit-out within their families)", flush=True)
+        if args.adaptive_keep is None:
+            import adaptive_grid
+            args.adaptive_keep = adaptive_grid.cpu_adaptive(args.calibrate)["cost_ratio"]
+            print(f"adaptive grids on those sweeps keep {100 * args.adaptive_keep:.0f}% of their one-axis "
+                  f"units' seconds (at 3%)", flush=True)
     print(f"cost model on {args.hardware}: {hw.source} ({hw.point_overhead_s:g} s per point, "
           f"{hw.passes} pass(es) x {hw.repeats} runs)", flush=True)
     out: dict = {"hardware": args.hardware, "tp": tps, "cost_model": hw.source,
@@ -218,7 +230,7 @@ def run_set(paths, args, tps, hw, tag, out, reuse_with_families) -> None:
     for engine in args.engines.split(","):
         t0 = time.perf_counter()
         variants, skipped = analyze_variants(paths, engine, tps if engine == "vllm" else [1])
-        r = reuse_summary(variants, args.hardware)
+        r = reuse_summary(variants, hw)
         secs = time.perf_counter() - t0
         e = f"{tag}{engine}"
         out[f"{e}.variants"] = len(variants.inventories)

@@ -114,11 +114,13 @@ def capture_failure(cfg: ModelConfig, engine: str, err: Exception) -> str:
                                f"{cfg.architecture} ({type(err).__name__}: {first})"))
 
 
-def reuse_summary(analysis: Analysis, hw_name: str = "h100", lim=None) -> dict:
-    """Profiling cost if each model is profiled on its own vs once per unique unit."""
-    from dooly.profile.cost import get_hardware, profiling_cost
+def reuse_summary(analysis: Analysis, hw_name="h100", lim=None) -> dict:
+    """Profiling cost if each model is profiled on its own vs once per unique unit
+    (`hw_name`: a hardware name, or a dooly.profile.cost.Hardware such as a recalibrated one)."""
+    from dooly.profile.cost import Hardware, get_hardware, profiling_cost
     from dooly.profile.grid import GridLimits
-    hw, lim = get_hardware(hw_name), lim or GridLimits()
+    hw, lim = hw_name if isinstance(hw_name, Hardware) else get_hardware(hw_name), lim or GridLimits()
+    hw_name = hw.name
     cost: dict[str, float] = {}
     independent = 0.0
     total = 0

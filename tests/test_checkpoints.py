@@ -241,6 +241,15 @@ def test_adaptive_grids_cut_only_one_axis_units_full_sweeps_in_the_reuse_account
     assert fixed["families_cost_s"] - half["families_cost_s"] == pytest.approx(gemm / 2, rel=1e-3)
     with pytest.raises(ValueError, match="adaptive_keep"):
         reuse_with_families(invs, hw, LIM, adaptive_keep=0.0)
+    # the exact-key summary costs the same hardware object (a recalibrated CPU, say)
+    from dataclasses import replace
+
+    from dooly.analyze import reuse_summary
+    cheap = replace(hw, point_overhead_s=hw.point_overhead_s / 10)
+    analysis = type("A", (), {"inventories": invs, "failed": []})()
+    summary = reuse_summary(analysis, cheap, LIM)
+    assert summary["dedup_cost_s"] == pytest.approx(reuse_with_families(invs, cheap, LIM)["dedup_cost_s"], rel=1e-3)
+    assert summary["dedup_cost_s"] < reuse_summary(analysis, "cpu", LIM)["dedup_cost_s"]
 
 
 @pytest.mark.parametrize("value", ["0", "100", "-3", "nan", "x"])
