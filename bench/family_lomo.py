@@ -141,7 +141,8 @@ def lomo(units: Mapping, meas: Iterable, held: Mapping[str, list[tuple[str, str]
 
 def table(errs: dict, checks: dict, out: dict, labels: Iterable[str] | None = None) -> None:
     """Per label: median and p90 point error, checks passed, served units' MAPE and worst
-    point (the largest error over their measured points: what three checks did not see), and the rule's ceiling (own_grid_passes: passed of those it could judge), into `out`."""
+    point (the largest error over their measured points: what three checks did not see),
+    and the rule's ceiling (own_grid_passes: passed of those it could judge), into `out`."""
     if not any(errs.values()):
         print("  nothing could be scored: it needs the ops of two models or more")
         return

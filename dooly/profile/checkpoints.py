@@ -52,10 +52,9 @@ def check_points(unit, grid: list[dict], n: int = N_CHECKS) -> list[dict]:
         return pts
     fracs = CHECK_FRACTIONS if n == len(CHECK_FRACTIONS) else \
         [(i + 0.5) / n for i in range(n)]
-    if one_axis(pts) and float(next(iter(pts[0].values()))) > 0:
-        pos = [math.log(float(next(iter(p.values())))) for p in pts]
-    else:
-        pos = list(range(len(pts)))
+    if not (one_axis(pts) and float(next(iter(pts[0].values()))) > 0):
+        return [pts[i] for i in sorted({round(f * (len(pts) - 1)) for f in fracs})]
+    pos = [math.log(float(next(iter(p.values())))) for p in pts]
     return [pts[i] for i in _nearest_distinct(pos, [pos[0] + f * (pos[-1] - pos[0]) for f in fracs])]
 
 

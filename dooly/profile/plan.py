@@ -141,7 +141,7 @@ def reuse_with_families(inventories, hw: Hardware, lim: GridLimits = GridLimits(
     one-axis unit's full grid an adaptive sweep measures (bench/adaptive_grid.py measures
     it); below 1 the `dedup_adaptive_*` figures and every full sweep of `families_*` count
     it (attention batches are swept whole), and a failed check's points count toward its
-    adaptive grid."""
+    adaptive grid; the point counts stay the fixed grid's."""
     if not 0 < adaptive_keep <= 1:
         raise ValueError(f"adaptive_keep: expected a share in (0, 1], got {adaptive_keep!r}")
     full: dict[str, tuple[int, float]] = {}
