@@ -201,12 +201,16 @@ def main(argv=None) -> int:
                     help="whose per-point cost weighs the Vidur and synthetic curves' seconds (default a100)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    from dooly.profile.cost import HARDWARE, get_hardware
+    if args.hardware not in HARDWARE:
+        print(f"adaptive_grid: --hardware: expected one of {', '.join(sorted(HARDWARE))}, got {args.hardware!r}",
+              file=sys.stderr)
+        return 2
     if not args.vidur.is_dir() or any(not p.is_file() for p in args.db):
         print(f"adaptive_grid: no such directory or DB: {args.vidur} {' '.join(map(str, args.db))}",
               file=sys.stderr)
         return 2
     out = {}
-    from dooly.profile.cost import get_hardware
     for name, curves in (("vidur", vidur_curves(args.vidur)), ("synthetic", synthetic_curves())):
         r = compare(curves, get_hardware(args.hardware))
         report(name, r)

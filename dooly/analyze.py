@@ -114,13 +114,12 @@ def capture_failure(cfg: ModelConfig, engine: str, err: Exception) -> str:
                                f"{cfg.architecture} ({type(err).__name__}: {first})"))
 
 
-def reuse_summary(analysis: Analysis, hw_name="h100", lim=None) -> dict:
+def reuse_summary(analysis: Analysis, hardware="h100", lim=None) -> dict:
     """Profiling cost if each model is profiled on its own vs once per unique unit
-    (`hw_name`: a hardware name, or a dooly.profile.cost.Hardware such as a recalibrated one)."""
+    (`hardware`: a name, or a dooly.profile.cost.Hardware such as a recalibrated one)."""
     from dooly.profile.cost import Hardware, get_hardware, profiling_cost
     from dooly.profile.grid import GridLimits
-    hw, lim = hw_name if isinstance(hw_name, Hardware) else get_hardware(hw_name), lim or GridLimits()
-    hw_name = hw.name
+    hw, lim = hardware if isinstance(hardware, Hardware) else get_hardware(hardware), lim or GridLimits()
     cost: dict[str, float] = {}
     independent = 0.0
     total = 0
@@ -131,7 +130,7 @@ def reuse_summary(analysis: Analysis, hw_name="h100", lim=None) -> dict:
             independent += cost[key]
             total += 1
     dedup = sum(cost.values())
-    return {"hardware": hw_name, "independent_cost_s": round(independent, 3),
+    return {"hardware": hw.name, "independent_cost_s": round(independent, 3),
             "dedup_cost_s": round(dedup, 3),
             "reduction_pct": round(100.0 * (1 - dedup / independent), 2) if independent else 0.0,
             "unique_units": len(cost), "total_units": total,

@@ -21,3 +21,9 @@ def test_a_straight_curve_keeps_few_points_and_fewer_seconds():
 def test_seconds_count_every_pass_and_the_per_point_overhead():
     hw = get_hardware("cpu")
     assert adaptive_grid.seconds([1000.0], hw) == pytest.approx(hw.passes * hw.repeats + hw.point_overhead_s)
+
+
+def test_an_unknown_hardware_is_one_line_and_exit_2(capsys):
+    assert adaptive_grid.main(["--hardware", "tpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--hardware" in err[0] and "tpu" in err[0]

@@ -142,7 +142,7 @@ class SweepPolicy:
         old = self.stored(key) if self.families else None
         checks = list(old.points) if old is not None else check_points(unit, grid)
         if self.families and self._unswept(key, checks, done):
-            verdict = self._check(key, unit, checks, rows)
+            verdict = self._check(key, unit, checks, rows, old)
             if isinstance(verdict, list):
                 return verdict            # check points still to measure
             if verdict is not None and verdict.served:
@@ -160,11 +160,11 @@ class SweepPolicy:
         allowed = {point_key(p) for p in checks} | {point_key(p) for p in (stored.points if stored else ())}
         return ok <= allowed
 
-    def _check(self, key: str, unit, checks: list[dict], rows) -> "CheckVerdict | list | None":
+    def _check(self, key: str, unit, checks: list[dict], rows, old) -> "CheckVerdict | list | None":
         """The check points still missing, the verdict once none is, or None when no
         family covers the unit (or none of its check points would run). A unit checked
-        before is judged by the family model of its stored verdict: what was checked."""
-        old = self.stored(key)
+        before (`old`, its stored verdict) is judged by the family model of that verdict:
+        what was checked."""
         fam = (old.family() if old is not None and old.family_json else None) or self.family(unit)
         if fam is None:
             return None
