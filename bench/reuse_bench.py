@@ -3,7 +3,7 @@ dedup (comparable to the paper's 56.4%) and unit families with check points.
 
     python bench/reuse_bench.py [--list FILE [FILE ...]] [--configs DIR] [--engines vllm,transformers]
                                 [--hardware h100|a100|cpu] [--calibrate DB [DB ...]] [--json PATH]
-                                [--tp 1,2,4,8] [--pass-rate PCT] [--adaptive-keep PCT]
+                                [--tp 1,2,4,8] [--pass-rate PCT | --pass-rates JSON] [--adaptive-keep PCT]
 
 --list names one config file per line (default: fixtures/benchmarks/reuse12.txt, the
 public 12-model set); names are looked up in --configs (default: fixtures/configs).
@@ -24,6 +24,11 @@ copied to a temporary directory first and opened read-only).
 
 --pass-rate PCT: the reduction expected when that share of the checks passes (measured by
 bench/family_lomo.py or bench/vidur_fit.py; --calibrate measures it on its DBs).
+--pass-rates JSON: the same with a rate per kind of work (GEMMs, attention, norms, ...:
+`kind_of`) read from a JSON either bench wrote: a kind's checks count at its own rate (on
+this CPU the cheap pointwise kinds pass and GEMMs and attention, where the seconds are, do
+not), a kind the file does not measure at its pooled rate. --calibrate applies its rates
+per kind too.
 --adaptive-keep PCT: the share of a one-axis unit's grid seconds an adaptive sweep measures
 (bench/adaptive_grid.py; --calibrate measures it on its DBs' one-axis units): the
 reductions are printed again with every one-axis full sweep adaptive (attention batches
@@ -78,7 +83,7 @@ TARGET_PCT = 75.0
 
 def calibrated_cpu(dbs: list[Path], tolerance: float = 3.0):
     """(HARDWARE["cpu"] recalibrated from copies of `dbs` (a DB in use is never opened),
-    (checks passed, checks made) on their swept units)."""
+    kind -> (checks passed, checks made) on their swept units)."""
     import tempfile
     from dooly.db import Store
     from dooly.db.store import copy_db
@@ -94,17 +99,18 @@ def calibrated_cpu(dbs: list[Path], tolerance: float = 3.0):
                 st.close()
 
 
-def check_pass_rate(stores, tolerance: float) -> tuple[int, int]:
-    """How many swept units would have passed their check points: each unit of a family
-    with another swept member, judged at its three check points by the family trained
-    on the other members only (leave-one-unit-out, as `dooly sweep --families` would)."""
+def check_pass_rate(stores, tolerance: float) -> dict[str, tuple[int, int]]:
+    """Per kind of work (`kind_of` the unit's op), how many swept units would have passed
+    their check points, of how many: each unit of a family with another swept member,
+    judged at its three check points by the family trained on the other members only
+    (leave-one-unit-out, as `dooly sweep --families` would)."""
     from collections import defaultdict
     from dooly.db import point_json
     from dooly.fit.checks import judge
     from dooly.fit.families import family_data, select_family
     from dooly.graph.family import family_key
     from dooly.profile.checkpoints import check_points
-    passed = total = 0
+    by_kind: dict[str, tuple[int, int]] = {}
     for store in stores:
         units = {u.key: u for u in store.units() if u.op != "engine.step"}
         for env in store.find_environment(device_kind="cpu"):
@@ -119,15 +125,60 @@ def check_pass_rate(stores, tolerance: float) -> tuple[int, int]:
                 cps = {point_json(p) for p in check_points(units[key], [m.point for m in rows])}
                 v = judge(units[key], select_family(data), [m for m in rows if point_json(m.point) in cps],
                           tolerance)
-                passed, total = passed + v.served, total + 1
-    return passed, total
+                p0, c0 = by_kind.get(kind_of(units[key].op), (0, 0))
+                by_kind[kind_of(units[key].op)] = (p0 + v.served, c0 + 1)
+    return by_kind
 
 
-def expected_reduction_pct(f: dict, pass_rate: float) -> float:
+# what kind of work a label names: a unit's op (vLLM's or the transformers engine's) or a
+# Vidur op (its mlp.csv), so a pass rate measured on one engine's or Vidur's units can be
+# applied to the same kind of work in the reuse set's (a GEMM's rate to GEMMs); first match
+_KINDS = (("kv_write", ("kv_cache",)), ("norm", ("norm",)),
+          ("attention", ("attention", "attn_prefill", "attn_decode")),
+          ("collective", ("all_reduce", "all_gather")), ("moe", ("moe", "_grouped_mm")),
+          ("gemm", ("linear", "mm", "matmul", "proj")), ("rotary", ("rotary", "rope")),
+          ("embedding", ("emb",)), ("sampler", ("sampler",)), ("pointwise", ("fused", "act", "add")))
+
+
+def kind_of(label: str) -> str:
+    """The kind of work `label` names (`_KINDS`); the label itself when none matches."""
+    low = label.lower()
+    return next((kind for kind, words in _KINDS if any(w in low for w in words)), label)
+
+
+def expected_reduction_pct(f: dict, pass_rate: float, by_kind: dict | None = None) -> float:
     """The families' reduction when a share `pass_rate` (0-1) of the checks pass: a failed
-    check costs the rest of the unit's grid, what a passing one saves (`check_savings_s`)."""
-    cost = f["families_cost_s"] + (1 - pass_rate) * f["check_savings_s"]
+    check costs the rest of the unit's grid, what a passing one saves (`check_savings_s`).
+    `by_kind`: kind -> (passed, checked) measured per kind (`kind_of`); a kind it names
+    counts at its own rate, every other at `pass_rate`."""
+    fail = (1 - pass_rate) * f["check_savings_s"]
+    for op, saved in (f.get("check_savings_by_op") or {}).items() if by_kind else ():
+        passed, checked = by_kind.get(kind_of(op), (0, 0))
+        if checked:
+            fail += (pass_rate - passed / checked) * saved
+    cost = f["families_cost_s"] + fail
     return round(100.0 * (1 - cost / f["independent_cost_s"]), 2)
+
+
+def rates_from_json(path: Path) -> tuple[float, dict]:
+    """(pooled pass rate 0-1, kind -> (passed, checked)) from a JSON that bench/family_lomo.py
+    or bench/vidur_fit.py wrote (`family.<label>.checks_passed` as "passed/checked")."""
+    obj = json.loads(path.read_text())
+    by_kind: dict[str, tuple[int, int]] = {}
+    for key, v in obj.items():
+        if key.startswith("family.") and key.endswith(".checks_passed"):
+            passed, checked = (int(x) for x in str(v).split("/"))
+            kind = kind_of(key[len("family."):-len(".checks_passed")])
+            p0, c0 = by_kind.get(kind, (0, 0))
+            by_kind[kind] = (p0 + passed, c0 + checked)
+    checked = sum(c for _, c in by_kind.values())
+    if not checked:
+        raise ValueError("family.<op>.checks_passed: no checks in it")
+    return sum(p for p, _ in by_kind.values()) / checked, by_kind
+
+
+def kind_rates(by_kind: dict) -> str:
+    return ", ".join(f"{k} {p}/{c}" for k, (p, c) in sorted(by_kind.items()))
 
 
 def print_families(engine: str, f: dict, source: str = "given") -> None:
@@ -171,6 +222,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pass-rate", type=float, metavar="PCT",
                     help="the share of checks that pass, in %% (one measured elsewhere: bench/vidur_fit.py, "
                          "bench/family_lomo.py): also print the reduction expected at that rate")
+    ap.add_argument("--pass-rates", type=Path, metavar="JSON",
+                    help="pass rates per kind of work, from a JSON of bench/family_lomo.py or "
+                         "bench/vidur_fit.py: each kind's checks count at its own rate")
     ap.add_argument("--adaptive-keep", type=float, metavar="PCT",
                     help="the share of a one-axis unit's grid seconds an adaptive sweep keeps, in %% (measured "
                          "by bench/adaptive_grid.py): also print the reductions with adaptive full sweeps")
@@ -182,8 +236,17 @@ def main(argv=None) -> int:
         ap.error(f"--pass-rate: expected a percentage in [0, 100], got {args.pass_rate:g}")
     if args.pass_rate is not None and args.calibrate:
         ap.error("--pass-rate: not with --calibrate, which measures the pass rate on its DBs")
+    if args.pass_rates is not None and (args.calibrate or args.pass_rate is not None):
+        ap.error("--pass-rates: not with --pass-rate or --calibrate (each gives the pass rate)")
     args.pass_source = "given (--pass-rate)"
     args.pass_rate = None if args.pass_rate is None else args.pass_rate / 100.0
+    args.by_kind = None
+    if args.pass_rates is not None:
+        try:
+            args.pass_rate, args.by_kind = rates_from_json(args.pass_rates)
+        except (OSError, ValueError, KeyError) as err:
+            ap.error(f"--pass-rates: {args.pass_rates}: {err}")
+        args.pass_source = f"per kind ({kind_rates(args.by_kind)})"
     try:
         tps = sorted({int(t) for t in args.tp.split(",") if t.strip()}) or [1]
     except ValueError:
@@ -199,11 +262,12 @@ def main(argv=None) -> int:
         if missing or args.hardware != "cpu":
             ap.error("--calibrate: needs --hardware cpu and existing DB files"
                      + (f" (missing: {', '.join(missing)})" if missing else ""))
-        hw, (passed, checked) = calibrated_cpu(args.calibrate)
+        hw, args.by_kind = calibrated_cpu(args.calibrate)
+        passed, checked = (sum(v[i] for v in args.by_kind.values()) for i in (0, 1))
         args.pass_rate = passed / checked if checked else None
-        args.pass_source = "measured on the calibration sweeps"
+        args.pass_source = "measured on the calibration sweeps, per kind"
         print(f"check points on those sweeps: {passed} of {checked} swept units would pass at 3% "
-              f"(leave-one-unit-out within their families)", flush=True)
+              f"(leave-one-unit-out within their families; {kind_rates(args.by_kind)})", flush=True)
         if args.adaptive_keep is None:
             import adaptive_grid
             args.adaptive_keep = adaptive_grid.cpu_adaptive(args.calibrate)["cost_ratio"]
@@ -213,6 +277,7 @@ def main(argv=None) -> int:
           f"{hw.passes} pass(es) x {hw.repeats} runs)", flush=True)
     out: dict = {"hardware": args.hardware, "tp": tps, "cost_model": hw.source,
                  "point_overhead_s": hw.point_overhead_s, "measured_pass_rate": args.pass_rate}
+    out.update({f"pass_rate.{k}": f"{p}/{c}" for k, (p, c) in sorted((args.by_kind or {}).items())})
     for list_file in args.list:
         tag = "" if len(args.list) == 1 else f"{list_file.stem}."
         paths = [str(p) for p in model_list(list_file, args.configs)]
@@ -245,14 +310,15 @@ def run_set(paths, args, tps, hw, tag, out, reuse_with_families) -> None:
               f"[{len(variants.inventories)} variants of {len(paths)} models, {secs:.1f} s]", flush=True)
         f = reuse_with_families(variants.inventories, hw, target_pct=TARGET_PCT)
         if args.pass_rate is not None:
-            f["expected_reduction_pct"] = expected_reduction_pct(f, args.pass_rate)
-        out.update({f"{e}.{k}": v for k, v in f.items() if k not in ("hardware", "cost_model")})
+            f["expected_reduction_pct"] = expected_reduction_pct(f, args.pass_rate, args.by_kind)
+        out.update({f"{e}.{k}": v for k, v in f.items() if k not in ("hardware", "cost_model", "check_savings_by_op")})
+        out.update({f"{e}.check_savings_s.{op}": v for op, v in f["check_savings_by_op"].items()})
         print_families(engine, f, args.pass_source)
         if args.adaptive_keep is not None:
             a = reuse_with_families(variants.inventories, hw, target_pct=TARGET_PCT,
                                     adaptive_keep=args.adaptive_keep)
             if args.pass_rate is not None:
-                a["expected_reduction_pct"] = expected_reduction_pct(a, args.pass_rate)
+                a["expected_reduction_pct"] = expected_reduction_pct(a, args.pass_rate, args.by_kind)
             out.update({f"{e}.adaptive.{k}": v for k, v in a.items() if k.startswith(
                 ("dedup_adaptive", "families_reduction", "expected_reduction", "break_even"))})
             print_adaptive(a)

@@ -221,6 +221,9 @@ def test_family_plan_sweeps_the_first_member_and_checks_the_rest():
     assert r["checked_units"] == 2 and r["check_points"] == 6
     assert r["families_cost_s"] < r["dedup_cost_s"] and r["families_reduction_pct"] > r["dedup_reduction_pct"]
     assert "calibrated" in r["cost_model"]
+    # what passing checks save, split by op: a pass rate per kind is applied to its own share
+    assert set(r["check_savings_by_op"]) == {units[2].op, units[3].op}
+    assert sum(r["check_savings_by_op"].values()) == pytest.approx(r["check_savings_s"], abs=2e-3)
 
 
 

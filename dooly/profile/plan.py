@@ -137,11 +137,13 @@ def reuse_with_families(inventories, hw: Hardware, lim: GridLimits = GridLimits(
     distinct units in order, as `dooly sweep --families` goes; a check that fails costs
     the unit's whole grid, its check points included). `families_*` assume every check
     passes; `break_even_pass_pct` is the share of checks that must pass for the
-    families' reduction to reach `target_pct`. `adaptive_keep` (0-1]: the share of a
-    one-axis unit's full grid an adaptive sweep measures (bench/adaptive_grid.py measures
-    it); below 1 the `dedup_adaptive_*` figures and every full sweep of `families_*` count
-    it (attention batches are swept whole), and a failed check's points count toward its
-    adaptive grid; the point counts stay the fixed grid's."""
+    families' reduction to reach `target_pct`; `check_savings_by_op` splits what passing
+    checks save by the units' op, so a pass rate measured per kind can be applied.
+    `adaptive_keep` (0-1]: the share of a one-axis unit's full grid an adaptive sweep
+    measures (bench/adaptive_grid.py measures it); below 1 the `dedup_adaptive_*` figures
+    and every full sweep of `families_*` count it (attention batches are swept whole), and
+    a failed check's points count toward its adaptive grid; the point counts stay the
+    fixed grid's."""
     if not 0 < adaptive_keep <= 1:
         raise ValueError(f"adaptive_keep: expected a share in (0, 1], got {adaptive_keep!r}")
     full: dict[str, tuple[int, float]] = {}
@@ -160,7 +162,12 @@ def reuse_with_families(inventories, hw: Hardware, lim: GridLimits = GridLimits(
     check = {u.key: unit_cost(u, "check", hw, lim) for u in units if plan[u.key] == "check"}
     dedup = sum(c for _, c in full.values())
     fam = sum(kept[k] for k, m in plan.items() if m == "full") + sum(c for _, c in check.values())
-    gain = sum(max(kept[k] - check[k][1], 0.0) for k in check)   # what checks save when they pass
+    saves = {k: max(kept[k] - check[k][1], 0.0) for k in check}   # what a check saves when it passes
+    gain = sum(saves.values())
+    by_op: dict[str, float] = {}
+    for u in units:
+        if u.key in saves:
+            by_op[u.op] = by_op.get(u.op, 0.0) + saves[u.key]
     need = fam + gain - (1 - target_pct / 100) * independent   # savings the target asks of checks
     pct = lambda x: round(100.0 * (1 - x / independent), 2) if independent else 0.0  # noqa: E731
     return {"hardware": hw.name, "cost_model": hw.source, "total_units": total,
@@ -175,4 +182,5 @@ def reuse_with_families(inventories, hw: Hardware, lim: GridLimits = GridLimits(
             + sum(n for n, _ in check.values()),
             "check_points": sum(n for n, _ in check.values()),
             "check_savings_s": round(gain, 3),
+            "check_savings_by_op": {op: round(v, 3) for op, v in sorted(by_op.items())},
             "break_even_pass_pct": (round(100.0 * max(need, 0.0) / gain, 1) if gain > 0 else None)}
