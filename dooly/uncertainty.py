@@ -111,7 +111,7 @@ def model_out_errors(store, pred, models: list[str]) -> dict[str, list[tuple[str
         test = [r for r in rows if r["model"] == h]
         if len(train) < MIN_ROWS or not test:
             continue
-        model = EngineStepModel(select_terms(train, test[0]["structure"])).fit(train)
+        model = EngineStepModel(select_terms(train, test[0]["structure"], units_pred(h).units_and_gemm_ms)).fit(train)
         out[h] = [(step_kind(r["seqs"]),
                    max(r["units_ms"] + model.predict_one(r["seqs"], r["structure"], r.get("graph"), r["units_ms"],
                                                          r["gemm_ms"]), 0.5 * r["units_ms"]) / r["step_ms"] - 1.0)

@@ -390,6 +390,39 @@ def test_structure_terms_interpolate_between_the_pools_models_and_never_extrapol
     assert model.model.terms == TERM_SETS["structure-free"]
 
 
+def test_a_model_smaller_than_the_pool_gets_its_engine_work_as_a_share_of_its_units(tmp_path):
+    """Engine work that grows with the model (here 20% of its units) reads as milliseconds
+    per step on three larger models; carried as milliseconds to a model a third their size
+    it doubles that model's excess. Below every pooled model (its units faster at their
+    batches) the pool's work is carried as a share of the units; within or above the pool,
+    and for a model's own calibration, the per-step and per-sequence terms stay."""
+    from dooly.fit.step_pool import TERM_SETS, select_terms, smaller_than_pool
+    share = 0.2
+    rows = []
+    for i, (h, st) in enumerate(POOL.items()):
+        for r in _rows(h, st, seed=i):
+            rows.append(dict(r, step_ms=r["units_ms"] * (1 + share)))
+    small = _structure(6, 100000, 256)     # 6 layers: its units a fifth of the pool's or less
+    units = _units_ms(small)
+    assert smaller_than_pool(rows, units)
+    assert select_terms(rows, small, units) == TERM_SETS["proportional"]
+    assert select_terms(rows, small) == TERM_SETS["structure-free"]   # its units unknown
+    big = _structure(40, 100000, 256)
+    assert not smaller_than_pool(rows, _units_ms(big))
+    assert select_terms(rows, big, _units_ms(big)) == TERM_SETS["structure-free"]
+    errs = {}
+    for name in ("proportional", "structure-free"):
+        model = EngineStepModel(TERM_SETS[name]).fit(rows)
+        errs[name] = np.mean([abs(units(b) + model.predict_one(b, small, units_ms=units(b)) - units(b) * (1 + share))
+                              / (units(b) * (1 + share)) for b in _batches(30, seed=7)])
+    assert errs["proportional"] < 0.02 < errs["structure-free"]
+    # the predictor's own load names the set it chose
+    from types import SimpleNamespace
+    with Store.open(_pool_db(tmp_path)) as s:
+        _, source = load_step_model(s, ENV, SimpleNamespace(hash="small"), small, _units_for(dict(POOL, small=small)))
+    assert source.startswith("pool(3 models, proportional terms; beyond its models in ")
+
+
 def test_a_prefills_gemms_slower_inside_the_engine_carry_from_two_models_to_a_third():
     """A prefill's GEMMs run a share longer in the engine than alone, decode's do not: two
     calibrated models (the structure-free terms) learn that share of their GEMM time, in

@@ -79,9 +79,21 @@ def _step_rows(unit_key: str, env_key: str, steps: list[dict]) -> list[Measureme
 # The units term (the kernels' speed inside the engine) is a candidate only beside the
 # structure terms: with one or two models it stands in for per-layer overhead that grows
 # with the model (a SmolLM2-only fit put Qwen2.5's decode steps 23% over).
+# A model smaller than every pooled one (its units faster at the pool's own batches) gets
+# the proportional terms when the structure terms cannot place it: the units term without
+# a per-step or per-sequence constant. A constant carried over is off by the same
+# milliseconds whatever the model, which is a larger share of a smaller model's step: the
+# excess a pool of three larger models put on SmolLM2-135M's decode steps was 3.3-12.1 ms
+# where its real steps exceed their units by -0.9 to 3.7 ms (bench/results/2026-12-07c),
+# while the excess as a share of the units is alike across the four models (0.1-0.3). A
+# share carried over errs by the same share at any size, so for a model within or above the
+# pool the constants stay (there the proportional terms did worse: 2026-12-07d). With a
+# constant beside the share, the fit extrapolates a line to a small model's units and can go
+# below zero (the step+units set: 38% under on one run).
 TERM_SETS = {"all": tuple(f[0] for f in FEATURES if f[0] not in ("units", "prefill_gemm")),
              "all+units": tuple(f[0] for f in FEATURES if f[0] != "prefill_gemm"),
-             "structure-free": ("step", "seq", "prefill", "prefill_gemm")}
+             "structure-free": ("step", "seq", "prefill", "prefill_gemm"),
+             "proportional": ("units", "prefill", "prefill_gemm")}
 STRUCTURE_MODELS = 3
 
 
@@ -125,7 +137,7 @@ def load_step_model(store, env, cfg, structure: dict, units_ms_for: Callable[[st
         fitted = _fit_rows(own, units_ms_for)
         if fitted is not None:
             return fitted.bind(structure, graphs), "model"
-    fitted = _fit_rows(rows, units_ms_for, structure)
+    fitted = _fit_rows(rows, units_ms_for, structure, units_ms_for(own_hash) if own_hash else None)
     if fitted is None:
         return None, "none"
     beyond = beyond_pool([r for r in rows if r["model"] in fitted.models_], structure)
@@ -140,10 +152,11 @@ def term_set_name(terms: tuple[str, ...] | None) -> str:
     return next((name for name, ts in TERM_SETS.items() if tuple(terms) == ts), ",".join(terms))
 
 
-def _fit_rows(rows: list[dict], units_ms_for, target: dict | None = None) -> EngineStepModel | None:
+def _fit_rows(rows: list[dict], units_ms_for, target: dict | None = None,
+              target_units: Callable | None = None) -> EngineStepModel | None:
     """The model fitted on `rows`, each model's units predicted by `units_ms_for` (a model
-    it cannot predict is left out), for a model of structure `target` (select_terms); None
-    with too few usable steps."""
+    it cannot predict is left out), for a model of structure `target` whose units
+    `target_units` predicts (select_terms); None with too few usable steps."""
     by_model: dict[str, list[dict]] = {}
     for r in rows:
         by_model.setdefault(r["model"], []).append(r)
@@ -156,7 +169,7 @@ def _fit_rows(rows: list[dict], units_ms_for, target: dict | None = None) -> Eng
                 usable.append(dict(r, units_ms=units, gemm_ms=gemm))
     if len(usable) < MIN_ROWS:
         return None
-    return EngineStepModel(select_terms(usable, target)).fit(usable)
+    return EngineStepModel(select_terms(usable, target, target_units)).fit(usable)
 
 
 def _units_gemm(v) -> tuple[float, float]:
@@ -214,14 +227,30 @@ def beyond_pool(rows: list[dict], structure: dict | None) -> list[str]:
     return out
 
 
-def select_terms(rows: list[dict], target: dict | None = None) -> tuple[str, ...] | None:
-    """Structure-free terms for a pool of fewer than STRUCTURE_MODELS models (two models
-    cannot say how a term grows with layers: each left-out check is then a one-model fit,
-    which has no structure terms, so it cannot see the extrapolation either) or for a
-    `target` structure outside the pool's (inside_pool); otherwise the TERM_SETS entry with
-    the lowest leave-one-model-out error."""
+def smaller_than_pool(rows: list[dict], target_units: Callable | None) -> bool:
+    """Whether the target's units (`target_units(seqs)` ms) are faster than every pooled
+    model's own at that model's calibrated batches (the median ratio below 1 for each)."""
+    if target_units is None or not rows:
+        return False
+    by_model: dict[str, list[float]] = {}
+    for r in rows:
+        if r["units_ms"] > 0:
+            by_model.setdefault(r["model"], []).append(_units_gemm(target_units(r["seqs"]))[0] / r["units_ms"])
+    return bool(by_model) and all(float(np.median(v)) < 1.0 for v in by_model.values())
+
+
+def select_terms(rows: list[dict], target: dict | None = None,
+                 target_units: Callable | None = None) -> tuple[str, ...] | None:
+    """For a pool of fewer than STRUCTURE_MODELS models (two models cannot say how a term
+    grows with layers: each left-out check is then a one-model fit, which has no structure
+    terms, so it cannot see the extrapolation either) or a `target` structure outside the
+    pool's (inside_pool): the proportional terms for a target smaller than every pooled
+    model (`smaller_than_pool`, by `target_units`: seqs -> the target's units' ms; see
+    TERM_SETS), else the structure-free ones. Otherwise the TERM_SETS entry with the lowest
+    leave-one-model-out error (the proportional set is not a candidate: inside the pool
+    the structure terms place a model)."""
     if len({r["model"] for r in rows}) < STRUCTURE_MODELS or not inside_pool(rows, target):
-        return TERM_SETS["structure-free"]
-    scored = [(held_out_error(rows, terms), name) for name, terms in TERM_SETS.items()]
+        return TERM_SETS["proportional" if smaller_than_pool(rows, target_units) else "structure-free"]
+    scored = [(held_out_error(rows, terms), name) for name, terms in TERM_SETS.items() if name != "proportional"]
     scored = [(e, name) for e, name in scored if e is not None]
     return TERM_SETS[min(scored)[1]] if scored else None
