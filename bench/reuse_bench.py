@@ -125,8 +125,7 @@ def check_pass_rate(stores, tolerance: float) -> dict[str, tuple[int, int]]:
                 cps = {point_json(p) for p in check_points(units[key], [m.point for m in rows])}
                 v = judge(units[key], select_family(data), [m for m in rows if point_json(m.point) in cps],
                           tolerance)
-                p0, c0 = by_kind.get(kind_of(units[key].op), (0, 0))
-                by_kind[kind_of(units[key].op)] = (p0 + v.served, c0 + 1)
+                _count(by_kind, kind_of(units[key].op), int(v.served), 1)
     return by_kind
 
 
@@ -146,15 +145,20 @@ def kind_of(label: str) -> str:
     return next((kind for kind, words in _KINDS if any(w in low for w in words)), label)
 
 
+def _count(by_kind: dict, kind: str, passed: int, checked: int) -> None:
+    p0, c0 = by_kind.get(kind, (0, 0))
+    by_kind[kind] = (p0 + passed, c0 + checked)
+
+
 def expected_reduction_pct(f: dict, pass_rate: float, by_kind: dict | None = None) -> float:
     """The families' reduction when a share `pass_rate` (0-1) of the checks pass: a failed
     check costs the rest of the unit's grid, what a passing one saves (`check_savings_s`).
     `by_kind`: kind -> (passed, checked) measured per kind (`kind_of`); a kind it names
     counts at its own rate, every other at `pass_rate`."""
     fail = (1 - pass_rate) * f["check_savings_s"]
-    for op, saved in (f.get("check_savings_by_op") or {}).items() if by_kind else ():
-        passed, checked = by_kind.get(kind_of(op), (0, 0))
-        if checked:
+    for op, saved in f.get("check_savings_by_op", {}).items():
+        passed, checked = (by_kind or {}).get(kind_of(op), (0, 0))
+        if checked:  # this kind at its own rate instead of the pooled one
             fail += (pass_rate - passed / checked) * saved
     cost = f["families_cost_s"] + fail
     return round(100.0 * (1 - cost / f["independent_cost_s"]), 2)
@@ -164,13 +168,16 @@ def rates_from_json(path: Path) -> tuple[float, dict]:
     """(pooled pass rate 0-1, kind -> (passed, checked)) from a JSON that bench/family_lomo.py
     or bench/vidur_fit.py wrote (`family.<label>.checks_passed` as "passed/checked")."""
     obj = json.loads(path.read_text())
+    if not isinstance(obj, dict):
+        raise ValueError("expected one JSON object")
     by_kind: dict[str, tuple[int, int]] = {}
     for key, v in obj.items():
         if key.startswith("family.") and key.endswith(".checks_passed"):
-            passed, checked = (int(x) for x in str(v).split("/"))
-            kind = kind_of(key[len("family."):-len(".checks_passed")])
-            p0, c0 = by_kind.get(kind, (0, 0))
-            by_kind[kind] = (p0 + passed, c0 + checked)
+            try:
+                passed, checked = (int(x) for x in str(v).split("/"))
+            except ValueError:
+                raise ValueError(f"{key}: expected \"passed/checked\", got {v!r}") from None
+            _count(by_kind, kind_of(key[len("family."):-len(".checks_passed")]), passed, checked)
     checked = sum(c for _, c in by_kind.values())
     if not checked:
         raise ValueError("family.<op>.checks_passed: no checks in it")
@@ -244,8 +251,9 @@ def main(argv=None) -> int:
     if args.pass_rates is not None:
         try:
             args.pass_rate, args.by_kind = rates_from_json(args.pass_rates)
-        except (OSError, ValueError, KeyError) as err:
-            ap.error(f"--pass-rates: {args.pass_rates}: {err}")
+        except (OSError, ValueError) as err:   # one line, as a bad input file is answered
+            print(f"reuse_bench: --pass-rates: {args.pass_rates}: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         args.pass_source = f"per kind ({kind_rates(args.by_kind)})"
     try:
         tps = sorted({int(t) for t in args.tp.split(",") if t.strip()}) or [1]
