@@ -32,7 +32,7 @@ ORDER = ("qkv", "o", "gate_up", "down")
 def layer_weights(raw: dict, path: str) -> dict[str, tuple[int, int]]:
     """name -> (K, N) of one decoder layer's projections (a gated MLP), from the config's
     dims as the Vidur exporter reads them (a missing one: DoolyInputError naming it)."""
-    from dooly.interop.vidur_export import model_dims
+    from dooly.interop.vidur_ops import model_dims
     d = model_dims(raw, path)
     q, kv = d.n_head * d.head_dim, d.n_kv_head * d.head_dim
     return {"qkv": (d.n_embd, q + 2 * kv), "o": (q, d.n_embd), "gate_up": (d.n_embd, 2 * d.n_expanded_embd),

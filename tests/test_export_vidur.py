@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, config, needs_vllm
 from dooly.cli import main
-from dooly.interop.vidur_export import vidur_attention_grid, vidur_token_grid
+from dooly.interop.vidur_grid import vidur_attention_grid, vidur_token_grid
 from dooly.interop.vidur_import import VIDUR_ATTENTION_OPS, VIDUR_MLP_OPS, attention_header, mlp_header
 
 SMOL = config("HuggingFaceTB__SmolLM2-135M-Instruct")

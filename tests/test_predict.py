@@ -75,7 +75,7 @@ def test_unmeasured_gemm_gets_family_prediction_with_stated_error(tmp_path):
     its error on held-out shapes."""
     from dooly.env import Measurement
     from dooly.fit.stored import family_rows, load_family
-    from dooly.predict import _gemm_fallback
+    from dooly.unit_models import _gemm_fallback
     env = Environment("cpu0", "cpu", "vllm", "0.32", "CPU_ATTN", "bfloat16")
     with Store.open(str(tmp_path / "g.db")) as s:
         s.add_environment(env)
@@ -98,7 +98,7 @@ def test_fast_evaluator_matches_the_fitted_model(name):
     import numpy as np
     from dooly.fit.estimators import ConstantRegressor
     from dooly.fit.select import candidates, select_model
-    from dooly.predict import _fast
+    from dooly.unit_models import fast_evaluator as _fast
     x = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256], dtype=float)
     y = 0.02 + 3e-4 * x + 2e-7 * x ** 2
     est = dict(candidates("tokens", len(x)), constant=ConstantRegressor())[name]

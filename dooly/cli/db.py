@@ -12,7 +12,7 @@ from rich.table import Table
 
 from dooly.cli.flags import int_range
 from dooly.db import Store, postgres
-from dooly.db.store import db_identity
+from dooly.db.merge import db_identity
 from dooly.errors import DoolyInputError
 
 MAX_PROBLEMS_SHOWN = 50

@@ -50,16 +50,34 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from dooly.config import load_config
-    from dooly.profile.grid import GridLimits
     from dooly.analyze import analyze
+    from dooly.db import Store, postgres
+    lim = _checked_limits(args)
+    exists = postgres.is_url(args.db) or Path(args.db).exists()   # a new DB is made by the sweep only
+    with Store.open(args.db, create=False) if exists else contextlib.nullcontext() as store:
+        analysis = analyze(args.configs, args.engine, tp=args.tp, store=store)   # its captures stand in
+    from dooly.cli.report import print_failures
+    print_failures(analysis.failed)  # a model the engine cannot capture is skipped
+    if not analysis.inventories:
+        return 2
+    s = _measure(args, analysis, lim)
+    out = s.to_json()
+    out["failed"] = list(analysis.failed)
+    _report(args, s, out, analysis.failed)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(out, f)
+    return 130 if s.interrupted else 2 if analysis.failed else 0
+
+
+def _checked_limits(args):
+    """Every config and flag checked before the DB or an engine is touched; the grid limits."""
+    from dooly.config import load_config
     from dooly.db import Store
-    from dooly.profile.sweep import sweep
+    from dooly.profile.grid import GridLimits
     if args.step_tolerance is not None and not args.families:
         raise DoolyInputError("--step-tolerance", "it weighs check points: use it with --families")
-    for cfg in map(load_config, args.configs):  # every config and flag before the DB or an engine
+    for cfg in map(load_config, args.configs):
         cfg.check_length("--max-context", args.max_context)
         cfg.check_length("--max-tokens", args.max_tokens)
     if args.device == "cuda":
@@ -73,32 +91,32 @@ def run(args) -> int:
     Store.ensure_writable(args.db)  # a bad DB is one line now, not after the capture
     if args.tp > 1 and args.device == "cuda":
         _check_devices(args.tp)
-    from dooly.db import postgres
-    exists = postgres.is_url(args.db) or Path(args.db).exists()   # a new DB is made by the sweep only
-    with Store.open(args.db, create=False) if exists else contextlib.nullcontext() as store:
-        analysis = analyze(args.configs, args.engine, tp=args.tp, store=store)   # its captures stand in
-    from dooly.cli.report import print_failures
-    print_failures(analysis.failed)  # a model the engine cannot capture is skipped
-    if not analysis.inventories:
-        return 2
+    return lim
+
+
+def _measure(args, analysis, lim):
+    """The sweep's summary: measured on Ray (`--ray`) or here, with a bar per unit."""
     if args.ray is not None:
         from dooly.cli.sweep_ray import run_ray
-        s = run_ray(args, analysis, lim)
+        return run_ray(args, analysis, lim)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from dooly.profile.sweep import sweep
     bars: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), disable=args.ray is not None or args.no_progress
-                  or not sys.stderr.isatty(), transient=False) as prog:
+                  TimeRemainingColumn(), disable=args.no_progress or not sys.stderr.isatty(),
+                  transient=False) as prog:
         def progress(unit, done, total):
             if unit.key not in bars:
                 bars[unit.key] = prog.add_task(f"{unit.op[:28]:28s} {unit.key[-12:]}", total=total)
             prog.update(bars[unit.key], completed=done)
-        if args.ray is None:  # else measured on Ray above
-            s = sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
-                      recheck=False if args.no_recheck else None, families=args.families,
-                      adaptive=args.adaptive, tolerance_pct=args.tolerance, routing=args.routing,
-                      step_tolerance_pct=args.step_tolerance)
-    out = s.to_json()
-    out["failed"] = list(analysis.failed)
+        return sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
+                     recheck=False if args.no_recheck else None, families=args.families,
+                     adaptive=args.adaptive, tolerance_pct=args.tolerance, routing=args.routing,
+                     step_tolerance_pct=args.step_tolerance)
+
+
+def _report(args, s, out: dict, failed: list) -> None:
     print(f"sweep {'interrupted' if s.interrupted else 'done'}: {out['units_measured']} units measured, "
           f"{out['units_reused']} reused, {out['units_failed']} failed; {out['points_measured']} points "
           f"ok, {out['points_failed']} failed; {out['seconds']:.1f} s, of which the second pass "
@@ -108,9 +126,9 @@ def run(args) -> int:
         what = ("the points this sweep added sit beside another host's (or host state's)" if s.units_measured
                 else "its points, reused here, are another host's (or host state's)")
         print(change_warning(s.env_key, args.db, s.host_change, what), file=sys.stderr)
-    if analysis.failed:
-        print(f"skipped {len(analysis.failed)} model(s) the engine could not capture (errors on "
-              f"stderr): {', '.join(f['config'] for f in analysis.failed)}")
+    if failed:
+        print(f"skipped {len(failed)} model(s) the engine could not capture (errors on "
+              f"stderr): {', '.join(f['config'] for f in failed)}")
     for size, key in s.collective_envs.items():
         print(f"collectives of the {size}-rank group timed across {size} processes on this host "
               f"(env {key})")
@@ -119,10 +137,6 @@ def run(args) -> int:
         print(f"{len(served)} units served by their family from check points (largest check error "
               f"{max(served.values()):.1f}%, tolerance {args.tolerance:g}%"
               + (f", or {args.step_tolerance:g}% of the step" if args.step_tolerance is not None else "") + ")")
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(out, f)
-    return 130 if s.interrupted else 2 if analysis.failed else 0
 
 
 def _check_devices(tp: int) -> None:

@@ -133,28 +133,14 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
     recheck = device == "cpu" if recheck is None else recheck
     from dooly.db import Store
     Store.ensure_writable(db_path)
-    tp = max([getattr(inv, "tp", 1) for inv in analysis.inventories] or [1])
-    if tp > 1 and threads is None and device == "cpu":
-        # a TP model's ranks share this host's cores: each computes with its share
-        from dooly.engines import default_threads
-        from dooly.parallel import rank_threads
-        threads = rank_threads(default_threads(analysis.engine, device), tp)
-    env = environment(analysis.engine, device, backend, threads=threads)
+    env = _sweep_environment(analysis, device, backend, threads)
     torch.set_num_threads(env.threads)
     summary = SweepSummary(env.key)
     t0 = time.perf_counter()
     with Store.open(db_path) as store:
         store.add_environment(env)
         record_analysis(store, analysis)
-        units: dict[str, Unit] = {}
-        for inv in analysis.inventories:
-            for key, e in inv.entries.items():
-                units.setdefault(key, e.unit)
-        coll = {k: u for k, u in units.items() if u.op in COLLECTIVE_OPS}
-        units = {k: u for k, u in units.items() if k not in coll}
-        if step_tolerance_pct is not None:
-            from dooly.profile.checkpoints import heaviest_first
-            units = heaviest_first(units, lim)
+        units, coll = _units_of(analysis, lim, heaviest=step_tolerance_pct is not None)
         policy = None
         if families or adaptive:
             from dooly.profile.checkpoints import SweepPolicy
@@ -167,24 +153,53 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
         job = _Job(store, env, lim, Runners(env, lim), timer_for(device), summary, progress, policy, probe,
                    routing)
         try:
-            waiting = [key for key, unit in units.items() if not job.unit(key, unit)]
-            while waiting:  # units other sweepers held: theirs to finish, or ours once lapsed
-                time.sleep(POLL_S)
-                waiting = [key for key in waiting if not job.unit(key, units[key], waited=True)]
-            if coll:
-                from dooly.profile.collective_sweep import sweep_collectives
-                sweep_collectives(store, coll, env, lim, summary, comm, progress)
-            if recheck:
-                _recheck(job, [units[k] for k in summary.units_measured if k in units])
-                _settle_checks(job, units)
-            if summary.units_measured:
-                job.host(force=True)
+            _run(job, units, coll, comm, recheck)
         except KeyboardInterrupt:
             summary.interrupted = True
         if policy is not None:
             summary.family_served = {k: round(v.error_pct, 3) for k, v in policy.verdicts.items() if v.served}
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _sweep_environment(analysis, device: str, backend: str | None, threads: int | None) -> Environment:
+    tp = max([getattr(inv, "tp", 1) for inv in analysis.inventories] or [1])
+    if tp > 1 and threads is None and device == "cpu":
+        # a TP model's ranks share this host's cores: each computes with its share
+        from dooly.engines import default_threads
+        from dooly.parallel import rank_threads
+        threads = rank_threads(default_threads(analysis.engine, device), tp)
+    return environment(analysis.engine, device, backend, threads=threads)
+
+
+def _units_of(analysis, lim: GridLimits, heaviest: bool) -> tuple[dict, dict]:
+    """(units to time alone, collective units) of the analysed models; `heaviest`: the
+    units ordered heaviest first (a step tolerance serves light units by their shares)."""
+    units: dict[str, Unit] = {}
+    for inv in analysis.inventories:
+        for key, e in inv.entries.items():
+            units.setdefault(key, e.unit)
+    coll = {k: u for k, u in units.items() if u.op in COLLECTIVE_OPS}
+    units = {k: u for k, u in units.items() if k not in coll}
+    if heaviest:
+        from dooly.profile.checkpoints import heaviest_first
+        units = heaviest_first(units, lim)
+    return units, coll
+
+
+def _run(job: "_Job", units: dict, coll: dict, comm: str, recheck: bool) -> None:
+    waiting = [key for key, unit in units.items() if not job.unit(key, unit)]
+    while waiting:  # units other sweepers held: theirs to finish, or ours once lapsed
+        time.sleep(POLL_S)
+        waiting = [key for key in waiting if not job.unit(key, units[key], waited=True)]
+    if coll:
+        from dooly.profile.collective_sweep import sweep_collectives
+        sweep_collectives(job.store, coll, job.env, job.lim, job.summary, comm, job.progress)
+    if recheck:
+        _recheck(job, [units[k] for k in job.summary.units_measured if k in units])
+        _settle_checks(job, units)
+    if job.summary.units_measured:
+        job.host(force=True)
 
 
 # how often a sweeper left with only units others hold looks at them again

@@ -109,8 +109,6 @@ class Scheduler:
         """One step's plan: the scheduled sequences and what the model computes for each.
         Hot loop: attributes are cached in locals and decodes skip the prefill caps."""
         cfg = self.cfg
-        bs = cfg.block_size
-        budget = cfg.max_num_batched_tokens
         # vLLM ignores the threshold when only one request could use the step.
         thresh = cfg.long_prefill_token_threshold
         if len(self.running) + len(self.waiting) <= 1:
@@ -118,10 +116,21 @@ class Scheduler:
         limit = cfg.max_model_len - 1 if cfg.max_model_len is not None else sys.maxsize
         seqs: list[SeqState] = []
         batch: list[ScheduledSeq] = []
+        budget, preempted = self._schedule_running(seqs, batch, thresh, limit)
+        # Like vLLM, admit nothing new in a step that had to preempt.
+        if not preempted:
+            budget = self._admit_waiting(seqs, batch, budget, thresh, limit, now)
+        self.last_num_tokens = cfg.max_num_batched_tokens - budget
+        return seqs, batch
+
+    def _schedule_running(self, seqs: list, batch: list, thresh: int, limit: int) -> tuple[int, bool]:
+        """The running requests' part of a step, in order, preempting from the tail when
+        the KV cache is short; (the token budget left, whether anything was preempted)."""
+        bs = self.cfg.block_size
+        budget = self.cfg.max_num_batched_tokens
         running = self.running
         free = self.free_blocks
         preempted = False
-
         i, n_run = 0, len(running)
         while i < n_run and budget > 0:
             s = running[i]
@@ -158,35 +167,40 @@ class Scheduler:
             batch.append(_new_seq((n, ctx, ctx + n == s.num_tokens)))
             budget -= n
             i += 1
-
-        # Like vLLM, admit nothing new in a step that had to preempt.
-        waiting = self.waiting
-        if not preempted:
-            while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
-                s = waiting[0]
-                n = s.num_tokens  # waiting requests hold no KV (computed == 0)
-                # vLLM admits a request only if its whole prompt fits, not just the first
-                # chunk (scheduler_reserve_full_isl, on by default in 0.32); so the chunk
-                # fits too. FCFS: the head blocks everyone behind it.
-                if (min(n, limit + 1) + bs - 1) // bs > free:
-                    break
-                if 0 < thresh < n:
-                    n = thresh
-                if n > budget:
-                    n = budget
-                need = (n + bs - 1) // bs
-                waiting.popleft()
-                free -= need
-                s.blocks = need
-                if s.first_scheduled_s is None:
-                    s.first_scheduled_s = now
-                running.append(s)
-                seqs.append(s)
-                batch.append(_new_seq((n, 0, n == s.num_tokens)))
-                budget -= n
         self.free_blocks = free
-        self.last_num_tokens = cfg.max_num_batched_tokens - budget
-        return seqs, batch
+        return budget, preempted
+
+    def _admit_waiting(self, seqs: list, batch: list, budget: int, thresh: int, limit: int,
+                       now: float) -> int:
+        """Admit waiting requests first come, first served while the budget, the sequence
+        cap and the KV cache allow; the token budget left."""
+        cfg, bs = self.cfg, self.cfg.block_size
+        waiting, running = self.waiting, self.running
+        free = self.free_blocks
+        while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
+            s = waiting[0]
+            n = s.num_tokens  # waiting requests hold no KV (computed == 0)
+            # vLLM admits a request only if its whole prompt fits, not just the first
+            # chunk (scheduler_reserve_full_isl, on by default in 0.32); so the chunk
+            # fits too. FCFS: the head blocks everyone behind it.
+            if (min(n, limit + 1) + bs - 1) // bs > free:
+                break
+            if 0 < thresh < n:
+                n = thresh
+            if n > budget:
+                n = budget
+            need = (n + bs - 1) // bs
+            waiting.popleft()
+            free -= need
+            s.blocks = need
+            if s.first_scheduled_s is None:
+                s.first_scheduled_s = now
+            running.append(s)
+            seqs.append(s)
+            batch.append(_new_seq((n, 0, n == s.num_tokens)))
+            budget -= n
+        self.free_blocks = free
+        return budget
 
     def complete(self, seqs: list[SeqState], batch: list[ScheduledSeq],
                  end_s: float) -> list[SeqState]:
