@@ -69,7 +69,8 @@ class Predictor:
         store = store or Store.open(db_path, create=False)
         try:
             if tp == 1:
-                env = choose_environment(store, engine, env_key, db_path)
+                env = choose_environment(store, engine, env_key, db_path,
+                                         needs=lambda e: store.inventory(cfg.hash, e.engine))
                 counts = store.inventory(cfg.hash, env.engine)
             else:
                 env, counts = _tp_inventory(store, cfg, engine, env_key, db_path, tp)

@@ -191,6 +191,22 @@ def test_choose_environment_prefers_the_best_covered(db):
             choose_environment(s, "sglang")
 
 
+def test_a_model_is_predicted_where_its_units_were_measured_not_where_most_points_are(db):
+    # a tensor-parallel sweep into the same DB adds the ranks' environment (fewer threads),
+    # often with more points than the TP=1 sweep: a TP=1 model must still get its own
+    ranks = Environment("cpu0", "cpu", "transformers", "5", "sdpa", "bfloat16", threads=1)
+    shard = gemm(128, 256)
+    with Store.open(db) as s:
+        s.add_environment(ranks)
+        s.add_unit(shard)
+        add_points(s, shard, 128, 256, tokens=tuple(range(1, 200)), env=ranks)
+        assert choose_environment(s).key == ranks.key      # by points alone
+        needed = s.inventory(load_config(SMOL).hash, "transformers")
+        assert choose_environment(s, needs=needed).key == ENV.key
+        assert choose_environment(s, needs=lambda e: needed).key == ENV.key
+    assert Predictor.load(SMOL, db).env.key == ENV.key
+
+
 @pytest.mark.parametrize("argv", [["fit", "--db", "{db}", "--env", "nope"],
                                   ["predict", SMOL, "--db", "{db}", "--batch", "prefill:8", "--env", "nope"],
                                   ["simulate", SMOL, "--db", "{db}", "--rate", "1", "--num-requests", "2",

@@ -11,11 +11,15 @@ def measured_points(store, env_key: str) -> int:
 
 
 def choose_environment(store, engine: str | None = None, env_key: str | None = None,
-                       db_path: str | None = None) -> Environment:
+                       db_path: str | None = None, needs=None) -> Environment:
     """`env_key` when given (it must be in the DB, and run `engine` when that is given);
-    else, among the environments of `engine` (any engine when None), the one with the
-    most ok measurements, the first key on a tie. A DB without one is a DoolyInputError
-    naming `db_path` (default: the store's own path)."""
+    else, among the environments of `engine` (any engine when None), the one that measured
+    most of `needs` (the unit keys the command reads, or a function of the environment
+    that gives them), then the one with the most ok measurements, the first key on a tie.
+    Without `needs` a DB that also holds a tensor-parallel sweep (its ranks' environment,
+    fewer threads on a CPU, often more points) would hand a TP=1 model the ranks'
+    environment, where its own units were never measured. A DB without one is a
+    DoolyInputError naming `db_path` (default: the store's own path)."""
     where = db_path or getattr(store, "path", "--db")
     envs = store.environments()
     if env_key:
@@ -34,5 +38,7 @@ def choose_environment(store, engine: str | None = None, env_key: str | None = N
                                      "run `dooly sweep` into it first")
     if len(envs) == 1:
         return envs[0]
-    counts = {e.key: measured_points(store, e.key) for e in envs}
-    return max(envs, key=lambda e: counts[e.key])  # max keeps the first of equals
+    wanted = {e.key: set(needs(e) if callable(needs) else needs or ()) for e in envs}
+    score = {e.key: (len(wanted[e.key] & store.units_measured(e.key)) if wanted[e.key] else 0,
+                     measured_points(store, e.key)) for e in envs}
+    return max(envs, key=lambda e: score[e.key])  # max keeps the first of equals

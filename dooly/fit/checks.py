@@ -167,7 +167,7 @@ def judge(unit, family, measurements, tolerance_pct: float = DEFAULT_TOLERANCE_P
 
 
 # a 1-D unit's served curve is tabulated once, 8 knots per octave up to 2**17 requests,
-# so a prediction is a bisect (dooly.predict's fast path), not a design matrix per call
+# so a prediction is a bisect (dooly.unit_models.fast_evaluator), not a design matrix per call
 _KNOTS = np.unique(np.round(2.0 ** np.arange(0, 17.001, 1 / 8)))
 
 

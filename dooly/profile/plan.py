@@ -64,11 +64,11 @@ def plan_against_db(analysis, db_path: str, env_key: str | None, hardware: str) 
     hw = get_hardware(hardware)
     with Store.open(db_path, create=False) as store:
         env = None
+        units = {k: e.unit for inv in analysis.inventories for k, e in inv.entries.items()}
         if env_key or store.find_environment(engine=analysis.engine):
-            env = choose_environment(store, analysis.engine, env_key, db_path)
+            env = choose_environment(store, analysis.engine, env_key, db_path, needs=units)
         record_analysis(store, analysis)
         measured = store.units_measured(env.key) if env else set()
-        units = {k: e.unit for inv in analysis.inventories for k, e in inv.entries.items()}
         status = unit_status(store, env.key if env else None, units, hw)
     unsupported = {k: v["reason"] for k, v in status.items() if v["status"] == "unsupported"}
     missing = sorted(k for k in units if k not in measured and k not in unsupported)
