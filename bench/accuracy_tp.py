@@ -34,8 +34,8 @@ import flatjson  # noqa: E402
 from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bad_input, bench_env,  # noqa: E402
                             bracket_drift, items, keep, mape, model_out_predictor, noise_pct, prepare_db,
                             recheck, save_raw, saved_drift, use_db_env)
-from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct, real_latencies,  # noqa: E402
-                          sim_latencies, workload)
+from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, err_pct, pct,  # noqa: E402
+                          real_latencies, sim_latencies, workload)
 
 # three, so that each model's TP=N steps are predicted from a pool of two TP=N calibrations
 # (bench/results/2026-12-06c: TP=2 within 8% per set in both runs of three models)
@@ -197,6 +197,11 @@ def score_serve(loads: dict, runs: list[dict], pred, kv_blocks: int) -> dict:
             # the issue's serving figure: mean |sim/real - 1| over p50, p90, p99
             fig[f"{ld}.{metric}_err_pct"] = statistics.fmean(
                 100 * abs(fig[f"{ld}.{metric}_{p}_sim_ms"] / fig[f"{ld}.{metric}_{p}_real_ms"] - 1) for p in PCTS)
+            # real vs real, as accuracy_e2e states it: the runs' largest difference per
+            # percentile, averaged over p50, p90, p99 (None with one run)
+            fig[f"{ld}.{metric}_noise_pct"] = (statistics.fmean(
+                max(err_pct(a[p], b[p]) for i, a in enumerate(rs) for b in rs[i + 1:]) for p in PCTS)
+                if len(rs) > 1 else None)
         outs = [r.output_len for r in reqs]
         e2e = lambda lat: statistics.fmean(t + (o - 1) * d for t, d, o in zip(  # noqa: E731
             lat["ttft"], lat["tpot"] + [0.0] * len(outs), outs))
@@ -302,7 +307,8 @@ def serve(name: str, tp: int, args, result: dict) -> None:
                                       f"{f[f'{ld}.ttft_p50_sim_ms']:.0f} ms, TPOT p50 real "
                                       f"{f[f'{ld}.tpot_p50_real_ms']:.1f} sim {f[f'{ld}.tpot_p50_sim_ms']:.1f} ms "
                                       f"(p50/p90/p99 mean error TTFT {f[f'{ld}.ttft_err_pct']:.1f}%, "
-                                      f"TPOT {f[f'{ld}.tpot_err_pct']:.1f}%; steps real {f[f'{ld}.steps_real']} sim "
+                                      f"TPOT {f[f'{ld}.tpot_err_pct']:.1f}%; real-vs-real "
+                                      f"{f[f'{ld}.ttft_noise_pct'] or 0:.1f} / {f[f'{ld}.tpot_noise_pct'] or 0:.1f}%; steps real {f[f'{ld}.steps_real']} sim "
                                       f"{f[f'{ld}.steps_sim']}, tokens real {f[f'{ld}.tokens_real']} sim "
                                       f"{f[f'{ld}.tokens_sim']})"
                                       for ld in loads))
