@@ -95,14 +95,12 @@ def tp_environment(store, engine: str | None, units: dict[str, Unit], db_path: s
     """The compute environment of a TP model when none is named: among the engine's
     non-collective environments, the one that measured most of its shard units (on a CPU
     the ranks' thread count differs from a TP=1 sweep's), then the most measurements."""
-    from dooly.db.envs import choose_environment, measured_points
+    from dooly.db.envs import choose_environment, most_covering
     envs = [e for e in store.environments() if not is_collective_env(e)
             and (engine is None or e.engine == engine)]
     if not envs:
         return choose_environment(store, engine, None, db_path)
-    compute = {k for k, u in units.items() if u.op not in COLLECTIVE_OPS}
-    return max(envs, key=lambda e: (len(compute & store.units_measured(e.key)),
-                                    measured_points(store, e.key)))
+    return most_covering(store, envs, {k for k, u in units.items() if u.op not in COLLECTIVE_OPS})
 
 
 # -- KV-cache capacity ----------------------------------------------------------------------

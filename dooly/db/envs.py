@@ -38,7 +38,14 @@ def choose_environment(store, engine: str | None = None, env_key: str | None = N
                                      "run `dooly sweep` into it first")
     if len(envs) == 1:
         return envs[0]
-    wanted = {e.key: set(needs(e) if callable(needs) else needs or ()) for e in envs}
-    score = {e.key: (len(wanted[e.key] & store.units_measured(e.key)) if wanted[e.key] else 0,
-                     measured_points(store, e.key)) for e in envs}
-    return max(envs, key=lambda e: score[e.key])  # max keeps the first of equals
+    return most_covering(store, envs, needs)
+
+
+def most_covering(store, envs: list[Environment], needs=None) -> Environment:
+    """Of `envs`, the one that measured most of `needs` (unit keys, or a function of the
+    environment that gives them), then the one with the most ok measurements; the first
+    on a tie."""
+    def score(e):
+        wanted = set(needs(e) if callable(needs) else needs or ())
+        return (len(wanted & store.units_measured(e.key)) if wanted else 0, measured_points(store, e.key))
+    return max(envs, key=score)  # max keeps the first of equals
