@@ -532,7 +532,7 @@ def breakdown(name: str, its: list[dict], args) -> dict:
 def gemm_shapes(name: str, set_name: str, parts: list, pred, out: dict) -> None:
     """Per GEMM weight (K x N): its kernels' time in the engine against its units' for the
     same batches (the median over steps of each), where the layer run recorded shapes."""
-    from dooly.fit.gemm_family import gemm_shape
+    from dooly.fit.gemm_rows import gemm_shape
     by_kn: dict[tuple[int, int], list[str]] = {}
     for key in pred.units:
         shape = gemm_shape(pred.units[key])

@@ -30,7 +30,7 @@ def time_spans(units: dict, tokens: list[int], spans: list[int], trials: int, en
     import dooly.env as env_mod
     from dooly.engines import environment
     from dooly.profile.grid import GridLimits
-    from dooly.profile.sweep import Runners
+    from dooly.profile.sweep_units import Runners
     from dooly.profile.timing import time_cpu
     env = environment(engine, "cpu", None)
     torch.set_num_threads(env.threads)

@@ -62,7 +62,7 @@ def alone(engine: str, shapes: dict, t: int) -> dict[str, float]:
     """Median ms per call of each weight as the sweep times it (its runner, cold rotation)."""
     from dooly.engines import environment
     from dooly.profile.grid import GridLimits
-    from dooly.profile.sweep import Runners
+    from dooly.profile.sweep_units import Runners
     from dooly.profile.timing import time_cpu
     from dooly.unit import linear_unit
     runners = Runners(environment(engine, "cpu", None), GridLimits())

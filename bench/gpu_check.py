@@ -88,7 +88,7 @@ def unit_fits(units, meas, out) -> None:
 
 
 def gemm_lomo(units, meas, envs, held, out) -> None:
-    from dooly.fit.gemm_family import gemm_shape, is_gemm, rows_from_units
+    from dooly.fit.gemm_rows import gemm_shape, is_gemm, rows_from_units
     shapes_of = {name: {s[1:] for _, k in pairs if is_gemm(units[k]) and (s := gemm_shape(units[k]))}
                  for name, pairs in held.items()}
     family_lomo.gemm_table(rows_from_units(units, meas, envs),
@@ -100,7 +100,7 @@ def graph_vs_eager(analysis, env, lim, out, limit: int = 12) -> None:
     if env.device_kind != "cuda":
         return
     from dooly.profile.checkpoints import work_order
-    from dooly.profile.sweep import Runners, grid_for
+    from dooly.profile.sweep_units import Runners, grid_for
     from dooly.profile.timing import time_cuda
     runners = Runners(env, lim)
     seen, ratios = set(), defaultdict(list)

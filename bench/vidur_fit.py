@@ -30,10 +30,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import family_lomo  # noqa: E402
-from dooly.fit.gemm_family import GemmFamily, gemm_shape, rows_from_units  # noqa: E402
+from dooly.fit.gemm_family import GemmFamily  # noqa: E402
+from dooly.fit.gemm_rows import gemm_shape, rows_from_units  # noqa: E402
 from dooly.fit.select import fit_units  # noqa: E402
-from dooly.interop.vidur_import import (VIDUR_GEMM_OPS, VIDUR_MLP_OPS, find_vidur_mlp,  # noqa: E402
-                                        model_name_from_path, read_vidur_mlp, vidur_units)
+from dooly.interop.vidur_format import VIDUR_GEMM_OPS, VIDUR_MLP_OPS  # noqa: E402
+from dooly.interop.vidur_import import (find_vidur_mlp, model_name_from_path, read_vidur_mlp,  # noqa: E402
+                                        vidur_units)
 
 DEFAULT_ROOT = ROOT / "fixtures" / "vidur" / "a100"
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dooly.errors import DoolyInputError, read_json
+from dooly.errors import DoolyInputError, quoted, read_json
 
 
 @dataclass(frozen=True)
@@ -153,11 +153,6 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _size_source(raw: dict) -> tuple[dict, str]:
     """Where the sizes live: the config itself, or a multimodal config's text_config."""
     text = raw.get("text_config")
@@ -186,7 +181,7 @@ def check_values(path: Path, raw: dict) -> None:
             for key, v in value.items():
                 if where in ("", "text_config") and _BOOL_KEY.search(key) and v is not None \
                         and not isinstance(v, bool):
-                    raise DoolyInputError(path, f"expected true or false, got {_short(v)}",
+                    raise DoolyInputError(path, f"expected true or false, got {quoted(v)}",
                                           f"{where}.{key}".lstrip("."))
                 stack.append((f"{where}.{key}".lstrip("."), v))
         elif isinstance(value, list):
@@ -205,7 +200,7 @@ def check_sizes(path: Path, raw: dict) -> None:
                 raise DoolyInputError(path, "missing (a positive integer)", prefix + name)
             continue
         if not _positive_int(value):
-            raise DoolyInputError(path, f"expected a positive integer, got {_short(value)}",
+            raise DoolyInputError(path, f"expected a positive integer, got {quoted(value)}",
                                   prefix + key)
         if value > bound:
             raise DoolyInputError(path, f"{value} is beyond any model (at most {bound})", prefix + key)
@@ -224,7 +219,7 @@ def check_sizes(path: Path, raw: dict) -> None:
     for key in ("rope_scaling", "rope_parameters"):
         rope = src.get(key)
         if isinstance(rope, dict) and rope.get("factor") is not None and not _number(rope["factor"]):
-            raise DoolyInputError(path, f"expected a positive number, got {_short(rope['factor'])}",
+            raise DoolyInputError(path, f"expected a positive number, got {quoted(rope['factor'])}",
                                   f"{prefix}{key}.factor")
 
 

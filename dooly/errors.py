@@ -14,6 +14,12 @@ class DoolyInputError(Exception):
         super().__init__(" ".join(f"{where}: {problem}".splitlines()))
 
 
+def quoted(value: object, width: int = 40) -> str:
+    """A value as an error message quotes it: its repr, cut to `width` characters."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 class MissingDataError(LookupError):
     """A prediction needs a unit that has no measurements in the environment."""
 

@@ -47,7 +47,7 @@ class Predictor:
         self.engine_step = engine_step  # fitted step model, when the engine was calibrated
         self.refitted = list(refitted or [])
         self._by_driver: dict[str, list[tuple[str, object, int]]] = {}
-        from dooly.fit.gemm_family import is_gemm   # scikit-learn's ensembles: not at import time
+        from dooly.fit.gemm_rows import is_gemm   # dooly.fit loads scikit-learn's ensembles: not at import time
         self._gemm_keys = {key for key in counts if is_gemm(units[key])}   # the step model's prefill term
         for key, count in counts.items():
             d = units[key].driver

@@ -79,7 +79,7 @@ class _GemmModel:
 def _gemm_fallback(stored, unit: Unit) -> _GemmModel | None:
     """The environment's GEMM family (`dooly.fit.stored.StoredFamily`) standing in for
     an unmeasured GEMM unit; None when the unit is no GEMM or there is no family."""
-    from dooly.fit.gemm_family import gemm_shape
+    from dooly.fit.gemm_rows import gemm_shape
     shape = gemm_shape(unit) if stored is not None else None
     if shape is None:
         return None
@@ -109,7 +109,7 @@ def _load_models(store, env, units: dict[str, Unit], routing: str = "balanced"):
     """(models, fallback, refitted): the stored fit of every measured unit, fitted anew
     only where stale or missing; the GEMM family for GEMMs never measured here. MoE
     units are fitted on their points timed under `routing` (dooly.routing)."""
-    from dooly.fit.gemm_family import gemm_shape
+    from dooly.fit.gemm_rows import gemm_shape
     from dooly.fit.stored import FAMILY_KEY, family_rows, load_family, unit_models
     from dooly.routing import for_routing, is_moe
     meas = for_routing([m for k in units for m in store.measurements(unit_key=k, env_key=env.key)],

@@ -17,7 +17,8 @@ from bad_input import run_bad, run_bad_process
 from conftest import ROOT, config
 from dooly.cli import main
 from dooly.errors import DoolyInputError
-from dooly.sim.workload import LengthDist, WorkloadSpec, load_sharegpt, load_trace_csv, load_workload
+from dooly.sim.trace_files import load_sharegpt, load_trace_csv
+from dooly.sim.workload import LengthDist, WorkloadSpec, load_workload
 
 SMOL = config("HuggingFaceTB__SmolLM2-135M-Instruct")  # max_position_embeddings 8192
 STEP = ["--step-model", "linear:1,0.01,0.1"]
@@ -164,6 +165,16 @@ def test_any_trace_text_is_rows_or_one_line_error(tmp_path, content):
     else:
         assert all(p >= 0 and d >= 0 and (t is None or t >= 0) for t, p, d in rows)
 
+
+
+def test_a_long_bad_value_is_quoted_short_in_its_line(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_bytes((HEAD + "x" * 5000 + ",3\n").encode())
+    with pytest.raises(DoolyInputError) as err:
+        load_trace_csv(path)
+    _one_line(err.value)
+    assert "'xxxxxxxxxx" in str(err.value) and "..." in str(err.value)
+    assert len(str(err.value)) < len(str(path)) + 120   # 40 characters of the value, not 5000
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
                      lambda kids: st.lists(kids, max_size=4)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import dooly.profile.sweep as sw
+import dooly.profile.sweep_units as su
+from dooly.profile.sweep import SweepSummary
 from conftest import config
 from dooly.cli import main
 from dooly.db import Store
@@ -78,13 +79,13 @@ def fake_timer(monkeypatch):
         calls.append((unit.key, point["T"]))
         ms = fake_ms(unit, point)
         return Measurement(unit.key, env.key, point, ms, ms, ms, ms, 0.0, 5)
-    monkeypatch.setattr(sw, "_measure", measure)
+    monkeypatch.setattr(su, "measure_point", measure)
     return calls
 
 
 def run(store, units, families=True, adaptive=True, tol=3.0):
     policy = SweepPolicy(store, ENV.key, tol, families, adaptive)
-    job = sw._Job(store, ENV, LIM, None, None, sw.SweepSummary(ENV.key), None, policy)
+    job = su.SweepJob(store, ENV, LIM, None, None, SweepSummary(ENV.key), None, policy)
     for u in units:
         store.add_unit(u)
         assert job.unit(u.key, u)
@@ -136,17 +137,17 @@ def test_a_check_the_second_pass_turns_is_swept_in_full_and_fit_agrees(tmp_path,
             ms *= 0.85   # its second pass: a burst had slowed the first
         seen.add((unit.key, point["T"]))
         return Measurement(unit.key, env.key, point, ms, ms, ms, ms, 0.0, 5)
-    monkeypatch.setattr(sw, "_measure", measure)
+    monkeypatch.setattr(su, "measure_point", measure)
     with Store.open(tmp_path / "t.db") as s:
         s.add_environment(ENV)
         policy = SweepPolicy(s, ENV.key, 3.0, True, False)
-        job = sw._Job(s, ENV, LIM, None, None, sw.SweepSummary(ENV.key), None, policy)
+        job = su.SweepJob(s, ENV, LIM, None, None, SweepSummary(ENV.key), None, policy)
         for u in units:
             s.add_unit(u)
             job.unit(u.key, u)
         assert policy.verdicts[turned.key].served            # judged on the first pass
-        sw._recheck(job, units)
-        sw._settle_checks(job, {u.key: u for u in units})
+        su.recheck_points(job, units)
+        su.settle_checks(job, {u.key: u for u in units})
         assert not policy.verdicts[turned.key].served
         assert len(s.measurements(unit_key=turned.key)) == len(token_points(LIM))
         _, found, _ = fit_env_families(s, ENV.key)
@@ -175,7 +176,7 @@ def test_interrupted_check_sweep_resumes_to_the_same_rows(tmp_path, fake_timer, 
         s.add_environment(ENV)
         run(s, SWEPT + CHECKED)
         want = sorted((m.unit_key, m.point_json) for m in s.measurements())
-    real = sw._measure
+    real = su.measure_point
     count = {"n": 0}
 
     def flaky(*a):
@@ -183,12 +184,12 @@ def test_interrupted_check_sweep_resumes_to_the_same_rows(tmp_path, fake_timer, 
         if count["n"] == len(want) - 5:
             raise KeyboardInterrupt
         return real(*a)
-    monkeypatch.setattr(sw, "_measure", flaky)
+    monkeypatch.setattr(su, "measure_point", flaky)
     with Store.open(tmp_path / "part.db") as s:
         s.add_environment(ENV)
         with pytest.raises(KeyboardInterrupt):
             run(s, SWEPT + CHECKED)
-        monkeypatch.setattr(sw, "_measure", real)
+        monkeypatch.setattr(su, "measure_point", real)
         run(s, SWEPT + CHECKED)
         assert sorted((m.unit_key, m.point_json) for m in s.measurements()) == want
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, config, needs_vllm
 from dooly.cli import main
 from dooly.interop.vidur_grid import vidur_attention_grid, vidur_token_grid
-from dooly.interop.vidur_import import VIDUR_ATTENTION_OPS, VIDUR_MLP_OPS, attention_header, mlp_header
+from dooly.interop.vidur_format import VIDUR_ATTENTION_OPS, VIDUR_MLP_OPS, attention_header, mlp_header
 
 SMOL = config("HuggingFaceTB__SmolLM2-135M-Instruct")
 VIDUR_MLP = ROOT / "fixtures" / "vidur" / "a100" / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv"

@@ -7,7 +7,7 @@ import pytest
 
 from dooly.env import Measurement
 from dooly.profile.grid import GridLimits, point_values
-from dooly.profile.sweep import grid_for
+from dooly.profile.sweep_units import grid_for
 from dooly.routing import (expert_ids, expert_loads, expert_weights, for_routing, moe_shape,
                            parse_routing, routing_of)
 from dooly.symbolic.labels import DimLabel, Label

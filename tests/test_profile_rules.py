@@ -5,7 +5,7 @@ import torch
 
 import dooly.env as env_mod
 from dooly.env import cache_bytes, cold_span, copies_to_span, itemsize
-from dooly.fit.gemm_family import gemm_shape, is_gemm
+from dooly.fit.gemm_rows import gemm_shape, is_gemm
 from dooly.graph.normalize import ANCHOR_OPS
 from dooly.profile.cost import flops_bytes
 from dooly.profile import runners
@@ -112,7 +112,7 @@ def test_cold_weight_copies_serve_every_point_and_the_rotation_goes_on_across_po
 def test_runners_drop_a_units_cold_copies_when_the_sweep_moves_on():
     from dooly.env import Environment
     from dooly.profile.grid import GridLimits
-    from dooly.profile.sweep import Runners
+    from dooly.profile.sweep_units import Runners
     env = Environment("cpu0", "cpu", "transformers", "0", "sdpa", "float32", cache="cold")
     rs = Runners(env, GridLimits())
     rs.prepare(LINEAR, {"T": 8})()

@@ -21,7 +21,8 @@ from dooly.db import Store  # noqa: E402
 from dooly.graph.units import Entry, Inventory  # noqa: E402
 from dooly.profile.grid import GridLimits  # noqa: E402
 from dooly.profile.ray_sweep import ray_sweep  # noqa: E402
-from dooly.profile.sweep import grid_for, sweep  # noqa: E402
+from dooly.profile.sweep import sweep  # noqa: E402
+from dooly.profile.sweep_units import grid_for  # noqa: E402
 from dooly.symbolic.labels import DimLabel, Label  # noqa: E402
 from dooly.unit import TensorSig, Unit  # noqa: E402
 from test_db import T, linear_unit  # noqa: E402

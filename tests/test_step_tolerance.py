@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import dooly.profile.sweep as sw
+import dooly.profile.sweep_units as su
+from dooly.profile.sweep import SweepSummary
 from conftest import config
 from dooly.cli import main
 from dooly.db import Store
@@ -84,7 +85,7 @@ def fake_timer(monkeypatch):
     def measure(runners, timer, unit, point, env):
         ms = fake_ms(unit, point)
         return Measurement(unit.key, env.key, point, ms, ms, ms, ms, 0.0, 5)
-    monkeypatch.setattr(sw, "_measure", measure)
+    monkeypatch.setattr(su, "measure_point", measure)
 
 
 @pytest.mark.parametrize("step", [None, 0.5])
@@ -96,7 +97,7 @@ def test_a_sweep_with_a_step_tolerance_serves_a_sliver_the_3pct_rule_sweeps(tmp_
             s.add_unit(u)
         s.set_inventory("hash-m", "vllm", "m", {heavy.key: 1000, BENT.key: 1})
         policy = SweepPolicy(s, ENV.key, 3.0, True, False, step_tolerance_pct=step, engine="vllm")
-        job = sw._Job(s, ENV, LIM, None, None, sw.SweepSummary(ENV.key), None, policy)
+        job = su.SweepJob(s, ENV, LIM, None, None, SweepSummary(ENV.key), None, policy)
         for u in (heavy, BENT):
             assert job.unit(u.key, u)
         v = policy.verdicts[BENT.key]

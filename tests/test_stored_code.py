@@ -20,7 +20,7 @@ from conftest import ROOT, config
 from dooly.config import load_config
 from dooly.db import Store
 from dooly.env import Measurement
-from dooly.fit.gemm_family import rows_from_units
+from dooly.fit.gemm_rows import rows_from_units
 from dooly.symbolic.labels import DimLabel, Label
 from dooly.symbolic.symbols import MAX_EXPR_INT, evaluate, parse_request_expr
 from dooly.unit import TensorSig, Unit

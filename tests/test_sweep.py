@@ -57,18 +57,18 @@ def test_a_sweep_on_a_host_unlike_the_dbs_says_so(swept, tmp_path, capsys):
 def test_interrupted_sweep_resumes_to_the_same_rows(swept, tmp_path, monkeypatch):
     db_full, _ = swept
     db = str(tmp_path / "b.db")
-    import dooly.profile.sweep as sw
-    real, calls = sw._measure, {"n": 0}
+    import dooly.profile.sweep_units as su
+    real, calls = su.measure_point, {"n": 0}
 
     def flaky(*a, **k):
         calls["n"] += 1
         if calls["n"] == 25:
             raise KeyboardInterrupt  # Ctrl-C in the middle of the sweep
         return real(*a, **k)
-    monkeypatch.setattr(sw, "_measure", flaky)
+    monkeypatch.setattr(su, "measure_point", flaky)
     s = sweep(analyze([SMOL], "transformers"), db, lim=LIM)
     assert s.interrupted
-    monkeypatch.setattr(sw, "_measure", real)
+    monkeypatch.setattr(su, "measure_point", real)
     sweep(analyze([SMOL], "transformers"), db, lim=LIM)
     strip = lambda rows: sorted((k, p) for k, p, _ in rows)  # noqa: E731
     assert strip(_rows(db)) == strip(_rows(db_full))
@@ -171,9 +171,9 @@ def test_sigint_mid_sweep_then_rerun_matches_uninterrupted(swept, tmp_path):
 
 def test_second_pass_keeps_each_points_faster_median(tmp_path, monkeypatch):
     import dataclasses
-    import dooly.profile.sweep as sw
+    import dooly.profile.sweep_units as su
     db = str(tmp_path / "r.db")
-    real, seen = sw._measure, {}
+    real, seen = su.measure_point, {}
 
     def burst_then_quiet(runners, timer, unit, point, env):
         m = real(runners, timer, unit, point, env)
@@ -182,7 +182,7 @@ def test_second_pass_keeps_each_points_faster_median(tmp_path, monkeypatch):
         if m.status == "ok" and seen[k] == 1:   # another process held the cores
             return dataclasses.replace(m, median_ms=m.median_ms + 1000.0)
         return m
-    monkeypatch.setattr(sw, "_measure", burst_then_quiet)
+    monkeypatch.setattr(su, "measure_point", burst_then_quiet)
     s = sweep(analyze([SMOL], "transformers"), db, lim=LIM, recheck=True)
     assert s.points_rechecked_faster == s.points_measured > 0
     with Store.open(db) as st:

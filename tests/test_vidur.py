@@ -8,8 +8,8 @@ import pytest
 from dooly.errors import DoolyInputError
 from dooly.fit import fit_units, gemm_shape, rows_from_units
 from dooly.graph.family import family_key
-from dooly.interop.vidur_import import (VIDUR_MLP_OPS, attention_header, import_vidur, mlp_header, read_vidur_mlp,
-                         vidur_units, write_vidur_csv)
+from dooly.interop.vidur_format import VIDUR_MLP_OPS, attention_header, mlp_header, write_vidur_csv
+from dooly.interop.vidur_import import import_vidur, read_vidur_mlp, vidur_units
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vidur" / "a100" / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv"
 LLAMA2_7B = {"n_head": 32, "n_kv_head": 32, "n_embd": 4096, "n_expanded_embd": 11008,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dooly.errors import DoolyInputError, read_json
+from dooly.errors import DoolyInputError, quoted, read_json
 
 MAX_SEQS = 65536             # sequences in one batch: far above any engine's max_num_seqs
 MAX_LEN = 1 << 27            # a sequence's length when no model is given (config.py's bound)
@@ -34,7 +34,7 @@ def parse_batch(text: str, max_len: int | None = None) -> list[tuple[int, int]]:
         if total > MAX_SEQS:
             raise DoolyInputError("--batch", f"more than {MAX_SEQS:,} sequences in one batch")
         if q + c > limit:
-            raise DoolyInputError("--batch", f"{_short(item)}: a sequence of {q + c:,} tokens "
+            raise DoolyInputError("--batch", f"{quoted(item, 60)}: a sequence of {q + c:,} tokens "
                                   f"(query + context) is beyond the model's maximum length {limit:,}")
         counts.append((n, q, c))
     if not counts:
@@ -46,19 +46,19 @@ def parse_batch(text: str, max_len: int | None = None) -> list[tuple[int, int]]:
 def _item(item: str) -> tuple[int, int, int]:
     m = _ITEM.match(item)
     if not m:
-        raise DoolyInputError("--batch", f"cannot parse {_short(item)} (expected prefill:Q[xN][@C], "
+        raise DoolyInputError("--batch", f"cannot parse {quoted(item, 60)} (expected prefill:Q[xN][@C], "
                               "decode:N@C or @FILE.json)")
     if any(g is not None and len(g) > 18 for g in m.groups()[1:]):
-        raise DoolyInputError("--batch", f"{_short(item)}: a number with more than 18 digits")
+        raise DoolyInputError("--batch", f"{quoted(item, 60)}: a number with more than 18 digits")
     kind, a, n, c = m.group(1), int(m.group(2)), m.group(3), int(m.group(4) or 0)
     if kind == "decode":
         if n:
-            raise DoolyInputError("--batch", f"{_short(item)}: decode takes N@C, not x")
+            raise DoolyInputError("--batch", f"{quoted(item, 60)}: decode takes N@C, not x")
         n, q = a, 1
     else:
         n, q = int(n or 1), a
     if n < 1 or q < 1:
-        raise DoolyInputError("--batch", f"{_short(item)}: needs at least one sequence with "
+        raise DoolyInputError("--batch", f"{quoted(item, 60)}: needs at least one sequence with "
                               "query length >= 1")
     return n, q, c
 
@@ -79,14 +79,9 @@ def _from_file(path: Path, limit: int) -> list[tuple[int, int]]:
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in s)
                 or s[0] < 1 or s[1] < 0):
             raise DoolyInputError(path, f"item {i} must be [query>=1, context>=0] integers, "
-                                  f"got {_short(s)}", "seqs")
+                                  f"got {quoted(s, 60)}", "seqs")
         if s[0] + s[1] > limit:
             raise DoolyInputError(path, f"item {i}: a sequence of {s[0] + s[1]:,} tokens is beyond "
                                   f"the model's maximum length {limit:,}", "seqs")
         out.append((s[0], s[1]))
     return out
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

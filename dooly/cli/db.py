@@ -231,7 +231,8 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_import_vidur(args) -> int:
-    from dooly.interop.vidur_import import DEVICE_DIRS, read_vidur_dir, store_vidur
+    from dooly.interop.vidur_format import DEVICE_DIRS
+    from dooly.interop.vidur_import import read_vidur_dir, store_vidur
     # every CSV is read and checked before the DB is opened: a bad one creates nothing
     parsed = read_vidur_dir(args.dir, args.tp, DEVICE_DIRS.get(args.device or ""))
     with Store.open(args.db) as store:

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dooly.env import Measurement
-from dooly.fit.gemm_family import (GemmFamily, GemmRow, rows_fingerprint, rows_from_units,
-                                   shape_holdout_error)
+from dooly.fit.gemm_family import GemmFamily, rows_fingerprint, shape_holdout_error
+from dooly.fit.gemm_rows import GemmRow, rows_from_units
 from dooly.fit.select import FittedUnitModel, fit_units
 from dooly.unit import Unit
 

@@ -5,11 +5,11 @@ Dooly DB can stand in for Vidur's GPU profiling (data/profiling/compute/<dev>/<m
     res = export_vidur("config.json", "latency.db", "out/")   # -> VidurExport
 
 What is written
-  * mlp.csv: `dooly.interop.vidur_import.mlp_header()` verbatim; one row per num_tokens of Vidur's
+  * mlp.csv: `dooly.interop.vidur_format.mlp_header()` verbatim; one row per num_tokens of Vidur's
     grid (`vidur_token_grid`: [1,2,4] + 8..1016 s8, 1024..2048 s16, 2048..4096 s32, ...,
     capped at max_tokens), num_tensor_parallel_workers = 1. Rows ascending in num_tokens
     (Vidur writes them descending; it reads them order-free).
-  * attention.csv: `dooly.interop.vidur_import.attention_header()` verbatim. Rows on Vidur's attention
+  * attention.csv: `dooly.interop.vidur_format.attention_header()` verbatim. Rows on Vidur's attention
     grid (`vidur_attention_grid`): chunked prefill (batch 1, chunk in Vidur's chunk grid
     64..max_model_len, kv_cache_size = 0, chunk, 2*chunk, ... with chunk+kv <= max_model_len),
     full prefill (batch 1, length in Vidur's sequence grid, kv 0), and decode
@@ -36,7 +36,7 @@ import numpy as np
 
 from dooly.errors import DoolyInputError
 from dooly.interop.vidur_grid import vidur_attention_grid, vidur_token_grid
-from dooly.interop.vidur_import import (STATS, VIDUR_ATTENTION_OPS, VIDUR_MLP_OPS, attention_header, mlp_header,
+from dooly.interop.vidur_format import (STATS, VIDUR_ATTENTION_OPS, VIDUR_MLP_OPS, attention_header, mlp_header,
                                         write_vidur_csv)
 from dooly.interop.vidur_ops import ModelDims, OpSource, map_units, model_dims
 

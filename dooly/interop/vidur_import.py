@@ -34,72 +34,24 @@ Environment, the canonical Units of its ops, one Measurement per (row, op).
     (`read_vidur_dir`: a binary or non-UTF-8 file is a one-line error), then stores
     them (`store_vidur`), so a bad file leaves the store untouched.
 
-Export helpers: `VIDUR_MLP_OPS`, `VIDUR_ATTENTION_OPS`, `mlp_header()`,
-`attention_header()` (Vidur's column order) and `write_vidur_csv(path, header, rows)`.
+Vidur's file layout (its op names, column order and CSV writer) is in
+dooly.interop.vidur_format, shared with the exporters.
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from dooly.env import Environment, Measurement
-from dooly.errors import DoolyInputError
+from dooly.errors import DoolyInputError, quoted
+from dooly.interop.vidur_format import (DEVICE_DIRS, DTYPE, MLP_CONFIG_COLUMNS, STATS, VIDUR_MLP_OPS,
+                                        time_columns)
 from dooly.symbolic.labels import DimLabel, Label
 from dooly.unit import TensorSig, Unit, linear_unit
 
-VIDUR_MLP_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
-                 "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
-VIDUR_GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
-VIDUR_ATTENTION_OPS = ("attn_input_reshape", "attn_decode", "attn_output_reshape", "attn_prefill",
-                       "attn_kv_cache_save")
-STATS = ("min", "max", "mean", "median", "std")
-MLP_CONFIG_COLUMNS = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp",
-                      "num_tokens", "num_tensor_parallel_workers")
-ATTENTION_CONFIG_COLUMNS = ("n_embd", "n_q_head", "n_kv_head", "block_size", "num_tensor_parallel_workers",
-                            "max_model_len", "batch_size", "prefill_chunk_size", "kv_cache_size",
-                            "is_prefill", "attention_backend")
-DEVICE_DIRS = {"a100": "NVIDIA A100", "a40": "NVIDIA A40", "h100": "NVIDIA H100"}
-DTYPE = "float16"
-
-
-def _time_columns(ops: Iterable[str]) -> list[str]:
-    return [f"time_stats.{op}.{s}" for op in ops for s in STATS]
-
-
-def mlp_header() -> list[str]:
-    return _time_columns(VIDUR_MLP_OPS) + list(MLP_CONFIG_COLUMNS)
-
-
-def attention_header() -> list[str]:
-    return _time_columns(VIDUR_ATTENTION_OPS) + list(ATTENTION_CONFIG_COLUMNS)
-
-
-def write_vidur_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable) -> Path:
-    """Write rows (dicts keyed by column, missing -> "", or sequences in header order)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = list(header)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for i, row in enumerate(rows):
-            if isinstance(row, Mapping):
-                unknown = set(row) - set(header)
-                if unknown:
-                    raise ValueError(f"rows[{i}]: columns not in the header: {sorted(unknown)}")
-                w.writerow(["" if row.get(c) is None else row.get(c) for c in header])
-            else:
-                row = list(row)
-                if len(row) != len(header):
-                    raise ValueError(f"rows[{i}]: {len(row)} values for {len(header)} columns")
-                w.writerow(row)
-    return path
-
-
-# ---------------------------------------------------------------- import
 
 def _T() -> DimLabel:
     return DimLabel("T", Label.REQUEST)
@@ -227,10 +179,10 @@ def _read_mlp_rows(path: Path, f) -> tuple[list[str], list[dict]]:
             raise DoolyInputError(path, "missing column", field=col)
     # An op a model lacks has no columns at all (phi-2: no post_attention_layernorm);
     # an op with some of its columns must have all five.
-    ops = [op for op in VIDUR_MLP_OPS if any(c in header for c in _time_columns([op]))]
+    ops = [op for op in VIDUR_MLP_OPS if any(c in header for c in time_columns([op]))]
     if not ops:
-        raise DoolyInputError(path, "missing column", field=_time_columns(VIDUR_MLP_OPS[:1])[0])
-    for col in _time_columns(ops):
+        raise DoolyInputError(path, "missing column", field=time_columns(VIDUR_MLP_OPS[:1])[0])
+    for col in time_columns(ops):
         if col not in header:
             raise DoolyInputError(path, "missing column", field=col)
     return ops, list(reader)
@@ -248,7 +200,7 @@ def _mlp_data(path: Path, env: Environment, ops: list[str], rows: list[dict], tp
             try:
                 return cast(v) if cast is not bool else _bool(v)
             except (TypeError, ValueError):
-                raise DoolyInputError(path, f"line {lineno}: not a {cast.__name__}: {_short(v)}",
+                raise DoolyInputError(path, f"line {lineno}: not a {cast.__name__}: {quoted(v)}",
                                       field=col) from None
         if num("num_tensor_parallel_workers", int) != tp:
             continue
@@ -275,11 +227,6 @@ def _mlp_data(path: Path, env: Environment, ops: list[str], rows: list[dict], tp
                                             mean_ms=st["mean"], std_ms=st["std"], samples=0,
                                             timestamp=stamp))
     return env, list(units.values()), measurements
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def find_vidur_mlp(root: str | os.PathLike) -> list[Path]:

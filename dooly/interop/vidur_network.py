@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dooly.interop.vidur_import import STATS, write_vidur_csv
+from dooly.interop.vidur_format import STATS, write_vidur_csv
 
 COLUMNS = ("rank", "num_workers", "size", "collective", "devices_per_node", "max_devices_per_node")
 BYTES_PER_ELEMENT = 2   # Vidur's own size -> tokens rule

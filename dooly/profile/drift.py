@@ -124,7 +124,7 @@ def measure_drift(store, env, units: dict, counts: dict[str, int], log=None) -> 
     """Re-time the model's anchor points now (dooly.profile.sweep's runners and timer, in
     this process: `env` must be this host's) and summarize; None without anchors."""
     from dooly.profile.grid import GridLimits
-    from dooly.profile.sweep import Runners
+    from dooly.profile.sweep_units import Runners
     from dooly.profile.timing import timer_for
     pairs = anchors(store, env.key, units, counts)
     if not pairs:

@@ -23,7 +23,8 @@ from dooly.db.leases import LEASE_S, lease_owner
 from dooly.env import Environment, Measurement
 from dooly.profile.grid import GridLimits
 from dooly.profile.ray_cluster import Worker, connect, start_workers
-from dooly.profile.sweep import POLL_S, SweepSummary, grid_for
+from dooly.profile.sweep import POLL_S, SweepSummary
+from dooly.profile.sweep_units import grid_for
 from dooly.unit import COLLECTIVE_OPS, Unit
 
 

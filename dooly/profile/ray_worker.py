@@ -87,7 +87,7 @@ class SweepWorker:
         import torch
 
         from dooly.profile.grid import GridLimits
-        from dooly.profile.sweep import Runners
+        from dooly.profile.sweep_units import Runners
         from dooly.profile.timing import timer_for
         if self.env.device_kind == "cpu":
             self.cores, self._locks = reserve_cores(self.env.threads)
@@ -100,9 +100,9 @@ class SweepWorker:
         """Each point's measurement as a plain dict, yielded as soon as it is taken (a
         failing point is a failed measurement with its reason, as in `sweep`)."""
         from dooly.db.check import unit_from_row
-        from dooly.profile.sweep import _measure
+        from dooly.profile.sweep_units import measure_point
         import json
         # the unit is rebuilt from its data, its dims parsed by the bounded parser
         unit = unit_from_row(unit_json["key"], unit_json["op"], json.dumps(unit_json), strict=True)
         for point in points:
-            yield dataclasses.asdict(_measure(self.runners, self.timer, unit, point, self.env))
+            yield dataclasses.asdict(measure_point(self.runners, self.timer, unit, point, self.env))

@@ -1,5 +1,6 @@
 """Workloads for the serving simulator: requests with an arrival time and token lengths,
-read from ShareGPT JSON or CSV traces, or drawn synthetically, with seeded arrivals.
+read from ShareGPT JSON or CSV traces (dooly.sim.trace_files), or drawn synthetically, with
+seeded arrivals.
 
 Requests pass vLLM's admission rules before they reach the scheduler (`admit`): vLLM
 rejects an empty prompt, max_tokens < 1 and a prompt that leaves no room for one output
@@ -7,8 +8,6 @@ token within max_model_len (the server answers 400), and stops an output at
 max_model_len. Rejected requests are counted and listed, never simulated."""
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from dooly.errors import DoolyInputError
+from dooly.sim.trace_files import MAX_LENGTH, load_sharegpt, load_trace_csv
 
-# ShareGPT text is not tokenized here; ~1.3 tokens per whitespace word is the usual
-# rule of thumb for BPE tokenizers on English chat text.
-TOKENS_PER_WORD = 1.3
 # Per run: 100,000 requests (128-token outputs, 20 req/s) took 100 s and 1.3 GB here;
 # memory grows with every token's time, so 10**9 would never end.
 MAX_REQUESTS = 200_000
-MAX_LENGTH = 1 << 27       # tokens: config.py's bound on any model's length
 MAX_SIGMA = 10.0           # lognormal: exp(10) already spans 22,000x
 ARRIVALS = ("poisson", "gamma", "trace")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal")
@@ -158,105 +154,6 @@ def arrival_times(n: int, rate: float, kind: str, cv: float,
         shape = 1.0 / cv ** 2
         gaps = rng.gamma(shape, 1.0 / (rate * shape), size=n)
     return np.concatenate(([0.0], np.cumsum(gaps[:-1])))
-
-
-def _length(path: Path, raw: object, field: str, where: str) -> int:
-    """A token count from a file: a non-negative integer (12 and 12.0 are fine, 12.5 not)."""
-    try:
-        value = float(raw)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past 1e308
-        raise DoolyInputError(path, f"{where}: not a number: {_short(raw)}", field=field) from None
-    if isinstance(raw, bool) or not value.is_integer():
-        raise DoolyInputError(path, f"{where}: not an integer: {_short(raw)}", field=field)
-    if value < 0:
-        raise DoolyInputError(path, f"{where}: negative length {_short(raw)}", field=field)
-    return int(min(value, 2 * MAX_LENGTH))  # any longer is as impossible a request
-
-
-def _short(raw: object) -> str:
-    text = repr(raw)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def load_sharegpt(path: str | Path) -> list[tuple[int, int]]:
-    """(prompt_len, output_len) per conversation: the first human turn and the reply that
-    follows it. Entries with explicit integer `prompt_len`/`output_len` keys use those."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DoolyInputError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DoolyInputError(path, f"cannot read: {err}") from None
-    except json.JSONDecodeError as err:
-        raise DoolyInputError(path, f"invalid JSON at line {err.lineno}: {err.msg}") from None
-    except (ValueError, RecursionError) as err:  # a 5,000-digit number, deep nesting
-        raise DoolyInputError(path, f"invalid JSON: {str(err)[:80]}") from None
-    if not isinstance(data, list):
-        raise DoolyInputError(path, "expected a JSON list of conversations")
-    out = []
-    for i, entry in enumerate(data):
-        where = f"entry {i}"
-        if not isinstance(entry, dict):
-            raise DoolyInputError(path, f"{where}: expected an object")
-        if "prompt_len" in entry or "output_len" in entry:
-            for key in ("prompt_len", "output_len"):
-                if key not in entry:
-                    raise DoolyInputError(path, f"{where}: missing", field=key)
-            out.append((_length(path, entry["prompt_len"], "prompt_len", where),
-                        _length(path, entry["output_len"], "output_len", where)))
-            continue
-        turns = entry.get("conversations")
-        if not isinstance(turns, list):
-            raise DoolyInputError(path, f"{where}: missing or not a list", field="conversations")
-        texts = []
-        for turn in turns:
-            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-                raise DoolyInputError(path, f"{where}: turn without a string 'value'",
-                                      field="conversations")
-            texts.append(turn["value"])
-        if len(texts) < 2:  # no reply to measure, as vLLM's ShareGPT sampler skips them
-            continue
-        out.append(tuple(int(len(t.split()) * TOKENS_PER_WORD + 0.5) for t in texts[:2]))
-    return out
-
-
-def load_trace_csv(path: str | Path, limit: int | None = None) -> list[tuple[float | None, int, int]]:
-    """(arrived_at or None, prefill, decode) per row; `arrived_at` is optional. Reads at
-    most `limit` rows."""
-    path = Path(path)
-    try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            for col in ("num_prefill_tokens", "num_decode_tokens"):
-                if col not in header:
-                    raise DoolyInputError(path, f"missing column (header: {_short(header)})", field=col)
-            timed = "arrived_at" in header
-            rows = []
-            for line, row in enumerate(reader, start=2):
-                if limit is not None and len(rows) >= limit:
-                    break
-                rows.append(_trace_row(path, row, f"row {line}", timed))
-    except FileNotFoundError:
-        raise DoolyInputError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DoolyInputError(path, f"cannot read: {err}") from None
-    return rows
-
-
-def _trace_row(path: Path, row: dict, where: str, timed: bool) -> tuple[float | None, int, int]:
-    t = None
-    if timed:
-        try:
-            t = float(row["arrived_at"])
-        except (TypeError, ValueError):
-            t = math.nan
-        if not math.isfinite(t) or t < 0:
-            raise DoolyInputError(path, f"{where}: bad time {_short(row['arrived_at'])}",
-                                  field="arrived_at")
-    return (t, _length(path, row["num_prefill_tokens"], "num_prefill_tokens", where),
-            _length(path, row["num_decode_tokens"], "num_decode_tokens", where))
 
 
 def _file_lengths(spec: WorkloadSpec) -> tuple[list[tuple[int, int]], np.ndarray | None]:
