@@ -194,14 +194,14 @@ def test_db_commands_read_either_backend(any_db, tmp_path, capsys):
 
 def test_a_sweep_job_fills_either_backend(any_db):
     from test_sweep_leases import LIM, job
-    from dooly.profile import sweep as sw
+    from dooly.profile.sweep_units import grid_for
     unit, env = linear_unit(), make_env()
     with Store.open(any_db) as s:
         s.add_environment(env)
         s.add_unit(unit)
         j = job(s, env)
         assert j.unit(unit.key, unit) is True
-        assert len(s.points(unit.key, env.key)) == len(sw.grid_for(unit, LIM))
+        assert len(s.points(unit.key, env.key)) == len(grid_for(unit, LIM))
         assert s.lease(unit.key, env.key) is None
 
 

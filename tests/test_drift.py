@@ -2,7 +2,7 @@
 sweep's own points, re-timed now, and scales predictions by step size."""
 import pytest
 
-import dooly.profile.sweep as sw
+import dooly.profile.sweep_units as su
 import dooly.profile.timing as timing
 from dooly.db import Store
 from dooly.env import Measurement
@@ -77,7 +77,7 @@ def test_measured_drift_is_the_ratio_now_over_stored_per_anchor(tmp_path, monkey
 
         def prepare(self, unit, point):
             return point["T"]
-    monkeypatch.setattr(sw, "Runners", FakeRunners)
+    monkeypatch.setattr(su, "Runners", FakeRunners)
     monkeypatch.setattr(timing, "timer_for", lambda device: lambda t: Stats(t * slower[t], 0, 0, 0, 0, 9, 0))
     with _store(tmp_path, [big], lambda u, t: float(t)) as s:
         d = measure_drift(s, ENV, {big.key: big}, {big.key: 16})

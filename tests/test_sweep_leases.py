@@ -13,7 +13,8 @@ import pytest
 
 from conftest import ROOT, config
 from dooly.db import Store
-from dooly.profile import sweep as sw
+from dooly.profile import sweep_units as su
+from dooly.profile.sweep import SweepSummary
 from dooly.profile.grid import GridLimits
 from test_db import linear_unit, make_env
 
@@ -37,7 +38,7 @@ def fake_timer(fn):
 
 
 def job(store, env):
-    return sw._Job(store, env, LIM, FakeRunners(), fake_timer, sw.SweepSummary(env.key))
+    return su.SweepJob(store, env, LIM, FakeRunners(), fake_timer, SweepSummary(env.key))
 
 
 def test_a_unit_held_by_a_live_sweeper_is_left_to_it_then_found_done(tmp_path):
@@ -52,7 +53,7 @@ def test_a_unit_held_by_a_live_sweeper_is_left_to_it_then_found_done(tmp_path):
         s.release(unit.key, env.key, "other-host:1")
         assert other.unit(unit.key, unit) is True
         n = other.runners.calls
-        assert n == len(sw.grid_for(unit, LIM)) > 0
+        assert n == len(su.grid_for(unit, LIM)) > 0
         assert j.unit(unit.key, unit, waited=True) is True   # ...so this one has nothing left
         assert j.runners.calls == 0 and j.summary.units_by_others == [unit.key]
         assert s.lease(unit.key, env.key) is None
@@ -66,14 +67,14 @@ def test_a_lapsed_claim_is_taken_over_and_measured(tmp_path):
         assert s.claim(unit.key, env.key, "crashed-host:1", ttl_s=-1)
         j = job(s, env)
         assert j.unit(unit.key, unit) is True
-        assert j.runners.calls == len(sw.grid_for(unit, LIM))
+        assert j.runners.calls == len(su.grid_for(unit, LIM))
         assert j.summary.units_measured == [unit.key]
         assert s.lease(unit.key, env.key) is None   # released when done
 
 
 def test_a_sweeper_that_loses_its_lease_stops_measuring_that_unit(tmp_path, monkeypatch):
     unit, env = linear_unit(), make_env()
-    monkeypatch.setattr(sw, "LEASE_S", 0.0)        # renew before every point
+    monkeypatch.setattr(su, "LEASE_S", 0.0)        # renew before every point
     with Store.open(tmp_path / "m.db") as s:
         s.add_environment(env)
         s.add_unit(unit)
