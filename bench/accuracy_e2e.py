@@ -202,6 +202,14 @@ class Oracle:
         return max(float(sum(c * f for c, f in zip(self.coef, _step_features(batch)))), 0.1)
 
 
+def spread_pct(runs: list[dict], p: str) -> float | None:
+    """Real vs real at one percentile: the largest difference between any two runs' values
+    (`err_pct` of one against the other); None with one run."""
+    if len(runs) < 2:
+        return None
+    return max(err_pct(a[p], b[p]) for i, a in enumerate(runs) for b in runs[i + 1:])
+
+
 def score_load(reqs, real_runs: list[dict], pred) -> dict:
     """One model at one load: sim vs each real run, and real vs real."""
     settings = real_runs[0]["settings"]
@@ -215,8 +223,7 @@ def score_load(reqs, real_runs: list[dict], pred) -> dict:
             fig[f"{metric}_{p}_real_ms"] = statistics.fmean(r[p] for r in rs)
             fig[f"{metric}_{p}_sim_ms"] = s[p]
             fig[f"{metric}_{p}_err_pct"] = statistics.fmean(err_pct(s[p], r[p]) for r in rs)
-            fig[f"{metric}_{p}_noise_pct"] = (max(err_pct(a[p], b[p]) for i, a in enumerate(rs) for b in rs[i + 1:])
-                                              if len(rs) > 1 else None)
+            fig[f"{metric}_{p}_noise_pct"] = spread_pct(rs, p)
         fig[f"{metric}_mape_pct"] = statistics.fmean(fig[f"{metric}_{p}_err_pct"] for p in PCTS)
         noise = [fig[f"{metric}_{p}_noise_pct"] for p in PCTS]
         fig[f"noise_{metric}_mape_pct"] = statistics.fmean(noise) if None not in noise else None

@@ -34,8 +34,8 @@ import flatjson  # noqa: E402
 from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bad_input, bench_env,  # noqa: E402
                             bracket_drift, items, keep, mape, model_out_predictor, noise_pct, prepare_db,
                             recheck, save_raw, saved_drift, use_db_env)
-from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, err_pct, pct,  # noqa: E402
-                          real_latencies, sim_latencies, workload)
+from accuracy_e2e import (DEFAULT_TRACE, PCTS, SERVING, as_jobs, capacity, pct,  # noqa: E402
+                          real_latencies, sim_latencies, spread_pct, workload)
 
 # three, so that each model's TP=N steps are predicted from a pool of two TP=N calibrations
 # (bench/results/2026-12-06c: TP=2 within 8% per set in both runs of three models)
@@ -199,9 +199,8 @@ def score_serve(loads: dict, runs: list[dict], pred, kv_blocks: int) -> dict:
                 100 * abs(fig[f"{ld}.{metric}_{p}_sim_ms"] / fig[f"{ld}.{metric}_{p}_real_ms"] - 1) for p in PCTS)
             # real vs real, as accuracy_e2e states it: the runs' largest difference per
             # percentile, averaged over p50, p90, p99 (None with one run)
-            fig[f"{ld}.{metric}_noise_pct"] = (statistics.fmean(
-                max(err_pct(a[p], b[p]) for i, a in enumerate(rs) for b in rs[i + 1:]) for p in PCTS)
-                if len(rs) > 1 else None)
+            fig[f"{ld}.{metric}_noise_pct"] = (statistics.fmean(spread_pct(rs, p) for p in PCTS)
+                                               if len(rs) > 1 else None)
         outs = [r.output_len for r in reqs]
         e2e = lambda lat: statistics.fmean(t + (o - 1) * d for t, d, o in zip(  # noqa: E731
             lat["ttft"], lat["tpot"] + [0.0] * len(outs), outs))
