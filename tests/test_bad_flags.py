@@ -3,6 +3,7 @@ never silently a default and never argparse's usage block; lengths beyond the mo
 max_position_embeddings name both numbers. `--verbose` alone lets library logs out."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -104,6 +105,28 @@ def test_simulate_refuses_to_write_over_a_file_or_into_a_directory(tmp_path, cap
     afile.write_text("keep")
     run_bad(capsys, _argv(tmp_path, "simulate", "--out", afile), ("--out", str(afile)), tmp_path)
     run_bad(capsys, _argv(tmp_path, "simulate", "--json", tmp_path), ("--json",), tmp_path)
+
+
+@pytest.mark.parametrize("command", ["sweep", "predict", "analyze", "fit"])
+def test_an_output_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, command):
+    # checked when the flags are read: a sweep of an hour must not end on an unwritable path
+    argv = _argv(tmp_path, command) if command != "fit" else ["fit", "--db", tmp_path / "new.db"]
+    if command == "predict":
+        argv += ["--batch", "prefill:8"]
+    run_bad(capsys, [*argv, "--json", tmp_path], ("--json", "a folder"), tmp_path)
+    (tmp_path / "afile").write_text("keep")
+    run_bad(capsys, [*argv, "--json", tmp_path / "afile" / "out.json"], ("--json", "not a folder"), tmp_path)
+
+
+def test_db_export_names_an_out_path_it_cannot_write(tmp_path, capsys):
+    from dooly.db import Store
+    db = tmp_path / "a.db"
+    Store.open(db).close()
+    (tmp_path / "afile").write_text("keep")
+    for out, words in ((tmp_path, "a folder"), (tmp_path / "afile" / "x.json", "not a folder")):
+        run_bad(capsys, ["db", "export", "--db", db, "--out", out], ("--out", words), tmp_path)
+    assert main(["db", "export", "--db", str(db), "--out", str(tmp_path / "new" / "x.json")]) == 0
+    assert json.loads((tmp_path / "new" / "x.json").read_text())["schema_version"]
 
 
 def test_verbose_is_accepted_before_and_after_the_command(tmp_path, capsys):

@@ -3,11 +3,9 @@ and how much profiling other models already cover."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 
-from dooly.cli.flags import MAX_TP, TP_HELP, int_range
-from dooly.errors import DoolyInputError
+from dooly.cli.flags import MAX_TP, TP_HELP, dump_json, int_range, out_file
 
 
 def register(sub) -> None:
@@ -15,7 +13,7 @@ def register(sub) -> None:
     p.add_argument("configs", nargs="+", help="HF config.json files")
     p.add_argument("--engine", choices=["transformers", "vllm"], default=None,
                    help="default: vllm when installed, else transformers")
-    p.add_argument("--json", dest="json_path", help="write the analysis as JSON here")
+    p.add_argument("--json", dest="json_path", type=out_file, help="write the analysis as JSON here")
     p.add_argument("--hardware", choices=["h100", "a100", "cpu"], default="h100",
                    help="device for the profiling-cost estimate")
     p.add_argument("--db", help="an existing latency DB: record the models' inventories in it, "
@@ -50,10 +48,6 @@ def run(args) -> int:
     if plan is not None:
         out["plan"] = plan
     if args.json_path:
-        try:
-            with open(args.json_path, "w") as f:
-                json.dump(out, f, indent=1, default=str)
-        except OSError as err:
-            raise DoolyInputError(args.json_path, f"cannot write ({err.strerror})") from None
+        dump_json(args.json_path, out, "--json", indent=1, default=str)
     print_analysis(analysis, reuse, plan, quiet=args.quiet, seconds=time.perf_counter() - t0)
     return 2 if analysis.failed else 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from dooly.cli.flags import int_range
+from dooly.cli.flags import int_range, out_file_problem
 from dooly.db import Store, postgres
 from dooly.db.merge import db_identity
 from dooly.errors import DoolyInputError
@@ -97,6 +97,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
+    problem = out_file_problem(Path(args.out)) if args.format == "json" else None
+    if problem:
+        raise DoolyInputError(args.out, problem, "--out")
     with Store.open(args.db, readonly=True) as store:
         if args.format == "parquet":
             from dooly.db.parquet import export_parquet
@@ -104,7 +107,11 @@ def cmd_export(args) -> int:
             rows = ", ".join(f"{t} {e['rows']}" for t, e in prov["tables"].items())
             print(f"wrote {args.out}: {rows} rows (schema version {prov['schema_version']})")
             return 0
-        store.export_json(args.out)
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            store.export_json(args.out)
+        except OSError as err:
+            raise DoolyInputError(args.out, f"cannot write ({err.strerror or err})", "--out") from None
     print(f"wrote {args.out}")
     return 0
 

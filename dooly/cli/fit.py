@@ -1,11 +1,12 @@
 """`dooly fit` and `dooly predict`."""
 from __future__ import annotations
 
-import json
 import sys
 
 from rich.console import Console
 from rich.table import Table
+
+from dooly.cli.flags import dump_json, out_file
 
 
 def register(sub) -> None:
@@ -13,7 +14,7 @@ def register(sub) -> None:
                                    "print CV MAPE")
     p.add_argument("--db", required=True)
     p.add_argument("--env", default=None, help="environment key (default: every environment)")
-    p.add_argument("--json", dest="json_path")
+    p.add_argument("--json", dest="json_path", type=out_file)
     p.set_defaults(func=run_fit)
     p = sub.add_parser("predict", help="forward-step latency of one batch, with a per-unit breakdown")
     p.add_argument("config")
@@ -26,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--env", default=None, help="environment key (default: the engine's best-covered)")
     p.add_argument("--routing", type=routing, default="balanced", help=ROUTING_HELP)
     p.add_argument("--recheck-host", action="store_true", help=RECHECK_HELP)
-    p.add_argument("--json", dest="json_path")
+    p.add_argument("--json", dest="json_path", type=out_file)
     p.set_defaults(func=run_predict)
 
 
@@ -50,8 +51,8 @@ def run_fit(args) -> int:
     _print_fits(rows, families)
     unit_families = _family_rows(fams)
     if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump({"units": rows, "gemm_family": families, "unit_families": unit_families}, f, indent=1)
+        dump_json(args.json_path, {"units": rows, "gemm_family": families,
+                                   "unit_families": unit_families}, "--json", indent=1)
     return 0
 
 
@@ -141,11 +142,11 @@ def run_predict(args) -> int:
                   f"{100 * ms / res.units_ms:.1f}" if res.units_ms else "-")
     Console().print(t)
     if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump({"units_ms": res.units_ms, "engine_ms": res.engine_ms, "step_ms": res.step_ms,
-                       "breakdown": res.breakdown, "env": pred.env.key, "refitted": pred.refitted,
-                       "step_model": pred.step_model_source, "tp": pred.tp,
-                       "expected_error_pct": err_pct, "expected_error_source": err_source,
-                       "collective_env": pred.collective_env.key if pred.collective_env else None,
-                       "drift": pred.drift.to_json() if pred.drift else None}, f)
+        dump_json(args.json_path, {
+            "units_ms": res.units_ms, "engine_ms": res.engine_ms, "step_ms": res.step_ms,
+            "breakdown": res.breakdown, "env": pred.env.key, "refitted": pred.refitted,
+            "step_model": pred.step_model_source, "tp": pred.tp,
+            "expected_error_pct": err_pct, "expected_error_source": err_source,
+            "collective_env": pred.collective_env.key if pred.collective_env else None,
+            "drift": pred.drift.to_json() if pred.drift else None}, "--json")
     return 0

@@ -5,8 +5,11 @@ are checked by the command once the config is read (`ModelConfig.check_length`).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
+from pathlib import Path
 
 MAX_THREADS = 4096      # torch would try to start them all
 MAX_DIGITS = 18         # longer is never a count; int() of 5,000 digits is itself slow
@@ -58,6 +61,40 @@ def routing(text: str) -> str:
         return parse_routing(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'balanced' or 'skew:S' with S > 0, got {_quote(text)}") from None
+
+
+def out_file_problem(path: Path) -> str | None:
+    """Why a command could not write the file `path` when it ends, or None. Missing
+    folders are made when it writes; a file standing where a folder must be is refused."""
+    if path.is_dir():
+        return "a folder, expected a file"
+    above = next((p for p in path.parents if p.exists()), Path("."))
+    if not above.is_dir():
+        return f"{_quote(str(above))} is a file, not a folder"
+    return None
+
+
+def out_file(text: str) -> Path:
+    """An argparse type: a file the command writes when it ends, checked before any work
+    (a sweep of an hour must not end on a path it cannot write)."""
+    problem = out_file_problem(Path(text))
+    if problem:
+        raise argparse.ArgumentTypeError(f"{_quote(text)}: {problem}")
+    return Path(text)
+
+
+def dump_json(path: str | os.PathLike, obj, flag: str, **kw) -> None:
+    """Write `obj` as JSON to `path` whole or not at all (a temporary file, then renamed);
+    an OSError becomes the one-line DoolyInputError naming the file and `flag`."""
+    from dooly.errors import DoolyInputError
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(obj, **kw))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DoolyInputError(path, f"cannot write ({err.strerror or err})", flag) from None
 
 
 def _quote(text: str) -> str:

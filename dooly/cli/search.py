@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from dooly.cli.flags import int_range, positive_float
+from dooly.cli.flags import int_range, out_file, positive_float
 from dooly.cli.sim import _length, served_workload
 from dooly.errors import DoolyInputError
 
@@ -85,7 +85,7 @@ def register(subparsers) -> None:
                        help="fixed for every candidate unless varied (default: dooly simulate's)")
     p.add_argument("--out", type=Path, help="directory for search.json, pareto.png, curves.png, "
                    "probes.csv, deploy.sh")
-    p.add_argument("--json", type=Path, help="write the ranked candidates as JSON here")
+    p.add_argument("--json", type=out_file, help="write the ranked candidates as JSON here")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--step-model", type=_stand_in, help=argparse.SUPPRESS)  # testing aid
     p.set_defaults(func=run)
@@ -187,10 +187,8 @@ def _check_kv(cands, requests, args) -> None:
 def run(args) -> int:
     from dooly.search import DbSource, SearchSpec
     from dooly.sim.scheduler import SchedulerConfig
-    for path, flag in ((args.out, "--out"), (args.json, "--json")):
-        if path is not None and path.exists() and (path.is_dir() != (flag == "--out")):
-            raise DoolyInputError(path, "is a directory" if flag == "--json" else
-                                  "exists and is not a directory", flag)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise DoolyInputError(args.out, "exists and is not a directory", "--out")
     cfgs = _models(args)
     wl = _workload(args)
     cands, backends = _candidates(args, cfgs, wl.requests)

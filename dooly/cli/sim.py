@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from dooly.cli.flags import int_range, positive_float
+from dooly.cli.flags import int_range, out_file, positive_float
 from dooly.errors import DoolyInputError
 
 
@@ -94,7 +94,7 @@ def register(subparsers) -> None:
                         "allocates them, N devices holding N times one's under --tp N")
     p.add_argument("--long-prefill-token-threshold", type=int_range(0), default=0)
     p.add_argument("--out", type=Path, help="directory for summary.json, requests.csv, cdf.png")
-    p.add_argument("--json", type=Path, help="write the summary as JSON here")
+    p.add_argument("--json", type=out_file, help="write the summary as JSON here")
     p.add_argument("--intervals", type=int_range(0, 1000), default=0, metavar="N",
                    help="also N runs with step times drawn within the predictor's stated error: "
                         "each metric with its 90%% band")
@@ -147,8 +147,6 @@ def run(args) -> int:
     _check_tp_flags(args, cfg)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise DoolyInputError(args.out, "exists and is not a directory", "--out")
-    if args.json is not None and args.json.is_dir():
-        raise DoolyInputError(args.json, "is a directory", "--json")
     arrival = args.arrival or ("poisson" if args.rate is not None else "trace")
     try:
         sched = SchedulerConfig(args.max_num_batched_tokens, args.max_num_seqs,

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 
 from dooly.cli.batchspec import MAX_SEQS
-from dooly.cli.flags import MAX_THREADS, MAX_TP, ROUTING_HELP, TP_HELP, int_range, percent, routing
+from dooly.cli.flags import (MAX_THREADS, MAX_TP, ROUTING_HELP, TP_HELP, dump_json, int_range, out_file,
+                              percent, routing)
 from dooly.errors import DoolyInputError
 from dooly.profile.calibrate import PASSES
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="torch threads (CPU; with --tp N, default: one rank's share of the cores)")
     p.add_argument("--tp", type=int_range(1, MAX_TP), default=1,
                    help=TP_HELP + "; the collectives are timed across N processes on this host")
-    p.add_argument("--json", dest="json_path", help="write the summary here")
+    p.add_argument("--json", dest="json_path", type=out_file, help="write the summary here")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-recheck", action="store_true",
                    help="one timing pass (default on CPU: a second pass keeps each point's faster median)")
@@ -65,8 +65,7 @@ def run(args) -> int:
     out["failed"] = list(analysis.failed)
     _report(args, s, out, analysis.failed)
     if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(out, f)
+        dump_json(args.json_path, out, "--json")
     return 130 if s.interrupted else 2 if analysis.failed else 0
 
 

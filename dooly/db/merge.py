@@ -92,5 +92,9 @@ class Merging:
                 "inventories": self._rows("SELECT * FROM inventories "
                                           "ORDER BY config_hash, engine, unit_key")}
         tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)   # the old export stays whole, no half file beside it
+            raise
