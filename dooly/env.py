@@ -124,6 +124,36 @@ class Environment:
         return f"{self.device_name}/{self.engine}-{self.engine_version}/{self.backend}/{self.dtype}"
 
 
+# what a point may hold: a DB row is data, so a value the fits would turn into a number
+# some other way ("2**1000", 1.5, true) is refused when the row is read
+_POINT_FORMS = {"seqs": "a list of [query, context] counts", "graph": "a text label",
+                "routing": "a text label"}
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 62
+
+
+def point_problem(point) -> str | None:
+    """What is wrong with a measurement's request point, or None (a DB row's is read as data)."""
+    if not isinstance(point, dict):
+        return "expected a dict of request values"
+    for name, value in point.items():
+        if not isinstance(name, str) or not _point_value_ok(name, value):
+            return (f"{str(name)[:20]!r} must be {_POINT_FORMS.get(name, 'a count')}, "
+                    f"got {repr(value)[:40]}")
+    return None
+
+
+def _point_value_ok(name, value) -> bool:
+    if name == "seqs":
+        return isinstance(value, list) and all(
+            isinstance(s, list) and len(s) == 2 and all(_count(x) for x in s) for s in value)
+    if name in ("graph", "routing"):   # a CUDA graph size, a MoE distribution (dooly.routing)
+        return isinstance(value, str)
+    return _count(value)
+
+
 @dataclass(frozen=True)
 class Measurement:
     """Latencies in milliseconds at one request point, e.g. {"T": 128} or
@@ -146,8 +176,9 @@ class Measurement:
     def __post_init__(self):
         if self.status not in ("ok", "failed"):
             raise ValueError(f"status: expected 'ok' or 'failed', got {self.status!r}")
-        if not isinstance(self.point, dict):
-            raise ValueError("point: expected a dict of request values")
+        problem = point_problem(self.point)
+        if problem:
+            raise ValueError(f"point: {problem}")
         if self.status == "ok" and not self.median_ms >= 0:
             raise ValueError(f"median_ms: expected a non-negative latency, got {self.median_ms!r}")
 

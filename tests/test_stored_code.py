@@ -139,6 +139,32 @@ def test_reading_a_bad_dim_through_the_store_is_one_error_naming_db_and_unit(tmp
     assert len(str(err.value).splitlines()) == 1 and len(str(err.value)) < 400
 
 
+@pytest.mark.parametrize("value", ["2**1000", PAYLOAD, 1.5, True, -4, [[1, "T"]]])
+def test_a_stored_point_that_is_not_a_count_is_one_error_and_db_check_names_it(tmp_path, value):
+    from dooly.db.check import problems
+    from dooly.errors import DoolyInputError
+    db = tmp_path / "p.db"
+    hostile_db(db, "T", engine="transformers")
+    key = "seqs" if isinstance(value, list) else "T"
+    con = sqlite3.connect(db)
+    con.execute("UPDATE measurements SET point_json = ? WHERE id = (SELECT MIN(id) FROM measurements)",
+                (json.dumps({key: value}),))
+    con.commit()
+    con.close()
+    with Store.open(db, readonly=True) as s:
+        with pytest.raises(DoolyInputError) as err:
+            s.measurements()
+    assert "p.db" in str(err.value) and f"point: '{key}' must be" in str(err.value)
+    with sqlite3.connect(db) as con:
+        assert any("point_json" in p for p in problems(con))
+    if value != "2**1000":
+        return   # one CLI run is enough: the store refused every value above
+    before = db.read_bytes()
+    r = cli(["analyze", SMOL, "--db", str(db), "--engine", "transformers"], cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "must be" in r.stderr
+    assert db.read_bytes() == before   # analyze --db refused it before recording anything
+
+
 @pytest.mark.parametrize("kind", list(BAD_DIMS))
 def test_gemm_family_rows_parse_stored_dims_and_never_evaluate_them(tmp_path, kind, monkeypatch):
     unit = gemm(960, BAD_DIMS[kind])

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterator
 
 from dooly.db.schema import ENV_COLUMNS, MEASUREMENT_COLUMNS
-from dooly.env import Environment
+from dooly.env import Environment, point_problem
 from dooly.symbolic.labels import Label
 from dooly.symbolic.symbols import MAX_EXPR_INT, parse_request_expr
 from dooly.unit import Unit
@@ -88,18 +88,6 @@ def env_from_row(row: dict, strict: bool = False) -> Environment:
     return env
 
 
-def _point_ok(value, depth: int = 0) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return abs(value) <= MAX_EXPR_INT
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list) and depth < 3:
-        return all(_point_ok(v, depth + 1) for v in value)
-    return False
-
-
 def measurement_problem(row: dict, units: set[str], envs: set[str]) -> str | None:
     """What is wrong with one measurements row (a dict by MEASUREMENT_COLUMNS), or None."""
     where = f"measurement of unit {str(row['unit_key'])[:60]} at {str(row['point_json'])[:60]}"
@@ -111,9 +99,9 @@ def measurement_problem(row: dict, units: set[str], envs: set[str]) -> str | Non
         point = _json(row["point_json"], "point_json")
     except ValueError as err:
         return f"{where}: {err}"
-    if not isinstance(point, dict) or not all(isinstance(k, str) and _point_ok(v)
-                                              for k, v in point.items()):
-        return f"{where}: point_json is not a dict of finite request sizes"
+    problem = point_problem(point)
+    if problem:
+        return f"{where}: point_json: {problem}"
     for col in _NUMBERS:
         v = row[col]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

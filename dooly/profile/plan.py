@@ -67,9 +67,9 @@ def plan_against_db(analysis, db_path: str, env_key: str | None, hardware: str) 
         units = {k: e.unit for inv in analysis.inventories for k, e in inv.entries.items()}
         if env_key or store.find_environment(engine=analysis.engine):
             env = choose_environment(store, analysis.engine, env_key, db_path, needs=units)
-        record_analysis(store, analysis)
         measured = store.units_measured(env.key) if env else set()
         status = unit_status(store, env.key if env else None, units, hw)
+        record_analysis(store, analysis)   # last: a row the reads above refuse changes nothing
     unsupported = {k: v["reason"] for k, v in status.items() if v["status"] == "unsupported"}
     missing = sorted(k for k in units if k not in measured and k not in unsupported)
     return {"db": db_path, "env": env.key if env else None,
