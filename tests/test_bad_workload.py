@@ -123,11 +123,25 @@ VIDUR_CASES = [  # (content, device directory, what the line names)
     ("n_head,caf\xe9\n".encode("latin-1"), "a100", ("not a UTF-8 CSV",)),
     (b"n_head\x00,x\n1,2\n", "a100", ("missing column",)),
     (None, "unknown_gpu", ("--device",)),
+    ("tp0", "a100", ("num_tensor_parallel_workers", "line 2", "must be positive")),
+    ("n_head=abc", "a100", ("'n_head'", "line 2", "not an integer", "'abc'")),
 ]
 
 
-@pytest.mark.parametrize("content,device,names", VIDUR_CASES, ids=["binary", "latin1", "nul", "no_device"])
+def _vidur_with(col_value: str) -> bytes:
+    """The fixture CSV with one cell of its first row replaced ("tp0": no workers)."""
+    col, value = ("num_tensor_parallel_workers", "0") if col_value == "tp0" else col_value.split("=")
+    head, first, *rest = VIDUR.read_text().splitlines()
+    cells = first.split(",")
+    cells[head.split(",").index(col)] = value
+    return "\n".join([head, ",".join(cells), *rest]).encode() + b"\n"
+
+
+@pytest.mark.parametrize("content,device,names", VIDUR_CASES,
+                         ids=["binary", "latin1", "nul", "no_device", "no_workers", "text_heads"])
 def test_bad_vidur_csv_is_one_line_and_creates_no_db(tmp_path, capsys, content, device, names):
+    if isinstance(content, str):
+        content = _vidur_with(content)
     path = _vidur_dir(tmp_path, content, device)
     line = run_bad(capsys, ["db", "import-vidur", tmp_path / "profiles", "--db", tmp_path / "v.db"],
                    (str(path),) + names, tmp_path)

@@ -200,9 +200,14 @@ def _mlp_data(path: Path, env: Environment, ops: list[str], rows: list[dict], tp
             try:
                 return cast(v) if cast is not bool else _bool(v)
             except (TypeError, ValueError):
-                raise DoolyInputError(path, f"line {lineno}: not a {cast.__name__}: {quoted(v)}",
+                kind = {int: "an integer", float: "a number"}.get(cast, "a boolean")
+                raise DoolyInputError(path, f"line {lineno}: not {kind}: {quoted(v)}",
                                       field=col) from None
-        if num("num_tensor_parallel_workers", int) != tp:
+        workers = num("num_tensor_parallel_workers", int)
+        if workers <= 0:
+            raise DoolyInputError(path, f"line {lineno}: must be positive, got {workers}",
+                                  field="num_tensor_parallel_workers")
+        if workers != tp:
             continue
         cfg = tuple(num(c, bool if c == "use_gated_mlp" else int) for c in MLP_CONFIG_COLUMNS[:6])
         for col, v in zip(MLP_CONFIG_COLUMNS[:5], cfg):
