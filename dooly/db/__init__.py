@@ -4,8 +4,9 @@ migrations); `parquet` exports and imports it as Parquet files. `Store.open(path
 callers need: environments, units, measurements, inventories and fitted models, all
 stored as data (JSON), never as code; `check` reads every row back the way a command
 would (`dooly db check`, `db merge`), `merge` copies whole databases in (checked, one
-transaction) and exports them as JSON, and the `leases` table lets sweepers share the
-work. May import: dooly.env, dooly.errors, dooly.unit, dooly.symbolic, and the optional
+transaction) and exports them as JSON, `records` keeps what a DB holds beside the
+measurements (inventories, captures, host probes, fits), and the `leases` table lets
+sweepers share the work. May import: dooly.env, dooly.errors, dooly.unit, dooly.symbolic, and the optional
 psycopg and pyarrow (only where a URL or Parquet is asked for)."""
 from dooly.db.schema import SCHEMA_VERSION
 from dooly.db.store import Store, point_json
