@@ -6,8 +6,8 @@ No timing runs: every curve is data already measured. A curve is one unit's late
 over one request axis; the error of a set of points is the error of interpolating
 between them (what a unit's fitted model does), against the whole curve.
 
-  * Vidur (--vidur, default fixtures/vidur/a100 or ../shared/reference/vidur/compute/a100
-    when present): every (model, op) curve of Vidur's mlp.csv at TP 1, densely measured
+  * Vidur (--vidur, default fixtures/vidur/a100, one model; Vidur's whole A100 set is its
+    compute/a100 folder, e.g. ../shared/reference/vidur/compute/a100 here): every (model, op) curve of Vidur's mlp.csv at TP 1, densely measured
     over num_tokens (GPU). Fixed grid: today's octave grid (dooly.profile.grid.octave_grid,
     two points per octave) where the curve has it; adaptive: dooly.profile.grid.
     adaptive_points over candidates four per octave plus the fixed grid's, at several
@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 from dooly.profile.grid import adaptive_points, octave_grid  # noqa: E402
 
 TOLERANCES = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
-SHARED_VIDUR = ROOT.parent / "shared" / "reference" / "vidur" / "compute" / "a100"
 
 
 PER_OCTAVE = 4
@@ -194,8 +193,8 @@ def report(name: str, r: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vidur", type=Path, default=SHARED_VIDUR if SHARED_VIDUR.is_dir()
-                    else ROOT / "fixtures" / "vidur" / "a100")
+    ap.add_argument("--vidur", type=Path, default=ROOT / "fixtures" / "vidur" / "a100",
+                    help="a folder of Vidur mlp.csv files (default: the repository's one-model fixture)")
     ap.add_argument("--db", type=Path, nargs="*", default=[], help="DBs of real CPU sweeps (copied first)")
     ap.add_argument("--hardware", default="a100",
                     help="whose per-point cost weighs the Vidur and synthetic curves' seconds (default a100)")
