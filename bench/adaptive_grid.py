@@ -7,11 +7,12 @@ over one request axis; the error of a set of points is the error of interpolatin
 between them (what a unit's fitted model does), against the whole curve.
 
   * Vidur (--vidur, default fixtures/vidur/a100, one model; Vidur's whole A100 set is its
-    compute/a100 folder, e.g. ../shared/reference/vidur/compute/a100 here): every (model, op) curve of Vidur's mlp.csv at TP 1, densely measured
-    over num_tokens (GPU). Fixed grid: today's octave grid (dooly.profile.grid.octave_grid,
-    two points per octave) where the curve has it; adaptive: dooly.profile.grid.
-    adaptive_points over candidates four per octave plus the fixed grid's, at several
-    tolerances. Error: MAPE over every measured point of the curve.
+    compute/a100 folder, e.g. ../shared/reference/vidur/compute/a100 here): every (model,
+    op) curve of Vidur's mlp.csv at TP 1, densely measured over num_tokens (GPU). Fixed
+    grid: today's octave grid (dooly.profile.grid.octave_grid, two points per octave) where
+    the curve has it; adaptive: dooly.profile.grid.adaptive_points over candidates four per
+    octave plus the fixed grid's, at several tolerances. Error: MAPE over every measured
+    point of the curve.
   * Synthetic: a launch floor, then bandwidth- or compute-bound lines with tile
     quantisation steps and 1% noise, sampled at every integer token count.
   * CPU sweeps (--db, read from copies): every one-axis unit swept on the octave grid;
