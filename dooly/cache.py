@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from dooly import __version__
+from dooly.files import write_whole
 from dooly.inventory import Inventory
 
 # the distributions that install each engine's package, in the order they are tried
@@ -88,10 +89,8 @@ def save(key: str, inv: Inventory, directory: Path | None = None) -> None:
     """Best effort: a cache that cannot be written (read-only home, full disk) only
     costs the next run a capture."""
     directory = directory or cache_dir()
-    tmp = directory / f".{key}.{os.getpid()}.tmp"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"key": key, "inventory": inv.to_json()}, default=str))
-        os.replace(tmp, directory / f"{key}.json")
+        write_whole(directory / f"{key}.json",
+                    json.dumps({"key": key, "inventory": inv.to_json()}, default=str))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass

@@ -84,16 +84,13 @@ def out_file(text: str) -> Path:
 
 
 def dump_json(path: str | os.PathLike, obj, flag: str, **kw) -> None:
-    """Write `obj` as JSON to `path` whole or not at all (a temporary file, then renamed);
-    an OSError becomes the one-line DoolyInputError naming the file and `flag`."""
+    """Write `obj` as JSON to `path` whole or not at all (dooly.files.write_whole); an
+    OSError becomes the one-line DoolyInputError naming the file and `flag`."""
     from dooly.errors import DoolyInputError
-    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    from dooly.files import write_whole
     try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(obj, **kw))
-        os.replace(tmp, path)
+        write_whole(path, json.dumps(obj, **kw))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DoolyInputError(path, f"cannot write ({err.strerror or err})", flag) from None
 
 

@@ -6,7 +6,7 @@ stored as data (JSON), never as code; `check` reads every row back the way a com
 would (`dooly db check`, `db merge`), `merge` copies whole databases in (checked, one
 transaction) and exports them as JSON, `records` keeps what a DB holds beside the
 measurements (inventories, captures, host probes, fits), and the `leases` table lets
-sweepers share the work. May import: dooly.env, dooly.errors, dooly.unit, dooly.symbolic, and the optional
+sweepers share the work. May import: dooly.env, dooly.errors, dooly.files, dooly.unit, dooly.symbolic, and the optional
 psycopg and pyarrow (only where a URL or Parquet is asked for)."""
 from dooly.db.schema import SCHEMA_VERSION
 from dooly.db.store import Store, point_json

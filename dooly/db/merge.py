@@ -12,6 +12,7 @@ from pathlib import Path
 from dooly.db import check, postgres, schema
 from dooly.db.schema import ENV_COLUMNS, MEASUREMENT_COLUMNS
 from dooly.errors import DoolyInputError
+from dooly.files import write_whole
 
 
 def db_identity(path) -> str:
@@ -91,10 +92,4 @@ class Merging:
                 "measurements": [asdict(m) for m in self.measurements(status=None)],
                 "inventories": self._rows("SELECT * FROM inventories "
                                           "ORDER BY config_hash, engine, unit_key")}
-        tmp = Path(f"{path}.tmp")
-        try:
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)   # the old export stays whole, no half file beside it
-            raise
+        write_whole(path, json.dumps(data, indent=1, sort_keys=True))
