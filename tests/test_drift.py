@@ -19,11 +19,11 @@ def test_drift_interpolates_in_log_tokens_and_holds_its_ends():
     assert Drift.from_json(d.to_json()) == d
 
 
-def test_a_one_token_step_is_memory_bound_and_not_scaled_by_the_drift():
-    d = Drift((1, 16, 256), (0.7, 1.1, 1.3))
-    assert d.at(1) == pytest.approx(0.7)          # shown as re-timed
-    assert d.scale(1) == d.scale(0.5) == 1.0      # applied: held
-    assert d.scale(4) == pytest.approx(1.05) and d.scale(256) == d.at(256) == pytest.approx(1.3)
+def test_a_one_token_step_is_memory_bound_and_scaled_by_half_its_drift_in_log_scale():
+    d = Drift((1, 16, 256), (0.64, 1.1, 1.3))
+    assert d.at(1) == pytest.approx(0.64)         # shown as re-timed
+    assert d.scale(1) == d.scale(0.5) == pytest.approx(0.8)   # applied: shrunk towards 1.0
+    assert d.scale(4) == pytest.approx(0.95) and d.scale(256) == d.at(256) == pytest.approx(1.3)
 
 
 @pytest.mark.parametrize("tokens,factors,field", [((), (), "factors"), ((1, 8), (1.0,), "factors"),
