@@ -624,7 +624,8 @@ def print_side_by_side(name: str, full: dict, fam: dict, pred, twin: dict) -> No
             print(f"  {s:8s} {a:19.1f} {b:21.1f} {t:12.1f} {b - t:+17.1f}")
 
 
-def main(argv=None) -> int:
+def parse(argv=None):
+    """The arguments, every one checked before anything runs (ap.error on a bad one): (args, names)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
                     help=f"comma-separated, from {', '.join(MODELS)} (mixtral-2l: the MoE check; "
@@ -659,10 +660,19 @@ def main(argv=None) -> int:
         args.repeats = 1 if args.quick else 3
     if args.real_runs < 1 or args.repeats < 1:
         ap.error("--real-runs and --repeats must be at least 1")
+    args.fam_names = []
+    if args.families:
+        args.fam_names = names if args.families == "all" else [m.strip() for m in args.families.split(",")]
+        if any(n not in names for n in args.fam_names) or not 0 < args.tolerance < 100 or not (
+                args.step_tolerance is None or 0 < args.step_tolerance < 100):
+            ap.error(f"--families: models from --models ({', '.join(names)}); --tolerance and "
+                     "--step-tolerance in (0, 100)")
     args.raw = args.raw or str(Path(args.json_path or ROOT / "out" / "accuracy_batch.json").with_suffix(".raw.json"))
-    its = items(args.quick)
-    prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"], replay=bool(args.real_from))
-    runs = real_runs(names, its, args)
+    return args, names
+
+
+def score_all(names, runs, args) -> dict:
+    """Each model scored model-out (and in-sample, printed beside it), and the worst per set."""
     result: dict = {"models": names, "protocol": "leave-one-model-out", "real_runs": args.real_runs}
     for n in names:
         pred = model_out_predictor(n, args.db)
@@ -683,24 +693,33 @@ def main(argv=None) -> int:
     print("\nleave-one-model-out, worst model per set: " + ", ".join(
         f"{s} {result[f'mape_{s}_pct']:.1f}% (real-vs-real {result[f'noise_{s}_pct'] or 0:.1f}%)"
         for s in SETS if result[f"mape_{s}_pct"] is not None))
+    return result
+
+
+def score_families(names, runs, args, result: dict) -> None:
+    """--families: each model family-served beside its fully swept twin, into `result`."""
+    lim = LIMITS["quick" if args.quick else "full"]
+    for n in args.fam_names:
+        fdb = family_db(n, names, args.db, lim, args.tolerance, step_tolerance=args.step_tolerance)
+        pred, twin = model_out_predictor(n, fdb), model_out_predictor(n, twin_db(n, fdb, lim))
+        pred.set_serving(BUDGET, MAX_SEQS)
+        twin.set_serving(BUDGET, MAX_SEQS)
+        fig, tfig = score(n, runs[n], pred), score(n, runs[n], twin)
+        print_side_by_side(n, {k[len(n) + 1:]: v for k, v in result.items() if k.startswith(f"{n}.")},
+                           fig, pred, tfig)
+        result.update({f"families.{n}.{k}": v for k, v in fig.items()})
+        result.update({f"families_twin.{n}.{k}": v for k, v in tfig.items()})
+        result[f"families.{n}.units_family_served"] = sum(v == "family" for v in pred.fallback.values())
+
+
+def main(argv=None) -> int:
+    args, names = parse(argv)
+    its = items(args.quick)
+    prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"], replay=bool(args.real_from))
+    runs = real_runs(names, its, args)
+    result = score_all(names, runs, args)
     if args.families:
-        fam_names = names if args.families == "all" else [m.strip() for m in args.families.split(",")]
-        if any(n not in names for n in fam_names) or not 0 < args.tolerance < 100 or not (
-                args.step_tolerance is None or 0 < args.step_tolerance < 100):
-            ap.error(f"--families: models from --models ({', '.join(names)}); --tolerance and "
-                     "--step-tolerance in (0, 100)")
-        lim = LIMITS["quick" if args.quick else "full"]
-        for n in fam_names:
-            fdb = family_db(n, names, args.db, lim, args.tolerance, step_tolerance=args.step_tolerance)
-            pred, twin = model_out_predictor(n, fdb), model_out_predictor(n, twin_db(n, fdb, lim))
-            pred.set_serving(BUDGET, MAX_SEQS)
-            twin.set_serving(BUDGET, MAX_SEQS)
-            fig, tfig = score(n, runs[n], pred), score(n, runs[n], twin)
-            print_side_by_side(n, {k[len(n) + 1:]: v for k, v in result.items() if k.startswith(f"{n}.")},
-                               fig, pred, tfig)
-            result.update({f"families.{n}.{k}": v for k, v in fig.items()})
-            result.update({f"families_twin.{n}.{k}": v for k, v in tfig.items()})
-            result[f"families.{n}.units_family_served"] = sum(v == "family" for v in pred.fallback.values())
+        score_families(names, runs, args, result)
     if args.breakdown:
         for n in names:
             result.update(breakdown(n, its, args))

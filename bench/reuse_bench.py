@@ -212,9 +212,7 @@ def print_adaptive(a: dict) -> None:
           flush=True)
 
 
-def main(argv=None) -> int:
-    from dooly.profile.cost import get_hardware
-    from dooly.profile.plan import reuse_with_families
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--list", type=Path, nargs="+",
                     default=[ROOT / "fixtures" / "benchmarks" / "reuse12.txt"],
@@ -235,7 +233,13 @@ def main(argv=None) -> int:
     ap.add_argument("--adaptive-keep", type=float, metavar="PCT",
                     help="the share of a one-axis unit's grid seconds an adaptive sweep keeps, in %% (measured "
                          "by bench/adaptive_grid.py): also print the reductions with adaptive full sweeps")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def resolve(ap: argparse.ArgumentParser, args) -> tuple[list[int], object]:
+    """Check the arguments (ap.error on a bad one) and settle the pass rates, the TP sizes
+    and the cost model; returns (TP sizes, hardware)."""
+    from dooly.profile.cost import get_hardware
     if args.adaptive_keep is not None and not 0 < args.adaptive_keep <= 100:
         ap.error(f"--adaptive-keep: expected a percentage in (0, 100], got {args.adaptive_keep:g}")
     args.adaptive_keep = None if args.adaptive_keep is None else args.adaptive_keep / 100.0
@@ -281,6 +285,14 @@ def main(argv=None) -> int:
             args.adaptive_keep = adaptive_grid.cpu_adaptive(args.calibrate)["cost_ratio"]
             print(f"adaptive grids on those sweeps keep {100 * args.adaptive_keep:.0f}% of their one-axis "
                   f"units' seconds (at 3%)", flush=True)
+    return tps, hw
+
+
+def main(argv=None) -> int:
+    from dooly.profile.plan import reuse_with_families
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    tps, hw = resolve(ap, args)
     print(f"cost model on {args.hardware}: {hw.source} ({hw.point_overhead_s:g} s per point, "
           f"{hw.passes} pass(es) x {hw.repeats} runs)", flush=True)
     out: dict = {"hardware": args.hardware, "tp": tps, "cost_model": hw.source,

@@ -112,5 +112,6 @@ def recheck_host(pred, args) -> None:
         print("--recheck-host: no token-driven points to re-time; predictions unscaled", file=sys.stderr)
         return
     print("host drift since the sweep (now / stored, by step tokens): " + ", ".join(
-        f"{t}: {f:.3f}" for t, f in zip(drift.tokens, drift.factors)) + f" ({drift.points} points)",
+        f"{t}: {f:.3f}" for t, f in zip(drift.tokens, drift.factors)) + f" ({drift.points} points; "
+        f"a one-token step, memory-bound, by the square root of its factor: {drift.scale(1):.3f})",
         file=sys.stderr)
