@@ -113,5 +113,5 @@ def recheck_host(pred, args) -> None:
         return
     print("host drift since the sweep (now / stored, by step tokens): " + ", ".join(
         f"{t}: {f:.3f}" for t, f in zip(drift.tokens, drift.factors)) + f" ({drift.points} points; "
-        f"a one-token step, memory-bound, by the square root of its factor: {drift.scale(1):.3f})",
+        f"applied to a one-token step, memory-bound, shrunk towards 1.0: {drift.scale(1):.3f})",
         file=sys.stderr)

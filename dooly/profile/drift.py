@@ -12,7 +12,8 @@ heaviest token-driven units (the GEMMs, mostly) at anchor token counts spread ov
 measured range, with the sweep's own runners and timer. `Drift` holds the median
 now/stored ratio per anchor and interpolates it in log2(tokens): a prediction for a step
 of T tokens scales the units by `Drift.scale(T)` (`Predictor.drift`; one-token steps are
-memory-bound and scaled by the square root of their factor only). It is data: stored, shown and replayed as JSON, never code.
+memory-bound and scaled by the square root of their factor only). It is data: stored, shown
+and replayed as JSON, never code.
 
 One re-timing reads the host of that minute. To score runs that took several minutes,
 `bracket` joins one taken before them and one after."""
@@ -70,14 +71,14 @@ class Drift:
         twenty saved runs x12-x31 (`bench/results/2026-12-07i/README.md`), the worst decode
         set averaged 15.3% held at 1.0, 14.4% fully scaled and 13.6% at the square root;
         the square root, chosen on x12-x21, took x22-x31 from 17.0 to 15.0%."""
-        return self._held.at(tokens)
+        return self._applied.at(tokens)
 
     @cached_property
-    def _held(self) -> "Drift":
+    def _applied(self) -> "Drift":
         # built once: `scale` runs for every step a simulation predicts
-        held = tuple(f ** MEMORY_BOUND_WEIGHT if t <= MEMORY_BOUND_TOKENS else f
-                     for t, f in zip(self.tokens, self.factors))
-        return Drift(self.tokens, held, self.points)
+        applied = tuple(f ** MEMORY_BOUND_WEIGHT if t <= MEMORY_BOUND_TOKENS else f
+                        for t, f in zip(self.tokens, self.factors))
+        return Drift(self.tokens, applied, self.points)
 
     def to_json(self) -> dict:
         return {"tokens": list(self.tokens), "factors": list(self.factors), "points": self.points}
