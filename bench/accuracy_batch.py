@@ -5,11 +5,14 @@ calibration steps only, against the real `LLMEngine.step`.
     python bench/accuracy_batch.py --db NEW.db --json out/acc.json       # builds what it needs
         [--models smollm2,qwen0.5b,qwen3-0.6b,llama3.2-1b[,mixtral-2l,deepseek-2l]] [--quick] [--real-runs 2]
         [--repeats 3] [--real-from out/acc.raw.json] [--resume] [--breakdown]
+    python bench/accuracy_batch.py --models gemma3-1b --pool smollm2,qwen0.5b,qwen3-0.6b,llama3.2-1b ...
 
 Given an empty --db it sweeps every model (`LIMITS`: --max-tokens 1024 --max-batch 64
 --max-context 2048; --quick 512/32/1024; the real batches stay inside them), stores the unit fits
 (`dooly fit`) and calibrates every model (`dooly calibrate`, its default three passes); a
-model's own calibration steps are never used to score it. The real side runs --real-runs
+model's own calibration steps are never used to score it. --pool names the calibrated models
+instead (swept and calibrated only); a scored model outside it is never calibrated, so it is
+predicted as a model no one has run: its units and the pool's engine-step model. The real side runs --real-runs
 times (each a fresh engine in a child process, dooly.engines.vllm_probe); the difference
 between two real runs of the same batches is printed beside each sim-vs-real error (this
 machine's noise floor).
@@ -49,6 +52,9 @@ MODELS = {"smollm2": CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json",
           "qwen0.5b": CONFIGS / "Qwen__Qwen2.5-0.5B.json",
           "qwen3-0.6b": CONFIGS / "Qwen__Qwen3-0.6B.json",
           "llama3.2-1b": CONFIGS / "meta-llama__Llama-3.2-1B-Instruct.json",
+          # an architecture none of the four above has (5 of 6 layers sliding-window, head size
+          # 256 with one KV head, a 262k vocabulary): the held-out check with --pool
+          "gemma3-1b": CONFIGS / "google__gemma-3-1b-it.json",
           # a mixture of experts: Mixtral's real expert shapes in 2 layers (fixtures/configs/SOURCES.md)
           "mixtral-2l": CONFIGS / "mistralai__Mixtral-8x7B-Instruct-v0.1-2L.json",
           "deepseek-2l": CONFIGS / "deepseek-ai__DeepSeek-V2-Lite-Chat-2L.json"}
@@ -58,6 +64,9 @@ DEFAULT_MODELS = ("smollm2", "qwen0.5b", "qwen3-0.6b", "llama3.2-1b")
 # Llama-3.2-1B (no AVX-512): a full run prefills ~16k tokens per model and repeat.
 LIMITS = {"full": (1024, 64, 2048), "quick": (512, 32, 1024)}
 SETS = ("prefill", "decode", "mixed")
+POOL_HELP = ("comma-separated: the models whose calibrations every scored model is predicted from "
+             "(swept and calibrated, neither run for real nor scored); default: --models, each left "
+             "out of its own pool. A scored model outside --pool is swept only, never calibrated")
 BUDGET, MAX_SEQS = 8192, 128   # the real engine's serving settings (as `dooly calibrate`'s defaults)
 
 
@@ -136,16 +145,18 @@ def use_db_env(db: str, threads: int | None = None) -> None:
     print(f"replaying on another host: scoring the DB's environment {envs[0].key} ({envs[0].device_name})", flush=True)
 
 
-def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=print, replay: bool = False) -> None:
+def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=print, replay: bool = False,
+               pool: list[str] | None = None) -> None:
     """Sweep, fit and calibrate what the DB lacks (each step resumable: a rerun measures
-    only what is missing). Calibration runs for every model: the protocol leaves a
-    model's own steps out when scoring it. `replay` (--real-from): nothing is measured;
-    the DB must hold every model's calibration already."""
+    only what is missing). Calibration runs for every model of `pool` (default: every model,
+    as the protocol leaves a model's own steps out when scoring it); a model outside `pool`
+    is swept only. `replay` (--real-from): nothing is measured; the DB must hold every pool
+    model's calibration already."""
     from dooly.cli import main as dooly
     from dooly.config import load_config
     from dooly.db import Store
     from dooly.profile.calibrate import calibrated_models
-    cfgs = [str(MODELS[n]) for n in names]
+    cfgs = [str(MODELS[n]) for n in dict.fromkeys(names + (pool or []))]
     if replay:
         use_db_env(db)
     tok, batch, ctx = limits
@@ -161,12 +172,22 @@ def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=prin
     env = bench_env()
     with Store.open(db) as store:
         done = calibrated_models(store, env.key)
-    todo = [c for c in cfgs if load_config(c).hash not in done]
+    todo = [c for c in (cfgs if pool is None else [str(MODELS[n]) for n in pool]) if load_config(c).hash not in done]
     if todo and replay:
-        bad_input(f"{db}: calibrations: --real-from needs every model calibrated; "
+        bad_input(f"{db}: calibrations: --real-from needs every pool model calibrated; "
                          f"{', '.join(Path(c).stem for c in todo)} are not")
     if todo and dooly(["calibrate", *todo, "--db", db]) != 0:
         raise SystemExit("dooly calibrate failed")
+
+
+def pool_names(value: str | None, error) -> list[str] | None:
+    """--pool: the calibrated models (None: every scored model, each left out of its own pool)."""
+    if value is None:
+        return None
+    pool = [m.strip() for m in value.split(",") if m.strip()]
+    if not pool or any(n not in MODELS for n in pool):
+        error(f"--pool: models from {', '.join(MODELS)}")
+    return pool
 
 
 def model_out_predictor(name: str, db: str, prefer: str = "pool", exclude_self: bool = True):
@@ -644,6 +665,7 @@ def parse(argv=None):
                          "host's drift since the sweep (dooly.profile.drift), measured right after the "
                          "model's real runs and saved with them")
     ap.add_argument("--breakdown", action="store_true", help="per-layer breakdown on the real engine")
+    ap.add_argument("--pool", metavar="MODELS", help=POOL_HELP)
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--families", nargs="?", const="all", default=None, metavar="MODELS",
                     help="also score each model (or these) family-served, trained on the other "
@@ -660,6 +682,7 @@ def parse(argv=None):
         args.repeats = 1 if args.quick else 3
     if args.real_runs < 1 or args.repeats < 1:
         ap.error("--real-runs and --repeats must be at least 1")
+    args.pool = pool_names(args.pool, ap.error)
     args.fam_names = []
     if args.families:
         args.fam_names = names if args.families == "all" else [m.strip() for m in args.families.split(",")]
@@ -671,9 +694,13 @@ def parse(argv=None):
     return args, names
 
 
+def protocol(pool: list[str] | None) -> str:
+    return "leave-one-model-out" if pool is None else "held-out from pool " + ",".join(pool)
+
+
 def score_all(names, runs, args) -> dict:
     """Each model scored model-out (and in-sample, printed beside it), and the worst per set."""
-    result: dict = {"models": names, "protocol": "leave-one-model-out", "real_runs": args.real_runs}
+    result: dict = {"models": names, "protocol": protocol(args.pool), "real_runs": args.real_runs}
     for n in names:
         pred = model_out_predictor(n, args.db)
         pred.set_serving(BUDGET, MAX_SEQS)   # CUDA-graph sizes, on a GPU host
@@ -682,6 +709,8 @@ def score_all(names, runs, args) -> dict:
         print_model(n, fig, pred.step_model_source, per_label(runs[n], pred))
         print_host(fig)
         result.update({f"{n}.{k}": v for k, v in fig.items()}, **{f"{n}.step_model_source": pred.step_model_source})
+        if args.pool is not None and n not in args.pool:
+            continue   # never calibrated: no in-sample figure exists
         own = model_out_predictor(n, args.db, prefer="model", exclude_self=False)
         ins = score(n, runs[n], own)
         print(f"  in-sample (this model's own calibration, {own.step_model_source}; not the headline): " +
@@ -690,7 +719,7 @@ def score_all(names, runs, args) -> dict:
     for key in [f"mape_{s}_pct" for s in SETS] + [f"noise_{s}_pct" for s in SETS]:
         vals = [result.get(f"{n}.{key}") for n in names if result.get(f"{n}.{key}") is not None]
         result[key] = max(vals) if vals else None
-    print("\nleave-one-model-out, worst model per set: " + ", ".join(
+    print(f"\n{result['protocol']}, worst model per set: " + ", ".join(
         f"{s} {result[f'mape_{s}_pct']:.1f}% (real-vs-real {result[f'noise_{s}_pct'] or 0:.1f}%)"
         for s in SETS if result[f"mape_{s}_pct"] is not None))
     return result
@@ -700,7 +729,7 @@ def score_families(names, runs, args, result: dict) -> None:
     """--families: each model family-served beside its fully swept twin, into `result`."""
     lim = LIMITS["quick" if args.quick else "full"]
     for n in args.fam_names:
-        fdb = family_db(n, names, args.db, lim, args.tolerance, step_tolerance=args.step_tolerance)
+        fdb = family_db(n, list(dict.fromkeys(names + (args.pool or []))), args.db, lim, args.tolerance, step_tolerance=args.step_tolerance)
         pred, twin = model_out_predictor(n, fdb), model_out_predictor(n, twin_db(n, fdb, lim))
         pred.set_serving(BUDGET, MAX_SEQS)
         twin.set_serving(BUDGET, MAX_SEQS)
@@ -715,7 +744,8 @@ def score_families(names, runs, args, result: dict) -> None:
 def main(argv=None) -> int:
     args, names = parse(argv)
     its = items(args.quick)
-    prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"], replay=bool(args.real_from))
+    prepare_db(names, args.db, LIMITS["quick" if args.quick else "full"], replay=bool(args.real_from),
+               pool=args.pool)
     runs = real_runs(names, its, args)
     result = score_all(names, runs, args)
     if args.families:

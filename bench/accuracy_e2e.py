@@ -5,7 +5,7 @@ requests, each model simulated with the engine-step model fitted on the OTHER mo
     python bench/accuracy_e2e.py --db NEW.db --json out/e2e.json        # builds what it needs
         [--models smollm2,qwen0.5b,qwen3-0.6b,llama3.2-1b] [--loads low,high]
         [--rates smollm2=1:4,qwen0.5b=0.6:2] [--trace fixtures/traces/splitwise_conv.csv]
-        [--num-requests 100] [--real-runs 2] [--real-from PATH] [--resume] [--quick]
+        [--num-requests 100] [--real-runs 2] [--real-from PATH] [--resume] [--quick] [--pool MODELS]
 
 Workload: the first --num-requests rows of the Splitwise conversation trace (lengths only;
 prompts clipped to 32-256 tokens, outputs to 8-32), Poisson arrivals at each model's "low"
@@ -39,8 +39,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-from accuracy_batch import (LIMITS, MODELS, ROOT, bracket_drift, model_out_predictor, prepare_db,  # noqa: E402
-                            recheck, save_raw, saved_drift)
+from accuracy_batch import (DEFAULT_MODELS, LIMITS, MODELS, POOL_HELP, ROOT, bracket_drift,  # noqa: E402
+                            model_out_predictor, pool_names, prepare_db, protocol, recheck, save_raw,
+                            saved_drift)
 
 DEFAULT_TRACE = ROOT / "fixtures" / "traces" / "splitwise_conv.csv"
 # the two loads, as a fraction of the serving capacity the simulator predicts for the model
@@ -356,7 +357,7 @@ def worst(result: dict, names, loads) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
     ap.add_argument("--loads", help="which of each model's two rates to serve (default low,high; --quick low)")
     ap.add_argument("--rates", help="per model low:high req/s, e.g. smollm2=0.05:0.2 (default: "
@@ -373,8 +374,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sweep, 20 requests, low load")
     ap.add_argument("--draws", type=int, default=40, help="simulations with drawn errors for the 90%% "
                     "bands (0: no bands)")
+    ap.add_argument("--pool", metavar="MODELS", help=POOL_HELP)
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
+    args.pool = pool_names(args.pool, ap.error)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names or any(n not in MODELS for n in names):
         ap.error(f"--models: choose from {', '.join(MODELS)}")
@@ -390,12 +393,12 @@ def main(argv=None) -> int:
         ap.error(f"--trace: no such file {args.trace}")
     args.raw = args.raw or str(Path(args.json_path or ROOT / "out" / "accuracy_e2e.json").with_suffix(".raw.json"))
     rates = parse_rates(args.rates, names)
-    prepare_db(names, args.db, limits, replay=bool(args.real_from))
-    result: dict = {"models": names, "protocol": "leave-one-model-out", "real_runs": args.real_runs}
+    prepare_db(names, args.db, limits, replay=bool(args.real_from), pool=args.pool)
+    result: dict = {"models": names, "protocol": protocol(args.pool), "real_runs": args.real_runs}
     for n in names:
         result.update(score_model(n, loads, rates, args))
     worst(result, names, loads)
-    print(f"\nleave-one-model-out, worst model and load: TTFT {result['ttft_mape_pct']:.1f}% (real-vs-real "
+    print(f"\n{result['protocol']}, worst model and load: TTFT {result['ttft_mape_pct']:.1f}% (real-vs-real "
           f"{result['noise_ttft_mape_pct'] or 0:.1f}%), TPOT {result['tpot_mape_pct']:.1f}% (real-vs-real "
           f"{result['noise_tpot_mape_pct'] or 0:.1f}%); paper: TTFT 5%, TPOT 8%")
     if "band_coverage_pct" in result:

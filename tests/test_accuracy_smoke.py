@@ -314,6 +314,29 @@ def test_a_replay_made_on_another_host_scores_the_db_environment_and_measures_no
     assert exit_.value.code == 2 and f"{db}: environments:" in capsys.readouterr().err
 
 
+def test_a_held_out_model_outside_the_pool_is_swept_but_never_calibrated(tmp_path, monkeypatch):
+    """--pool: the scored model's own engine runs never reach the step model it is predicted
+    with; the pool models are swept and calibrated, the held-out one swept only."""
+    import dooly.cli
+    import dooly.profile.calibrate
+    calls = []
+    monkeypatch.setattr(dooly.cli, "main", lambda argv: calls.append(argv[:2] if argv[0] == "sweep" else argv) or 0)
+    monkeypatch.setattr(dooly.profile.calibrate, "calibrated_models", lambda store, env: set())
+    monkeypatch.setattr(ab, "_SCORED_ENV", {})
+    db = str(tmp_path / "x.db")
+    ab.prepare_db(["gemma3-1b"], db, ab.LIMITS["quick"], log=lambda *_: None, pool=["smollm2", "qwen0.5b"])
+    swept = [Path(c).name for verb, c in (x for x in calls if x[0] == "sweep")]
+    assert swept == [ab.MODELS[n].name for n in ("gemma3-1b", "smollm2", "qwen0.5b")]
+    calibrate = next(x for x in calls if x[0] == "calibrate")
+    assert [Path(c).name for c in calibrate[1:-2]] == [ab.MODELS[n].name for n in ("smollm2", "qwen0.5b")]
+    args, names = ab.parse(["--models", "gemma3-1b", "--pool", "smollm2,qwen0.5b"])
+    assert names == ["gemma3-1b"] and args.pool == ["smollm2", "qwen0.5b"]
+    assert ab.protocol(args.pool) == "held-out from pool smollm2,qwen0.5b"
+    with pytest.raises(SystemExit) as exit_:
+        ab.parse(["--models", "gemma3-1b", "--pool", "nosuch"])
+    assert exit_.value.code == 2
+
+
 def test_a_candidate_the_time_budget_left_unserved_is_left_out_of_the_ranking(monkeypatch, capsys):
     """A candidate with no real round has no real goodput (not a goodput of 0): the rank
     correlation and the winners are over the candidates real vLLM served."""
