@@ -26,7 +26,10 @@ _TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfl
                    "mul", "add", "sub", "div", "neg", "rsqrt", "sqrt", "clamp", "masked_fill", "int",
                    "masked_fill_",  # a TP rank zeroes the rows of ids outside its vocabulary shard
                    "max", "bool", "scatter_",   # DeepSeek's grouped top-k router
-                   "repeat_interleave"}
+                   "repeat_interleave",
+                   "unflatten",      # Gemma-3 splits heads for its q/k norms
+                   "cos", "sin",     # OLMo-2 (vLLM's Transformers backend) builds its rotary tables
+                   "repeat"}         # Phi-3.5's LongRoPE
 
 
 def dtype_of(name: str) -> torch.dtype:
