@@ -139,6 +139,7 @@ def _load_models(store, env, units: dict[str, Unit], routing: str = "balanced"):
             from dooly.profile.plan import unsupported_reason
             why = unsupported_reason(store.measurements(unit_key=key, env_key=env.key, status=None))
             raise MissingDataError(key, env.label(), f"op {units[key].op}; " + (
-                f"unsupported on this device, every point failed: {why}" if why else "sweep this model first"))
+                f"unsupported on this device, every point failed: {why}; `dooly sweep --retry-failed` "
+                "measures it again" if why else "sweep this model first"))
         models[key], fallback[key] = m, "gemm_family"
     return models, fallback, refitted

@@ -92,6 +92,12 @@ def test_failing_point_is_stored_as_failed_and_sweep_goes_on(tmp_path, monkeypat
         bad = [m for m in st.measurements(status="failed")]
     assert any("out of memory" in m.reason for m in bad)
     assert not any("cannot rebuild" in m.reason for m in bad)
+    monkeypatch.setattr(mat.StatelessRunner, "prepare", real)   # an upgrade that runs them
+    again = sweep(analyze([SMOL], "transformers"), db, lim=LIM)
+    assert again.points_measured == 0   # a resumed sweep skips the failed points...
+    again = sweep(analyze([SMOL], "transformers"), db, lim=LIM, retry_failed=True)
+    assert again.points_retried == len(failed) == again.points_measured and again.points_failed == 0
+    assert [r for r in _rows(db) if r[2] == "failed"] == []   # ...unless told to try them again
 
 
 def test_analyze_with_db_marks_hits(swept, tmp_path, capsys):

@@ -43,6 +43,9 @@ def register(sub) -> None:
                    help="with --families: also serve a unit whose check errors, each weighed by the "
                         "unit's share of its model's units there, are within PCT%% of the step")
     p.add_argument("--routing", type=routing, default="balanced", help=ROUTING_HELP)
+    p.add_argument("--retry-failed", action="store_true",
+                   help="measure again the points stored as failed (a resumed sweep skips them), "
+                        "e.g. after an upgrade of Dooly or the engine")
     from dooly.cli.sweep_ray import add_flags
     add_flags(p)  # --ray [ADDRESS], --ray-workers N
     p.set_defaults(func=run)
@@ -112,7 +115,7 @@ def _measure(args, analysis, lim):
         return sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
                      recheck=False if args.no_recheck else None, families=args.families,
                      adaptive=args.adaptive, tolerance_pct=args.tolerance, routing=args.routing,
-                     step_tolerance_pct=args.step_tolerance)
+                     step_tolerance_pct=args.step_tolerance, retry_failed=args.retry_failed)
 
 
 def _report(args, s, out: dict, failed: list) -> None:
@@ -120,6 +123,8 @@ def _report(args, s, out: dict, failed: list) -> None:
           f"{out['units_reused']} reused, {out['units_failed']} failed; {out['points_measured']} points "
           f"ok, {out['points_failed']} failed; {out['seconds']:.1f} s, of which the second pass "
           f"{out['recheck_seconds']:.1f} s ({out['points_rechecked_faster']} points faster) (env {s.env_key})")
+    if s.points_retried:
+        print(f"tried again {s.points_retried} point(s) stored as failed (--retry-failed)")
     if s.host_change:
         from dooly.hostspeed import change_warning
         what = ("the points this sweep added sit beside another host's (or host state's)" if s.units_measured

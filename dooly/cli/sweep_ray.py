@@ -46,7 +46,7 @@ def run_ray(args, analysis, lim):
             prog.update(bar[p.phase], description=text, completed=p.points_done, total=p.points_total)
         s = ray_sweep(analysis, args.db, args.device, args.backend, lim, args.threads, progress,
                       recheck=False if args.no_recheck else None, address=args.ray or None,
-                      workers=args.ray_workers)
+                      workers=args.ray_workers, retry_failed=args.retry_failed)
     for line in s.workers_refused:
         print(f"dooly: refused Ray worker {line}", file=sys.stderr)
     if s.units_unfinished:

@@ -217,6 +217,15 @@ class Store(Leases, Merging, Records):
             "SELECT DISTINCT unit_key FROM measurements WHERE env_key = ? AND status = 'ok'",
             (env_key,))}
 
+    def forget_failed(self, unit_keys, env_key: str) -> int:
+        """Drop these units' failed points in `env_key`, so that a sweep tries them again
+        (after an upgrade that runs what once failed); returns how many were dropped."""
+        keys = list(unit_keys)
+        with self._conn:
+            return sum(self._conn.execute(
+                "DELETE FROM measurements WHERE env_key = ? AND status = 'failed' AND unit_key = ?",
+                (env_key, k)).rowcount for k in keys)
+
     # -- measurements -------------------------------------------------------------
     def add_measurement(self, m: Measurement) -> None:
         """Insert, or replace the row for the same (unit, env, point)."""

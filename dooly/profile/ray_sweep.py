@@ -67,10 +67,11 @@ class _Task:
 def ray_sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = None,
               lim: GridLimits = GridLimits(), threads: int | None = None, progress=None,
               recheck: bool | None = None, address: str | None = None,
-              workers: int | None = None) -> RaySweepSummary:
+              workers: int | None = None, retry_failed: bool = False) -> RaySweepSummary:
     """`sweep` on a Ray cluster: `address` "auto" (a running cluster), HOST:PORT, or
     None to start a local one. `workers`: at most this many (default: as many as the
-    cluster's GPUs, or its CPUs over `threads`). `progress(RayProgress)`."""
+    cluster's GPUs, or its CPUs over `threads`). `progress(RayProgress)`. `retry_failed`: as
+    `sweep`'s."""
     from dooly.db import Store
     recheck = device == "cpu" if recheck is None else recheck
     Store.ensure_writable(db_path)
@@ -83,7 +84,10 @@ def ray_sweep(analysis, db_path: str, device: str = "cpu", backend: str | None =
         with Store.open(db_path) as store:
             driver = _Driver(ray, store, env, pool, lim, summary, progress)
             try:
-                driver.run(_units(store, env, analysis, summary))
+                units = _units(store, env, analysis, summary)
+                if retry_failed:
+                    summary.points_retried = store.forget_failed(units, env.key)
+                driver.run(units)
                 if recheck and summary.units_measured:
                     driver.recheck()
             except KeyboardInterrupt:

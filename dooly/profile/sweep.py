@@ -39,12 +39,14 @@ class SweepSummary:
     collective_envs: dict[int, str] = field(default_factory=dict)  # group size -> env key
     family_served: dict[str, float] = field(default_factory=dict)  # unit key -> check error %
     host_change: dict[str, float] | None = None   # dooly.hostspeed.stored_change at the start
+    points_retried: int = 0   # failed points dropped to be measured again (retry_failed)
 
     def to_json(self) -> dict:
         return {"env_key": self.env_key, "units_measured": len(self.units_measured),
                 "units_reused": len(self.units_reused), "units_failed": len(self.units_failed),
                 "units_by_others": len(self.units_by_others),
                 "points_measured": self.points_measured, "points_failed": self.points_failed,
+                "points_retried": self.points_retried,
                 "points_rechecked_faster": self.points_rechecked_faster,
                 "seconds": round(self.seconds, 2), "recheck_seconds": round(self.recheck_seconds, 2),
                 "interrupted": self.interrupted,
@@ -56,7 +58,7 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
           lim: GridLimits = GridLimits(), threads: int | None = None, progress=None,
           recheck: bool | None = None, comm: str = "engine", families: bool = False,
           adaptive: bool = False, tolerance_pct: float = 3.0, routing: str = "balanced",
-          step_tolerance_pct: float | None = None) -> SweepSummary:
+          step_tolerance_pct: float | None = None, retry_failed: bool = False) -> SweepSummary:
     """Measure every unit of the analysed models (`analysis.engine`, `.inventories`: what
     `dooly.analyze.analyze` returns) that the DB lacks for this environment.
     `progress(unit, done, total)` is called after each point. `recheck` (default: on a
@@ -70,7 +72,9 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
     `adaptive`: a one-axis unit swept
     in full is refined only where interpolation misses (dooly.profile.checkpoints).
     `routing`: the expert distribution mixture-of-experts units are timed under
-    (dooly.routing: "balanced" or "skew:S"), recorded in each of their points."""
+    (dooly.routing: "balanced" or "skew:S"), recorded in each of their points.
+    `retry_failed`: points stored as failed are measured again (by default a resumed
+    sweep skips them, as it skips the points it has)."""
     recheck = device == "cpu" if recheck is None else recheck
     from dooly.db import Store
     Store.ensure_writable(db_path)
@@ -82,6 +86,8 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
         store.add_environment(env)
         record_analysis(store, analysis)
         units, coll = _units_of(analysis, lim, heaviest=step_tolerance_pct is not None)
+        if retry_failed:
+            summary.points_retried = store.forget_failed([*units, *coll], env.key)
         policy = None
         if families or adaptive:
             from dooly.profile.checkpoints import SweepPolicy
