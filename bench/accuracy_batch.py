@@ -12,10 +12,10 @@ Given an empty --db it sweeps every model (`LIMITS`: --max-tokens 1024 --max-bat
 (`dooly fit`) and calibrates every model (`dooly calibrate`, its default three passes); a
 model's own calibration steps are never used to score it. --pool names the calibrated models
 instead (swept and calibrated only); a scored model outside it is never calibrated, so it is
-predicted as a model no one has run: its units and the pool's engine-step model. The real side runs --real-runs
-times (each a fresh engine in a child process, dooly.engines.vllm_probe); the difference
-between two real runs of the same batches is printed beside each sim-vs-real error (this
-machine's noise floor).
+predicted as a model no one has run: its units and the pool's engine-step model. The real
+side runs --real-runs times (each a fresh engine in a child process,
+dooly.engines.vllm_probe); the difference between two real runs of the same batches is
+printed beside each sim-vs-real error (this machine's noise floor).
 Within a run each batch is run --repeats times (the whole list, then again) and scored by its median.
 Raw real runs are written to --raw (default: beside --json) as each one ends; --resume
 reuses the complete ones found there, --real-from replays them without starting vLLM.
@@ -172,7 +172,8 @@ def prepare_db(names: list[str], db: str, limits: tuple[int, int, int], log=prin
     env = bench_env()
     with Store.open(db) as store:
         done = calibrated_models(store, env.key)
-    todo = [c for c in (cfgs if pool is None else [str(MODELS[n]) for n in pool]) if load_config(c).hash not in done]
+    calibrate = cfgs if pool is None else [str(MODELS[n]) for n in pool]
+    todo = [c for c in calibrate if load_config(c).hash not in done]
     if todo and replay:
         bad_input(f"{db}: calibrations: --real-from needs every pool model calibrated; "
                          f"{', '.join(Path(c).stem for c in todo)} are not")
@@ -729,7 +730,8 @@ def score_families(names, runs, args, result: dict) -> None:
     """--families: each model family-served beside its fully swept twin, into `result`."""
     lim = LIMITS["quick" if args.quick else "full"]
     for n in args.fam_names:
-        fdb = family_db(n, list(dict.fromkeys(names + (args.pool or []))), args.db, lim, args.tolerance, step_tolerance=args.step_tolerance)
+        others = list(dict.fromkeys(names + (args.pool or [])))
+        fdb = family_db(n, others, args.db, lim, args.tolerance, step_tolerance=args.step_tolerance)
         pred, twin = model_out_predictor(n, fdb), model_out_predictor(n, twin_db(n, fdb, lim))
         pred.set_serving(BUDGET, MAX_SEQS)
         twin.set_serving(BUDGET, MAX_SEQS)

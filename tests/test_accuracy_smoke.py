@@ -403,3 +403,22 @@ def test_a_one_model_tp_run_is_model_out_when_the_db_holds_other_models(tmp_path
     with Store.open(db) as store:
         record_steps(store, env, steps, dict.fromkeys(STRUCTURE, 2), load_config(tp.MODELS["smollm2"]).hash)
     assert tp.others_calibrated("qwen0.5b", db, 1) and tp.others_calibrated("smollm2", db, 1)
+
+
+def test_the_step_spread_compares_the_same_decode_steps_of_the_two_benches(tmp_path, capsys):
+    import json
+    sp = _load("step_spread")
+    step = lambda n, ms: {"batch": [[1, 100]] * n, "ms": ms}   # noqa: E731
+    batch = {"m": {"runs": [{"steps": [step(1, 10.0)] * 3 + [step(2, 20.0)] * 3 + [
+        {"batch": [[64, 0]], "ms": 500.0}]}]}}
+    serving = {"m": {"runs": [{"results": [{"steps": [step(1, 12.0)] * 5 + [step(2, 20.0)] * 2},
+                                           {"steps": [step(1, 99.0)] * 5}]}]}}
+    (tmp_path / "x9.raw.json").write_text(json.dumps(batch))
+    (tmp_path / "x9e2e.raw.json").write_text(json.dumps(serving))
+    out = tmp_path / "o.json"
+    assert sp.main([str(tmp_path / "x9e2e.raw.json"), "--json", str(out)]) == 0
+    fig = json.loads(out.read_text())
+    # the low load only (the high one's steps are another engine state); too few 2-seq steps
+    assert fig["b1_median_ratio"] == 1.2 and "b2_median_ratio" not in fig and fig["pairs"] == 1
+    assert sp.main([str(tmp_path / "x8e2e.raw.json")]) == 2
+    assert "x8e2e.raw.json: no such saved run" in capsys.readouterr().err
