@@ -24,8 +24,8 @@ def fake(monkeypatch):
     monkeypatch.setattr(dooly.analyze, "analyze", lambda *a, **k: Analysis("transformers", [
         Inventory("tiny", SMOL, "Tiny", "transformers", "h", {unit.key: Entry(unit, 1)})]))
 
-    def fake_sweep(analysis, db, device, backend, lim, threads, progress, recheck, address, workers):
-        calls.update(address=address, workers=workers, threads=threads, recheck=recheck)
+    def fake_sweep(analysis, db, device, backend, lim, threads, progress, recheck, address, workers, retry_failed):
+        calls.update(address=address, workers=workers, threads=threads, recheck=recheck, retry_failed=retry_failed)
         s = rs.RaySweepSummary("env0", units_measured=[unit.key], points_measured=3,
                                workers=["127.0.0.1:11 cores [0]"],
                                workers_refused=["127.0.0.1:12 (box): environment differs: device_name 'x' here"],
@@ -40,8 +40,8 @@ def fake(monkeypatch):
 def test_ray_flag_reaches_the_ray_sweep(fake, tmp_path, capsys, flags, address):
     db = str(tmp_path / "r.db")
     assert main(["sweep", SMOL, "--db", db, "--threads", "1", "--no-progress", "--no-recheck",
-                 "--ray-workers", "2"] + flags) == 0
-    assert fake == {"address": address, "workers": 2, "threads": 1, "recheck": False}
+                 "--ray-workers", "2", "--retry-failed"] + flags) == 0
+    assert fake == {"address": address, "workers": 2, "threads": 1, "recheck": False, "retry_failed": True}
     out, err = capsys.readouterr()
     assert "1 units measured" in out and "ray: 1 worker(s)" in out
     assert "refused Ray worker 127.0.0.1:12" in err and "collective unit" in err

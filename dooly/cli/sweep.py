@@ -123,8 +123,8 @@ def _report(args, s, out: dict, failed: list) -> None:
           f"{out['units_reused']} reused, {out['units_failed']} failed; {out['points_measured']} points "
           f"ok, {out['points_failed']} failed; {out['seconds']:.1f} s, of which the second pass "
           f"{out['recheck_seconds']:.1f} s ({out['points_rechecked_faster']} points faster) (env {s.env_key})")
-    if s.points_retried:
-        print(f"tried again {s.points_retried} point(s) stored as failed (--retry-failed)")
+    if out.get("points_retried"):
+        print(f"tried again {out['points_retried']} point(s) stored as failed (--retry-failed)")
     if s.host_change:
         from dooly.hostspeed import change_warning
         what = ("the points this sweep added sit beside another host's (or host state's)" if s.units_measured
