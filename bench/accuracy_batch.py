@@ -55,6 +55,8 @@ MODELS = {"smollm2": CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json",
           # an architecture none of the four above has (5 of 6 layers sliding-window, head size
           # 256 with one KV head, a 262k vocabulary): the held-out check with --pool
           "gemma3-1b": CONFIGS / "google__gemma-3-1b-it.json",
+          # the same held-out check at 2.6B: soft-capped attention and logits, a 256k vocabulary
+          "gemma2-2b": CONFIGS / "google__gemma-2-2b.json",
           # a mixture of experts: Mixtral's real expert shapes in 2 layers (fixtures/configs/SOURCES.md)
           "mixtral-2l": CONFIGS / "mistralai__Mixtral-8x7B-Instruct-v0.1-2L.json",
           "deepseek-2l": CONFIGS / "deepseek-ai__DeepSeek-V2-Lite-Chat-2L.json"}
