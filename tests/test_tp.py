@@ -180,6 +180,15 @@ def test_gloo_collectives_across_two_processes(tmp_path):
     assert sorted(summary.units_measured) == sorted(units) and not summary.units_failed
     assert {json.dumps(m.point) for m in rows} >= {'{"T": 1}', '{"T": 4}'}
     assert all(m.status == "ok" and m.median_ms > 0 for m in rows)
+    # a point that failed is measured again under --retry-failed, in the group's environment
+    from dataclasses import replace
+    again = SweepSummary(BASE.key)
+    with Store.open(str(tmp_path / "c.db")) as store:
+        store.add_measurement(replace(rows[0], status="failed", reason="gloo timed out (simulated)"))
+        sweep_collectives(store, units, BASE, GridLimits(max_tokens=4, max_batch=2, max_context=16),
+                          again, comm="torch", retry_failed=True)
+        assert all(m.status == "ok" for m in store.measurements(env_key=cenv.key, status=None))
+    assert again.points_retried == 1
 
 
 def test_group_samples_take_the_slowest_rank_and_skip_preempted_ones():

@@ -56,13 +56,16 @@ def _host_error(size: int, env: Environment) -> str | None:
 
 
 def sweep_collectives(store, units: dict[str, Unit], env: Environment, lim: GridLimits, summary,
-                      comm: str = "engine", progress=None) -> None:
+                      comm: str = "engine", progress=None, retry_failed: bool = False) -> None:
     """Measure the collective units among `units` that the DB lacks, one group run per
-    group size; `summary` is the sweep's SweepSummary."""
+    group size; `summary` is the sweep's SweepSummary. `retry_failed`: as `sweep`'s, in
+    each group's own environment."""
     for size, group in sorted(collective_units(units).items()):
         label = expected_label(comm, env)
         cenv = collective_environment(env, size, label)
         store.add_environment(cenv)
+        if retry_failed:
+            summary.points_retried += store.forget_failed(group, cenv.key)
         todo = todo_points(store, group, cenv, lim)
         owner = lease_owner()
         mine = _claim(store, group, todo, cenv, owner, summary)

@@ -86,8 +86,8 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
         store.add_environment(env)
         record_analysis(store, analysis)
         units, coll = _units_of(analysis, lim, heaviest=step_tolerance_pct is not None)
-        if retry_failed:
-            summary.points_retried = store.forget_failed([*units, *coll], env.key)
+        if retry_failed:   # collective units: in their group's environment (_run)
+            summary.points_retried = store.forget_failed(units, env.key)
         policy = None
         if families or adaptive:
             from dooly.profile.checkpoints import SweepPolicy
@@ -100,7 +100,7 @@ def sweep(analysis, db_path: str, device: str = "cpu", backend: str | None = Non
         job = SweepJob(store, env, lim, Runners(env, lim), timer_for(device), summary, progress, policy, probe,
                    routing)
         try:
-            _run(job, units, coll, comm, recheck)
+            _run(job, units, coll, comm, recheck, retry_failed)
         except KeyboardInterrupt:
             summary.interrupted = True
         if policy is not None:
@@ -134,14 +134,15 @@ def _units_of(analysis, lim: GridLimits, heaviest: bool) -> tuple[dict, dict]:
     return units, coll
 
 
-def _run(job: SweepJob, units: dict, coll: dict, comm: str, recheck: bool) -> None:
+def _run(job: SweepJob, units: dict, coll: dict, comm: str, recheck: bool,
+         retry_failed: bool = False) -> None:
     waiting = [key for key, unit in units.items() if not job.unit(key, unit)]
     while waiting:  # units other sweepers held: theirs to finish, or ours once lapsed
         time.sleep(POLL_S)
         waiting = [key for key in waiting if not job.unit(key, units[key], waited=True)]
     if coll:
         from dooly.profile.collective_sweep import sweep_collectives
-        sweep_collectives(job.store, coll, job.env, job.lim, job.summary, comm, job.progress)
+        sweep_collectives(job.store, coll, job.env, job.lim, job.summary, comm, job.progress, retry_failed)
     if recheck:
         recheck_points(job, [units[k] for k in job.summary.units_measured if k in units])
         settle_checks(job, units)
