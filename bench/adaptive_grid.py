@@ -25,7 +25,6 @@ with the tolerance) meets the fixed grid's, interpolated between the tolerances 
 against the fixed grid's count it is the headline figure."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchargs  # noqa: E402
 
 from dooly.profile.grid import adaptive_points, octave_grid  # noqa: E402
 
@@ -193,7 +194,7 @@ def report(name: str, r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchargs.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--vidur", type=Path, default=ROOT / "fixtures" / "vidur" / "a100",
                     help="a folder of Vidur mlp.csv files (default: the repository's one-model fixture)")
     ap.add_argument("--db", type=Path, nargs="*", default=[], help="DBs of real CPU sweeps (copied first)")

@@ -16,7 +16,6 @@ the one the first run left: cold and cached seconds, imports included, and the p
 of those processes."""
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchargs  # noqa: E402
 
 from dooly.engines import ENGINES, default_engine, engine_version  # noqa: E402
 
@@ -69,7 +70,7 @@ def time_cli(paths: list[Path], engine: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchargs.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=ENGINES, default=None,
                     help="default: vllm when installed, else transformers")
     ap.add_argument("--configs", type=Path, default=ROOT / "fixtures" / "configs")

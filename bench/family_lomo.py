@@ -15,7 +15,6 @@ data's own steps (a GPU's tile quantisation, say) do not allow. Nothing is measu
 is copied to a temporary directory and read there."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -23,6 +22,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchargs  # noqa: E402
 
 import numpy as np
 
@@ -230,7 +232,7 @@ def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, di
 def main(argv=None) -> int:
     from dooly.db.store import copy_db
     from dooly.errors import DoolyInputError
-    ap = argparse.ArgumentParser(description="unit families leave-one-model-out over a Dooly DB")
+    ap = benchargs.Parser(description="unit families leave-one-model-out over a Dooly DB")
     ap.add_argument("--db", required=True, help="a Dooly DB with two or more models' inventories")
     ap.add_argument("--engine", default="vllm", help="the engine whose inventories are held out (default vllm)")
     ap.add_argument("--env", help="environment key (default: the engine's most measured)")

@@ -8,7 +8,6 @@ and fitted there (`dooly fit`), so the bench runs from a bare checkout. Each pre
 one decode batch of seqs-1 sequences at random contexts plus one prefill."""
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchargs  # noqa: E402
 
 from dooly.sim.metrics import stats  # noqa: E402
 
@@ -53,7 +54,7 @@ def time_predictions(p, seqs: int, n: int = 200) -> list[float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchargs.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path,
                     default=ROOT / "fixtures" / "configs" / "HuggingFaceTB__SmolLM2-135M-Instruct.json")
     ap.add_argument("--db", help="a swept DB (default: sweep --config into a temporary one)")

@@ -12,7 +12,6 @@ the wall time it prints the CPU time of this process and its workers: on a host 
 jobs share, CPU seconds / workers is what the wall time would be with the cores free."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -22,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # a checkout runs its benches without an install
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchargs  # noqa: E402
 
 from dooly.search import DbSource, SearchSpec, search  # noqa: E402
 from dooly.sim.steps import LinearSource  # noqa: E402
@@ -47,7 +48,7 @@ def _cpu_s() -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchargs.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--requests", type=int, default=200)

@@ -5,13 +5,14 @@ linear step-time model. Prints simulated requests per wall-clock second.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # runs from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchargs  # noqa: E402
 
 from dooly.sim import LengthDist, SchedulerConfig, WorkloadSpec, build_workload, simulate  # noqa: E402
 
@@ -26,7 +27,7 @@ def step_ms(batch) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchargs.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--num-blocks", type=int, default=None)

@@ -15,7 +15,6 @@ Default: every `bench/results/*/x*e2e.raw.json` with its batch run beside it. --
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
+import benchargs  # noqa: E402
 
 SEQS = (1, 2)
 MIN_STEPS = 3
@@ -75,7 +75,7 @@ def summary(rows: list[tuple[str, str, int, float]]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchargs.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("serving", nargs="*", help="accuracy_e2e raw files (default: every saved protocol run)")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)

@@ -17,7 +17,6 @@ worst pair (`spread_median_pct`, `spread_p90_pct`, `within_5_pct`, `within_10_pc
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
@@ -29,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
+import benchargs  # noqa: E402
 
 
 def points(db: str, env: str | None) -> tuple[dict, dict]:
@@ -90,7 +90,7 @@ def by_op(a: dict, b: dict, ops: dict) -> dict[str, tuple[int, float]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchargs.Parser(description=__doc__.splitlines()[0])
     ap.add_argument("dbs", nargs="+", help="two or more DBs holding sweeps of the same units")
     ap.add_argument("--env", help="compare only this environment's rows")
     ap.add_argument("--by-op", action="store_true", help="also the median ratio per op")
