@@ -314,7 +314,7 @@ def test_a_replay_made_on_another_host_scores_the_db_environment_and_measures_no
     assert exit_.value.code == 2 and f"{db}: environments:" in capsys.readouterr().err
 
 
-def test_a_held_out_model_outside_the_pool_is_swept_but_never_calibrated(tmp_path, monkeypatch):
+def test_a_held_out_model_outside_the_pool_is_swept_but_never_calibrated(tmp_path, monkeypatch, capsys):
     """--pool: the scored model's own engine runs never reach the step model it is predicted
     with; the pool models are swept and calibrated, the held-out one swept only."""
     import dooly.cli
@@ -334,7 +334,8 @@ def test_a_held_out_model_outside_the_pool_is_swept_but_never_calibrated(tmp_pat
     assert ab.protocol(args.pool) == "held-out from pool smollm2,qwen0.5b"
     with pytest.raises(SystemExit) as exit_:
         ab.parse(["--models", "gemma3-1b", "--pool", "nosuch"])
-    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "--pool" in err
 
 
 def test_a_candidate_the_time_budget_left_unserved_is_left_out_of_the_ranking(monkeypatch, capsys):
