@@ -357,7 +357,8 @@ def worst(result: dict, names, loads) -> None:
 
 def main(argv=None) -> int:
     ap = benchargs.Parser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                    help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
     ap.add_argument("--loads", help="which of each model's two rates to serve (default low,high; --quick low)")
     ap.add_argument("--rates", help="per model low:high req/s, e.g. smollm2=0.05:0.2 (default: "

@@ -41,7 +41,7 @@ def pair_ratios(serving: dict, batch: dict) -> list[tuple[str, int, float]]:
         if model not in batch or "runs" not in saved:
             continue
         for seqs in SEQS:
-            # each serving run's first load (the low one: the engine runs 1-3 sequences)
+            # each serving run's first load (the low one by default: the engine runs 1-3 sequences)
             sv = [ms for run in saved["runs"] for ms in decode_ms(run["results"][0]["steps"], seqs)]
             bt = [ms for run in batch[model]["runs"] for ms in decode_ms(run["steps"], seqs)]
             if len(sv) >= MIN_STEPS and len(bt) >= MIN_STEPS:
