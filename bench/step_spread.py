@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 SEQS = (1, 2)
 MIN_STEPS = 3
@@ -75,7 +75,7 @@ def summary(rows: list[tuple[str, str, int, float]]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("serving", nargs="*", help="accuracy_e2e raw files (default: every saved protocol run)")
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
@@ -89,7 +89,11 @@ def main(argv=None) -> int:
                 return 2
             continue
         run = f"{f.parent.name}/{f.name[:-len('e2e.raw.json')]}"
-        rows += [(run, m, s, r) for m, s, r in pair_ratios(load(f), load(b))]
+        try:
+            rows += [(run, m, s, r) for m, s, r in pair_ratios(load(f), load(b))]
+        except (KeyError, TypeError, IndexError, AttributeError) as err:
+            print(f"{f}: not a serving run saved beside its batch run {b.name} (field {err})", file=sys.stderr)
+            return 2
     for run, model, seqs, r in rows:
         print(f"{run:24s} {model:12s} {seqs} seq  serving / batch {r:5.2f}")
     out = summary(rows)

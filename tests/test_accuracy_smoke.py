@@ -423,3 +423,8 @@ def test_the_step_spread_compares_the_same_decode_steps_of_the_two_benches(tmp_p
     assert fig["b1_median_ratio"] == 1.2 and "b2_median_ratio" not in fig and fig["pairs"] == 1
     assert sp.main([str(tmp_path / "x8e2e.raw.json")]) == 2
     assert "x8e2e.raw.json: no such saved run" in capsys.readouterr().err
+    (tmp_path / "x7e2e.raw.json").write_text(json.dumps({"m": {"runs": [{"results": []}]}}))
+    (tmp_path / "x7.raw.json").write_text(json.dumps(batch))
+    assert sp.main([str(tmp_path / "x7e2e.raw.json")]) == 2   # a file of another shape: one line
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "x7e2e.raw.json: not a serving run" in err
