@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 CONFIGS = ROOT / "fixtures" / "configs"
 MODELS = {"smollm2": CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json",
           "qwen0.5b": CONFIGS / "Qwen__Qwen2.5-0.5B.json",
@@ -650,7 +650,7 @@ def print_side_by_side(name: str, full: dict, fam: dict, pred, twin: dict) -> No
 
 def parse(argv=None):
     """The arguments, every one checked before anything runs (ap.error on a bad one): (args, names)."""
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
                     help=f"comma-separated, from {', '.join(MODELS)} (mixtral-2l: the MoE check; "
                          "deepseek-2l: latent attention (MLA) with its MoE)")

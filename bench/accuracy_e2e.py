@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 from accuracy_batch import (DEFAULT_MODELS, LIMITS, MODELS, POOL_HELP, ROOT, bracket_drift,  # noqa: E402
                             model_out_predictor, pool_names, prepare_db, protocol, recheck, save_raw,
                             saved_drift)
@@ -356,7 +356,7 @@ def worst(result: dict, names, loads) -> None:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
                     help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 from accuracy_batch import (BUDGET, LIMITS, MAX_SEQS, MODELS, ROOT, SETS, bad_input, bench_env,  # noqa: E402
                             bracket_drift, items, keep, mape, model_out_predictor, noise_pct, prepare_db,
                             recheck, save_raw, saved_drift, use_db_env)
@@ -317,7 +317,7 @@ def serve(name: str, tp: int, args, result: dict) -> None:
 
 
 def parse_args(argv):
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=DEFAULT_MODELS)
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy_tp.db"))

@@ -35,8 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 from dooly.profile.grid import adaptive_points, octave_grid  # noqa: E402
 
@@ -194,7 +193,7 @@ def report(name: str, r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vidur", type=Path, default=ROOT / "fixtures" / "vidur" / "a100",
                     help="a folder of Vidur mlp.csv files (default: the repository's one-model fixture)")
     ap.add_argument("--db", type=Path, nargs="*", default=[], help="DBs of real CPU sweeps (copied first)")

@@ -25,8 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 from dooly.engines import ENGINES, default_engine, engine_version  # noqa: E402
 
@@ -70,7 +69,7 @@ def time_cli(paths: list[Path], engine: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", choices=ENGINES, default=None,
                     help="default: vllm when installed, else transformers")
     ap.add_argument("--configs", type=Path, default=ROOT / "fixtures" / "configs")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 from accuracy_batch import LIMITS, ROOT  # noqa: E402
 from accuracy_e2e import serving  # noqa: E402
 
@@ -112,7 +112,7 @@ def pool(runs: dict[str, dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", help="comma-separated path prefixes (default: the eleven saved protocol runs)")
     ap.add_argument("--draws", type=int, default=40)
     ap.add_argument("--no-recheck-host", action="store_true", help="replay without the saved host drift")

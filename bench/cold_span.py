@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 
 def time_spans(units: dict, tokens: list[int], spans: list[int], trials: int, engine: str) -> dict:
@@ -51,7 +51,7 @@ def time_spans(units: dict, tokens: list[int], spans: list[int], trials: int, en
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="16384x2048,2048x8192,3072x2048", help="NxK,...")
     ap.add_argument("--tokens", default="1,2,8")
     ap.add_argument("--spans", default="2,4,8", help="last-level caches the rotation spans")

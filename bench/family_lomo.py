@@ -23,10 +23,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
-
 import numpy as np
+
+from dooly.cli import OneLineParser
 
 
 class Check(NamedTuple):
@@ -232,7 +231,7 @@ def db_inputs(db: str, engine: str, env_key: str | None) -> tuple[dict, list, di
 def main(argv=None) -> int:
     from dooly.db.store import copy_db
     from dooly.errors import DoolyInputError
-    ap = benchargs.Parser(description="unit families leave-one-model-out over a Dooly DB")
+    ap = OneLineParser(description="unit families leave-one-model-out over a Dooly DB")
     ap.add_argument("--db", required=True, help="a Dooly DB with two or more models' inventories")
     ap.add_argument("--engine", default="vllm", help="the engine whose inventories are held out (default vllm)")
     ap.add_argument("--env", help="environment key (default: the engine's most measured)")

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "fixtures" / "configs" / "meta-llama__Llama-3.2-1B-Instruct.json"
 ORDER = ("qkv", "o", "gate_up", "down")
@@ -71,7 +71,7 @@ def alone(engine: str, shapes: dict, t: int) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     ap.add_argument("--layers", type=int, help="decoder layers in the stack (default: the model's)")
     ap.add_argument("--tokens", default="1,8")

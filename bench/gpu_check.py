@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import family_lomo  # noqa: E402
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 from dooly.analyze import Analysis, analyze  # noqa: E402
 from dooly.errors import DoolyInputError, read_json  # noqa: E402
 from dooly.inventory import Inventory  # noqa: E402
@@ -141,7 +141,7 @@ def _interrupt(*_):
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("configs", nargs="*")
     ap.add_argument("--db", help="sweep into this DB (default: a temporary file)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

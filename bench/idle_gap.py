@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 COPIES = 32
 
@@ -56,7 +56,7 @@ def shape_row(m: int, k: int, n: int, gaps_us: list[float], calls: int) -> dict[
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="1x576x1536,16x576x1536,128x576x1536,1x2048x8192", help="MxKxN,...")
     ap.add_argument("--gaps-us", default="50,300,2000")
     ap.add_argument("--calls", type=int, default=200)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 from dooly.sim.metrics import stats  # noqa: E402
 
@@ -54,7 +53,7 @@ def time_predictions(p, seqs: int, n: int = 200) -> list[float]:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path,
                     default=ROOT / "fixtures" / "configs" / "HuggingFaceTB__SmolLM2-135M-Instruct.json")
     ap.add_argument("--db", help="a swept DB (default: sweep --config into a temporary one)")

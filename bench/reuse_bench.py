@@ -43,8 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 from dooly.analyze import Analysis, analyze, reuse_summary  # noqa: E402
 from dooly.config import load_config  # noqa: E402
@@ -215,7 +214,7 @@ def print_adaptive(a: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--list", type=Path, nargs="+",
                     default=[ROOT / "fixtures" / "benchmarks" / "reuse12.txt"],
                     help="one file per set of models (default: the public 12-model set)")

@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 from accuracy_batch import LIMITS, MODELS, ROOT, bench_env, prepare_db, recheck, save_raw, use_db_env  # noqa: E402
 from accuracy_e2e import DEFAULT_TRACE, as_jobs, capacity, real_latencies, workload  # noqa: E402
 
@@ -302,7 +302,7 @@ def _slos(text: str):
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
     ap.add_argument("--models", default="smollm2,qwen0.5b")
     ap.add_argument("--configs", default="2048x64,256x64,2048x8,256x8", help="BUDGETxSEQS,...")

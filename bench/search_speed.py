@@ -21,8 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # a checkout runs its benches without an install
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 from dooly.search import DbSource, SearchSpec, search  # noqa: E402
 from dooly.sim.steps import LinearSource  # noqa: E402
@@ -48,7 +47,7 @@ def _cpu_s() -> float:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--requests", type=int, default=200)

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # runs from a checkout
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 from dooly.sim import LengthDist, SchedulerConfig, WorkloadSpec, build_workload, simulate  # noqa: E402
 
@@ -27,7 +26,7 @@ def step_ms(batch) -> float:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--num-blocks", type=int, default=None)

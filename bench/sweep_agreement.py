@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 
 def points(db: str, env: str | None) -> tuple[dict, dict]:
@@ -90,7 +90,7 @@ def by_op(a: dict, b: dict, ops: dict) -> dict[str, tuple[int, float]]:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("dbs", nargs="+", help="two or more DBs holding sweeps of the same units")
     ap.add_argument("--env", help="compare only this environment's rows")
     ap.add_argument("--by-op", action="store_true", help="also the median ratio per op")

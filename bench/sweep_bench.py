@@ -21,8 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 
 from dooly.engines import ENGINES, default_engine  # noqa: E402
 from dooly.profile.grid import GridLimits  # noqa: E402
@@ -120,7 +119,7 @@ def ray_scaling(args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--first", type=Path, default=CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json")
     ap.add_argument("--second", type=Path, default=CONFIGS / "Qwen__Qwen2.5-0.5B.json")
     ap.add_argument("--engine", choices=ENGINES, default=None,

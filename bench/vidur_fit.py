@@ -26,8 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 
 import family_lomo  # noqa: E402
@@ -108,7 +107,7 @@ def family_holdout(units, meas, op_units, tolerance: float, out: dict,
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                     help="directory searched for mlp.csv files (default: %(default)s)")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the rows used")

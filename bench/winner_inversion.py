@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
-import benchargs  # noqa: E402
+from dooly.cli import OneLineParser  # noqa: E402
 from accuracy_batch import LIMITS, MODELS, ROOT, model_out_predictor, prepare_db  # noqa: E402
 from accuracy_e2e import (DEFAULT_TRACE, as_jobs, capacity, pct, real_latencies, sim_latencies,  # noqa: E402
                           workload)
@@ -130,7 +130,7 @@ def print_verdict(result: dict, confs, wls) -> None:
 
 
 def main(argv=None) -> int:
-    ap = benchargs.Parser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2", choices=list(MODELS))
     ap.add_argument("--db", default=str(ROOT / "out" / "accuracy.db"))
     ap.add_argument("--configs", default="2048x64,64x64", help="BUDGETxSEQS,...")

@@ -220,11 +220,10 @@ class Store(Leases, Merging, Records):
     def forget_failed(self, unit_keys, env_key: str) -> int:
         """Drop these units' failed points in `env_key`, so that a sweep tries them again
         (after an upgrade that runs what once failed); returns how many were dropped."""
-        keys = list(unit_keys)
         with self._conn:
-            return sum(self._conn.execute(
+            return self._conn.executemany(
                 "DELETE FROM measurements WHERE env_key = ? AND status = 'failed' AND unit_key = ?",
-                (env_key, k)).rowcount for k in keys)
+                [(env_key, k) for k in unit_keys]).rowcount
 
     # -- measurements -------------------------------------------------------------
     def add_measurement(self, m: Measurement) -> None:
