@@ -57,6 +57,9 @@ MODELS = {"smollm2": CONFIGS / "HuggingFaceTB__SmolLM2-135M-Instruct.json",
           "gemma3-1b": CONFIGS / "google__gemma-3-1b-it.json",
           # the same held-out check at 2.6B: soft-capped attention and logits, a 256k vocabulary
           "gemma2-2b": CONFIGS / "google__gemma-2-2b.json",
+          # the held-out check in size: Llama-3.2-1B's architecture at 3.2B (hidden 3072, 28
+          # layers, 24 query / 8 KV heads), larger than every model of the pool
+          "llama3.2-3b": CONFIGS / "meta-llama__Llama-3.2-3B.json",
           # a mixture of experts: Mixtral's real expert shapes in 2 layers (fixtures/configs/SOURCES.md)
           "mixtral-2l": CONFIGS / "mistralai__Mixtral-8x7B-Instruct-v0.1-2L.json",
           "deepseek-2l": CONFIGS / "deepseek-ai__DeepSeek-V2-Lite-Chat-2L.json"}

@@ -25,7 +25,8 @@ from typing import Iterable, Mapping, NamedTuple
 
 import numpy as np
 
-from dooly.cli import OneLineParser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runs from a checkout, no install
+from dooly.cli import OneLineParser  # noqa: E402
 
 
 class Check(NamedTuple):
@@ -272,5 +273,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     raise SystemExit(main())

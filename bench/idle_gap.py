@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runs from a checkout, no install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
 from dooly.cli import OneLineParser  # noqa: E402

@@ -62,6 +62,12 @@ class Analysis:
                 seen[k] = seen.get(k, 0) + 1
         return {k for k, n in seen.items() if n > 1}
 
+    def unsweepable(self) -> dict[str, str]:
+        """unit key -> why the sweep cannot rebuild it from its data: each of its points
+        would fail, and no model that runs it could be predicted."""
+        from dooly.profile.buildable import unbuildable
+        return unbuildable(self.inventories)
+
 
 def analyze(paths: list[str], engine: str | None = None, fields: bool = True,
             tp: int = 1, use_cache: bool = True, store=None) -> Analysis:
@@ -154,4 +160,4 @@ def to_json(analysis: Analysis, reuse: dict) -> dict:
                        "architecture": inv.architecture, "config_hash": inv.config_hash,
                        "units": units, "notes": inv.notes, "tp": inv.tp})
     return {"engine": analysis.engine, "models": models, "reuse": reuse,
-            "failed": list(analysis.failed)}
+            "failed": list(analysis.failed), "unsweepable": analysis.unsweepable()}

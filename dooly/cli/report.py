@@ -36,7 +36,28 @@ def unit_state(plan: dict, key: str, hits: set) -> str:
         return f"family ({st['check_error_pct']:.1f}%" + (f", {step:.2f}% of the step)" if step is not None else ")")
     if st["status"] == "unsupported":
         return f"unsupported here: {st['reason'][:60]}"
+    if st["status"] == "unsweepable":
+        return f"cannot sweep: {st['reason'][:60]}"
     return {"measured": "measured", "check": "check points", "sweep": "to sweep"}[st["status"]]
+
+
+def unsweepable_lines(analysis) -> list[str]:
+    """One line per unit the sweep cannot rebuild from its data, naming its models."""
+    lines = []
+    for key, why in analysis.unsweepable().items():
+        holders = [inv for inv in analysis.inventories if key in inv.entries]
+        op = holders[0].entries[key].unit.op
+        lines.append(f"{op} ({key}) of {', '.join(i.model for i in holders)}: {why}")
+    return lines
+
+
+def print_unsweepable(analysis, console: Console) -> None:
+    lines = unsweepable_lines(analysis)
+    if lines:
+        console.print(f"[bold]Cannot sweep[/bold] {len(lines)} unit(s): every point would fail, and "
+                      f"`dooly predict` refuses the models that run them")
+    for line in lines:
+        console.print("  " + escape(line))
 
 
 def print_failures(failed: list[dict]) -> None:
@@ -73,6 +94,7 @@ def print_analysis(analysis, reuse: dict, plan: dict | None = None, quiet=False,
                   f"{r['unique_units']} unique of {r['total_units']} units; profiling cost "
                   f"{r['independent_cost_s']:.1f} s independent vs {r['dedup_cost_s']:.1f} s with "
                   f"dedup: [bold]{r['reduction_pct']:.1f}%[/bold] less")
+    print_unsweepable(analysis, console)
     if analysis.failed:
         console.print(f"[bold]Skipped[/bold] {len(analysis.failed)} model(s) the engine could not "
                       f"capture (errors on stderr): "

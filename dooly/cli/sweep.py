@@ -59,10 +59,12 @@ def run(args) -> int:
     exists = postgres.is_url(args.db) or Path(args.db).exists()   # a new DB is made by the sweep only
     with Store.open(args.db, create=False) if exists else contextlib.nullcontext() as store:
         analysis = analyze(args.configs, args.engine, tp=args.tp, store=store)   # its captures stand in
-    from dooly.cli.report import print_failures
+    from dooly.cli.report import print_failures, unsweepable_lines
     print_failures(analysis.failed)  # a model the engine cannot capture is skipped
     if not analysis.inventories:
         return 2
+    for line in unsweepable_lines(analysis):   # the sweep still tries: its failures are recorded
+        print(f"dooly: warning: cannot sweep {line}", file=sys.stderr)
     s = _measure(args, analysis, lim)
     out = s.to_json()
     out["failed"] = list(analysis.failed)

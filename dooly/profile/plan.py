@@ -70,11 +70,17 @@ def plan_against_db(analysis, db_path: str, env_key: str | None, hardware: str) 
         measured = store.units_measured(env.key) if env else set()
         status = unit_status(store, env.key if env else None, units, hw)
         record_analysis(store, analysis)   # last: a row the reads above refuse changes nothing
+    unsweepable = {k: why for k, why in analysis.unsweepable().items() if k not in measured}
+    for k, why in unsweepable.items():   # a sweep would store every point as failed
+        status[k] = {"status": "unsweepable", "points": 0, "cost_s": 0.0, "check_error_pct": None,
+                     "check_step_error_pct": None, "reason": why}
     unsupported = {k: v["reason"] for k, v in status.items() if v["status"] == "unsupported"}
-    missing = sorted(k for k in units if k not in measured and k not in unsupported)
+    missing = sorted(k for k in units
+                     if k not in measured and k not in unsupported and k not in unsweepable)
     return {"db": db_path, "env": env.key if env else None,
             "measured_units": sorted(k for k in units if k in measured),
             "missing_units": missing, "unsupported_units": unsupported,
+            "unsweepable_units": unsweepable,
             "remaining_cost_s": round(sum(profiling_cost(units[k], hw)[1] for k in missing), 3),
             "units": status,
             "check_points": sum(v["points"] for v in status.values() if v["status"] == "check"),

@@ -4,7 +4,6 @@ executed from stored code: op names resolve by attribute lookup in allowed
 namespaces, and fused regions are replayed by a small interpreter over their data."""
 from __future__ import annotations
 
-import operator
 from typing import Callable
 
 import torch
@@ -12,24 +11,12 @@ import torch.nn.functional as F
 
 from dooly.engines import amx_permission, gemm_call, gemm_weight, ir_body, moe_inputs, register_ops
 from dooly.env import copies_to_span
-from dooly.graph.regions import eval_name
+from dooly.profile.buildable import check_namespace, region_calls
 from dooly.profile.cost import nbytes
 from dooly.profile.grid import point_values
 from dooly.symbolic.labels import Label
 from dooly.symbolic.symbols import evaluate
 from dooly.unit import GEMM_OPS, MOE_OPS, TensorSig, Unit, call_args
-
-OP_NAMESPACES = ("vllm_ir", "_C", "vllm", "aten")
-_TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfloat16", "long",
-                   "contiguous", "transpose", "permute", "unsqueeze", "squeeze", "expand", "split",
-                   "chunk", "flatten", "type_as", "size", "sum", "exp", "softmax", "tanh", "sigmoid",
-                   "mul", "add", "sub", "div", "neg", "rsqrt", "sqrt", "clamp", "masked_fill", "int",
-                   "masked_fill_",  # a TP rank zeroes the rows of ids outside its vocabulary shard
-                   "max", "bool", "scatter_",   # DeepSeek's grouped top-k router
-                   "repeat_interleave",
-                   "unflatten",      # Gemma-3 splits heads for its q/k norms
-                   "cos", "sin",     # OLMo-2 (vLLM's Transformers backend) builds its rotary tables
-                   "repeat"}         # Phi-3.5's LongRoPE
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -53,11 +40,9 @@ def random_tensor(sig: TensorSig, values: dict, device: str, high: int = 1000) -
 
 
 def resolve_op(name: str):
-    ns, *rest = name.split(".")
-    if ns not in OP_NAMESPACES or not rest:
-        raise ValueError(f"op: {name!r} is not in an allowed op namespace {OP_NAMESPACES}")
-    obj = getattr(torch.ops, ns)
-    for part in rest:
+    check_namespace(name)
+    obj = torch.ops
+    for part in name.split("."):
         obj = getattr(obj, part)
     return obj
 
@@ -100,14 +85,7 @@ def region_fn(unit: Unit, device: str = "cpu") -> Callable:
         for i, d in enumerate(sig.dims):
             if d.label is not Label.CONFIG and str(d.value_or_expr).isidentifier():
                 where.setdefault(str(d.value_or_expr), (k, i))
-    calls = []
-    for row in rows:
-        if row["kind"] == "call_method":
-            if row["target"] not in _TENSOR_METHODS:
-                raise ValueError(f"graph: tensor method {row['target']!r} is not allowed")
-            calls.append(operator.methodcaller)
-        else:
-            calls.append(eval_name(row["target"]))
+    calls = region_calls(rows)
 
     def run(*inputs):
         values = {s: inputs[k].shape[i] for s, (k, i) in where.items()}
