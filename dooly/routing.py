@@ -58,6 +58,13 @@ def expert_ids(tokens: int, experts: int, top_k: int, routing: str = DEFAULT, se
     return np.argsort(-keys, axis=1)[:, :top_k].astype(np.int32)
 
 
+def group_offsets(rows: int, experts: int, routing: str = DEFAULT, seed: int = 0) -> np.ndarray:
+    """[experts] int32: where each expert's rows end in a grouped GEMM's input sorted by
+    expert, `rows` (tokens x top-k) drawn from the distribution."""
+    picks = expert_ids(rows, experts, 1, routing, seed)
+    return np.cumsum(np.bincount(picks.ravel(), minlength=experts)).astype(np.int32)
+
+
 def expert_loads(ids: np.ndarray, experts: int) -> list[int]:
     """Tokens each expert receives, most loaded first."""
     return sorted(np.bincount(np.asarray(ids).ravel(), minlength=experts).tolist(), reverse=True)

@@ -22,9 +22,12 @@ DRIVERS = ("tokens", "seqs", "attention", "none")
 # The matrix products, by canonical op name (dooly.graph.normalize.op_name): each is a
 # unit of its own. bmm/baddbmm are batched; addmm/baddbmm take the bias first.
 GEMM_OPS = frozenset({"linear", "mm", "addmm", "matmul", "bmm", "baddbmm"})
-# Fused mixture-of-experts kernels whose expert ids are an input (dooly.routing): vLLM's
-# CPU kernel; on CUDA vLLM routes inside its moe_forward op, which is not modelled yet.
-MOE_OPS = frozenset({"_C.cpu_fused_moe"})
+# Fused mixture-of-experts kernels whose expert routing is an input (dooly.routing): vLLM's
+# CPU kernel (expert ids [T, k]); transformers' grouped GEMM over rows sorted by expert
+# (where each expert's rows end, [E]). On CUDA vLLM routes inside its moe_forward op,
+# which is not modelled yet.
+GROUPED_MM = "_grouped_mm"
+MOE_OPS = frozenset({"_C.cpu_fused_moe", GROUPED_MM})
 # Collectives a tensor-parallel rank runs (vLLM's custom-op names): measured across a real
 # group of processes (dooly.profile.collectives), keyed with their group size.
 COLLECTIVE_OPS = frozenset({"vllm.all_reduce", "vllm.all_gather", "vllm.reduce_scatter"})

@@ -87,6 +87,34 @@ def test_router_inputs_follow_the_points_routing():
     assert torch.allclose(weights.sum(-1), torch.ones(64)) and (weights > 0).all()
 
 
+def grouped_unit(h=32, n=48, e=8) -> Unit:
+    """transformers' MoE experts as its grouped_mm path records them: rows sorted by expert
+    [T*k, h], the experts' weights [E, h, n], where each expert's rows end [E]."""
+    rows = DimLabel("2*T", Label.REQUEST)
+    ins = (TensorSig((rows, c(h)), "bfloat16"), TensorSig((c(e), c(h), c(n)), "bfloat16"),
+           TensorSig((c(e),), "int32"))
+    return Unit("_grouped_mm", ins, (TensorSig((rows, c(n)), "bfloat16"),))
+
+
+@pytest.mark.parametrize("cold", [False, True])
+def test_a_grouped_expert_gemm_is_swept_under_the_points_routing(cold):
+    """Its offsets once came from random ints (and the sweep refused the op outright):
+    every point of Mixtral's and DeepSeek-V2's experts failed on the transformers engine."""
+    import torch
+
+    from dooly.profile.buildable import why_unbuildable
+    from dooly.profile.runners import StatelessRunner
+    from dooly.routing import group_offsets
+    u = grouped_unit()
+    assert why_unbuildable(u) is None
+    grid = grid_for(u, GridLimits(8, 2, 16), "skew:2")
+    assert grid and all(p["routing"] == "skew:2" for p in grid)
+    out = StatelessRunner(u, "transformers", cold=cold).prepare({"T": 16, "routing": "skew:2"})()
+    assert out.shape == (32, 48) and torch.isfinite(out.float()).all()
+    offs = group_offsets(32, 8, "skew:2")
+    assert offs[-1] == 32 and (np.diff(offs) >= 0).all() and offs[0] > 32 / 8   # expert 0 the busiest
+
+
 @pytest.mark.vllm
 def test_the_engines_fused_moe_runs_at_a_routed_point():
     pytest.importorskip("vllm")

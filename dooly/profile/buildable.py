@@ -12,7 +12,7 @@ import operator
 from typing import Callable
 
 from dooly.graph.regions import eval_name
-from dooly.unit import GEMM_OPS, Unit
+from dooly.unit import GEMM_OPS, GROUPED_MM, Unit
 
 OP_NAMESPACES = ("vllm_ir", "_C", "vllm", "aten")
 TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bfloat16", "long",
@@ -26,7 +26,7 @@ TENSOR_METHODS = {"view", "reshape", "to", "pow", "mean", "float", "half", "bflo
                   "cos", "sin",     # OLMo-2 (vLLM's Transformers backend) builds its rotary tables
                   "repeat"}         # Phi-3.5's LongRoPE
 # ops a runner builds itself rather than looking up by name
-_BUILT_OPS = set(GEMM_OPS) | {"embedding", "sampler", "fused"}
+_BUILT_OPS = set(GEMM_OPS) | {GROUPED_MM, "embedding", "sampler", "fused"}
 
 
 def region_calls(rows: list[dict], resolve_ops: bool = True) -> list[Callable | None]:

@@ -16,7 +16,7 @@ from dooly.profile.cost import nbytes
 from dooly.profile.grid import point_values
 from dooly.symbolic.labels import Label
 from dooly.symbolic.symbols import evaluate
-from dooly.unit import GEMM_OPS, MOE_OPS, TensorSig, Unit, call_args
+from dooly.unit import GEMM_OPS, GROUPED_MM, MOE_OPS, TensorSig, Unit, call_args
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -131,8 +131,13 @@ def cold_copies(unit: Unit, values: dict, device: str) -> int:
 
 def routed_inputs(unit: Unit, ins: list, point: dict) -> None:
     """A fused-MoE unit's router outputs as the point's distribution makes them: expert ids
-    [T, k] drawn from it (dooly.routing) and positive top-k weights summing to 1 per token."""
-    from dooly.routing import expert_ids, moe_shape, routing_of
+    [T, k] drawn from it (dooly.routing) and positive top-k weights summing to 1 per token;
+    for a grouped GEMM, where each expert's rows end."""
+    from dooly.routing import expert_ids, group_offsets, moe_shape, routing_of
+    if unit.op == GROUPED_MM:   # ins: rows [T*k, K], experts' weights [E, K, N], offsets [E]
+        offs = group_offsets(ins[0].shape[0], ins[1].shape[0], routing_of(point))
+        ins[2] = torch.from_numpy(offs).to(ins[2].device)   # a fresh tensor: weight sets share theirs
+        return
     experts, top_k = moe_shape(unit)
     for sig, t in zip(unit.inputs, ins):
         if len(sig.dims) != 2 or t.shape[-1] != top_k:
@@ -197,7 +202,7 @@ class StatelessRunner:
             return None  # built per point: ids must index the table
         if u.op == "sampler":
             return lambda logits: torch.argmax(logits.float(), dim=-1)
-        if u.op in GEMM_OPS:
+        if u.op in GEMM_OPS or u.op == GROUPED_MM:
             return None  # built per point: the engine may prepack the weight
         op = resolve_op(u.op)
         call = u.attr.get("call")
