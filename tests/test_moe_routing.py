@@ -115,6 +115,23 @@ def test_a_grouped_expert_gemm_is_swept_under_the_points_routing(cold):
     assert offs[-1] == 32 and (np.diff(offs) >= 0).all() and offs[0] > 32 / 8   # expert 0 the busiest
 
 
+def test_a_routers_integer_histogram_runs_on_cpu_as_transformers_runs_it():
+    """Captured on meta tensors, transformers' MoE router counts expert ids with an integer
+    histc (its path off the CPU); torch's CPU kernel has none, and every point of the
+    router regions of Mixtral and DeepSeek-V2 failed on the transformers engine."""
+    import torch
+
+    from dooly.profile.runners import region_fn
+    ids = TensorSig((DimLabel("2*T", Label.REQUEST),), "int32")
+    rows = [{"op": "histc", "kind": "call_function", "target": "torch.ops.aten.histc.default",
+             "args": [{"in": 0}, 8, 0, 7], "kwargs": {}}]
+    graph = {"nodes": rows, "num_inputs": 1, "outputs": [0], "input_shapes": [ids.to_json()]}
+    unit = Unit("fused", (ids,), (TensorSig((c(8),), "int32"),), graph=graph, graph_hash="histc")
+    x = torch.tensor([0, 3, 3, 7, 7, 7], dtype=torch.int32)
+    (out,) = region_fn(unit)(x)
+    assert out.tolist() == [1, 0, 0, 2, 0, 0, 0, 3]
+
+
 @pytest.mark.vllm
 def test_the_engines_fused_moe_runs_at_a_routed_point():
     pytest.importorskip("vllm")

@@ -75,6 +75,15 @@ def _decode(a, env, inputs, values, device="cpu"):
     raise ValueError(f"graph: cannot rebuild argument {a!r}")
 
 
+def _histc_on_cpu(x, *args, **kwargs):
+    # torch's CPU histogram has no integer kernel, and transformers' MoE casts its expert ids
+    # to float on CPU; a capture on meta tensors records the integer path of other devices
+    return torch.ops.aten.histc.default(x if x.is_floating_point() else x.float(), *args, **kwargs)
+
+
+_ON_CPU = {"torch.ops.aten.histc.default": _histc_on_cpu}
+
+
 def region_fn(unit: Unit, device: str = "cpu") -> Callable:
     """Interpreter over a fused region's data. Request symbols are read from the input
     shapes at run time, so a compiled version stays dynamic in them."""
@@ -86,6 +95,8 @@ def region_fn(unit: Unit, device: str = "cpu") -> Callable:
             if d.label is not Label.CONFIG and str(d.value_or_expr).isidentifier():
                 where.setdefault(str(d.value_or_expr), (k, i))
     calls = region_calls(rows)
+    if device == "cpu":
+        calls = [_ON_CPU.get(row["target"], fn) for row, fn in zip(rows, calls)]
 
     def run(*inputs):
         values = {s: inputs[k].shape[i] for s, (k, i) in where.items()}
