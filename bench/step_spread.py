@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runs from a checkout, no install
+sys.path.insert(0, str(ROOT))   # runs from a checkout, no install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flatjson  # noqa: E402
 from dooly.cli import OneLineParser  # noqa: E402

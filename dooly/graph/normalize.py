@@ -11,11 +11,11 @@ import operator
 import torch
 import torch.fx
 
-from dooly.unit import GEMM_OPS
+from dooly.unit import GEMM_OPS, GROUPED_MM
 ATTENTION_OPS = {"scaled_dot_product_attention", "vllm.unified_attention_with_output",
                  "vllm.unified_attention", "vllm.unified_mla_attention_with_output"}
 KV_WRITE_OPS = {"vllm.unified_kv_cache_update", "vllm.unified_mla_kv_cache_update"}
-ANCHOR_OPS = GEMM_OPS | ATTENTION_OPS | KV_WRITE_OPS | {"embedding", "_grouped_mm"}
+ANCHOR_OPS = GEMM_OPS | ATTENTION_OPS | KV_WRITE_OPS | {"embedding", GROUPED_MM}
 VIEW_OPS = {
     "view", "reshape", "_unsafe_view", "split", "split_with_sizes", "getitem", "contiguous",
     "unsqueeze", "squeeze", "transpose", "permute", "expand", "flatten", "t", "size",
